@@ -1,0 +1,332 @@
+"""One config object describes a run.
+
+The GUI, the CLI and checkpoints all read and write :class:`RunConfig`. It is plain data
+(dataclasses of str/int/float/bool/tuple), serialisable to JSON, and validated at the boundary:
+every invalid value raises ``ValueError`` naming the field, what is allowed and what was given.
+
+No torch and no Qt here: importing this module must stay instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_VERSION = 1
+
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
+PREDICTIONS = ("epsilon", "x0", "v")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t  |  sigma_t^2 = beta_t
+SAMPLERS = ("ddpm", "ddim")
+CHANNELS = ("auto", "1", "3")
+BACKGROUNDS = ("white", "black")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _check_range(name: str, value: Any, lo: float | None, hi: float | None, integer: bool = False) -> None:
+    if integer and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ValueError(f"{name} must be a whole number; got {value!r}")
+    if not integer and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        raise ValueError(f"{name} must be a number; got {value!r}")
+    if value != value:  # NaN
+        raise ValueError(f"{name} must be a number; got NaN")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        span = f"from {lo} to {hi}" if lo is not None and hi is not None else (f"at least {lo}" if lo is not None else f"at most {hi}")
+        raise ValueError(f"{name} must be {span}; got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The denoising U-Net (Ho et al. 2020, appendix B)."""
+
+    preset: str = "tiny"  # name the shape came from; "custom" once a field is edited by hand
+    image_size: int = 32  # side of the square images the network sees (px); set from DataConfig
+    in_channels: int = 3  # 1 (grayscale) or 3 (RGB); resolved from the dataset when channels=auto
+    base_channels: int = 32  # width of the first level; every level is a multiple of it
+    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per resolution level
+    num_res_blocks: int = 1  # residual blocks per resolution level (paper: 2)
+    attention_resolutions: tuple[int, ...] = (8,)  # feature-map sides (px) that get self-attention
+    dropout: float = 0.0  # dropout inside residual blocks (paper: 0.1 on CIFAR-10)
+    num_heads: int = 1  # attention heads (paper: 1)
+
+    def validate(self) -> None:
+        _check_range("model.image_size", self.image_size, 8, 256, integer=True)
+        _check_choice("model.in_channels", self.in_channels, (1, 3))
+        _check_range("model.base_channels", self.base_channels, 8, 512, integer=True)
+        if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
+            raise ValueError(f"model.channel_mult must be a non-empty list of whole numbers >= 1; got {self.channel_mult!r}")
+        levels = len(self.channel_mult)
+        if self.image_size % (2 ** (levels - 1)) != 0 or self.image_size // (2 ** (levels - 1)) < 2:
+            raise ValueError(
+                f"model.channel_mult has {levels} levels, so model.image_size must be divisible by "
+                f"{2 ** (levels - 1)} and leave at least 2 px at the bottom; got image_size={self.image_size}"
+            )
+        _check_range("model.num_res_blocks", self.num_res_blocks, 1, 8, integer=True)
+        for r in self.attention_resolutions:
+            _check_range("model.attention_resolutions[]", r, 1, 256, integer=True)
+        _check_range("model.dropout", self.dropout, 0.0, 0.9)
+        _check_range("model.num_heads", self.num_heads, 1, 64, integer=True)
+        if self.base_channels % 8 != 0:
+            raise ValueError(f"model.base_channels must be divisible by 8 (GroupNorm); got {self.base_channels}")
+
+
+@dataclass
+class DiffusionConfig:
+    """The forward process and the training objective."""
+
+    schedule: str = "linear"  # beta schedule: linear (paper), cosine (Nichol & Dhariwal 2021), quadratic, sigmoid
+    timesteps: int = 1000  # T, the number of diffusion steps (paper: 1000)
+    prediction: str = "epsilon"  # what the network predicts: epsilon (paper), x0, or v (Salimans & Ho 2022)
+    loss_weighting: str = "none"  # none = the paper's L_simple; min_snr = Hang et al. 2023
+    min_snr_gamma: float = 5.0  # gamma of min-SNR weighting (used only when loss_weighting=min_snr)
+
+    def validate(self) -> None:
+        _check_choice("diffusion.schedule", self.schedule, SCHEDULES)
+        _check_range("diffusion.timesteps", self.timesteps, 10, 4000, integer=True)
+        _check_choice("diffusion.prediction", self.prediction, PREDICTIONS)
+        _check_choice("diffusion.loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        _check_range("diffusion.min_snr_gamma", self.min_snr_gamma, 0.01, 1000.0)
+
+
+@dataclass
+class DataConfig:
+    """Which images, and how they are turned into training tensors."""
+
+    folder: str | None = None  # image folder; None = the built-in dataset
+    image_size: int = 32  # square side after resize-short-side + center-crop (px)
+    channels: str = "auto"  # auto (grayscale if every image is), "1" (grayscale) or "3" (RGB)
+    flip: bool = True  # random horizontal flip at training time
+    background: str = "white"  # what transparent pixels are composited onto
+    min_size: int = 0  # skip images whose short side is smaller than this (px); 0 = keep all
+
+    def validate(self) -> None:
+        _check_range("data.image_size", self.image_size, 8, 256, integer=True)
+        _check_choice("data.channels", self.channels, CHANNELS)
+        _check_choice("data.background", self.background, BACKGROUNDS)
+        _check_range("data.min_size", self.min_size, 0, 100000, integer=True)
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"data.flip must be true or false; got {self.flip!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, logging and checkpointing."""
+
+    steps: int = 4000  # total optimisation steps of the run (resume counts from where it stopped)
+    minutes: float | None = None  # optional wall-clock limit for this session of training
+    batch_size: int = 64  # global batch size (split across processes under torchrun)
+    lr: float = 1e-3  # peak AdamW learning rate (paper: 2e-4 for its 35.7M-parameter model)
+    warmup_steps: int = 200  # linear learning-rate warm-up (paper: 5000)
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # clip the global gradient norm to this (paper: 1.0); 0 = off
+    ema_decay: float = 0.999  # EMA of the weights used for previews and sampling (paper: 0.9999)
+    ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)) so early EMA follows the model
+    seed: int = 0  # seeds weights, data order, noise and previews
+    device: str = "auto"  # auto = CUDA, then Apple MPS, then CPU
+    precision: str = "fp32"  # fp32, or bf16/fp16 autocast (CUDA only)
+    log_every: int = 10  # steps between metric events / metrics.jsonl lines
+    preview_every: int = 500  # steps between preview samples from the EMA model; 0 = off
+    preview_count: int = 16  # images per preview
+    preview_sampling_steps: int = 50  # DDIM steps used for previews
+    checkpoint_every: int = 1000  # steps between checkpoints; 0 = only by time and at the end
+    checkpoint_minutes: float = 2.0  # also checkpoint after this much training time
+    keep_checkpoints: int = 3  # how many recent checkpoints to keep on disk
+
+    def validate(self) -> None:
+        _check_range("train.steps", self.steps, 1, 10_000_000, integer=True)
+        if self.minutes is not None:
+            _check_range("train.minutes", self.minutes, 0.01, 10_000_000)
+        _check_range("train.batch_size", self.batch_size, 1, 65536, integer=True)
+        _check_range("train.lr", self.lr, 1e-8, 1.0)
+        _check_range("train.warmup_steps", self.warmup_steps, 0, 10_000_000, integer=True)
+        _check_range("train.weight_decay", self.weight_decay, 0.0, 10.0)
+        _check_range("train.grad_clip", self.grad_clip, 0.0, 1e6)
+        _check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
+        _check_range("train.seed", self.seed, 0, 2**63 - 1, integer=True)
+        _check_choice("train.device", self.device, DEVICES)
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_range("train.log_every", self.log_every, 1, 1_000_000, integer=True)
+        _check_range("train.preview_every", self.preview_every, 0, 10_000_000, integer=True)
+        _check_range("train.preview_count", self.preview_count, 1, 256, integer=True)
+        _check_range("train.preview_sampling_steps", self.preview_sampling_steps, 1, 4000, integer=True)
+        _check_range("train.checkpoint_every", self.checkpoint_every, 0, 10_000_000, integer=True)
+        _check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0.0, 10_000_000)
+        _check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 1000, integer=True)
+
+
+@dataclass
+class SamplingConfig:
+    """How images are generated from a trained model."""
+
+    sampler: str = "ddim"  # ddpm = ancestral (paper's Algorithm 2); ddim = Song et al. 2021
+    steps: int = 50  # DDIM steps (ddpm always walks all T steps)
+    eta: float = 0.0  # DDIM stochasticity: 0 = deterministic, 1 = ancestral with beta-tilde
+    variance: str = "fixed_small"  # ancestral sampling: fixed_small = beta-tilde_t, fixed_large = beta_t
+    clip_denoised: bool = True  # clip the predicted x_0 to [-1, 1] at every step
+    num_images: int = 16  # how many images per generation (shown as a grid)
+    seed: int = 0  # same seed, same images
+
+    def validate(self) -> None:
+        _check_choice("sampling.sampler", self.sampler, SAMPLERS)
+        _check_range("sampling.steps", self.steps, 1, 4000, integer=True)
+        _check_range("sampling.eta", self.eta, 0.0, 1.0)
+        _check_choice("sampling.variance", self.variance, VARIANCES)
+        _check_range("sampling.num_images", self.num_images, 1, 1024, integer=True)
+        _check_range("sampling.seed", self.seed, 0, 2**63 - 1, integer=True)
+
+
+# Named presets: a model shape plus the training settings that suit it. Plain data, so the GUI
+# can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "description": "Learns recognisable 16-32 px samples on a laptop CPU in minutes.",
+        "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                      attention_resolutions=(8,), dropout=0.0, num_heads=1),
+        "train": dict(lr=1e-3, warmup_steps=200, batch_size=64, ema_decay=0.999, steps=4000),
+    },
+    "small": {
+        "description": "A few million parameters; better samples, wants a GPU or patience.",
+        "model": dict(base_channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                      attention_resolutions=(16,), dropout=0.1, num_heads=1),
+        "train": dict(lr=5e-4, warmup_steps=500, batch_size=64, ema_decay=0.9995, steps=20000),
+    },
+    "ddpm-cifar10": {
+        "description": "The paper's CIFAR-10 model (35.7M parameters); needs a GPU.",
+        "model": dict(base_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                      attention_resolutions=(16,), dropout=0.1, num_heads=1),
+        "train": dict(lr=2e-4, warmup_steps=5000, batch_size=128, ema_decay=0.9999, steps=800000),
+    },
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything that describes a run; what config.json and every checkpoint carry."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    version: int = CONFIG_VERSION
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **sections: dict[str, Any]) -> "RunConfig":
+        """A config for preset ``name``; ``sections`` override fields, e.g. ``data={"image_size": 16}``."""
+        _check_choice("preset", name, tuple(PRESETS))
+        cfg = cls()
+        cfg.model = dataclasses.replace(cfg.model, preset=name, **PRESETS[name]["model"])
+        cfg.train = dataclasses.replace(cfg.train, **PRESETS[name]["train"])
+        for section, values in sections.items():
+            setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+        cfg.sync()
+        return cfg
+
+    def sync(self) -> "RunConfig":
+        """Copy the data settings the network depends on into the model section."""
+        self.model.image_size = self.data.image_size
+        if self.data.channels in ("1", "3"):
+            self.model.in_channels = int(self.data.channels)
+        return self
+
+    def validate(self) -> "RunConfig":
+        if self.version != CONFIG_VERSION:
+            raise ValueError(f"config version {self.version} is not supported (this program reads version {CONFIG_VERSION})")
+        for section in (self.model, self.diffusion, self.data, self.train, self.sampling):
+            section.validate()
+        if self.model.image_size != self.data.image_size:
+            raise ValueError(
+                f"model.image_size ({self.model.image_size}) must equal data.image_size ({self.data.image_size})"
+            )
+        return self
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a run config must be a JSON object; got {type(d).__name__}")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            if f.name == "version":
+                kwargs["version"] = d["version"]
+                continue
+            section_cls = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
+                           "train": TrainConfig, "sampling": SamplingConfig}[f.name]
+            kwargs[f.name] = _section_from_dict(section_cls, f.name, d[f.name])
+        return cls(**kwargs)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(Path(path), self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunConfig":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _section_from_dict(section_cls: type, name: str, d: Any) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {name!r} must be a JSON object; got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown field(s) in config section {name!r}: {', '.join(sorted(unknown))}")
+    values = dict(d)
+    for key, value in values.items():
+        if isinstance(value, list):  # JSON has no tuples
+            values[key] = tuple(value)
+    return section_cls(**values)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

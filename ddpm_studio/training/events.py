@@ -1,0 +1,58 @@
+"""Events the trainer reports through its ``on_event`` callback.
+
+Plain dataclasses of Python numbers and numpy arrays (no tensors), so a Qt worker can pass them
+through a signal as ``object`` and the CLI can print them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class TrainStarted:
+    run_dir: str
+    start_step: int  # > 0 when resumed
+    total_steps: int
+    device: str  # e.g. "cpu", "cuda:0", "mps"
+    num_parameters: int
+    num_images: int
+    resumed: bool
+
+
+@dataclass
+class StepMetrics:
+    """Logged every ``train.log_every`` steps (also written to metrics.jsonl)."""
+
+    step: int  # steps completed so far in the run
+    total_steps: int
+    loss: float  # mean loss over the steps since the last event
+    loss_smooth: float  # exponential moving average of the loss
+    grad_norm: float
+    lr: float
+    images_per_sec: float
+    elapsed_sec: float  # training time in this session
+    eta_sec: float | None
+    bucket_loss: list[float | None] = field(default_factory=list)  # mean loss per t-bucket (10 buckets of T), None if empty
+
+
+@dataclass
+class PreviewReady:
+    step: int
+    images: np.ndarray  # (N, H, W, C) uint8, C in {1, 3}
+
+
+@dataclass
+class CheckpointSaved:
+    step: int
+    path: str
+
+
+@dataclass
+class TrainFinished:
+    step: int
+    reason: str  # "completed", "stopped", "time_limit", "nan", "error", "already_complete"
+    message: str  # plain words for the user
+    checkpoint: str | None  # last good checkpoint path

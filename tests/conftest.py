@@ -1,0 +1,19 @@
+"""Test-wide setup: Qt offscreen, few threads, deterministic torch."""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Keep runs from the tests out of the user's real cache and settings.
+os.environ.setdefault("DDPM_STUDIO_TEST", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Point the cache, settings and runs folders at a per-test temporary folder."""
+    base = tmp_path_factory.mktemp("userdirs")
+    monkeypatch.setenv("DDPM_STUDIO_CACHE_DIR", str(base / "cache"))
+    monkeypatch.setenv("DDPM_STUDIO_CONFIG_DIR", str(base / "config"))
+    monkeypatch.setenv("DDPM_STUDIO_DATA_DIR", str(base / "data"))
+    yield
