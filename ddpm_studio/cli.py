@@ -1,16 +1,437 @@
-"""Command line: ``ddpm-studio [train|sample|info|export]`` (no command opens the window)."""
+"""Command line: ``ddpm-studio [train|sample|info]`` (no command opens the window).
+
+Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
+was refused (a missing folder, a damaged checkpoint, an invalid setting).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ddpm_studio.config import CHANNELS, DEVICES, PRECISIONS, PRESETS, SAMPLERS, SCHEDULES, RunConfig
+
+PROG = "ddpm-studio"
+MINUTES_ONLY_STEPS = 10_000_000  # train.steps when only --minutes is given: the clock decides
+GIF_MIN_SIDE = 256  # the chain GIF is enlarged (whole pixels) to at least this width
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if math.isnan(v) or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddpm-studio", description=__doc__)
-    parser.add_subparsers(dest="command")
+    parser = _Parser(prog=PROG, description="Train a denoising diffusion probabilistic model (Ho et al. 2020) "
+                     "on your own images and sample from it. With no command, opens the window.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    # -- train ----------------------------------------------------------------------------------
+    t = sub.add_parser("train", help="train a model (a new run, or --resume one)",
+                       description="Train a model on an image folder (or the built-in set). Flags left out "
+                       "take the preset's values; with --resume they keep the run's own values. Under "
+                       "torchrun (--nproc_per_node K) training uses DistributedDataParallel and "
+                       "--batch-size is the global batch, split evenly across the K processes.")
+    t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or to resume)")
+    t.add_argument("--data", metavar="DIR", help="image folder (default: the built-in dataset)")
+    t.add_argument("--config", metavar="FILE", help="start from a full config.json (flags still override it)")
+    t.add_argument("--preset", choices=tuple(PRESETS), help="model shape and training defaults (default: tiny)")
+    t.add_argument("--image-size", type=_positive_int, metavar="PX", help="square image side in pixels (default 32)")
+    t.add_argument("--channels", choices=CHANNELS, help="auto (grayscale if every image is), 1 or 3")
+    t.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default linear)")
+    t.add_argument("--timesteps", type=_positive_int, metavar="T", help="diffusion steps T (default 1000)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=_positive_int, metavar="N",
+                   help="the run's TOTAL steps; with --resume a larger N extends a finished run")
+    g.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes (this session)")
+    t.add_argument("--batch-size", type=_positive_int, metavar="B", help="global batch size")
+    t.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate")
+    t.add_argument("--ema-decay", type=_float, metavar="D", help="EMA decay of the sampling weights")
+    t.add_argument("--seed", type=_nonneg_int, metavar="S", help="seeds weights, data order, noise and previews")
+    t.add_argument("--device", choices=DEVICES, help="auto = CUDA, then MPS, then CPU")
+    t.add_argument("--precision", choices=PRECISIONS, help="fp32, or bf16/fp16 autocast (CUDA only)")
+    t.add_argument("--log-every", type=_positive_int, metavar="N", help="steps between metrics lines")
+    t.add_argument("--preview-every", type=_nonneg_int, metavar="N", help="steps between preview grids (0 = off)")
+    t.add_argument("--checkpoint-every", type=_nonneg_int, metavar="N",
+                   help="steps between checkpoints (0 = by time and at the end only)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # -- sample ---------------------------------------------------------------------------------
+    s = sub.add_parser("sample", help="generate images from a run or a checkpoint",
+                       description="Generate images with the EMA weights of a run's newest good checkpoint "
+                       "(or of one checkpoint file). Writes --num PNG files at the model's resolution into "
+                       "--out, and optionally a grid and an animated GIF of the reverse chain. Images are "
+                       "made in batches of --batch-size; batch i starts from the noise of seed S+i.")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", metavar="RUN_DIR", help="a run folder (its newest good checkpoint)")
+    src.add_argument("--checkpoint", metavar="FILE", help="a .safetensors checkpoint file")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
+    s.add_argument("--num", type=_positive_int, default=16, metavar="N", help="how many images (default 16)")
+    s.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral, all T steps) or ddim (default)")
+    s.add_argument("--sampling-steps", type=_positive_int, metavar="K", help="DDIM steps (default 50)")
+    s.add_argument("--eta", type=_float, metavar="E", help="DDIM eta: 0 deterministic ... 1 ancestral")
+    s.add_argument("--seed", type=_nonneg_int, metavar="S", help="same seed, same images (default 0)")
+    s.add_argument("--batch-size", type=_positive_int, default=64, metavar="B", help="images per batch (default 64)")
+    s.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
+    s.add_argument("--grid", metavar="FILE.png", help="also write all images as one grid PNG")
+    s.add_argument("--gif", metavar="FILE.gif",
+                   help="also write an animated GIF of the reverse chain of the first batch (at most 64 "
+                   "images, as a grid enlarged to >= 256 px wide). It shows every k-th step with "
+                   "k = ceil(steps / --gif-frames), plus the last step, so it has at most "
+                   "--gif-frames + 1 frames; the final image is held for one second")
+    s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF (default 60)")
+    s.add_argument("--gif-fps", type=_positive_float, default=20.0, metavar="FPS", help="GIF frame rate (default 20)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # -- info -----------------------------------------------------------------------------------
+    i = sub.add_parser("info", help="show a run's or a checkpoint's config, step and size",
+                       description="Print the config, the step count and the parameter count of a run "
+                       "folder (its newest good checkpoint) or of a checkpoint file.")
+    i.add_argument("path", metavar="RUN_DIR|FILE")
+    i.add_argument("--json", action="store_true", help="print the full config as JSON too")
     return parser
 
 
-def main(argv: list[str]) -> int:
-    build_parser().print_help()
+# -- train --------------------------------------------------------------------------------------
+
+
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    out = Path(args.out)
+    if args.resume:
+        from ddpm_studio.training.runs import read_config
+
+        cfg = read_config(out)
+    elif args.config:
+        try:
+            cfg = RunConfig.load(args.config)
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {args.config}") from None
+        if args.preset:
+            raise ValueError("give either --config or --preset, not both")
+    else:
+        cfg = RunConfig.from_preset(args.preset or "tiny")
+    sections: dict[str, dict[str, Any]] = {"data": {}, "diffusion": {}, "train": {}}
+    if args.resume and args.preset and args.preset != cfg.model.preset:
+        raise ValueError(f"--preset {args.preset} differs from the run's preset {cfg.model.preset}; "
+                         "a resumed run keeps its model")
+    if args.data is not None:
+        if not Path(args.data).is_dir():
+            raise ValueError(f"--data: folder not found: {args.data}")
+        sections["data"]["folder"] = str(Path(args.data).resolve())
+    for flag, section, key in (("image_size", "data", "image_size"), ("channels", "data", "channels"),
+                               ("schedule", "diffusion", "schedule"), ("timesteps", "diffusion", "timesteps"),
+                               ("steps", "train", "steps"), ("minutes", "train", "minutes"),
+                               ("batch_size", "train", "batch_size"), ("lr", "train", "lr"),
+                               ("ema_decay", "train", "ema_decay"), ("seed", "train", "seed"),
+                               ("device", "train", "device"), ("precision", "train", "precision"),
+                               ("log_every", "train", "log_every"), ("preview_every", "train", "preview_every"),
+                               ("checkpoint_every", "train", "checkpoint_every")):
+        value = getattr(args, flag)
+        if value is not None:
+            sections[section][key] = value
+    if args.minutes is not None and args.steps is None and not args.resume:
+        sections["train"]["steps"] = MINUTES_ONLY_STEPS
+    if args.steps is not None and not args.resume:
+        sections["train"]["minutes"] = None
+    import dataclasses
+
+    for section, values in sections.items():
+        if values:
+            setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    cfg.sync()
+    cfg.validate()
+    return cfg
+
+
+class _TrainReporter:
+    """Turns trainer events into a tqdm bar (terminal) or occasional plain lines (logs)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+        self.last_line = 0.0
+        self.last_step = 0
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def __call__(self, event: object) -> None:
+        from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetrics,
+                                                 TrainStarted)
+
+        if isinstance(event, TrainStarted):
+            what = "Resuming" if event.resumed else "Training"
+            for note in event.notes:
+                self.write(f"note: {note}")
+            self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
+                       f"on {event.device}, step {event.start_step:,} of {event.total_steps:,}")
+            self.last_step = event.start_step
+            if not self.quiet and self.tty:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True,
+                                file=sys.stderr, smoothing=0.1)
+        elif isinstance(event, StepMetrics):
+            if self.bar is not None:
+                self.bar.update(event.step - self.last_step)
+                self.bar.set_postfix(loss=f"{event.loss_smooth:.4f}", img_s=f"{event.images_per_sec:.0f}",
+                                     refresh=False)
+            elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
+                self.last_line = time.monotonic()
+                eta = f", ETA {event.eta_sec / 60:.1f} min" if event.eta_sec is not None else ""
+                self.write(f"step {event.step:,}/{event.total_steps:,}  loss {event.loss:.4f} "
+                           f"(smoothed {event.loss_smooth:.4f})  {event.images_per_sec:.0f} img/s{eta}")
+            self.last_step = event.step
+        elif isinstance(event, CheckpointSaved):
+            if not self.quiet:
+                self.write(f"saved {event.path}")
+        elif isinstance(event, PreviewReady):
+            pass  # written to RUN_DIR/samples by the trainer
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ddpm_studio.training.trainer import Trainer, TrainControl
+
+    cfg = _train_config(args)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    control = TrainControl()
+    reporter = _TrainReporter(quiet=args.quiet or rank != 0)
+    interrupts = []
+
+    def on_sigint(signum, frame):  # first Ctrl+C: stop after this step and save; second: quit now
+        interrupts.append(signum)
+        if len(interrupts) > 1:
+            raise KeyboardInterrupt
+        control.stop()
+        if rank == 0:
+            reporter.write("stopping after this step and saving a checkpoint (Ctrl+C again to quit at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
+    try:
+        finished = Trainer(cfg, args.out, resume=args.resume).run(control, reporter)
+    finally:
+        reporter.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if rank == 0:
+        stream = sys.stderr if finished.reason in ("nan", "error") else sys.stdout
+        print(finished.message, file=stream)
+    if finished.reason in ("nan", "error"):
+        return 1
+    return 130 if interrupts else 0
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# -- sample -------------------------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from ddpm_studio.sampling.export import make_grid, save_gif, save_grid, save_pngs, upscale_nearest
+    from ddpm_studio.sampling.service import generate, load_model, to_uint8
+
+    for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
+        if value and Path(value).suffix.lower() != ext:
+            raise ValueError(f"{flag} must name a {ext} file; got {value}")
+    loaded = load_model(args.run or args.checkpoint, device=args.device)
+    for note in loaded.notes:
+        print(f"note: {note}", file=sys.stderr)
+    overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.sampling_steps), ("eta", args.eta),
+                                   ("seed", args.seed)) if v is not None}
+    sampling = dataclasses.replace(loaded.config.sampling, num_images=args.num, **overrides)
+    sampling.validate()
+    if sampling.sampler == "ddim" and sampling.steps > loaded.diffusion.T:
+        raise ValueError(f"--sampling-steps ({sampling.steps}) cannot exceed the model's T ({loaded.diffusion.T})")
+    total_steps = loaded.diffusion.T if sampling.sampler == "ddpm" else sampling.steps
+    batches = [min(args.batch_size, args.num - i) for i in range(0, args.num, args.batch_size)]
+
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches) * total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
+                   desc=f"sampling {args.num} image(s)")
+    out = Path(args.out)
+    written: list[Path] = []
+    images_all = []
+    frames: list[np.ndarray] = []
+    stride = max(1, math.ceil(total_steps / args.gif_frames))
+    try:
+        for b, n in enumerate(batches):
+            last = None
+            for last in generate(loaded, sampling, num_images=n, seed=sampling.seed + b):
+                if bar is not None:
+                    bar.update(1)
+                if args.gif and b == 0 and (last.index % stride == 0 or last.index == last.total - 1):
+                    frames.append(make_grid(to_uint8(last.x_t[:64])))
+            images = to_uint8(last.x_t)
+            images_all.append(images)
+            written += save_pngs(images, out, prefix="sample", start=sum(batches[:b]))
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {len(written)} image(s) of {images_all[0].shape[2]}x{images_all[0].shape[1]} px to {out}")
+    if args.grid:
+        save_grid(np.concatenate(images_all), args.grid)
+        print(f"wrote grid {args.grid}")
+    if args.gif:
+        factor = max(1, math.ceil(GIF_MIN_SIDE / frames[0].shape[1]))
+        count = save_gif((upscale_nearest(f, factor) for f in frames), args.gif, fps=args.gif_fps)
+        print(f"wrote GIF {args.gif} ({count} frames, every {stride} step(s) of {total_steps})")
     return 0
+
+
+# -- info ---------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from ddpm_studio.engine.unet import build_model, count_parameters
+    from ddpm_studio.training import checkpoints as ckpts
+    from ddpm_studio.training import runs
+
+    path = Path(args.path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    lines = []
+    if path.is_dir():
+        if not runs.is_run_dir(path):
+            raise ValueError(f"{path} is not a run folder (no config.json or checkpoints/)")
+        found = ckpts.list_checkpoints(path)
+        latest = ckpts.latest_checkpoint(path)
+        if latest is not None:
+            step, cfg, _ = ckpts.read_metadata(latest)
+            lines.append(f"run:         {path}")
+            lines.append(f"checkpoint:  {latest.name} (step {step:,} of {cfg.train.steps:,}); "
+                         f"{len(found)} on disk")
+        else:
+            cfg, step = runs.read_config(path), 0
+            lines.append(f"run:         {path}")
+            lines.append("checkpoint:  none yet")
+        info = runs.read_run_info(path)
+        ds = info.get("dataset") or {}
+        if ds:
+            lines.append(f"dataset:     {ds.get('source')} ({ds.get('num_images')} images, fingerprint {ds.get('fingerprint')})")
+        metrics = runs.read_metrics(path)
+        if metrics:
+            lines.append(f"last loss:   {metrics[-1].get('loss_smooth', float('nan')):.4f} (smoothed, step {metrics[-1].get('step')})")
+    else:
+        step, cfg, _ = ckpts.read_metadata(path)
+        lines.append(f"checkpoint:  {path} (step {step:,} of {cfg.train.steps:,})")
+    with torch.device("meta"):
+        n_params = count_parameters(build_model(cfg.model))
+    m, d = cfg.model, cfg.diffusion
+    lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), base {m.base_channels}, "
+                 f"mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), attention at {tuple(m.attention_resolutions)} px, "
+                 f"{n_params:,} parameters")
+    lines.append(f"diffusion:   {d.schedule} schedule, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
+    tc = cfg.train
+    lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
+                 f"seed {tc.seed}, steps {tc.steps:,}")
+    print("\n".join(lines))
+    if args.json:
+        print(cfg.to_json())
+    return 0
+
+
+# -- entry --------------------------------------------------------------------------------------
+
+
+def _launch_gui(argv: list[str]) -> int:
+    try:
+        from ddpm_studio.gui.app import main as gui_main
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("ddpm_studio.gui"):
+            print(f"{PROG}: the window is not available in this build; use a command "
+                  f"({PROG} --help)", file=sys.stderr)
+            return 1
+        raise
+    return int(gui_main([PROG, *argv]) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        return _launch_gui(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:  # CheckpointError and DatasetError are ValueErrors
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 1

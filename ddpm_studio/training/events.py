@@ -20,6 +20,7 @@ class TrainStarted:
     num_parameters: int
     num_images: int
     resumed: bool
+    notes: list[str] = field(default_factory=list)  # plain-words remarks, e.g. a damaged newest checkpoint was skipped
 
 
 @dataclass
