@@ -1,0 +1,212 @@
+"""The job functions the panels run on worker threads (see :mod:`.workers`).
+
+Each ``make_*`` returns ``job(state)``, which calls a service (data, training, sampling, export)
+and relays what it reports. Heavy imports (torch and everything that imports it) happen here, in
+the worker thread, so the window starts without them. Tensors become numpy ``uint8`` here, never
+on the UI thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..config import DataConfig, RunConfig, SamplingConfig
+from .workers import TaskCancelled, TaskState
+
+DEFAULT_CHAIN_BUDGET = 300 * 1024 * 1024  # bytes of recorded reverse-chain frames per generation
+
+
+# -- messages from jobs to panels ---------------------------------------------------------------
+@dataclass
+class TrainerReady:
+    trainer: Any  # training.Trainer, for snapshots from the sampling panel
+
+
+@dataclass
+class PreviewGrid:
+    step: int
+    grid: np.ndarray  # (H, W, C) uint8
+
+
+@dataclass
+class ModelReady:
+    config: RunConfig
+    step: int
+    source: str
+    loaded: Any = None  # the LoadedModel itself, so the panel can reuse it for the next generation
+
+
+@dataclass
+class ChainFrame:
+    index: int  # position in the chain, 0 … total-1
+    t: int  # 0-based timestep just denoised
+    total: int
+    xt: np.ndarray  # (H, W, C) uint8 grid of x_t
+    x0: np.ndarray  # (H, W, C) uint8 grid of the predicted x_0
+
+
+@dataclass
+class SampleResult:
+    images: np.ndarray  # (N, H, W, C) uint8, the final samples
+    grid: np.ndarray  # (H, W, C) uint8
+    stride: int  # every stride-th step was recorded (plus the last)
+    total: int  # steps in the chain
+
+
+def chain_stride(total_steps: int, frame_bytes: int, budget_bytes: int = DEFAULT_CHAIN_BUDGET) -> int:
+    """Record every k-th step so that ``total_steps / k`` frames of ``frame_bytes`` fit the budget."""
+    if total_steps <= 0 or frame_bytes <= 0:
+        return 1
+    max_frames = max(2, budget_bytes // frame_bytes)
+    return max(1, math.ceil(total_steps / max_frames))
+
+
+def recorded(index: int, total: int, stride: int) -> bool:
+    return index % stride == 0 or index == total - 1
+
+
+# -- dataset --------------------------------------------------------------------------------------
+def make_load_dataset(paths: list[str] | None, data_cfg: DataConfig) -> Callable[[TaskState], Any]:
+    """Load dropped folders/files (or the built-in set when ``paths`` is empty)."""
+    paths = list(paths or [])
+
+    def job(state: TaskState):
+        from .. import data
+
+        kwargs = dict(progress=state.progress, should_stop=state.should_stop)
+        if not paths:
+            return data.load_images(dataclasses.replace(data_cfg, folder=None), **kwargs)
+        if len(paths) == 1 and os.path.isdir(paths[0]):
+            return data.load_images(dataclasses.replace(data_cfg, folder=paths[0]), **kwargs)
+        return data.load_paths(paths, data_cfg, **kwargs)
+
+    return job
+
+
+# -- training -------------------------------------------------------------------------------------
+def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control: Any) -> Callable[[TaskState], Any]:
+    def job(state: TaskState):
+        from ..sampling.export import make_grid
+        from ..training.events import PreviewReady, StepMetrics
+        from ..training.trainer import Trainer
+
+        trainer = Trainer(cfg, run_dir, images=images, resume=resume)
+        state.emit(TrainerReady(trainer), flush=True)
+
+        def on_event(ev) -> None:
+            if isinstance(ev, PreviewReady):
+                state.emit(PreviewGrid(ev.step, make_grid(ev.images)), flush=True)
+            elif isinstance(ev, StepMetrics):
+                state.emit(ev)  # batched: at most ~30 deliveries a second
+            else:
+                state.emit(ev, flush=True)
+
+        return trainer.run(control=control, on_event=on_event)
+
+    return job
+
+
+# -- sampling -------------------------------------------------------------------------------------
+def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
+                budget_bytes: int = DEFAULT_CHAIN_BUDGET) -> Callable[[TaskState], Any]:
+    """Run one reverse chain; emit recorded frames as :class:`ChainFrame`, return :class:`SampleResult`."""
+
+    def job(state: TaskState):
+        from ..sampling.export import make_grid
+        from ..sampling.service import generate, to_uint8
+
+        loaded = get_model()
+        state.emit(ModelReady(loaded.config, int(loaded.step), str(loaded.source), loaded), flush=True)
+        if state.should_stop():
+            raise TaskCancelled()
+        stride = None
+        last = None
+        for r in generate(loaded, sampling, should_stop=state.should_stop):
+            last = r
+            if stride is not None and not recorded(r.index, r.total, stride):
+                continue
+            xt = make_grid(to_uint8(r.x_t))
+            x0 = make_grid(to_uint8(r.pred_x0))
+            if stride is None:
+                stride = chain_stride(r.total, xt.nbytes + x0.nbytes, budget_bytes)
+            state.emit(ChainFrame(r.index, int(r.t), r.total, xt, x0))
+        if state.should_stop() or last is None or last.index != last.total - 1:
+            raise TaskCancelled()
+        images = to_uint8(last.x_t)  # the final x_t is x_0
+        return SampleResult(images, make_grid(images), stride or 1, last.total)
+
+    return job
+
+
+# -- export ---------------------------------------------------------------------------------------
+def make_export_png(image: np.ndarray, path: str, scale: int = 1) -> Callable[[TaskState], Any]:
+    def job(state: TaskState):
+        from ..sampling.export import save_png, upscale_nearest
+
+        save_png(upscale_nearest(image, scale) if scale > 1 else image, path)
+        return [Path(path)]
+
+    return job
+
+
+def make_export_samples(images: np.ndarray, target: str, per_image: bool, scale: int = 1) -> Callable[[TaskState], Any]:
+    def job(state: TaskState):
+        from ..sampling.export import make_grid, save_png, save_pngs, upscale_nearest
+
+        if per_image:
+            ims = np.stack([upscale_nearest(im, scale) for im in images]) if scale > 1 else images
+            return save_pngs(ims, target)
+        grid = make_grid(images)
+        save_png(upscale_nearest(grid, scale) if scale > 1 else grid, target)
+        return [Path(target)]
+
+    return job
+
+
+def make_export_gif(frames: list[np.ndarray], path: str, *, stride: int = 1, fps: int = 20,
+                    hold_last_sec: float = 1.0, scale: int = 1) -> Callable[[TaskState], Any]:
+    """``frames`` are the recorded x_t grids, first to last; every ``stride``-th is kept, plus the last."""
+
+    def job(state: TaskState):
+        from ..sampling.export import save_gif, upscale_nearest
+
+        if not frames:
+            raise ValueError("there is no reverse chain to export yet: press Generate first")
+        keep = [i for i in range(len(frames)) if i % stride == 0 or i == len(frames) - 1]
+        out = []
+        for n, i in enumerate(keep):
+            if state.should_stop():
+                raise TaskCancelled()
+            out.append(upscale_nearest(frames[i], scale) if scale > 1 else frames[i])
+            state.progress(n + 1, len(keep), "Preparing GIF frames")
+        save_gif(out, path, fps=fps, hold_last_sec=hold_last_sec)
+        return [Path(path)]
+
+    return job
+
+
+# -- device ---------------------------------------------------------------------------------------
+def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
+    """Import torch (off the UI thread) and describe the device ``pref`` resolves to."""
+
+    def job(state: TaskState):
+        import torch
+
+        from ..engine.devices import describe_device, select_device
+
+        available = ["auto", "cpu"]
+        if torch.cuda.is_available():
+            available.append("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            available.append("mps")
+        return describe_device(select_device(pref)), available
+
+    return job

@@ -1,0 +1,277 @@
+"""The DDPM Studio main window: four tabs, menus, status bar, settings, errors, safe closing."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from PySide6.QtCore import QByteArray, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget
+
+from .. import paths
+from . import jobs, settings as settings_mod
+from .panels.dataset_panel import DatasetPanel
+from .panels.forward_panel import ForwardPanel
+from .panels.sampling_panel import SamplingPanel
+from .panels.training_panel import TrainingPanel
+from .state import StudioState
+from .widgets.drop_zone import local_paths
+from .workers import Task, running_tasks
+
+APP_TITLE = "DDPM Studio"
+
+
+class MainWindow(QMainWindow):
+    """``load_on_start``: open the last dataset (or the built-in one) as soon as the window shows."""
+
+    def __init__(self, settings=None, *, load_on_start: bool = True, probe_device: bool = True):
+        super().__init__()
+        self.settings = settings if settings is not None else settings_mod.open_settings()
+        self.state = StudioState(self)
+        self.errors: list[tuple[str, str]] = []  # every error shown (tests read this)
+        self.error_box: QMessageBox | None = None
+        # Replaceable in tests: (question) -> bool. Default asks with a modal dialog.
+        self.confirm: Callable[[str], bool] = self._confirm_dialog
+        self.device_task: Task | None = None
+
+        self.setWindowTitle(APP_TITLE)
+        self.setAcceptDrops(True)
+        self.setMinimumSize(900, 620)
+        self.resize(1280, 820)
+
+        self.dataset_panel = DatasetPanel(self.state)
+        self.training_panel = TrainingPanel(self.state)
+        self.sampling_panel = SamplingPanel(self.state)
+        self.forward_panel = ForwardPanel(self.state)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.dataset_panel, "Dataset")
+        self.tabs.addTab(self.training_panel, "Training")
+        self.tabs.addTab(self.sampling_panel, "Sampling")
+        self.tabs.addTab(self.forward_panel, "Forward Process")
+        self.tabs.setTabToolTip(0, "Choose the images to learn from.")
+        self.tabs.setTabToolTip(1, "Train a denoising network and watch the loss fall.")
+        self.tabs.setTabToolTip(2, "Generate images and watch the reverse chain.")
+        self.tabs.setTabToolTip(3, "See how noise destroys an image step by step.")
+        self.setCentralWidget(self.tabs)
+
+        self.activity_label = QLabel("Ready")
+        self.device_label = QLabel("Device: detecting…")
+        self.device_label.setToolTip("The compute device training and sampling use when set to Automatic.")
+        sb = self.statusBar()
+        sb.addWidget(self.activity_label, 1)
+        sb.addPermanentWidget(self.device_label)
+
+        self._build_menus()
+        self.state.error.connect(self.show_error)
+        self.state.activity_changed.connect(self._update_activity)
+        self.state.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
+        self.state.device_changed.connect(lambda d: self.device_label.setText(f"Device: {d}"))
+        self.training_panel.training_finished.connect(lambda _: self._update_actions())
+        self.sampling_panel.generation_finished.connect(lambda _: self._update_actions())
+
+        self._sources = self.restore_settings()
+        if load_on_start:
+            QTimer.singleShot(0, lambda: self.dataset_panel.load_paths(self._sources))
+        if probe_device:
+            QTimer.singleShot(0, self._probe_device)
+
+    # -- menus ------------------------------------------------------------------------------------
+    def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+        if tip:
+            a.setStatusTip(tip)
+            a.setToolTip(tip)
+        a.triggered.connect(slot)
+        return a
+
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        self.open_folder_action = self._action("Open &Folder…", self.dataset_panel.open_folder, QKeySequence.StandardKey.Open,
+                                               "Open a folder of images to train on.")
+        self.open_run_action = self._action("Open &Run…", self._open_run, "Ctrl+Shift+O", "Continue a training run saved earlier.")
+        self.open_model_action = self._action("Open &Model…", self._open_model, "Ctrl+Shift+M",
+                                              "Sample from a run folder, checkpoint or model folder.")
+        self.export_frame_action = self._action("&Export Frame as PNG…", lambda: self.sampling_panel.export_frame(),
+                                                "Ctrl+E", "Save the reverse-chain frame on screen.")
+        self.export_samples_action = self._action("Export &Samples as PNG…", lambda: self.sampling_panel.export_samples(),
+                                                  "Ctrl+Alt+E", "Save the final samples.")
+        self.export_gif_action = self._action("Export Chain as &GIF…", lambda: self.sampling_panel.export_gif(),
+                                              "Ctrl+Shift+E", "Save the reverse chain as an animated GIF.")
+        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Close DDPM Studio.")
+        self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        for a in (self.open_folder_action, self.open_run_action, self.open_model_action):
+            f.addAction(a)
+        f.addSeparator()
+        exp = f.addMenu("E&xport")
+        for a in (self.export_frame_action, self.export_samples_action, self.export_gif_action):
+            exp.addAction(a)
+        f.addSeparator()
+        f.addAction(self.quit_action)
+
+        r = mb.addMenu("&Run")
+        self.start_action = self._action("&Start Training", self._start_training, "Ctrl+T", "Start or continue training.")
+        self.pause_action = self._action("&Pause / Resume Training", self.training_panel.pause_button.toggle, "Ctrl+P")
+        self.stop_action = self._action("S&top Training", self.training_panel.stop, "Ctrl+.")
+        self.new_run_action = self._action("&New Run", self.training_panel.new_run, None,
+                                           "Forget the opened run: the next Start begins a new one.")
+        self.generate_action = self._action("&Generate", self._generate, "Ctrl+G", "Generate images with the chosen sampler.")
+        self.cancel_action = self._action("&Cancel Generation", self.sampling_panel.cancel, "Ctrl+Shift+G")
+        for a in (self.start_action, self.pause_action, self.stop_action, self.new_run_action):
+            r.addAction(a)
+        r.addSeparator()
+        r.addAction(self.generate_action)
+        r.addAction(self.cancel_action)
+
+        v = mb.addMenu("&View")
+        for i, name in enumerate(("Dataset", "Training", "Sampling", "Forward Process")):
+            v.addAction(self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}"))
+        v.addSeparator()
+        self.log_action = self._action("&Log-scale Loss", lambda on: self.training_panel.loss_plot.set_log_scale(on), "Ctrl+L")
+        self.log_action.setCheckable(True)
+        self.training_panel.loss_plot.log_scale_changed.connect(self.log_action.setChecked)
+        v.addAction(self.log_action)
+
+        h = mb.addMenu("&Help")
+        h.addAction(self._action("&About DDPM Studio", self._about))
+        self._update_actions()
+
+    def _open_run(self) -> None:
+        self.tabs.setCurrentWidget(self.training_panel)
+        self.training_panel.open_run()
+
+    def _open_model(self) -> None:
+        self.tabs.setCurrentWidget(self.sampling_panel)
+        self.sampling_panel.open_model()
+
+    def _start_training(self) -> None:
+        self.tabs.setCurrentWidget(self.training_panel)
+        self.training_panel.start()
+
+    def _generate(self) -> None:
+        self.tabs.setCurrentWidget(self.sampling_panel)
+        self.sampling_panel.generate()
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "About DDPM Studio",
+                          "<b>DDPM Studio</b><p>Train denoising diffusion probabilistic models "
+                          "(Ho et al. 2020) on your own images and watch them work.</p>"
+                          f"<p>Settings: {settings_mod.settings_path()}<br>Runs: {paths.default_runs_dir()}</p>")
+
+    def _update_actions(self) -> None:
+        self.pause_action.setEnabled(self.state.is_busy("training"))
+        self.stop_action.setEnabled(self.state.is_busy("training"))
+        self.cancel_action.setEnabled(self.state.is_busy("sampling"))
+
+    def _update_activity(self) -> None:
+        self.activity_label.setText(self.state.activity_text())
+        self._update_actions()
+
+    # -- drops anywhere on the window -----------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if local_paths(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        p = local_paths(event.mimeData())
+        if p:
+            event.acceptProposedAction()
+            self.tabs.setCurrentWidget(self.dataset_panel)
+            self.dataset_panel.load_paths(p)
+
+    # -- device -----------------------------------------------------------------------------------
+    def _probe_device(self) -> None:
+        task = Task(jobs.make_probe_device("auto"), name="device")
+        task.succeeded.connect(self._on_device)
+        task.failed.connect(lambda m, d: self.device_label.setText("Device: unknown"))
+        self.device_task = task
+        task.start()
+
+    def _on_device(self, result) -> None:
+        text, available = result
+        self.state.set_device(text)
+        self.training_panel.set_available_devices(available)
+
+    # -- errors -----------------------------------------------------------------------------------
+    def show_error(self, message: str, details: str = "") -> None:
+        """Plain words in a dialog, the technical details behind "Show Details…". Never blocks."""
+        self.errors.append((message, details))
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle(APP_TITLE)
+        box.setText(message)
+        if details:
+            box.setDetailedText(details)
+        box.setStandardButtons(QMessageBox.StandardButton.Ok)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.error_box = box
+        box.open()  # window-modal, returns at once
+        self.statusBar().showMessage(message, 8000)
+
+    # -- settings ---------------------------------------------------------------------------------
+    def restore_settings(self) -> list[str]:
+        s = self.settings
+        geo = s.value("window/geometry")
+        if isinstance(geo, QByteArray) and not geo.isEmpty():
+            self.restoreGeometry(geo)
+        st = s.value("window/state")
+        if isinstance(st, QByteArray) and not st.isEmpty():
+            self.restoreState(st)
+        sources = self.dataset_panel.restore_settings(s)
+        self.training_panel.restore_settings(s)
+        self.sampling_panel.restore_settings(s)
+        self.tabs.setCurrentIndex(settings_mod.get(s, "window/tab", 0))
+        return sources
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState())
+        s.setValue("window/tab", self.tabs.currentIndex())
+        self.dataset_panel.save_settings(s)
+        self.training_panel.save_settings(s)
+        self.sampling_panel.save_settings(s)
+        s.sync()
+
+    # -- closing ----------------------------------------------------------------------------------
+    def _confirm_dialog(self, question: str) -> bool:
+        answer = QMessageBox.question(self, APP_TITLE, question,
+                                      QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+                                      QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def busy_work(self) -> list[str]:
+        work = []
+        if self.training_panel.is_running():
+            work.append("training")
+        if self.sampling_panel.is_running():
+            work.append("generating images")
+        return work
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        work = self.busy_work()
+        if work:
+            what = " and ".join(work)
+            question = (f"DDPM Studio is {what}. Stop and quit?\n\n"
+                        + ("Training stops after the current step and saves a checkpoint you can continue from."
+                           if "training" in work else ""))
+            if not self.confirm(question):
+                event.ignore()
+                return
+        self.shutdown()
+        self.save_settings()
+        event.accept()
+
+    def shutdown(self, timeout_ms: int = 60000) -> None:
+        """Ask every worker to stop, then wait for their threads (training saves its checkpoint first)."""
+        for panel in (self.dataset_panel, self.training_panel, self.sampling_panel):
+            panel.shutdown()
+        if self.device_task is not None:
+            self.device_task.cancel()
+        for task in running_tasks():
+            task.cancel()
+        for task in running_tasks():
+            task.wait(timeout_ms)

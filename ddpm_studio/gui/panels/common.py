@@ -1,0 +1,102 @@
+"""Small helpers the panels share: form rows with tooltips, section boxes, a busy progress row."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QProgressBar, QPushButton, QSpinBox, QWidget)
+
+
+def section(title: str) -> tuple[QGroupBox, QFormLayout]:
+    box = QGroupBox(title)
+    form = QFormLayout(box)
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    return box, form
+
+
+def add_row(form: QFormLayout, label: str, widget: QWidget, tip: str) -> QWidget:
+    """A labelled row whose label and field both explain themselves in one sentence."""
+    widget.setToolTip(tip)
+    lab = QLabel(label)
+    lab.setToolTip(tip)
+    lab.setBuddy(widget)
+    form.addRow(lab, widget)
+    return widget
+
+
+def int_spin(lo: int, hi: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    s.setValue(value)
+    s.setGroupSeparatorShown(True)
+    if suffix:
+        s.setSuffix(suffix)
+    s.setKeyboardTracking(False)
+    return s
+
+
+def float_spin(lo: float, hi: float, value: float, decimals: int, step: float) -> QDoubleSpinBox:
+    s = QDoubleSpinBox()
+    s.setDecimals(decimals)
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    s.setValue(value)
+    s.setKeyboardTracking(False)
+    return s
+
+
+class ProgressRow(QWidget):
+    """A progress bar, a message and a Cancel button, shown while a task runs."""
+
+    cancel_clicked = Signal()
+
+    def __init__(self, parent=None, cancel_text: str = "Cancel"):
+        super().__init__(parent)
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.label = QLabel("")
+        self.label.setStyleSheet("color: palette(mid);")
+        self.cancel_button = QPushButton(cancel_text)
+        self.cancel_button.clicked.connect(self.cancel_clicked)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.bar, 2)
+        lay.addWidget(self.label, 3)
+        lay.addWidget(self.cancel_button)
+        self.finish("")
+
+    def start(self, message: str) -> None:
+        self.bar.setRange(0, 0)  # busy until the first report
+        self.label.setText(message)
+        self.cancel_button.setEnabled(True)
+        self.bar.setVisible(True)
+        self.cancel_button.setVisible(True)
+
+    def report(self, done: int, total: int, message: str = "") -> None:
+        if total > 0:
+            self.bar.setRange(0, total)
+            self.bar.setValue(done)
+        if message:
+            self.label.setText(message)
+
+    def finish(self, message: str) -> None:
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setVisible(False)
+        self.cancel_button.setVisible(False)
+        self.label.setText(message)
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}:{s:02d}"
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"

@@ -1,0 +1,596 @@
+"""Sampling panel: generate with DDPM or DDIM, watch the reverse chain live, scrub it, export it.
+
+The chain runs on a worker thread (:func:`..jobs.make_sample`), which turns the recorded steps into
+``uint8`` grids and sends them in batches (at most ~30 a second, plus the last). Every step is
+recorded while the chain fits the memory budget, every k-th beyond it. Exports run on worker
+threads too.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeyEvent
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel,
+                               QPushButton, QRadioButton, QScrollArea, QSlider, QSplitter, QStyle,
+                               QVBoxLayout, QWidget)
+
+from ...config import SamplingConfig
+from .. import jobs
+from ..state import StudioState
+from ..widgets.chain_canvas import ChainCanvas
+from ..widgets.schedule_plot import SchedulePlot
+from ..workers import Task
+from .common import ProgressRow, add_row, float_spin, int_spin, section
+
+
+class ChainViewer(QWidget):
+    """The canvas plus the scrubber; Left/Right step through the chain, Space plays."""
+
+    step_requested = Signal(int)  # -1 or +1
+    play_requested = Signal()
+    home_end_requested = Signal(bool)  # True = end
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.canvas = ChainCanvas()
+        self.play_button = QPushButton()
+        self.play_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
+        self.play_button.setToolTip("Play the recorded reverse chain (Space).")
+        self.play_button.setCheckable(True)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 0)
+        self.slider.setEnabled(False)
+        self.slider.setToolTip("Scrub through the recorded steps of the reverse chain (Left / Right keys).")
+        self.step_label = QLabel("no chain yet")
+        self.step_label.setMinimumWidth(190)
+        row = QHBoxLayout()
+        row.addWidget(self.play_button)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.step_label)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas, 1)
+        lay.addLayout(row)
+
+    def keyPressEvent(self, e: QKeyEvent) -> None:
+        k = e.key()
+        if k in (Qt.Key.Key_Left, Qt.Key.Key_Right):
+            self.step_requested.emit(-1 if k == Qt.Key.Key_Left else 1)
+        elif k == Qt.Key.Key_Space:
+            self.play_requested.emit()
+        elif k in (Qt.Key.Key_Home, Qt.Key.Key_End):
+            self.home_end_requested.emit(k == Qt.Key.Key_End)
+        else:
+            super().keyPressEvent(e)
+
+    def mousePressEvent(self, e) -> None:
+        self.setFocus()
+        super().mousePressEvent(e)
+
+
+class SamplingPanel(QWidget):
+    generation_finished = Signal(object)  # SampleResult | None
+    export_finished = Signal(list)  # paths written
+
+    def __init__(self, state: StudioState, parent=None, budget_bytes: int = jobs.DEFAULT_CHAIN_BUDGET):
+        super().__init__(parent)
+        self.state = state
+        self.budget_bytes = budget_bytes
+        self.task: Task | None = None
+        self.export_task: Task | None = None
+        self.frames: list[jobs.ChainFrame] = []
+        self.result: jobs.SampleResult | None = None
+        self.model_path: str | None = None
+        self._loaded = None  # cached LoadedModel for model_path
+        self._model_config = None
+        self.frames_received = 0
+        self.follow_live = True
+        self.ask_save_path = self._ask_save_path  # replaceable (tests): (title, filter, default) -> path
+        self.ask_folder = self._ask_folder
+        self._build()
+        state.trainer_changed.connect(lambda _: self._update_model_label())
+        self._update_model_label()
+        self._sampler_changed()
+        self._update_buttons()
+
+    # -- layout -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        sd = SamplingConfig()
+        mbox, mform = section("Model")
+        self.src_trained = QRadioButton("The model being trained")
+        self.src_trained.setToolTip("Sample from a copy of the current EMA weights of the training run.")
+        self.src_disk = QRadioButton("A run or checkpoint from disk")
+        self.src_disk.setToolTip("Sample from a run folder, a checkpoint file or a model folder.")
+        self.src_group = QButtonGroup(self)
+        self.src_group.addButton(self.src_trained)
+        self.src_group.addButton(self.src_disk)
+        self.src_trained.setChecked(True)
+        self.open_button = QPushButton("Open Run or Checkpoint…")
+        self.open_button.setToolTip("Pick a run folder or a .safetensors checkpoint to sample from.")
+        self.open_button.clicked.connect(lambda: self.open_model())
+        self.model_label = QLabel("")
+        self.model_label.setWordWrap(True)
+        self.model_label.setStyleSheet("color: palette(mid);")
+        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        mform.addRow(self.src_trained)
+        mform.addRow(self.src_disk)
+        mform.addRow(self.open_button)
+        mform.addRow(self.model_label)
+        self.src_group.buttonToggled.connect(lambda *_: self._update_model_label())
+
+        sbox, sform = section("Sampler")
+        self.sampler_combo = QComboBox()
+        self.sampler_combo.addItem("DDPM (ancestral, all T steps)", "ddpm")
+        self.sampler_combo.addItem("DDIM (fewer steps)", "ddim")
+        self.sampler_combo.setCurrentIndex(1)
+        add_row(sform, "Sampler", self.sampler_combo,
+                "DDPM walks every timestep as in the paper's Algorithm 2; DDIM skips steps and can be deterministic.")
+        self.variance_combo = QComboBox()
+        self.variance_combo.addItem("σ² = β̃_t (posterior)", "fixed_small")
+        self.variance_combo.addItem("σ² = β_t", "fixed_large")
+        add_row(sform, "Variance", self.variance_combo,
+                "The paper's two choices for the reverse-step noise; both give similar samples.")
+        self.steps_spin = int_spin(1, 4000, sd.steps, 10)
+        add_row(sform, "Steps", self.steps_spin, "How many DDIM steps to take from pure noise to an image.")
+        self.eta_spin = float_spin(0.0, 1.0, sd.eta, 2, 0.1)
+        add_row(sform, "η (eta)", self.eta_spin, "0 = deterministic DDIM; 1 adds as much noise as ancestral sampling.")
+        self.clip_check = QCheckBox("Clip predicted x₀ to [-1, 1]")
+        self.clip_check.setChecked(sd.clip_denoised)
+        add_row(sform, "Clip", self.clip_check, "Keep the model's guess of the clean image inside the valid range at every step.")
+        self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
+
+        ibox, iform = section("Images")
+        self.num_spin = int_spin(1, 1024, sd.num_images)
+        add_row(iform, "Number", self.num_spin, "How many images to generate at once; they are shown as a grid.")
+        self.seed_spin = int_spin(0, 2**31 - 1, sd.seed)
+        self.dice = QPushButton("Randomise")
+        self.dice.setToolTip("Pick a new random seed.")
+        self.dice.clicked.connect(self.randomise_seed)
+        seed_row = QWidget()
+        sr = QHBoxLayout(seed_row)
+        sr.setContentsMargins(0, 0, 0, 0)
+        sr.addWidget(self.seed_spin, 1)
+        sr.addWidget(self.dice)
+        add_row(iform, "Seed", seed_row, "Same seed and settings, same images.")
+        self.seed_spin.setToolTip(seed_row.toolTip())
+
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setDefault(True)
+        self.generate_button.setToolTip("Run the reverse chain from pure noise (Ctrl+G).")
+        self.generate_button.clicked.connect(self.generate)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the chain after the current step.")
+        self.cancel_button.clicked.connect(self.cancel)
+        brow = QHBoxLayout()
+        brow.addWidget(self.generate_button, 2)
+        brow.addWidget(self.cancel_button, 1)
+
+        ebox, eform = section("Export")
+        self.scale_spin = int_spin(1, 16, 4, 1, "×")
+        add_row(eform, "Upscale", self.scale_spin, "Enlarge exported images by this factor with crisp, nearest-neighbour pixels.")
+        self.layout_combo = QComboBox()
+        self.layout_combo.addItem("One grid image", "grid")
+        self.layout_combo.addItem("One file per image", "each")
+        add_row(eform, "Samples as", self.layout_combo, "Save the final samples tiled into one PNG or as separate PNG files.")
+        self.gif_stride_spin = int_spin(1, 1000, 1)
+        add_row(eform, "GIF stride", self.gif_stride_spin, "Use every n-th recorded step in the GIF (the last step is always kept).")
+        self.gif_fps_spin = int_spin(1, 60, 20, 1, " fps")
+        add_row(eform, "GIF speed", self.gif_fps_spin, "Frames per second of the animated GIF.")
+        self.gif_hold_spin = float_spin(0.0, 30.0, 1.5, 1, 0.5)
+        self.gif_hold_spin.setSuffix(" s")
+        add_row(eform, "Hold last", self.gif_hold_spin, "How long the GIF lingers on the final samples before looping.")
+        self.export_frame_button = QPushButton("Frame…")
+        self.export_frame_button.setToolTip("Save the frame on screen (x_t and predicted x₀ side by side) as PNG (Ctrl+E).")
+        self.export_samples_button = QPushButton("Samples…")
+        self.export_samples_button.setToolTip("Save the final samples as PNG.")
+        self.export_gif_button = QPushButton("GIF…")
+        self.export_gif_button.setToolTip("Save the reverse chain as an animated GIF (Ctrl+Shift+E).")
+        self.export_frame_button.clicked.connect(lambda: self.export_frame())
+        self.export_samples_button.clicked.connect(lambda: self.export_samples())
+        self.export_gif_button.clicked.connect(lambda: self.export_gif())
+        erow = QHBoxLayout()
+        erow.addWidget(self.export_frame_button)
+        erow.addWidget(self.export_samples_button)
+        erow.addWidget(self.export_gif_button)
+        eform.addRow(erow)
+
+        form_w = QWidget()
+        fl = QVBoxLayout(form_w)
+        fl.setContentsMargins(0, 0, 6, 0)
+        for b in (mbox, sbox, ibox):
+            fl.addWidget(b)
+        fl.addLayout(brow)
+        fl.addWidget(ebox)
+        fl.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(form_w)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(330)
+        scroll.setMaximumWidth(400)
+
+        self.progress = ProgressRow()
+        self.progress.cancel_clicked.connect(self.cancel)
+        self.progress.cancel_button.hide()
+        self.viewer = ChainViewer()
+        self.canvas = self.viewer.canvas
+        self.slider = self.viewer.slider
+        self.play_button = self.viewer.play_button
+        self.slider.valueChanged.connect(self.show_frame)
+        self.viewer.step_requested.connect(self.step)
+        self.viewer.play_requested.connect(self.play_button.toggle)
+        self.viewer.home_end_requested.connect(lambda end: self.slider.setValue(self.slider.maximum() if end else 0))
+        self.play_button.toggled.connect(self.set_playing)
+        self.play_timer = QTimer(self)
+        self.play_timer.timeout.connect(self._play_tick)
+        self.schedule_plot = SchedulePlot(title="Noise schedule of this model", compact=True)
+        self.schedule_plot.setMaximumHeight(300)
+        vs = QSplitter(Qt.Orientation.Vertical)
+        vs.addWidget(self.viewer)
+        vs.addWidget(self.schedule_plot)
+        vs.setSizes([520, 220])
+        vs.setChildrenCollapsible(False)
+        right = QVBoxLayout()
+        right.addWidget(self.progress)
+        right.addWidget(vs, 1)
+        lay = QHBoxLayout(self)
+        lay.addWidget(scroll)
+        lay.addLayout(right, 1)
+
+    # -- options ----------------------------------------------------------------------------------
+    def _sampler_changed(self, *_) -> None:
+        ddim = self.sampler_combo.currentData() == "ddim"
+        self.steps_spin.setEnabled(ddim)
+        self.eta_spin.setEnabled(ddim)
+        self.variance_combo.setEnabled(not ddim)
+
+    def sampling_config(self) -> SamplingConfig:
+        cfg = SamplingConfig(sampler=self.sampler_combo.currentData(), steps=int(self.steps_spin.value()),
+                             eta=float(self.eta_spin.value()), variance=self.variance_combo.currentData(),
+                             clip_denoised=self.clip_check.isChecked(), num_images=int(self.num_spin.value()),
+                             seed=int(self.seed_spin.value()))
+        cfg.validate()
+        return cfg
+
+    def set_sampling_config(self, cfg: SamplingConfig) -> None:
+        self.sampler_combo.setCurrentIndex(max(0, self.sampler_combo.findData(cfg.sampler)))
+        self.steps_spin.setValue(cfg.steps)
+        self.eta_spin.setValue(cfg.eta)
+        self.variance_combo.setCurrentIndex(max(0, self.variance_combo.findData(cfg.variance)))
+        self.clip_check.setChecked(cfg.clip_denoised)
+        self.num_spin.setValue(cfg.num_images)
+        self.seed_spin.setValue(min(cfg.seed, self.seed_spin.maximum()))
+
+    def randomise_seed(self) -> None:
+        self.seed_spin.setValue(random.randrange(0, self.seed_spin.maximum()))
+
+    # -- model ------------------------------------------------------------------------------------
+    def _ask_model_path(self) -> str | None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open Checkpoint (or cancel to pick a run folder)",
+                                              os.path.expanduser("~"), "Checkpoints (*.safetensors);;All files (*)")
+        if path:
+            return path
+        path = QFileDialog.getExistingDirectory(self, "Open Run or Model Folder", os.path.expanduser("~"))
+        return path or None
+
+    def open_model(self, path: str | None = None) -> bool:
+        """Use a run folder, checkpoint or model folder for the next Generate."""
+        path = path or self._ask_model_path()
+        if not path:
+            return False
+        if not os.path.exists(path):
+            self.state.report_error(f"Cannot open the model: {path} does not exist", "")
+            return False
+        self.model_path, self._loaded = str(path), None
+        self.src_disk.setChecked(True)
+        self._update_model_label()
+        return True
+
+    def _update_model_label(self) -> None:
+        if self.src_disk.isChecked():
+            if self.model_path:
+                text = f"{self.model_path}"
+                if self._loaded is not None:
+                    m = self._loaded.config.model
+                    text += f"\nstep {self._loaded.step:,} · {m.image_size} px · {'RGB' if m.in_channels == 3 else 'grayscale'}"
+                self.model_label.setText(text)
+            else:
+                self.model_label.setText("No model opened yet.")
+        else:
+            self.model_label.setText("Training is running or has run in this window." if self.state.trainer is not None
+                                     else "Nothing is training yet: start training, or open a run from disk.")
+        self._update_buttons()
+
+    def _model_getter(self):
+        if self.src_disk.isChecked():
+            if not self.model_path:
+                raise ValueError("no model is opened: choose a run folder or checkpoint first")
+            if self._loaded is not None:
+                loaded = self._loaded
+                return lambda: loaded
+            path = self.model_path
+
+            def load():
+                from ...sampling.service import load_model
+
+                return load_model(path)
+
+            return load
+        trainer = self.state.trainer
+        if trainer is None:
+            raise ValueError("nothing is training yet: start training first, or open a run from disk")
+        return trainer.snapshot
+
+    # -- generation -------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self.task is not None and self.task.is_running()
+
+    def generate(self) -> bool:
+        """Start a reverse chain. False, with a message and no thread, if the input is bad."""
+        if self.is_running():
+            return False
+        try:
+            cfg = self.sampling_config()
+            get_model = self._model_getter()
+        except ValueError as e:
+            self.state.report_error(f"Cannot generate: {e}", "")
+            return False
+        self.set_playing(False)
+        self.frames = []
+        self.result = None
+        self.frames_received = 0
+        self.follow_live = True
+        self.slider.setRange(0, 0)
+        self.slider.setEnabled(False)
+        task = Task(jobs.make_sample(get_model, cfg, self.budget_bytes), name="sampling")
+        task.items.connect(self._on_items)
+        task.succeeded.connect(self._on_result)
+        task.failed.connect(self._on_failed)
+        task.cancelled.connect(self._on_cancelled)
+        task.finished.connect(lambda t=task: self._on_task_finished(t))
+        self.task = task
+        steps = cfg.steps if cfg.sampler == "ddim" else "all"
+        self.progress.start(f"Generating {cfg.num_images} image(s) with {cfg.sampler.upper()} ({steps} steps)…")
+        self.state.begin("sampling", "Generating")
+        task.start()
+        self._update_buttons()
+        return True
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def shutdown(self) -> None:
+        self.cancel()
+        if self.export_task is not None:
+            self.export_task.cancel()
+        self.set_playing(False)
+
+    def _on_items(self, items: list) -> None:
+        new = [it for it in items if isinstance(it, jobs.ChainFrame)]
+        for it in items:
+            if isinstance(it, jobs.ModelReady):
+                self._on_model_ready(it)
+        if not new:
+            return
+        self.frames.extend(new)
+        self.frames_received += len(new)
+        last = new[-1]
+        self.progress.report(last.index + 1, last.total, f"step {last.index + 1} / {last.total} · t = {last.t}")
+        at_end = self.slider.value() >= self.slider.maximum()
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, len(self.frames) - 1)
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(True)
+        if self.follow_live and at_end:
+            self.slider.setValue(len(self.frames) - 1)
+            self.show_frame(len(self.frames) - 1)
+        else:
+            self._update_step_label(self.slider.value())
+
+    def _on_model_ready(self, m: jobs.ModelReady) -> None:
+        self._model_config = m.config
+        d = m.config.diffusion
+        from ...engine.schedules import NoiseSchedule
+
+        s = NoiseSchedule.from_config(d.schedule, d.timesteps)
+        self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=d.schedule)
+        if self.src_disk.isChecked() and hasattr(m, "loaded") and m.loaded is not None:
+            self._loaded = m.loaded
+            self._update_model_label()
+
+    def _on_result(self, result: jobs.SampleResult) -> None:
+        self.result = result
+        stride = f", every {result.stride}th step recorded" if result.stride > 1 else ""
+        self.progress.finish(f"Done: {len(result.images)} image(s), {result.total} steps{stride}.")
+        self.generation_finished.emit(result)
+
+    def _on_failed(self, message: str, details: str) -> None:
+        self.progress.finish("Generation failed.")
+        self.state.report_error(message, details)
+        self.generation_finished.emit(None)
+
+    def _on_cancelled(self) -> None:
+        self.progress.finish(f"Cancelled after {len(self.frames)} recorded step(s); scrub to see them.")
+        self.generation_finished.emit(None)
+
+    def _on_task_finished(self, task: Task) -> None:
+        if self.task is task:
+            self.task = None
+            self.state.end("sampling")
+            self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self.is_running()
+        self.generate_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        exporting = self.export_task is not None and self.export_task.is_running()
+        for b in (self.export_frame_button, self.export_gif_button):
+            b.setEnabled(bool(self.frames) and not exporting)
+        self.export_samples_button.setEnabled(self.result is not None and not exporting)
+
+    # -- scrubbing --------------------------------------------------------------------------------
+    def show_frame(self, i: int) -> None:
+        if not self.frames:
+            return
+        i = max(0, min(int(i), len(self.frames) - 1))
+        f = self.frames[i]
+        self.canvas.show_frame(f.xt, f.x0)
+        self.schedule_plot.set_marker(f.t)
+        if self.is_running():
+            self.follow_live = i == len(self.frames) - 1
+        self._update_step_label(i)
+        self._update_buttons()
+
+    def _update_step_label(self, i: int) -> None:
+        if not self.frames:
+            self.viewer.step_label.setText("no chain yet")
+            return
+        f = self.frames[min(i, len(self.frames) - 1)]
+        self.viewer.step_label.setText(f"step {f.index + 1} / {f.total} · t = {f.t}")
+
+    def current_frame(self) -> jobs.ChainFrame | None:
+        if not self.frames:
+            return None
+        return self.frames[min(self.slider.value(), len(self.frames) - 1)]
+
+    def step(self, delta: int) -> None:
+        self.slider.setValue(self.slider.value() + delta)
+
+    def set_playing(self, on: bool) -> None:
+        if self.play_button.isChecked() != on:
+            self.play_button.setChecked(on)
+            return
+        icon = QStyle.StandardPixmap.SP_MediaPause if on else QStyle.StandardPixmap.SP_MediaPlay
+        self.play_button.setIcon(self.style().standardIcon(icon))
+        if on and self.frames:
+            if self.slider.value() >= self.slider.maximum():
+                self.slider.setValue(0)
+            self.play_timer.start(int(1000 / max(1, self.gif_fps_spin.value())))
+        else:
+            self.play_timer.stop()
+            if on:
+                self.play_button.setChecked(False)
+
+    def _play_tick(self) -> None:
+        if self.slider.value() >= self.slider.maximum():
+            self.set_playing(False)
+        else:
+            self.slider.setValue(self.slider.value() + 1)
+
+    # -- export -----------------------------------------------------------------------------------
+    def _ask_save_path(self, title: str, filt: str, default: str) -> str | None:
+        path, _ = QFileDialog.getSaveFileName(self, title, os.path.join(os.path.expanduser("~"), default), filt)
+        return path or None
+
+    def _ask_folder(self, title: str) -> str | None:
+        path = QFileDialog.getExistingDirectory(self, title, os.path.expanduser("~"))
+        return path or None
+
+    def _start_export(self, job, what: str) -> bool:
+        if self.export_task is not None and self.export_task.is_running():
+            self.state.report_error("An export is already running; wait for it to finish.", "")
+            return False
+        task = Task(job, name="export")
+        task.progress.connect(lambda d, t, m: self.state.begin("export", f"{what}: {m} {d}/{t}"))
+        task.succeeded.connect(self._on_exported)
+        task.failed.connect(lambda m, d: self.state.report_error(f"Export failed: {m}", d))
+        task.finished.connect(lambda t=task: self._on_export_finished(t))
+        self.export_task = task
+        self.state.begin("export", what)
+        task.start()
+        self._update_buttons()
+        return True
+
+    def _on_exported(self, written: list) -> None:
+        where = str(written[0]) if len(written) == 1 else f"{len(written)} files in {Path(written[0]).parent}"
+        self.state.message.emit(f"Saved {where}")
+        self.export_finished.emit([str(p) for p in written])
+
+    def _on_export_finished(self, task: Task) -> None:
+        if self.export_task is task:
+            self.export_task = None
+            self.state.end("export")
+            self._update_buttons()
+
+    def export_frame(self, path: str | None = None) -> bool:
+        """The frame on screen: x_t and predicted x_0 side by side, as one PNG."""
+        f = self.current_frame()
+        if f is None:
+            self.state.report_error("There is no frame to export yet: press Generate first.", "")
+            return False
+        path = path or self.ask_save_path("Export Frame", "PNG image (*.png)", f"frame_t{f.t:04d}.png")
+        if not path:
+            return False
+        gap = np.full((f.xt.shape[0], 4, f.xt.shape[2]), 255, dtype=np.uint8)  # (H, 4, C) white divider
+        image = np.concatenate([f.xt, gap, f.x0], axis=1)  # (H, 2W + 4, C)
+        return self._start_export(jobs.make_export_png(image, path, self.scale_spin.value()), "Exporting frame")
+
+    def export_samples(self, path: str | None = None, per_image: bool | None = None) -> bool:
+        if self.result is None:
+            self.state.report_error("There are no finished samples to export yet: let a generation finish first.", "")
+            return False
+        per_image = self.layout_combo.currentData() == "each" if per_image is None else per_image
+        if not path:
+            path = self.ask_folder("Export Samples to Folder") if per_image else \
+                self.ask_save_path("Export Samples", "PNG image (*.png)", "samples.png")
+        if not path:
+            return False
+        return self._start_export(jobs.make_export_samples(self.result.images, path, per_image, self.scale_spin.value()),
+                                  "Exporting samples")
+
+    def export_gif(self, path: str | None = None) -> bool:
+        if not self.frames:
+            self.state.report_error("There is no reverse chain to export yet: press Generate first.", "")
+            return False
+        path = path or self.ask_save_path("Export GIF", "Animated GIF (*.gif)", "reverse_chain.gif")
+        if not path:
+            return False
+        frames = [f.xt for f in self.frames]
+        job = jobs.make_export_gif(frames, path, stride=self.gif_stride_spin.value(), fps=self.gif_fps_spin.value(),
+                                   hold_last_sec=self.gif_hold_spin.value(), scale=self.scale_spin.value())
+        return self._start_export(job, "Exporting GIF")
+
+    # -- settings ---------------------------------------------------------------------------------
+    def save_settings(self, s) -> None:
+        c = self.sampling_config() if self._valid() else SamplingConfig()
+        for k in ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed"):
+            s.setValue(f"sampling/{k}", getattr(c, k))
+        s.setValue("sampling/scale", self.scale_spin.value())
+        s.setValue("sampling/gif_fps", self.gif_fps_spin.value())
+        s.setValue("sampling/gif_stride", self.gif_stride_spin.value())
+        s.setValue("sampling/gif_hold", self.gif_hold_spin.value())
+        s.setValue("sampling/layout", self.layout_combo.currentData())
+
+    def _valid(self) -> bool:
+        try:
+            self.sampling_config()
+            return True
+        except ValueError:
+            return False
+
+    def restore_settings(self, s) -> None:
+        from ..settings import get
+
+        d = SamplingConfig()
+        try:
+            c = SamplingConfig(get(s, "sampling/sampler", d.sampler), get(s, "sampling/steps", d.steps),
+                               get(s, "sampling/eta", d.eta), get(s, "sampling/variance", d.variance),
+                               get(s, "sampling/clip_denoised", d.clip_denoised), get(s, "sampling/num_images", d.num_images),
+                               get(s, "sampling/seed", d.seed))
+            c.validate()
+            self.set_sampling_config(c)
+        except ValueError:
+            pass
+        self.scale_spin.setValue(get(s, "sampling/scale", 4))
+        self.gif_fps_spin.setValue(get(s, "sampling/gif_fps", 20))
+        self.gif_stride_spin.setValue(get(s, "sampling/gif_stride", 1))
+        self.gif_hold_spin.setValue(get(s, "sampling/gif_hold", 1.5))
+        self.layout_combo.setCurrentIndex(max(0, self.layout_combo.findData(get(s, "sampling/layout", "grid"))))

@@ -1,0 +1,547 @@
+"""Training panel: presets and hyperparameters, Start / Pause / Stop, live loss, schedule and previews.
+
+The trainer runs on a worker thread (:func:`..jobs.make_train`); pausing and stopping go through
+the trainer's thread-safe ``TrainControl``, called directly from the UI thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+                               QProgressBar, QPushButton, QScrollArea, QSplitter, QVBoxLayout, QWidget)
+
+from ... import paths
+from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES, RunConfig,
+                       TrainConfig)
+from .. import jobs
+from ..state import StudioState
+from ..widgets.chain_canvas import CaptionedView
+from ..widgets.loss_plot import BucketLossPlot, LossPlot
+from ..widgets.schedule_plot import SchedulePlot
+from ..workers import Task
+from .common import add_row, float_spin, human_duration, int_spin, section
+
+DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
+
+
+def schedule_arrays(kind: str, T: int):
+    """The schedule preview: computed with the engine's own (numpy-only) schedule code."""
+    from ...engine.schedules import NoiseSchedule
+
+    return NoiseSchedule.from_config(kind, T)
+
+
+class TrainingPanel(QWidget):
+    training_started = Signal()
+    training_finished = Signal(object)  # TrainFinished | None (failed)
+
+    def __init__(self, state: StudioState, parent=None):
+        super().__init__(parent)
+        self.state = state
+        self.task: Task | None = None
+        self.control = None
+        self.run_dir: str | None = None
+        self.resume_dir: str | None = None  # set by Open Run: Start continues this run
+        self.resume_config: RunConfig | None = None
+        self.overrides: dict[str, dict] = {}  # extra config fields (tests, benchmarks)
+        self.last_finished = None
+        self.metrics_received = 0
+        self.ask_run_folder = self._ask_run_folder
+        self._started_at = 0.0
+        self._build()
+        state.images_changed.connect(lambda _: self._update_buttons())
+        self.apply_preset("tiny")
+        self._schedule_changed()
+        self._update_buttons()
+
+    # -- layout -----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        td = TrainConfig()
+        # Preset
+        pbox, pform = section("Preset")
+        self.preset_combo = QComboBox()
+        for name in PRESETS:
+            self.preset_combo.addItem(name, name)
+        add_row(pform, "Model", self.preset_combo, "The network's size; each preset also sets sensible training values below.")
+        self.preset_desc = QLabel("")
+        self.preset_desc.setWordWrap(True)
+        self.preset_desc.setStyleSheet("color: palette(mid);")
+        pform.addRow(self.preset_desc)
+        self.preset_combo.currentIndexChanged.connect(lambda _: self.apply_preset(self.preset_combo.currentData()))
+
+        # Diffusion
+        dbox, dform = section("Diffusion")
+        self.schedule_combo = QComboBox()
+        self.schedule_combo.addItems(SCHEDULES)
+        add_row(dform, "Schedule", self.schedule_combo,
+                "How fast noise is added over t: linear is the paper's; cosine destroys information more evenly.")
+        self.timesteps_spin = int_spin(10, 4000, 1000, 50)
+        add_row(dform, "Timesteps T", self.timesteps_spin, "Number of noising steps; the paper uses 1000.")
+        self.prediction_combo = QComboBox()
+        self.prediction_combo.addItems(PREDICTIONS)
+        add_row(dform, "Predict", self.prediction_combo,
+                "What the network outputs: the added noise ε (the paper), the clean image x₀, or v = αε − σx₀.")
+        self.weighting_combo = QComboBox()
+        self.weighting_combo.addItems(LOSS_WEIGHTINGS)
+        add_row(dform, "Loss weighting", self.weighting_combo,
+                "none is the paper's L_simple; min_snr down-weights easy low-noise steps (Hang et al. 2023).")
+        self.schedule_combo.currentIndexChanged.connect(self._schedule_changed)
+        self.timesteps_spin.valueChanged.connect(self._schedule_changed)
+
+        # Optimisation
+        obox, oform = section("Optimisation")
+        self.steps_spin = int_spin(1, 10_000_000, td.steps, 500)
+        add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to this.")
+        self.batch_spin = int_spin(1, 4096, td.batch_size, 8)
+        add_row(oform, "Batch size", self.batch_spin, "Images per step; larger is smoother but slower per step.")
+        self.lr_spin = float_spin(1e-6, 1.0, td.lr, 6, 1e-4)
+        add_row(oform, "Learning rate", self.lr_spin, "Peak AdamW step size, reached after the warm-up.")
+        self.warmup_spin = int_spin(0, 1_000_000, td.warmup_steps, 50)
+        add_row(oform, "Warm-up steps", self.warmup_spin, "The learning rate ramps up linearly over these first steps.")
+        self.ema_spin = float_spin(0.0, 0.999999, td.ema_decay, 5, 0.0005)
+        add_row(oform, "EMA decay", self.ema_spin,
+                "Previews and sampling use a moving average of the weights; closer to 1 averages longer.")
+        self.clip_spin = float_spin(0.0, 1e6, td.grad_clip, 2, 0.5)
+        add_row(oform, "Gradient clip", self.clip_spin, "Limit the gradient's overall size to this; 0 turns it off.")
+        self.seed_spin = int_spin(0, 2**31 - 1, td.seed)
+        add_row(oform, "Seed", self.seed_spin, "Same seed, same weights, data order and noise.")
+
+        # Run
+        rbox, rform = section("Run")
+        self.device_combo = QComboBox()
+        for d in DEVICES:
+            self.device_combo.addItem(DEVICE_LABELS[d], d)
+        add_row(rform, "Device", self.device_combo, "Where training runs; Automatic picks CUDA, then Apple MPS, then the CPU.")
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(PRECISIONS)
+        add_row(rform, "Precision", self.precision_combo, "bf16/fp16 mixed precision speeds up CUDA GPUs; fp32 elsewhere.")
+        self.preview_spin = int_spin(0, 1_000_000, td.preview_every, 100)
+        self.preview_spin.setSpecialValueText("off")
+        add_row(rform, "Preview every", self.preview_spin, "Steps between preview samples from the EMA model; 0 turns them off.")
+        self.ckpt_spin = int_spin(0, 10_000_000, td.checkpoint_every, 500)
+        self.ckpt_spin.setSpecialValueText("by time only")
+        add_row(rform, "Checkpoint every", self.ckpt_spin,
+                f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and at the end.")
+
+        form_w = QWidget()
+        fl = QVBoxLayout(form_w)
+        fl.setContentsMargins(0, 0, 6, 0)
+        for b in (pbox, dbox, obox, rbox):
+            fl.addWidget(b)
+        fl.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(form_w)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        # Buttons and progress
+        self.start_button = QPushButton("Start Training")
+        self.start_button.setToolTip("Train a new run with these settings (or continue the opened run).")
+        self.start_button.setDefault(True)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setCheckable(True)
+        self.pause_button.setToolTip("Pause after the current step; press again to resume.")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current step and save a checkpoint.")
+        self.open_run_button = QPushButton("Open Run…")
+        self.open_run_button.setToolTip("Continue a run saved earlier (Ctrl+Shift+O).")
+        self.start_button.clicked.connect(self.start)
+        self.pause_button.toggled.connect(self.set_paused)
+        self.stop_button.clicked.connect(self.stop)
+        self.open_run_button.clicked.connect(self.open_run)
+        brow = QGridLayout()
+        brow.addWidget(self.start_button, 0, 0, 1, 2)
+        brow.addWidget(self.pause_button, 1, 0)
+        brow.addWidget(self.stop_button, 1, 1)
+        brow.addWidget(self.open_run_button, 2, 0, 1, 2)
+
+        left = QVBoxLayout()
+        left.addWidget(scroll, 1)
+        left.addLayout(brow)
+        left_w = QWidget()
+        left_w.setLayout(left)
+        left_w.setMinimumWidth(330)
+        left_w.setMaximumWidth(400)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%v / %m steps")
+        self.stats = QLabel("Not started")
+        self.run_label = QLabel("A new run will be created in " + str(paths.default_runs_dir()))
+        self.run_label.setStyleSheet("color: palette(mid);")
+        self.run_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.run_label.setWordWrap(True)
+
+        self.loss_plot = LossPlot()
+        self.bucket_plot = BucketLossPlot()
+        self.schedule_plot = SchedulePlot(compact=True)
+        self.preview = CaptionedView("Preview samples (EMA)", "Previews appear here during training")
+        self.preview.caption.setAlignment(Qt.AlignmentFlag.AlignLeft)
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(self.bucket_plot)
+        bottom.addWidget(self.schedule_plot)
+        bottom.addWidget(self.preview)
+        bottom.setSizes([300, 300, 300])
+        vsplit = QSplitter(Qt.Orientation.Vertical)
+        vsplit.addWidget(self.loss_plot)
+        vsplit.addWidget(bottom)
+        vsplit.setSizes([380, 320])
+        vsplit.setChildrenCollapsible(False)
+
+        right = QVBoxLayout()
+        prow = QHBoxLayout()
+        prow.addWidget(self.progress, 2)
+        prow.addWidget(self.stats, 3)
+        right.addLayout(prow)
+        right.addWidget(self.run_label)
+        right.addWidget(vsplit, 1)
+
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(right, 1)
+
+    # -- configuration ----------------------------------------------------------------------------
+    def apply_preset(self, name: str) -> None:
+        if name not in PRESETS:
+            return
+        if self.preset_combo.currentData() != name:
+            self.preset_combo.setCurrentIndex(self.preset_combo.findData(name))
+            return
+        p = PRESETS[name]
+        self.preset_desc.setText(p["description"])
+        t = p["train"]
+        self.steps_spin.setValue(t.get("steps", self.steps_spin.value()))
+        self.batch_spin.setValue(t.get("batch_size", self.batch_spin.value()))
+        self.lr_spin.setValue(t.get("lr", self.lr_spin.value()))
+        self.warmup_spin.setValue(t.get("warmup_steps", self.warmup_spin.value()))
+        self.ema_spin.setValue(t.get("ema_decay", self.ema_spin.value()))
+        m = p["model"]
+        self.preset_combo.setToolTip(
+            f"{p['description']}\nbase channels {m['base_channels']}, levels ×{', ×'.join(map(str, m['channel_mult']))}, "
+            f"{m['num_res_blocks']} residual block(s) per level, attention at {', '.join(map(str, m['attention_resolutions']))} px."
+        )
+
+    def build_config(self) -> RunConfig:
+        """The RunConfig the widgets describe, validated (raises ValueError naming the field)."""
+        data = self.state.data_config
+        if self.resume_config is not None:
+            cfg = RunConfig.from_dict(self.resume_config.to_dict())
+            cfg.train = dataclasses.replace(cfg.train, **self._train_fields())
+        else:
+            cfg = RunConfig.from_preset(
+                self.preset_combo.currentData(),
+                data=dataclasses.asdict(data),
+                diffusion=dict(schedule=self.schedule_combo.currentText(), timesteps=int(self.timesteps_spin.value()),
+                               prediction=self.prediction_combo.currentText(),
+                               loss_weighting=self.weighting_combo.currentText()),
+                train=self._train_fields(),
+            )
+            images = self.state.images
+            if images is not None and data.channels == "auto":
+                cfg.model.in_channels = int(images.channels)
+        for section_name, values in self.overrides.items():
+            setattr(cfg, section_name, dataclasses.replace(getattr(cfg, section_name), **values))
+        cfg.sync()
+        return cfg.validate()
+
+    def _train_fields(self) -> dict:
+        return dict(steps=int(self.steps_spin.value()), batch_size=int(self.batch_spin.value()),
+                    lr=float(self.lr_spin.value()), warmup_steps=int(self.warmup_spin.value()),
+                    ema_decay=float(self.ema_spin.value()), grad_clip=float(self.clip_spin.value()),
+                    seed=int(self.seed_spin.value()), device=str(self.device_combo.currentData()),
+                    precision=self.precision_combo.currentText(), preview_every=int(self.preview_spin.value()),
+                    checkpoint_every=int(self.ckpt_spin.value()))
+
+    def set_config(self, cfg: RunConfig) -> None:
+        """Show ``cfg`` in the widgets (used by Open Run)."""
+        if cfg.model.preset in PRESETS:
+            self.preset_combo.blockSignals(True)
+            self.preset_combo.setCurrentIndex(self.preset_combo.findData(cfg.model.preset))
+            self.preset_combo.blockSignals(False)
+            self.preset_desc.setText(PRESETS[cfg.model.preset]["description"])
+        self.schedule_combo.setCurrentText(cfg.diffusion.schedule)
+        self.timesteps_spin.setValue(cfg.diffusion.timesteps)
+        self.prediction_combo.setCurrentText(cfg.diffusion.prediction)
+        self.weighting_combo.setCurrentText(cfg.diffusion.loss_weighting)
+        t = cfg.train
+        self.steps_spin.setValue(t.steps)
+        self.batch_spin.setValue(t.batch_size)
+        self.lr_spin.setValue(t.lr)
+        self.warmup_spin.setValue(t.warmup_steps)
+        self.ema_spin.setValue(t.ema_decay)
+        self.clip_spin.setValue(t.grad_clip)
+        self.seed_spin.setValue(min(t.seed, self.seed_spin.maximum()))
+        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(t.device)))
+        self.precision_combo.setCurrentText(t.precision)
+        self.preview_spin.setValue(t.preview_every)
+        self.ckpt_spin.setValue(t.checkpoint_every)
+
+    def _schedule_changed(self, *_) -> None:
+        kind, T = self.schedule_combo.currentText(), int(self.timesteps_spin.value())
+        try:
+            s = schedule_arrays(kind, T)
+        except ValueError as e:
+            self.schedule_plot.readout.setText(str(e))
+            return
+        self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=kind)
+        self.state.set_schedule(kind, T)
+
+    def set_available_devices(self, available: list[str]) -> None:
+        model = self.device_combo.model()
+        for i in range(self.device_combo.count()):
+            d = self.device_combo.itemData(i)
+            item = model.item(i)
+            ok = d in available
+            item.setEnabled(ok)
+            item.setToolTip("" if ok else f"{DEVICE_LABELS[d]} is not available on this computer.")
+
+    # -- run control ------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        return self.task is not None and self.task.is_running()
+
+    def start(self) -> bool:
+        """Start (or continue) training. False, with a message and no thread, if the input is bad."""
+        if self.is_running():
+            return False
+        images = self.state.images
+        try:
+            cfg = self.build_config()
+            if self.resume_dir is None and images is None:
+                raise ValueError("there are no images to train on yet: drop a folder on the Dataset tab first")
+            if images is not None and self.resume_dir is None and int(images.image_size) != cfg.data.image_size:
+                raise ValueError(f"the dataset is {images.image_size} px but data.image_size is {cfg.data.image_size}")
+        except ValueError as e:
+            self.state.report_error(f"Cannot start training: {e}", "")
+            return False
+        from ...training.trainer import TrainControl
+
+        if self.resume_dir is not None:
+            run_dir, resume = self.resume_dir, True
+            same_data = images is not None and cfg.data.folder == self.state.data_config.folder and \
+                cfg.data.image_size == int(images.image_size)
+            run_images = images if same_data else None
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir, resume, run_images = str(paths.default_runs_dir() / f"{stamp}-{cfg.model.preset}"), False, images
+            self.loss_plot.clear()
+            self.bucket_plot.clear()
+        self.control = TrainControl()
+        self.run_dir = run_dir
+        self.metrics_received = 0
+        self.last_finished = None
+        task = Task(jobs.make_train(cfg, run_dir, run_images, resume, self.control), name="training",
+                    on_cancel=self.control.stop)
+        task.items.connect(self._on_items)
+        task.succeeded.connect(self._on_finished)
+        task.failed.connect(self._on_failed)
+        task.cancelled.connect(lambda: self._on_finished(None))
+        task.finished.connect(lambda t=task: self._on_task_finished(t))
+        self.task = task
+        self._started_at = time.monotonic()
+        self.progress.setRange(0, cfg.train.steps)
+        self.stats.setText("Preparing the model…")
+        self.run_label.setText(f"Run folder: {run_dir}")
+        self.state.begin("training", "Training: starting")
+        task.start()
+        self._update_buttons()
+        self.training_started.emit()
+        return True
+
+    def set_paused(self, paused: bool) -> None:
+        if self.control is None or not self.is_running():
+            if self.pause_button.isChecked():
+                self.pause_button.setChecked(False)
+            return
+        if paused:
+            self.control.pause()
+            self.pause_button.setText("Resume")
+            self.state.begin("training", "Training paused")
+        else:
+            self.control.resume()
+            self.pause_button.setText("Pause")
+            self.state.begin("training", "Training")
+
+    def stop(self) -> None:
+        if self.task is not None and self.is_running():
+            self.stats.setText("Stopping after this step and saving a checkpoint…")
+            self.task.cancel()  # calls control.stop(), which also ends a pause
+
+    def shutdown(self) -> None:
+        self.stop()
+
+    def _update_buttons(self) -> None:
+        running = self.is_running()
+        self.start_button.setEnabled(not running)
+        self.start_button.setText("Continue Run" if self.resume_dir and not running else "Start Training")
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        self.open_run_button.setEnabled(not running)
+        locked = running or self.resume_dir is not None
+        for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo, self.weighting_combo):
+            w.setEnabled(not locked)
+        if not running and self.pause_button.isChecked():
+            self.pause_button.blockSignals(True)
+            self.pause_button.setChecked(False)
+            self.pause_button.setText("Pause")
+            self.pause_button.blockSignals(False)
+
+    # -- events from the worker -------------------------------------------------------------------
+    def _on_items(self, items: list) -> None:
+        from ...training.events import CheckpointSaved, StepMetrics, TrainStarted
+
+        metrics = [it for it in items if isinstance(it, StepMetrics)]
+        if metrics:
+            self.metrics_received += len(metrics)
+            self.loss_plot.add_points([m.step for m in metrics], [m.loss for m in metrics],
+                                      [m.loss_smooth for m in metrics])
+            last = metrics[-1]
+            self.progress.setRange(0, last.total_steps)
+            self.progress.setValue(last.step)
+            self.stats.setText(
+                f"step {last.step:,} / {last.total_steps:,} · {last.images_per_sec:,.0f} images/s · "
+                f"lr {last.lr:.2e} · ETA {human_duration(last.eta_sec)}"
+            )
+            if last.bucket_loss:
+                self.bucket_plot.set_buckets(last.bucket_loss, self.state.schedule[1])
+            if not (self.pause_button.isChecked()):
+                self.state.begin("training", f"Training: step {last.step:,} / {last.total_steps:,}")
+        for it in items:
+            if isinstance(it, jobs.TrainerReady):
+                self.state.set_trainer(it.trainer)
+            elif isinstance(it, TrainStarted):
+                what = "Resumed" if it.resumed else "Started"
+                self.stats.setText(
+                    f"{what} at step {it.start_step:,} on {it.device} · {it.num_parameters / 1e6:.2f}M parameters · "
+                    f"{it.num_images:,} images"
+                )
+                self.progress.setRange(0, it.total_steps)
+                self.progress.setValue(it.start_step)
+                if it.resumed and self.loss_plot.num_points == 0:
+                    self._load_history(it.run_dir)
+            elif isinstance(it, jobs.PreviewGrid):
+                self.preview.set_image(it.grid)
+                self.preview.caption.setText(f"Preview samples (EMA) · step {it.step:,}")
+            elif isinstance(it, CheckpointSaved):
+                self.run_label.setText(f"Run folder: {self.run_dir} · last checkpoint at step {it.step:,}")
+
+    def _load_history(self, run_dir: str) -> None:
+        from ...training.runs import read_metrics
+
+        recs = [r for r in read_metrics(run_dir) if "step" in r and "loss" in r]
+        if recs:
+            self.loss_plot.add_points([r["step"] for r in recs], [r["loss"] for r in recs],
+                                      [r.get("loss_smooth", r["loss"]) for r in recs])
+
+    def _on_finished(self, result) -> None:
+        self.last_finished = result
+        if result is None:
+            self.stats.setText("Stopped.")
+        else:
+            self.stats.setText(result.message)
+            self.progress.setValue(result.step)
+            if result.reason in ("nan", "error"):
+                self.state.report_error(result.message, f"Run folder: {self.run_dir}\nLast good checkpoint: {result.checkpoint}")
+            if self.run_dir:  # the run can be continued with Start
+                self.resume_dir = self.run_dir
+                try:
+                    from ...training.runs import read_config
+
+                    self.resume_config = read_config(self.run_dir)
+                except (ValueError, OSError):
+                    self.resume_dir, self.resume_config = None, None
+        self.state.message.emit(result.message if result is not None else "Training stopped")
+        self.training_finished.emit(result)
+
+    def _on_failed(self, message: str, details: str) -> None:
+        self.stats.setText("Training failed.")
+        self.state.report_error(message, details)
+        self.training_finished.emit(None)
+
+    def _on_task_finished(self, task: Task) -> None:
+        if self.task is task:
+            self.task = None
+            self.control = None
+            self.state.end("training")
+            self._update_buttons()
+
+    # -- runs -------------------------------------------------------------------------------------
+    def _ask_run_folder(self) -> str | None:
+        start = str(paths.default_runs_dir()) if paths.default_runs_dir().exists() else os.path.expanduser("~")
+        path = QFileDialog.getExistingDirectory(self, "Open Run Folder", start)
+        return path or None
+
+    def open_run(self, path: str | None = None) -> bool:
+        """Load a run's settings so that Start continues it."""
+        if self.is_running():
+            return False
+        path = path or self.ask_run_folder()
+        if not path:
+            return False
+        from ...training.runs import read_config
+
+        try:
+            if not (Path(path) / "config.json").is_file():
+                raise ValueError(f"{path} is not a run folder (it has no config.json)")
+            cfg = read_config(path)
+        except (ValueError, OSError) as e:
+            self.state.report_error(f"Cannot open this run: {e}", "")
+            return False
+        self.resume_dir, self.resume_config = str(path), cfg
+        self.set_config(cfg)
+        self.loss_plot.clear()
+        self.bucket_plot.clear()
+        self._load_history(path)
+        self.run_label.setText(f"Continuing run: {path}")
+        self.stats.setText("Press Continue Run to resume from the last checkpoint.")
+        self._update_buttons()
+        return True
+
+    def new_run(self) -> None:
+        """Forget an opened run: Start makes a new one."""
+        self.resume_dir, self.resume_config = None, None
+        self.run_label.setText("A new run will be created in " + str(paths.default_runs_dir()))
+        self._update_buttons()
+
+    # -- settings ---------------------------------------------------------------------------------
+    _FIELDS = ("schedule", "timesteps", "prediction", "weighting", "steps", "batch", "lr", "warmup", "ema", "clip",
+               "seed", "device", "precision", "preview", "ckpt")
+
+    def save_settings(self, s) -> None:
+        s.setValue("training/preset", self.preset_combo.currentData())
+        s.setValue("training/schedule", self.schedule_combo.currentText())
+        s.setValue("training/timesteps", self.timesteps_spin.value())
+        s.setValue("training/prediction", self.prediction_combo.currentText())
+        s.setValue("training/weighting", self.weighting_combo.currentText())
+        s.setValue("training/train", RunConfig(train=TrainConfig(**self._train_fields())).to_json())
+        s.setValue("training/log_scale", self.loss_plot.log_scale)
+
+    def restore_settings(self, s) -> None:
+        from ..settings import get
+
+        self.apply_preset(get(s, "training/preset", "tiny"))
+        self.schedule_combo.setCurrentText(get(s, "training/schedule", "linear"))
+        self.timesteps_spin.setValue(get(s, "training/timesteps", 1000))
+        self.prediction_combo.setCurrentText(get(s, "training/prediction", "epsilon"))
+        self.weighting_combo.setCurrentText(get(s, "training/weighting", "none"))
+        text = get(s, "training/train", "")
+        if text:
+            try:
+                t = RunConfig.from_json(text).train
+                t.validate()
+                cfg = RunConfig(train=t)
+                cfg.diffusion = dataclasses.replace(cfg.diffusion, schedule=self.schedule_combo.currentText(),
+                                                    timesteps=self.timesteps_spin.value(),
+                                                    prediction=self.prediction_combo.currentText(),
+                                                    loss_weighting=self.weighting_combo.currentText())
+                cfg.model.preset = self.preset_combo.currentData()
+                self.set_config(cfg)
+            except ValueError:
+                pass
+        self.loss_plot.set_log_scale(get(s, "training/log_scale", False))

@@ -1,0 +1,205 @@
+"""The training-loss plot (raw + smoothed) and the loss per timestep bucket.
+
+Hours of training give hundreds of thousands of points. The plot keeps the full history in
+growing numpy buffers, and a timer (4 Hz, only when something changed) hands pyqtgraph a
+min/max-decimated copy of at most ~2 × ``max_bins`` points through ``setData`` on one persistent
+``PlotDataItem`` per curve — never one item per point, never a redraw per point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer, Signal
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from . import plotting
+
+
+def decimate_minmax(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the min and the max of ``y`` in each of ``bins`` equal runs of points (in order).
+
+    Peaks and dips survive (unlike striding), and the output has at most ``2 * bins + per`` points.
+    """
+    n = len(x)
+    if n <= 2 * bins:
+        return x, y
+    per = -(-n // bins)  # ceil
+    m = (n // per) * per
+    xr = x[:m].reshape(-1, per)  # (bins', per)
+    yr = y[:m].reshape(-1, per)  # (bins', per)
+    with np.errstate(invalid="ignore"):
+        imin = np.nanargmin(np.where(np.isnan(yr), np.inf, yr), axis=1)
+        imax = np.nanargmax(np.where(np.isnan(yr), -np.inf, yr), axis=1)
+    first, second = np.minimum(imin, imax), np.maximum(imin, imax)
+    rows = np.arange(len(yr))
+    xs = np.stack([xr[rows, first], xr[rows, second]], axis=1).ravel()  # (2 * bins',)
+    ys = np.stack([yr[rows, first], yr[rows, second]], axis=1).ravel()  # (2 * bins',)
+    return np.concatenate([xs, x[m:]]), np.concatenate([ys, y[m:]])
+
+
+class _Series:
+    """A growing float64 buffer (amortised O(1) append)."""
+
+    def __init__(self, capacity: int = 1024):
+        self._a = np.empty(capacity, dtype=np.float64)
+        self.n = 0
+
+    def extend(self, values) -> None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        need = self.n + len(v)
+        if need > len(self._a):
+            grown = np.empty(max(need, 2 * len(self._a)), dtype=np.float64)
+            grown[: self.n] = self._a[: self.n]
+            self._a = grown
+        self._a[self.n:need] = v
+        self.n = need
+
+    def clear(self) -> None:
+        self.n = 0
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._a[: self.n]
+
+
+class LossPlot(QWidget):
+    """Raw and smoothed loss against step, with a log-scale toggle."""
+
+    log_scale_changed = Signal(bool)
+
+    def __init__(self, parent=None, max_bins: int = 1500, redraw_hz: float = 4.0):
+        super().__init__(parent)
+        plotting.configure()
+        self.max_bins = max_bins
+        self._steps, self._raw, self._smooth = _Series(), _Series(), _Series()
+        self._dirty = False
+        self.redraw_count = 0
+
+        self.plot_widget = pg.PlotWidget()
+        self.plot_widget.setMinimumHeight(160)
+        self.plot = self.plot_widget.getPlotItem()
+        plotting.style_plot(self.plot, left="loss", bottom="step")
+        self.plot.addLegend(offset=(-10, 10))
+        # One persistent item per curve, updated with setData.
+        self.raw_curve = self.plot.plot([], [], pen=pg.mkPen(plotting.BLUE, width=1), name="loss")
+        self.raw_curve.setOpacity(0.45)
+        self.smooth_curve = self.plot.plot([], [], pen=pg.mkPen(plotting.VERMILION, width=2), name="smoothed")
+        self.plot.setClipToView(True)
+
+        self.log_check = QCheckBox("Log scale")
+        self.log_check.setToolTip("Show the loss on a logarithmic axis; useful once it has dropped a lot.")
+        self.log_check.toggled.connect(self.set_log_scale)
+        self.readout = QLabel("No training yet")
+        self.readout.setStyleSheet("color: palette(mid);")
+        top = QHBoxLayout()
+        title = QLabel("<b>Training loss</b>")
+        top.addWidget(title)
+        top.addSpacing(12)
+        top.addWidget(self.readout, 1)
+        top.addWidget(self.log_check)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(top)
+        lay.addWidget(self.plot_widget, 1)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(int(1000 / redraw_hz))
+        self._timer.timeout.connect(self.redraw)
+        self._timer.start()
+
+    # -- data -----------------------------------------------------------------------------------
+    def add_points(self, steps, raw, smooth) -> None:
+        """Append points; the plot catches up at its next timer tick."""
+        self._steps.extend(steps)
+        self._raw.extend(raw)
+        self._smooth.extend(smooth)
+        self._dirty = True
+        if len(self._steps.values):
+            self.readout.setText(
+                f"step {int(self._steps.values[-1]):,} · loss {self._raw.values[-1]:.4f} · smoothed {self._smooth.values[-1]:.4f}"
+            )
+
+    def clear(self) -> None:
+        for s in (self._steps, self._raw, self._smooth):
+            s.clear()
+        self._dirty = True
+        self.readout.setText("No training yet")
+        self.redraw()
+
+    @property
+    def num_points(self) -> int:
+        return self._steps.n
+
+    def set_log_scale(self, on: bool) -> None:
+        if self.log_check.isChecked() != on:
+            self.log_check.setChecked(on)
+            return
+        self.plot.setLogMode(x=False, y=on)
+        self.plot.setLabel("left", "loss (log)" if on else "loss")
+        self._dirty = True
+        self.redraw()
+        self.log_scale_changed.emit(on)
+
+    @property
+    def log_scale(self) -> bool:
+        return self.log_check.isChecked()
+
+    # -- drawing --------------------------------------------------------------------------------
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        x = self._steps.values
+        raw, smooth = self._raw.values, self._smooth.values
+        if self.log_scale:  # log axis: keep the curve finite
+            raw, smooth = np.maximum(raw, 1e-12), np.maximum(smooth, 1e-12)
+        self.raw_curve.setData(*decimate_minmax(x, raw, self.max_bins))
+        self.smooth_curve.setData(*decimate_minmax(x, smooth, self.max_bins))
+        self.redraw_count += 1
+
+    def displayed_points(self) -> int:
+        """How many points the raw curve currently hands to Qt (after decimation)."""
+        xs, _ = self.raw_curve.getData()
+        return 0 if xs is None else len(xs)
+
+
+class BucketLossPlot(QWidget):
+    """Mean loss in each of the trainer's t-buckets, as bars (one persistent BarGraphItem)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        plotting.configure()
+        self.plot_widget = pg.PlotWidget()
+        self.plot_widget.setMinimumHeight(120)
+        self.plot = self.plot_widget.getPlotItem()
+        plotting.style_plot(self.plot, left="loss", bottom="timestep t")
+        self.bars = pg.BarGraphItem(x=[], height=[], width=1.0, brush=pg.mkBrush(plotting.GREEN),
+                                    pen=pg.mkPen(None))
+        self.plot.addItem(self.bars)
+        self._heights: np.ndarray | None = None
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        title = QLabel("<b>Loss per timestep</b> <span style='color:gray'>(small t = little noise)</span>")
+        lay.addWidget(title)
+        lay.addWidget(self.plot_widget, 1)
+
+    def set_buckets(self, losses: list, timesteps: int) -> None:
+        k = len(losses)
+        if k == 0:
+            return
+        width = timesteps / k
+        centres = (np.arange(k) + 0.5) * width
+        h = np.array([np.nan if v is None else float(v) for v in losses], dtype=np.float64)
+        self._heights = h
+        shown = np.nan_to_num(h, nan=0.0)
+        self.bars.setOpts(x=centres, height=shown, width=width * 0.85)
+        self.plot.setXRange(0, timesteps, padding=0.02)
+
+    def clear(self) -> None:
+        self._heights = None
+        self.bars.setOpts(x=[], height=[])
+
+    @property
+    def heights(self) -> np.ndarray | None:
+        return self._heights
