@@ -1,0 +1,97 @@
+"""The command line: train, resume, sample (PNGs, grid, GIF), info, and one-line errors."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from ddpm_studio.cli import main
+from training_support import one_thread, tiny_config  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_train_resume_sample_info(tmp_path, capsys):
+    cfg_file = tmp_path / "tiny.json"
+    tiny_config(steps=1, log_every=2).save(cfg_file)
+    run = tmp_path / "run"
+    # built-in dataset (no --data), 8 px from the config file, flags override it
+    assert main(["train", "--out", str(run), "--config", str(cfg_file), "--steps", "4", "--seed", "3"]) == 0
+    out = capsys.readouterr()
+    assert "Finished: the run is at step 4" in out.out
+    assert (run / "checkpoints" / "step_0000004.safetensors").exists()
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # already at its total
+    assert "already at step 4" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6"]) == 0
+    assert "at step 6" in capsys.readouterr().out
+
+    samples, grid, gif = tmp_path / "samples", tmp_path / "grid.png", tmp_path / "chain.gif"
+    code = main(["sample", "--run", str(run), "--num", "5", "--out", str(samples), "--grid", str(grid),
+                 "--gif", str(gif), "--sampler", "ddpm", "--gif-frames", "6", "--device", "cpu", "--quiet"])
+    assert code == 0
+    pngs = sorted(samples.glob("*.png"))
+    assert [p.name for p in pngs] == [f"sample_{i:04d}.png" for i in range(5)]
+    for p in pngs:
+        with Image.open(p) as im:
+            assert im.size == (8, 8) and im.mode == "RGB"
+    with Image.open(grid) as im:
+        assert im.size == (2 + 3 * 10, 2 + 2 * 10)  # 5 images: 3 per row, 2 rows
+    # DDPM walks T=20 steps; every ceil(20/6)=4th step (0, 4, 8, 12, 16) plus the last one
+    stride = math.ceil(20 / 6)
+    expected_frames = len(range(0, 20, stride)) + 1
+    with Image.open(gif) as im:
+        assert im.n_frames == expected_frames == 6
+        assert im.size == (32 * 8, 22 * 8)  # the grid enlarged x8 to reach >= 256 px wide
+    assert f"{expected_frames} frames" in capsys.readouterr().out
+
+    assert main(["info", str(run)]) == 0
+    info = capsys.readouterr().out
+    assert "step 6 of 6" in info and "parameters" in info and "built-in" in info
+    assert main(["info", str(run / "checkpoints" / "step_0000006.safetensors"), "--json"]) == 0
+    assert '"base_channels": 8' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train"], "--out"),
+    (["train", "--out", "x", "--steps", "-3"], "--steps"),
+    (["train", "--out", "x", "--steps", "5", "--minutes", "1"], "not allowed with"),
+    (["train", "--out", "x", "--preset", "huge"], "--preset"),
+    (["sample", "--out", "x"], "--run"),
+    (["sample", "--run", "a", "--checkpoint", "b", "--out", "x"], "not allowed with"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_usage_is_one_line_and_status_2(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err and "Traceback" not in err
+
+
+def test_refused_input_is_one_line_and_status_1(tmp_path, capsys):
+    cases = [
+        (["train", "--out", str(tmp_path / "r1"), "--data", str(tmp_path / "nope")], "folder not found"),
+        (["train", "--out", str(tmp_path / "r2"), "--image-size", "10"], "image_size"),
+        (["train", "--out", str(tmp_path / "r3"), "--resume"], "not a run folder"),
+        (["sample", "--checkpoint", str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "o")], "does not exist"),
+        (["sample", "--run", str(tmp_path), "--out", str(tmp_path / "o")], "neither a DDPM Studio run folder"),
+        (["info", str(tmp_path / "missing")], "does not exist"),
+    ]
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 40)
+    cases.append((["info", str(tmp_path / "bad.safetensors")], "bad.safetensors"))
+    for argv, fragment in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and fragment in err, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_usage_error_exit_status_from_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "ddpm_studio", "train", "--steps", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

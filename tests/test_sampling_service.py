@@ -1,0 +1,87 @@
+"""The sampling service: open a run or a checkpoint, generate step by step, refuse the rest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_studio.config import SamplingConfig
+from ddpm_studio.training.checkpoints import CheckpointError, latest_checkpoint
+from ddpm_studio.training.trainer import Trainer
+from ddpm_studio.sampling.service import generate, load_model, sample_images, to_uint8
+from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(tiny_config(steps=2), run, images=tiny_images(channels=1)).run()
+    finally:
+        torch.set_num_threads(before)
+    return run
+
+
+def test_load_run_and_checkpoint_file_give_the_same_ema_model(trained_run):
+    a = load_model(trained_run, device="cpu")
+    b = load_model(latest_checkpoint(trained_run), device="cpu")
+    assert a.step == b.step == 2 and a.image_shape == (1, 8, 8)
+    assert not a.model.training
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_generate_yields_every_step_and_is_seeded(trained_run):
+    loaded = load_model(trained_run, device="cpu")
+    sampling = SamplingConfig(sampler="ddim", steps=5, num_images=3, seed=7)
+    steps = list(generate(loaded, sampling))
+    assert [s.index for s in steps] == [0, 1, 2, 3, 4] and steps[-1].total == 5
+    assert steps[0].t > steps[-1].t == 0
+    assert steps[-1].x_t.shape == (3, 1, 8, 8)
+    again = sample_images(loaded, sampling)
+    other = sample_images(loaded, SamplingConfig(sampler="ddim", steps=5, num_images=3, seed=8))
+    assert again.shape == (3, 8, 8, 1) and again.dtype == np.uint8
+    assert np.array_equal(again, to_uint8(steps[-1].x_t))
+    assert not np.array_equal(again, other)
+    ddpm = list(generate(loaded, SamplingConfig(sampler="ddpm", num_images=2)))
+    assert len(ddpm) == 20  # all T steps
+
+
+def test_generate_stops_when_asked(trained_run):
+    loaded = load_model(trained_run, device="cpu")
+    seen = []
+    for step in generate(loaded, SamplingConfig(sampler="ddpm", num_images=1), should_stop=lambda: len(seen) >= 3):
+        seen.append(step)
+    assert len(seen) == 3
+
+
+def test_to_uint8_maps_the_range():
+    x = torch.tensor([-1.0, 0.0, 1.0, 2.0, -3.0]).reshape(1, 1, 1, 5)
+    assert to_uint8(x).reshape(-1).tolist() == [0, 128, 255, 255, 0]
+    assert to_uint8(torch.zeros(2, 3, 4, 5)).shape == (2, 4, 5, 3)
+
+
+def test_refuses_what_it_cannot_open(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing", device="cpu")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(CheckpointError, match="neither a DDPM Studio run folder"):
+        load_model(tmp_path / "plain", device="cpu")
+    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="has no checkpoints"):
+        load_model(tmp_path / "empty_run", device="cpu")
+    diff = tmp_path / "diffusers"
+    diff.mkdir()
+    (diff / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    with pytest.raises(CheckpointError, match="diffusers"):
+        load_model(diff, device="cpu")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match=r"\.safetensors"):
+        load_model(tmp_path / "notes.txt", device="cpu")

@@ -1,0 +1,79 @@
+"""Resume: N steps straight == N/2 + resume + N/2, bit for bit on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm_studio.training import checkpoints as ck
+from ddpm_studio.training import runs
+from ddpm_studio.training.events import TrainStarted
+from ddpm_studio.training.trainer import Trainer
+from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _final(run_dir):
+    return ck.load_checkpoint(ck.latest_checkpoint(run_dir))
+
+
+def test_resume_gives_identical_weights_and_extends_a_finished_run(tmp_path):
+    images = tiny_images()
+    # dropout > 0 so the dropout RNG is part of what must be reproduced
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert Trainer(tiny_config(steps=6, dropout=0.1), straight, images=images).run().step == 6
+
+    first = Trainer(tiny_config(steps=3, dropout=0.1), split, images=images).run()
+    assert (first.reason, first.step) == ("completed", 3)
+    again = Trainer(tiny_config(steps=3, dropout=0.1), split, images=images, resume=True).run()
+    assert again.reason == "already_complete" and "already at step 3" in again.message
+    events = []
+    extended = Trainer(tiny_config(steps=6, dropout=0.1), split, images=images, resume=True).run(on_event=events.append)
+    assert (extended.reason, extended.step) == ("completed", 6)
+    started = [e for e in events if isinstance(e, TrainStarted)][0]
+    assert started.resumed and started.start_step == 3
+
+    a, b = _final(straight), _final(split)
+    assert a.step == b.step == 6
+    for name in a.model_state:
+        assert torch.equal(a.model_state[name], b.model_state[name]), name
+    for name in a.ema_state:
+        assert torch.equal(a.ema_state[name], b.ema_state[name]), name
+    sa, sb = a.train_state["optimizer"]["state"], b.train_state["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"])
+    # metrics.jsonl: one line per step in both, with the same losses
+    la = [r["loss"] for r in runs.read_metrics(straight)]
+    lb = [r["loss"] for r in runs.read_metrics(split)]
+    assert len(la) == 6 and la == lb
+
+
+def test_resume_falls_back_to_the_previous_good_checkpoint(tmp_path):
+    images = tiny_images()
+    cfg = tiny_config(steps=4, checkpoint_every=2, keep_checkpoints=5)
+    assert Trainer(cfg, tmp_path, images=images).run().step == 4
+    newest = ck.checkpoint_paths(tmp_path, 4)[0]
+    newest.write_bytes(newest.read_bytes()[:-100])  # a half-written file, as after a crash
+    # metrics past the checkpoint we fall back to are trimmed, then re-logged
+    assert [r["step"] for r in runs.read_metrics(tmp_path)] == [1, 2, 3, 4]
+    events = []
+    done = Trainer(tiny_config(steps=5, checkpoint_every=2, keep_checkpoints=5), tmp_path, images=images,
+                   resume=True).run(on_event=events.append)
+    assert done.reason == "completed" and done.step == 5
+    started = [e for e in events if isinstance(e, TrainStarted)][0]
+    assert started.start_step == 2
+    assert any("step_0000004" in n for n in started.notes)
+    assert [r["step"] for r in runs.read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+
+
+def test_resume_without_checkpoints_and_fresh_run_over_existing_are_refused(tmp_path):
+    import pytest
+
+    images = tiny_images()
+    with pytest.raises(ck.CheckpointError, match="nothing to resume"):
+        Trainer(tiny_config(), tmp_path / "empty", images=images, resume=True).run()
+    assert Trainer(tiny_config(steps=1), tmp_path / "run", images=images).run().step == 1
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(tiny_config(steps=2), tmp_path / "run", images=images).run()
