@@ -49,11 +49,11 @@ def _is_diffusers_folder(path: Path) -> bool:
 
 
 def _load_diffusers_folder(path: Path, device: torch.device) -> LoadedModel:
-    # HOOK (issue 7): diffusers-format import is added by the interop module. Until then a
-    # diffusers folder is recognised and refused with a plain message.
-    raise CheckpointError(
-        f"{path} is a diffusers model folder; opening diffusers folders is not available yet"
-    )
+    # HOOK (issue 7): diffusers-format import lives in the interop module (it raises
+    # DiffusersFormatError, a CheckpointError, naming any unsupported setting).
+    from ddpm_studio.interop.diffusers_format import load_diffusers_folder
+
+    return load_diffusers_folder(path, device)
 
 
 def build_loaded(config: RunConfig, weights: dict[str, torch.Tensor], *, step: int, source: str,
@@ -80,7 +80,9 @@ def load_model(source: str | os.PathLike, device: str | torch.device | None = No
     path = Path(source).expanduser()
     dev = device if isinstance(device, torch.device) else select_device(device or "auto")
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist")
+        from ddpm_studio.interop.diffusers_format import missing_path_message  # says how to download a Hub id
+
+        raise CheckpointError(missing_path_message(source))
     if path.is_dir():
         if (path / "checkpoints").is_dir():
             ckpt, notes = load_latest(path, with_state=False)
