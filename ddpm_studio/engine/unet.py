@@ -27,8 +27,10 @@ to_v,to_out.0}``, ``down_blocks.{i}.downsamplers.0.conv``, ``mid_block.resnets.{
 key (google/ddpm-cifar10-32: ``block_out_channels=(128, 256, 256, 256)`` is base 128 and
 ``channel_mult=(1, 2, 2, 2)``; the ``Attn*`` block types give ``attention_resolutions``). The
 settings diffusers has and ModelConfig lacks are keyword arguments of :class:`UNet`
-(``norm_groups``, ``downsample_padding``, ``flip_sin_to_cos``, ``freq_shift``); they are also read
-from the config object when it has fields of those names.
+(``norm_groups``, ``downsample_padding``, ``flip_sin_to_cos``, ``freq_shift``, ``attention_head_dim``,
+``out_channels``); they are also read from the config object when it has fields of those names.
+Diffusers' ``attention_head_dim=None`` means one head per attention, i.e. our ``num_heads=1``; a
+number d means ``width // d`` heads in every attention, our ``attention_head_dim=d``.
 
 GroupNorm groups: the paper uses 32 everywhere. By default (``norm_groups=None``) we use the largest
 divisor of every width in the network that is at most ``min(32, base_channels // 4)``; that is 32
@@ -66,10 +68,14 @@ class UNetSpec:
     attention_resolutions: tuple[int, ...]
     dropout: float
     num_heads: int
+    attention_head_dim: int  # 0: every attention has num_heads heads; else heads = width // attention_head_dim
     norm_groups: int
     downsample_padding: int
     flip_sin_to_cos: bool
     freq_shift: float
+
+    def heads(self, channels: int) -> int:
+        return channels // self.attention_head_dim if self.attention_head_dim else self.num_heads
 
     @property
     def block_out_channels(self) -> tuple[int, ...]:
@@ -115,8 +121,11 @@ def resolve_spec(cfg: Any, **overrides: Any) -> UNetSpec:
     if bad:
         raise ValueError(f"norm_groups={groups} must divide every channel count of the network; it does not divide {bad}")
     heads = int(cfg.num_heads)
+    head_dim = int(opt("attention_head_dim", 0))
     for c in {base * m for m in mult}:
-        if c % heads:
+        if head_dim and c % head_dim:
+            raise ValueError(f"attention_head_dim={head_dim} must divide every level's width; it does not divide {c}")
+        if not head_dim and c % heads:
             raise ValueError(f"model.num_heads={heads} must divide every level's width; it does not divide {c}")
     pad = int(opt("downsample_padding", 0))
     if pad not in (0, 1):
@@ -125,7 +134,7 @@ def resolve_spec(cfg: Any, **overrides: Any) -> UNetSpec:
         image_size=int(cfg.image_size), in_channels=int(cfg.in_channels),
         out_channels=int(opt("out_channels", cfg.in_channels)), base_channels=base, channel_mult=mult,
         num_res_blocks=int(cfg.num_res_blocks), attention_resolutions=tuple(int(r) for r in cfg.attention_resolutions),
-        dropout=float(cfg.dropout), num_heads=heads, norm_groups=int(groups), downsample_padding=pad,
+        dropout=float(cfg.dropout), num_heads=heads, attention_head_dim=head_dim, norm_groups=int(groups), downsample_padding=pad,
         flip_sin_to_cos=bool(opt("flip_sin_to_cos", False)), freq_shift=float(opt("freq_shift", 1)),
     )
 
@@ -211,7 +220,7 @@ class DownBlock(nn.Module):
         g = spec.norm_groups
         self.resnets = nn.ModuleList(
             [ResnetBlock(in_ch if j == 0 else out_ch, out_ch, temb_ch, g, spec.dropout) for j in range(spec.num_res_blocks)])
-        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.num_heads) for _ in range(spec.num_res_blocks)]) if attention else None
+        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.heads(out_ch)) for _ in range(spec.num_res_blocks)]) if attention else None
         self.downsamplers = nn.ModuleList([Downsample(out_ch, spec.downsample_padding)]) if downsample else None
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
@@ -238,7 +247,7 @@ class UpBlock(nn.Module):
             skip_ch = skip_in_ch if j == n - 1 else out_ch
             resnets.append(ResnetBlock((prev_ch if j == 0 else out_ch) + skip_ch, out_ch, temb_ch, g, spec.dropout))
         self.resnets = nn.ModuleList(resnets)
-        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.num_heads) for _ in range(n)]) if attention else None
+        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.heads(out_ch)) for _ in range(n)]) if attention else None
         self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
@@ -256,7 +265,7 @@ class MidBlock(nn.Module):
         super().__init__()
         g = spec.norm_groups
         self.resnets = nn.ModuleList([ResnetBlock(ch, ch, temb_ch, g, spec.dropout) for _ in range(2)])
-        self.attentions = nn.ModuleList([AttentionBlock(ch, g, spec.num_heads)])
+        self.attentions = nn.ModuleList([AttentionBlock(ch, g, spec.heads(ch))])
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb_act)
@@ -279,12 +288,14 @@ class UNet(nn.Module):
     """eps_theta(x_t, t): (B, C, H, W), (B,) long -> (B, C, H, W)."""
 
     def __init__(self, cfg: Any, *, norm_groups: int | None = None, downsample_padding: int | None = None,
-                 flip_sin_to_cos: bool | None = None, freq_shift: float | None = None, out_channels: int | None = None) -> None:
+                 flip_sin_to_cos: bool | None = None, freq_shift: float | None = None, out_channels: int | None = None,
+                 attention_head_dim: int | None = None) -> None:
         super().__init__()
         if hasattr(cfg, "validate"):
             cfg.validate()
         spec = resolve_spec(cfg, norm_groups=norm_groups, downsample_padding=downsample_padding,
-                            flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift, out_channels=out_channels)
+                            flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift, out_channels=out_channels,
+                            attention_head_dim=attention_head_dim)
         self.spec = spec
         chans = spec.block_out_channels
         L = len(chans)

@@ -1,0 +1,164 @@
+"""The U-Net: shapes for every preset, gradients everywhere, the paper's parameter count, the same
+function as diffusers' UNet2DModel after a key-for-key state-dict load, and it learns."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from ddpm_studio.config import PRESETS, ModelConfig, RunConfig
+from ddpm_studio.engine.diffusion import GaussianDiffusion
+from ddpm_studio.engine.schedules import NoiseSchedule
+from ddpm_studio.engine.unet import UNet, build_model, count_parameters, default_norm_groups
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    """The ddpm-cifar10 preset at 32 px, RGB, built once for the tests that need it."""
+    cfg = RunConfig.from_preset("ddpm-cifar10", data={"image_size": 32, "channels": "3"}).model
+    return cfg, build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_preset_keeps_the_shape(preset, channels, paper_model):
+    size = 32 if (preset, channels) == ("ddpm-cifar10", 3) else 16
+    cfg = RunConfig.from_preset(preset, data={"image_size": size, "channels": str(channels)}).model
+    model = paper_model[1] if (preset, channels) == ("ddpm-cifar10", 3) else build_model(cfg).eval()
+    x = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        y = model(x, torch.tensor([0, 999]))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_gradients_reach_every_parameter():
+    for preset in ("tiny", "small"):
+        cfg = RunConfig.from_preset(preset, data={"image_size": 16, "channels": "1"}).model
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        x = torch.randn(3, 1, 16, 16)
+        model(x, torch.tensor([3, 500, 999])).square().mean().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+        assert not missing, f"{preset}: no gradient for {missing}"
+
+
+def test_paper_model_has_35_7M_parameters(paper_model):
+    model = paper_model[1]
+    n = count_parameters(model)
+    assert abs(n - 35.7e6) / 35.7e6 < 0.01, n
+    assert model.spec.norm_groups == 32
+    assert all(m.num_groups == 32 for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
+
+
+def test_default_norm_groups_rule():
+    assert default_norm_groups(128, (1, 2, 2, 2)) == 32
+    assert default_norm_groups(32, (1, 2, 2)) == 8
+    assert default_norm_groups(64, (1, 2, 2, 2)) == 16
+    assert default_norm_groups(40, (1, 2)) == 10  # divides 40, 80, 120, 160
+    model = UNet(ModelConfig(image_size=8, base_channels=40, channel_mult=(1, 2), attention_resolutions=()))
+    for m in model.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            assert m.num_channels % m.num_groups == 0
+    with pytest.raises(ValueError, match="norm_groups=32"):
+        UNet(ModelConfig(image_size=8, base_channels=40, channel_mult=(1, 2)), norm_groups=32)
+
+
+def test_invalid_config_is_refused_with_the_field_name():
+    with pytest.raises(ValueError, match="model.image_size"):
+        UNet(ModelConfig(image_size=12, channel_mult=(1, 2, 2, 2)))
+    with pytest.raises(ValueError, match="num_heads"):
+        UNet(ModelConfig(image_size=8, base_channels=24, channel_mult=(1,), num_heads=5))
+
+
+def _diffusers_twin(cfg: ModelConfig, **kw):
+    diffusers = pytest.importorskip("diffusers")
+    L = len(cfg.channel_mult)
+    down = tuple("AttnDownBlock2D" if cfg.image_size // 2**i in cfg.attention_resolutions else "DownBlock2D" for i in range(L))
+    up = tuple("AttnUpBlock2D" if cfg.image_size // 2 ** (L - 1 - i) in cfg.attention_resolutions else "UpBlock2D" for i in range(L))
+    chans = tuple(cfg.base_channels * m for m in cfg.channel_mult)
+    return diffusers.UNet2DModel(
+        sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.in_channels, block_out_channels=chans,
+        layers_per_block=cfg.num_res_blocks, down_block_types=down, up_block_types=up, dropout=cfg.dropout,
+        attention_head_dim=kw.get("attention_head_dim") or (chans[0] // cfg.num_heads if cfg.num_heads > 1 else None),
+        norm_eps=1e-6, norm_num_groups=kw.get("norm_groups") or default_norm_groups(cfg.base_channels, cfg.channel_mult),
+        downsample_padding=kw.get("downsample_padding", 0), flip_sin_to_cos=kw.get("flip_sin_to_cos", False),
+        freq_shift=kw.get("freq_shift", 1))
+
+
+@pytest.mark.parametrize("cfg,kw", [
+    (ModelConfig(image_size=16, in_channels=3, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                 attention_resolutions=(8,)), {}),
+    (ModelConfig(image_size=8, in_channels=1, base_channels=16, channel_mult=(1, 1), num_res_blocks=2,
+                 attention_resolutions=(8, 4), num_heads=2), dict(norm_groups=4, downsample_padding=1,
+                                                                 flip_sin_to_cos=True, freq_shift=0)),
+    (ModelConfig(image_size=8, in_channels=3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,)), dict(attention_head_dim=8)),
+])
+def test_same_function_as_diffusers_unet2dmodel_after_loading_its_state_dict(cfg, kw):
+    torch.manual_seed(0)
+    ref = _diffusers_twin(cfg, **kw).eval()
+    ours = UNet(cfg, **kw).eval()
+    sd = ref.state_dict()
+    assert set(sd) == set(ours.state_dict())
+    ours.load_state_dict(sd)  # strict: every key and shape must match
+    x = torch.randn(3, cfg.in_channels, cfg.image_size, cfg.image_size)
+    t = torch.tensor([0, 421, 999])
+    with torch.no_grad():
+        assert torch.allclose(ours(x, t), ref(x, t).sample, atol=1e-4)
+
+
+def test_paper_model_has_diffusers_cifar10_keys_and_shapes(paper_model):
+    cfg, ours = paper_model
+    ref = _diffusers_twin(cfg)
+    assert count_parameters(ref) == count_parameters(ours) == 35_746_307  # google/ddpm-cifar10-32
+    ref_shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    assert ref_shapes == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+
+
+def test_tiny_model_learns_l_simple_on_a_handful_of_images():
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=8, in_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(4,))
+    model = UNet(cfg)
+    d = GaussianDiffusion(NoiseSchedule.from_config("linear", 1000))
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
+    # A fixed evaluation set: the same images, timesteps and noise before and after training.
+    ev_x = images.repeat(32, 1, 1, 1)
+    ev_t = torch.randint(0, 1000, (128,), generator=g)
+    ev_noise = torch.randn(ev_x.shape, generator=g)
+
+    def eval_loss():
+        with torch.no_grad():
+            return d.training_losses(model, ev_x, ev_t, ev_noise)[0].mean().item()
+
+    before = eval_loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, foreach=True)
+    for _ in range(100):
+        x = images[torch.randint(0, 4, (16,), generator=g)]
+        loss, _ = d.training_losses(model, x, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.mean().backward()
+        opt.step()
+    after = eval_loss()
+    assert before > 0.8  # an untrained network predicts ~0, so L_simple starts near E[eps^2] = 1
+    assert after < 0.3 * before, (before, after)
+
+
+def test_model_config_extra_fields_are_read_when_present():
+    @dataclasses.dataclass
+    class WithExtras(ModelConfig):
+        norm_groups: int = 4
+        downsample_padding: int = 1
+
+    model = UNet(WithExtras(image_size=8, base_channels=16, channel_mult=(1, 2), attention_resolutions=()))
+    assert model.spec.norm_groups == 4 and model.spec.downsample_padding == 1
+    assert model.down_blocks[0].downsamplers[0].conv.padding == (1, 1)
