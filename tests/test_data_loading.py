@@ -256,3 +256,14 @@ def test_progress_and_cancel(tmp_path):
     with pytest.raises(Cancelled):
         load_images(DataConfig(folder=str(tmp_path), image_size=8), workers=2, use_cache=False,
                     progress=progress, should_stop=stop.is_set)
+
+
+def test_big_images_with_alpha_are_reduced_then_composited(tmp_path):
+    a = np.zeros((400, 600, 4), dtype=np.uint8)  # left half opaque blue, right half transparent red
+    a[:, :300] = (*BLUE, 255)
+    a[:, 300:] = (255, 0, 0, 0)
+    _save(tmp_path / "big.png", Image.fromarray(a))
+    s = load_images(DataConfig(folder=str(tmp_path), image_size=16, background="white"), workers=1)
+    img = s.images[0].astype(int)  # center crop 400x400 of 600x400: x from 100 to 500, split at 300
+    assert (abs(img[:, :6] - np.array(BLUE)) <= 2).all()
+    assert (img[:, 10:] >= 253).all()  # the hidden red never bleeds through

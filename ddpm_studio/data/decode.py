@@ -10,10 +10,12 @@ Preprocessing, in order:
 3. for big JPEGs, let libjpeg decode at a reduced scale (``draft``) that still leaves >= 2x the
    target side, so the final Lanczos filter does the antialiasing;
 4. apply the EXIF orientation;
-5. convert the mode: alpha is composited onto the background; 16-bit and float greyscale are
+5. big images of any format: box-average by an integer factor that still leaves >= 2x the target
+   side (``Image.reduce``, alpha-premultiplied), so the steps below run on a small image;
+6. convert the mode: alpha is composited onto the background; 16-bit and float greyscale are
    rescaled (not clipped) to 0..255; every other mode becomes ``L`` or ``RGB``;
-6. resize the short side to ``size`` and center-crop, in one Lanczos resample (``resize(box=...)``);
-7. decide greyscale by content: an RGB result whose channels differ by at most
+7. resize the short side to ``size`` and center-crop, in one Lanczos resample (``resize(box=...)``);
+8. decide greyscale by content: an RGB result whose channels differ by at most
    ``GRAY_TOLERANCE`` levels everywhere is greyscale (JPEG chroma noise stays under that).
 """
 
@@ -156,6 +158,18 @@ def _decode(data: bytes, s: Settings) -> Decoded:
         except Exception:  # noqa: BLE001
             pass
 
+    # Big images: box-average by an integer factor first, leaving >= 2x the target side for the
+    # final Lanczos (what reducing_gap does); mode conversion and alpha compositing then run small.
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA") if ("transparency" in im.info or im.mode == "PA") else im.convert("RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    factor = min(im.size) // (2 * s.size)
+    if factor >= 2:
+        try:
+            im = im.reduce(factor)  # premultiplies alpha itself for RGBA / LA
+        except (ValueError, NotImplementedError):
+            pass  # a mode reduce() does not handle: the final resize copes alone
     im, gray_mode = _to_l_rgb_or_f(im, s.background)
 
     if s.channels == "1" and im.mode == "RGB":
@@ -170,7 +184,7 @@ def _decode(data: bytes, s: Settings) -> Decoded:
         return Decoded(array=np.ascontiguousarray(arr), gray=False)
     if arr.shape[2] == 3:
         a = arr.astype(np.int16)
-        spread = max(int(np.abs(a[..., 0] - a[..., 1]).max()), int(np.abs(a[..., 1] - a[..., 2]).max()))
+        spread = int(np.abs(a[..., :2] - a[..., 1:]).max())  # max |R-G|, |G-B| over the image
         if spread <= GRAY_TOLERANCE:
             return Decoded(array=luminance(arr), gray=True)
         return Decoded(array=np.ascontiguousarray(arr), gray=False)
@@ -244,8 +258,7 @@ def _resize_crop(im: Image.Image, size: int) -> np.ndarray:
     if (w, h) == (size, size):
         out = im
     else:
-        out = im.resize((size, size), Image.Resampling.LANCZOS, box=box,
-                        reducing_gap=3.0 if side > 3 * size else None)
+        out = im.resize((size, size), Image.Resampling.LANCZOS, box=box)
     if out.mode == "F":
         a = np.asarray(out)
         return np.clip(np.rint(a), 0, 255).astype(np.uint8)

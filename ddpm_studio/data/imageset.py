@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -47,7 +48,6 @@ from ddpm_studio.data.decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Decod
 CACHE_VERSION = 1
 CACHE_SUBDIR = "datasets"
 CACHE_LIMIT_BYTES = 4 * 1024**3  # the oldest cached sets are deleted beyond this
-CHUNK = 64  # files per decoding task
 
 Progress = Callable[[int, int, str], None]
 ShouldStop = Callable[[], bool]
@@ -129,39 +129,42 @@ def load_paths(paths: Iterable[str | os.PathLike], cfg: DataConfig, *, progress:
     source = "; ".join(roots)
 
     files, skipped = _index(roots, stop, report)
-    image_files = [f for f in files if Path(f.path).suffix.lower() in IMAGE_EXTENSIONS]
+    image_files = []
     for f in files:
-        if Path(f.path).suffix.lower() not in IMAGE_EXTENSIONS:
-            ext = Path(f.path).suffix or "no extension"
-            skipped.append(SkippedFile(f.path, f"not an image file ({ext})"))
+        ext = os.path.splitext(f[0])[1]
+        if ext.lower() in IMAGE_EXTENSIONS:
+            image_files.append(f)
+        else:
+            skipped.append(SkippedFile(f[0], f"not an image file ({ext or 'no extension'})"))
+    del files
     if not image_files:
         _raise_empty(roots, skipped)
     _check_memory(len(image_files), settings)
 
     cache = _Cache(roots, settings) if use_cache else None
     cached = cache.read() if cache else None
-    result = _assemble(image_files, skipped, settings, cached, stop, report, workers)
-    if result is None:
-        _raise_empty(roots, skipped)
-    images, rows, row_gray, new_skipped, from_cache = result
-    skipped = sorted(skipped + new_skipped, key=lambda s: _sort_key(s.path))
-    channels = int(images.shape[3])
-    fingerprint = _fingerprint(settings, channels, [r.digest for r in rows])
-    if cache and not from_cache:
-        cache.write(images, rows, row_gray, new_skipped, {f.path: f.stat for f in image_files}, channels)
-    report(len(image_files), len(image_files), f"Loaded {len(rows):,} images")
-    return ImageSet(images=images, paths=[r.path for r in rows], skipped=skipped, channels=channels,
-                    image_size=settings.size, source=source, fingerprint=fingerprint, from_cache=from_cache)
+    result = _assemble(image_files, settings, cached, stop, report, workers)
+    del cached
+    if result.images is None:
+        _raise_empty(roots, skipped + result.skipped)
+    skipped = sorted(skipped + result.skipped, key=lambda s: _sort_key(s.path))
+    channels = int(result.images.shape[3])
+    fingerprint = _fingerprint(settings, channels, result.digests)
+    if cache and not result.from_cache:
+        cache.write(result, channels)
+    report(len(image_files), len(image_files), f"Loaded {len(result.paths):,} images")
+    return ImageSet(images=result.images, paths=result.paths, skipped=skipped, channels=channels,
+                    image_size=settings.size, source=source, fingerprint=fingerprint,
+                    from_cache=result.from_cache)
 
 
 # ---------------------------------------------------------------------------------------------
 # indexing
 
 
-@dataclass(frozen=True)
-class _File:
-    path: str
-    stat: tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode: the cache's "unchanged" test
+# A file found by indexing: (path, stat key). The stat key (size, mtime_ns, ctime_ns, inode) is
+# the cache's "unchanged" test. Plain tuples: 20,000 of them are made on every open.
+_File = tuple[str, tuple[int, int, int, int]]
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -173,17 +176,10 @@ def _sort_key(path: str) -> tuple[str, str]:
 
 
 def _index(roots: list[str], stop: ShouldStop, report: Progress) -> tuple[list[_File], list[SkippedFile]]:
-    files: dict[str, _File] = {}
+    files: list[_File] = []
     skipped: list[SkippedFile] = []
     seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[str] = set()
-
-    def add_file(path: str, st: os.stat_result) -> None:
-        real = os.path.realpath(path)
-        if real in seen_files:  # the same file reached twice (overlapping drops, links)
-            return
-        seen_files.add(real)
-        files[path] = _File(path, _stat_key(st))
+    seen_files: set[tuple[int, int]] = set()  # (device, inode): the same file reached twice counts once
 
     missing = []
     for root in roots:
@@ -195,20 +191,22 @@ def _index(roots: list[str], stop: ShouldStop, report: Progress) -> tuple[list[_
         except OSError as e:
             skipped.append(SkippedFile(root, f"cannot be read ({e.strerror or e})"))
             continue
-        if os.path.isdir(root):
-            _walk(root, files, skipped, seen_dirs, add_file, stop, report)
-        else:
-            add_file(root, st)
+        if stat.S_ISDIR(st.st_mode):
+            _walk(root, files, skipped, seen_dirs, seen_files, stop, report)
+        elif (st.st_dev, st.st_ino) not in seen_files:
+            seen_files.add((st.st_dev, st.st_ino))
+            files.append((root, _stat_key(st)))
     if missing:
         raise DatasetError(f"Folder not found: {missing[0]}" if len(missing) == 1
                            else f"Folders not found: {', '.join(missing)}")
-    ordered = sorted(files.values(), key=lambda f: _sort_key(f.path))
-    return ordered, skipped
+    files.sort(key=lambda f: _sort_key(f[0]))
+    return files, skipped
 
 
-def _walk(root: str, files: dict, skipped: list, seen_dirs: set, add_file, stop: ShouldStop,
+def _walk(root: str, files: list, skipped: list, seen_dirs: set, seen_files: set, stop: ShouldStop,
           report: Progress) -> None:
     stack = [root]
+    next_report = 1000
     while stack:
         if stop():
             raise Cancelled("loading was cancelled")
@@ -216,7 +214,7 @@ def _walk(root: str, files: dict, skipped: list, seen_dirs: set, add_file, stop:
         try:
             st = os.stat(folder)
             key = (st.st_dev, st.st_ino)
-            if key in seen_dirs:  # a symlink loop or a folder reached twice
+            if key in seen_dirs:  # a symlink loop, or a folder reached twice
                 continue
             seen_dirs.add(key)
             with os.scandir(folder) as it:
@@ -229,19 +227,25 @@ def _walk(root: str, files: dict, skipped: list, seen_dirs: set, add_file, stop:
             continue
         for entry in entries:
             if entry.name.startswith("."):
-                continue  # hidden: .DS_Store, ._AppleDouble, .git, ...
+                continue  # hidden: .DS_Store, ._AppleDouble files, .git, ...
             try:
                 if entry.is_dir(follow_symlinks=True):
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=True):
-                    add_file(entry.path, entry.stat(follow_symlinks=True))
+                    est = entry.stat(follow_symlinks=True)
+                    fkey = (est.st_dev, est.st_ino)
+                    if fkey not in seen_files:
+                        seen_files.add(fkey)
+                        files.append((entry.path, (est.st_size, est.st_mtime_ns, est.st_ctime_ns, est.st_ino)))
                 elif entry.is_symlink():
                     skipped.append(SkippedFile(entry.path, "broken link (its target does not exist)"))
+                # sockets, pipes, devices: not files a user means; silently ignored
             except PermissionError:
                 skipped.append(SkippedFile(entry.path, "cannot be read (permission denied)"))
             except OSError as e:
                 skipped.append(SkippedFile(entry.path, f"cannot be read ({e.strerror or e})"))
-        if len(files) and len(files) % 1000 < len(entries):
+        if len(files) >= next_report:
+            next_report = len(files) + 1000
             report(len(files), 0, f"Indexing: {len(files):,} files found")
 
 
@@ -268,24 +272,46 @@ def _check_memory(n: int, s: Settings) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# decoding and assembling
+# parallel decoding
+
+# Decoding runs in threads: Pillow releases the GIL while it inflates, decodes and resamples, so
+# big images scale with the cores. Worker processes were tried and dropped: "spawn" re-imports the
+# caller's main module (a script without an ``if __name__ == "__main__"`` guard then re-runs in
+# every worker), and fork is unsafe in a Qt application with threads running.
+CHUNK_FILES = 64  # files per task, at most
+CHUNK_BYTES = 8 * 1024 * 1024  # file bytes per task, at most (big photos: small tasks, prompt cancel)
 
 
-@dataclass(frozen=True)
-class _Row:
-    path: str
-    stat: tuple[int, int, int, int]
-    digest: str
+def default_workers() -> int:
+    """Decoding threads: the cores this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _chunks(files: list[_File]) -> list[list[int]]:
+    out, cur, size = [], [], 0
+    for i, f in enumerate(files):
+        if cur and (len(cur) >= CHUNK_FILES or size + f[1][0] > CHUNK_BYTES):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += f[1][0]
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _decode_all(files: list[_File], settings: Settings, workers: int | None,
                 stop: ShouldStop) -> Iterator[tuple[list[int], list[Decoded]]]:
-    """Decode ``files`` in chunks, in parallel; yields (indices, results) as chunks finish."""
-    n = len(files)
-    chunks = [list(range(i, min(i + CHUNK, n))) for i in range(0, n, CHUNK)]
+    """Decode ``files`` in chunks on ``workers`` threads; yields (indices, results) as chunks finish."""
+    chunks = _chunks(files)
 
     def run(idx: list[int]) -> list[Decoded]:
-        return [decode_file(files[i].path, settings) for i in idx]
+        # decode_file is looked up at call time, so tests can count the calls
+        return [decode_file(files[i][0], settings) for i in idx]
 
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers == 1 or len(chunks) == 1:
@@ -294,35 +320,26 @@ def _decode_all(files: list[_File], settings: Settings, workers: int | None,
                 raise Cancelled("loading was cancelled")
             yield idx, run(idx)
         return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ddpm-decode")
-    try:
-        pending: dict[Future, list[int]] = {}
-        it = iter(chunks)
-        for idx in it:
-            pending[pool.submit(run, idx)] = idx
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            if stop():
-                raise Cancelled("loading was cancelled")
-            for fut in done:
-                idx = pending.pop(fut)
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[pool.submit(run, nxt)] = nxt
-                yield idx, fut.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    todo = list(reversed(chunks))  # popped from the end, so in order
+    pending: dict[Future, list[int]] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ddpm-decode") as pool:
+        try:
+            while todo or pending:
+                while todo and len(pending) < 2 * workers:  # a short queue: cancel is prompt
+                    idx = todo.pop()
+                    pending[pool.submit(run, idx)] = idx
+                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                if stop():
+                    raise Cancelled("loading was cancelled")
+                for fut in done:
+                    yield pending.pop(fut), fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
-def default_workers() -> int:
-    """Decoding threads: the cores this process may use (Pillow releases the GIL while decoding)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
+# ---------------------------------------------------------------------------------------------
+# assembling
 
 
 class _Buffers:
@@ -348,18 +365,18 @@ class _Buffers:
         self.filled[i] = True
 
     def finish(self, channels: str) -> np.ndarray:
-        """Resolve the channel count, drop unfilled rows in place; at most 4/3 of the result's size is held."""
+        """Resolve the channel count and drop unfilled rows in place.
+
+        At most the result plus a greyscale third of it is held (the 1.5x memory goal)."""
         if self.color is not None and (self.gray is None or channels != "1"):
             out = self.color
             if self.gray is not None:
                 for i in np.flatnonzero(self.is_gray & self.filled):
                     out[i] = self.gray[i]  # broadcast (H, W, 1) -> (H, W, 3)
-            self.gray = None
-        elif self.color is not None:  # channels == "1" but colour rows were cached as colour
+        elif self.color is not None:  # channels == "1" (colour rows only come from an old cache)
             out = self.gray
-            ci = np.flatnonzero(~self.is_gray & self.filled)
-            out[ci] = luminance(self.color[ci])
-            self.color = None
+            for i in np.flatnonzero(~self.is_gray & self.filled):
+                out[i] = luminance(self.color[i])
         else:
             out = self.gray
         self.color = self.gray = None
@@ -372,98 +389,122 @@ class _Buffers:
         return out
 
 
-def _assemble(files: list[_File], skipped: list[SkippedFile], s: Settings, cached: "_Cached | None",
-              stop: ShouldStop, report: Progress, workers: int | None):
-    n = len(files)
-    todo: list[int] = []
-    rows: list[_Row | None] = [None] * n
-    from_cache_idx: list[tuple[int, int]] = []  # (new index, cached row)
-    new_skipped: list[SkippedFile] = []
-    skipped_at: dict[int, SkippedFile] = {}
-    for i, f in enumerate(files):
-        hit = cached.rows.get(f.path) if cached else None
-        if hit is not None and hit[0] == f.stat:
-            from_cache_idx.append((i, hit[1]))
-            rows[i] = _Row(f.path, f.stat, hit[2])
-            continue
-        miss = cached.skipped.get(f.path) if cached else None
-        if miss is not None and miss[0] == f.stat:
-            skipped_at[i] = SkippedFile(f.path, miss[1])
-            continue
-        todo.append(i)
+@dataclass
+class _Result:
+    images: np.ndarray | None
+    paths: list[str]
+    stats: list[tuple]
+    digests: list[str]
+    gray: list[bool]
+    skipped: list[SkippedFile]  # decoding failures (and unchanged ones remembered by the cache)
+    skipped_stats: list[tuple]
+    from_cache: bool
 
-    # Fast path: nothing changed, the cached array is the answer as it is.
-    if cached is not None and not todo and [c for _, c in from_cache_idx] == list(range(cached.count)) \
-            and cached.count == len(cached.rows):
-        images = cached.load_images()
-        if images is not None:
-            for sk in skipped_at.values():
-                new_skipped.append(sk)
-            report(n, n, "Loaded from cache")
-            return images, [r for r in rows if r is not None], cached.gray_flags(), new_skipped, True
+
+def _assemble(files: list[_File], s: Settings, cached: "_Cached | None", stop: ShouldStop,
+              report: Progress, workers: int | None) -> _Result:
+    n = len(files)
+    paths = [f[0] for f in files]
+    stats = [f[1] for f in files]
+
+    row_of = cached.row_index() if cached else {}
+    skip_of = cached.skip_index() if cached else {}
+    reasons: dict[int, str] = {}  # row -> why it is skipped
+    for i, path in enumerate(paths) if skip_of else ():  # unchanged bad files keep their reason
+        k = skip_of.get(path)
+        if k is not None and cached.skipped_stats[k] == stats[i]:
+            reasons[i] = cached.skipped_reasons[k]
+
+    # Fast path: the same files with the same stat keys as last time -> the cached array as it is.
+    if cached is not None and len(cached.paths) == n - len(reasons):
+        rest = [i for i in range(n) if i not in reasons] if reasons else range(n)
+        if [paths[i] for i in rest] == cached.paths and [stats[i] for i in rest] == cached.stats:
+            images = cached.load_images()
+            if images is not None:
+                report(n, n, "Loaded from the cache")
+                bad = sorted(reasons)
+                return _Result(images, cached.paths, cached.stats, cached.digests, cached.gray,
+                               [SkippedFile(paths[i], reasons[i]) for i in bad], [stats[i] for i in bad], True)
 
     buf = _Buffers(n, s.size)
-    if from_cache_idx:
-        images = cached.load_images(mmap=True) if cached else None
-        if images is None:  # unreadable cache array: decode everything
-            todo = sorted(todo + [i for i, _ in from_cache_idx])
-            for i, _ in from_cache_idx:
-                rows[i] = None
+    digests: list[str] = [""] * n
+    from_cache: list[tuple[int, int]] = []
+    todo: list[int] = []
+    for i, path in enumerate(paths):
+        if i in reasons:
+            continue
+        r = row_of.get(path)
+        if r is not None and cached.stats[r] == stats[i]:
+            from_cache.append((i, r))
         else:
-            c_gray = cached.gray_flags()
-            for i, c in from_cache_idx:
-                buf.put(i, images[c], bool(c_gray[c]))
-            del images
+            todo.append(i)
+    if from_cache:
+        old = cached.load_images(mmap=True)
+        if old is None:  # the cached array is unreadable: decode everything
+            todo = sorted(todo + [i for i, _ in from_cache])
+        else:
+            for i, r in from_cache:
+                buf.put(i, old[r], cached.gray[r])
+                digests[i] = cached.digests[r]
+            del old
+
     done = n - len(todo)
     report(done, n, f"Decoding {len(todo):,} images")
     todo_files = [files[i] for i in todo]
     for idx, results in _decode_all(todo_files, s, workers, stop):
         for k, d in zip(idx, results):
             i = todo[k]
-            f = files[i]
             if d.array is None:
-                skipped_at[i] = SkippedFile(f.path, d.reason)
+                reasons[i] = d.reason
             else:
                 buf.put(i, d.array, d.gray)
-                rows[i] = _Row(f.path, f.stat, d.digest)
+                digests[i] = d.digest
         done += len(idx)
         report(done, n, f"Decoding images ({done:,} of {n:,})")
-    new_skipped.extend(skipped_at[i] for i in sorted(skipped_at))
-    # Remember skip reasons so an unchanged bad file is not read again (transient ones are retried).
-    if not buf.filled.any():
-        skipped.extend(new_skipped)
-        return None
-    gray_flags = buf.is_gray[buf.filled].copy()
+
+    bad = sorted(reasons)
+    skipped = [SkippedFile(paths[i], reasons[i]) for i in bad]
+    skipped_stats = [stats[i] for i in bad]
+    keep = np.flatnonzero(buf.filled).tolist()
+    if not keep:
+        return _Result(None, [], [], [], [], skipped, skipped_stats, False)
+    gray = buf.is_gray[keep].tolist()
     images = buf.finish(s.channels)
-    return images, [r for r in rows if r is not None], gray_flags, new_skipped, False
+    return _Result(images, [paths[i] for i in keep], [stats[i] for i in keep], [digests[i] for i in keep],
+                   gray, skipped, skipped_stats, False)
 
 
 def _fingerprint(s: Settings, channels: int, digests: list[str]) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(f"ddpm-studio-data-v{CACHE_VERSION};{s.key()};C={channels}\n".encode())
-    for d in digests:
-        h.update(d.encode() + b"\n")
+    h.update("\n".join(digests).encode())
     return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
 # the disk cache
 
-
+# Reasons that may change without the file changing (permissions, memory): never remembered.
 _TRANSIENT = ("permission", "cannot be read", "disappeared", "out of memory", "into memory")
 
 
 @dataclass
 class _Cached:
-    rows: dict[str, tuple[tuple, int, str]]  # path -> (stat key, row, digest)
-    skipped: dict[str, tuple[tuple, str]]  # path -> (stat key, reason)
-    count: int
+    paths: list[str]
+    stats: list[tuple]
+    digests: list[str]
     gray: list[bool]
+    skipped_paths: list[str]
+    skipped_stats: list[tuple]
+    skipped_reasons: list[str]
     npy: Path
     shape: tuple[int, ...]
 
-    def gray_flags(self) -> np.ndarray:
-        return np.asarray(self.gray, dtype=bool)
+    def row_index(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.paths)}
+
+    def skip_index(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.skipped_paths)}
 
     def load_images(self, mmap: bool = False) -> np.ndarray | None:
         try:
@@ -489,20 +530,23 @@ class _Cache:
             meta = json.loads(self.index.read_text(encoding="utf-8"))
             if meta.get("version") != CACHE_VERSION or meta.get("settings") != self.settings_key:
                 return None
-            rows = {r[0]: (tuple(r[1]), i, r[2]) for i, r in enumerate(meta["rows"])}
-            skipped = {r[0]: (tuple(r[1]), r[2]) for r in meta["skipped"]}
-            gray = [bool(r[3]) for r in meta["rows"]]
-            shape = tuple(int(x) for x in meta["shape"])
-            npy = self.dir / str(meta["npy"])
-            if len(rows) != len(meta["rows"]) or shape[0] != len(rows) or os.sep in str(meta["npy"]):
+            rows, sk = meta["rows"], meta["skipped"]
+            c = _Cached(paths=rows["paths"], stats=[tuple(x) for x in rows["stats"]], digests=rows["digests"],
+                        gray=[bool(g) for g in rows["gray"]], skipped_paths=sk["paths"],
+                        skipped_stats=[tuple(x) for x in sk["stats"]], skipped_reasons=sk["reasons"],
+                        npy=self.dir / os.path.basename(str(meta["npy"])),
+                        shape=tuple(int(x) for x in meta["shape"]))
+            n = len(c.paths)
+            if not (len(c.stats) == len(c.digests) == len(c.gray) == n == c.shape[0]):
                 return None
-            return _Cached(rows, skipped, len(rows), gray, npy, shape)
+            if not (len(c.skipped_stats) == len(c.skipped_reasons) == len(c.skipped_paths)):
+                return None
+            return c
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             return None  # missing or corrupt: rebuilt
 
-    def write(self, images: np.ndarray, rows: list[_Row], gray: np.ndarray, skipped: list[SkippedFile],
-              stats: dict[str, tuple], channels: int) -> None:
-        """Array first (new name), then the index pointing at it, then the old array goes."""
+    def write(self, r: _Result, channels: int) -> None:
+        """Array first (under a new name), then the index pointing at it, then the old array goes."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             old = None
@@ -511,18 +555,20 @@ class _Cache:
             except (OSError, ValueError, AttributeError):
                 pass
             npy_name = f"{self.key}-{secrets.token_hex(4)}.npy"
-            _atomic_save_npy(self.dir / npy_name, images)
+            _atomic_save_npy(self.dir / npy_name, r.images)
+            keep = [k for k, sk in enumerate(r.skipped) if not any(t in sk.reason for t in _TRANSIENT)]
             meta = {
                 "version": CACHE_VERSION, "settings": self.settings_key, "roots": self.roots,
-                "channels": channels, "npy": npy_name, "shape": list(images.shape),
-                "rows": [[r.path, list(r.stat), r.digest, bool(g)] for r, g in zip(rows, gray)],
-                "skipped": [[sk.path, list(stats[sk.path]), sk.reason] for sk in skipped
-                            if sk.path in stats and not any(t in sk.reason for t in _TRANSIENT)],
+                "channels": channels, "npy": npy_name, "shape": list(r.images.shape),
+                "rows": {"paths": r.paths, "stats": r.stats, "digests": r.digests, "gray": r.gray},
+                "skipped": {"paths": [r.skipped[k].path for k in keep],
+                            "stats": [r.skipped_stats[k] for k in keep],
+                            "reasons": [r.skipped[k].reason for k in keep]},
             }
             atomic_write_text(self.index, json.dumps(meta, separators=(",", ":")))
-            if old and old != npy_name and os.sep not in str(old):
+            if old and os.path.basename(str(old)) != npy_name:
                 try:
-                    (self.dir / old).unlink()
+                    (self.dir / os.path.basename(str(old))).unlink()
                 except OSError:
                     pass
             _prune(self.dir)
@@ -556,8 +602,7 @@ def _prune(folder: Path, limit: int = CACHE_LIMIT_BYTES) -> None:
         try:
             sets = []
             for index in folder.glob("*.json"):
-                key = index.stem
-                arrays = list(folder.glob(f"{key}-*.npy"))
+                arrays = list(folder.glob(f"{index.stem}-*.npy"))
                 size = index.stat().st_size + sum(a.stat().st_size for a in arrays)
                 sets.append((index.stat().st_mtime, size, index, arrays))
             total = sum(s[1] for s in sets)
@@ -574,5 +619,6 @@ def _prune(folder: Path, limit: int = CACHE_LIMIT_BYTES) -> None:
 def clear_cache() -> None:
     """Delete every cached dataset (the cache is always safe to delete)."""
     folder = _paths.cache_dir() / CACHE_SUBDIR
-    for p in list(folder.glob("*.json")) + list(folder.glob("*.npy")):
-        p.unlink(missing_ok=True)
+    if folder.is_dir():
+        for p in list(folder.glob("*.json")) + list(folder.glob("*.npy")):
+            p.unlink(missing_ok=True)
