@@ -45,7 +45,7 @@ from ddpm_studio.config import DataConfig, atomic_write_text
 from ddpm_studio.data.decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Decoded, Settings,
                                      decode_file, luminance)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CACHE_SUBDIR = "datasets"
 CACHE_LIMIT_BYTES = 4 * 1024**3  # the oldest cached sets are deleted beyond this
 
@@ -128,15 +128,10 @@ def load_paths(paths: Iterable[str | os.PathLike], cfg: DataConfig, *, progress:
     report = progress or (lambda done, total, message: None)
     source = "; ".join(roots)
 
-    files, skipped = _index(roots, stop, report)
-    image_files = []
-    for f in files:
-        ext = os.path.splitext(f[0])[1]
-        if ext.lower() in IMAGE_EXTENSIONS:
-            image_files.append(f)
-        else:
-            skipped.append(SkippedFile(f[0], f"not an image file ({ext or 'no extension'})"))
-    del files
+    image_files, others, skipped = _index(roots, stop, report)
+    for path in others:
+        ext = os.path.splitext(path)[1]
+        skipped.append(SkippedFile(path, f"not an image file ({ext or 'no extension'})"))
     if not image_files:
         _raise_empty(roots, skipped)
     _check_memory(len(image_files), settings)
@@ -162,25 +157,26 @@ def load_paths(paths: Iterable[str | os.PathLike], cfg: DataConfig, *, progress:
 # indexing
 
 
-# A file found by indexing: (path, stat key). The stat key (size, mtime_ns, ctime_ns, inode) is
-# the cache's "unchanged" test. Plain tuples: 20,000 of them are made on every open.
-_File = tuple[str, tuple[int, int, int, int]]
+# A file found by indexing: (path, stat key). The stat key (size, mtime_ns, ctime_ns, inode,
+# device) is the cache's "unchanged" test. Plain tuples: 20,000 of them are made on every open.
+_File = tuple[str, tuple[int, int, int, int, int]]
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def _sort_key(path: str) -> tuple[str, str]:
     return (path.casefold(), path)
 
 
-def _index(roots: list[str], stop: ShouldStop, report: Progress) -> tuple[list[_File], list[SkippedFile]]:
+def _index(roots: list[str], stop: ShouldStop,
+           report: Progress) -> tuple[list[_File], list[str], list[SkippedFile]]:
+    """-> (image files sorted by path, other files, skipped). Each file is listed once."""
     files: list[_File] = []
+    others: list[str] = []
     skipped: list[SkippedFile] = []
     seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()  # (device, inode): the same file reached twice counts once
-
     missing = []
     for root in roots:
         try:
@@ -192,21 +188,32 @@ def _index(roots: list[str], stop: ShouldStop, report: Progress) -> tuple[list[_
             skipped.append(SkippedFile(root, f"cannot be read ({e.strerror or e})"))
             continue
         if stat.S_ISDIR(st.st_mode):
-            _walk(root, files, skipped, seen_dirs, seen_files, stop, report)
-        elif (st.st_dev, st.st_ino) not in seen_files:
-            seen_files.add((st.st_dev, st.st_ino))
+            _walk(root, files, others, skipped, seen_dirs, stop, report)
+        elif os.path.splitext(root)[1].lower() in IMAGE_EXTENSIONS:
             files.append((root, _stat_key(st)))
+        else:
+            others.append(root)
     if missing:
         raise DatasetError(f"Folder not found: {missing[0]}" if len(missing) == 1
                            else f"Folders not found: {', '.join(missing)}")
     files.sort(key=lambda f: _sort_key(f[0]))
-    return files, skipped
+    if len({st[3:] for _, st in files}) != len(files):  # the same file reached twice: keep the first
+        seen: set[tuple[int, int]] = set()
+        unique = []
+        for f in files:
+            if f[1][3:] not in seen:
+                seen.add(f[1][3:])
+                unique.append(f)
+        files = unique
+    others = sorted(set(others), key=_sort_key)
+    return files, others, skipped
 
 
-def _walk(root: str, files: list, skipped: list, seen_dirs: set, seen_files: set, stop: ShouldStop,
+def _walk(root: str, files: list, others: list, skipped: list, seen_dirs: set, stop: ShouldStop,
           report: Progress) -> None:
     stack = [root]
     next_report = 1000
+    exts = IMAGE_EXTENSIONS
     while stack:
         if stop():
             raise Cancelled("loading was cancelled")
@@ -226,17 +233,20 @@ def _walk(root: str, files: list, skipped: list, seen_dirs: set, seen_files: set
             skipped.append(SkippedFile(folder, f"folder cannot be read ({e.strerror or e})"))
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name[0] == ".":
                 continue  # hidden: .DS_Store, ._AppleDouble files, .git, ...
             try:
-                if entry.is_dir(follow_symlinks=True):
+                if entry.is_file():  # follows symlinks
+                    dot = name.rfind(".")
+                    if dot > 0 and name[dot:].lower() in exts:
+                        est = entry.stat()
+                        files.append((entry.path, (est.st_size, est.st_mtime_ns, est.st_ctime_ns,
+                                                   est.st_ino, est.st_dev)))
+                    else:
+                        others.append(entry.path)
+                elif entry.is_dir():
                     stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=True):
-                    est = entry.stat(follow_symlinks=True)
-                    fkey = (est.st_dev, est.st_ino)
-                    if fkey not in seen_files:
-                        seen_files.add(fkey)
-                        files.append((entry.path, (est.st_size, est.st_mtime_ns, est.st_ctime_ns, est.st_ino)))
                 elif entry.is_symlink():
                     skipped.append(SkippedFile(entry.path, "broken link (its target does not exist)"))
                 # sockets, pipes, devices: not files a user means; silently ignored
@@ -246,7 +256,7 @@ def _walk(root: str, files: list, skipped: list, seen_dirs: set, seen_files: set
                 skipped.append(SkippedFile(entry.path, f"cannot be read ({e.strerror or e})"))
         if len(files) >= next_report:
             next_report = len(files) + 1000
-            report(len(files), 0, f"Indexing: {len(files):,} files found")
+            report(len(files), 0, f"Indexing: {len(files):,} images found")
 
 
 def _raise_empty(roots: list[str], skipped: list[SkippedFile]) -> None:
@@ -407,7 +417,6 @@ def _assemble(files: list[_File], s: Settings, cached: "_Cached | None", stop: S
     paths = [f[0] for f in files]
     stats = [f[1] for f in files]
 
-    row_of = cached.row_index() if cached else {}
     skip_of = cached.skip_index() if cached else {}
     reasons: dict[int, str] = {}  # row -> why it is skipped
     for i, path in enumerate(paths) if skip_of else ():  # unchanged bad files keep their reason
@@ -426,6 +435,7 @@ def _assemble(files: list[_File], s: Settings, cached: "_Cached | None", stop: S
                 return _Result(images, cached.paths, cached.stats, cached.digests, cached.gray,
                                [SkippedFile(paths[i], reasons[i]) for i in bad], [stats[i] for i in bad], True)
 
+    row_of = cached.row_index() if cached else {}
     buf = _Buffers(n, s.size)
     digests: list[str] = [""] * n
     from_cache: list[tuple[int, int]] = []
