@@ -47,7 +47,9 @@ def test_window_opens_a_diffusers_folder_and_generates(qtbot, window, diffusers_
     errors = []
     window.state.error.connect(lambda message, details: errors.append(message))
     sp = window.sampling_panel
-    assert sp.open_model(str(diffusers_folder))
+    sp._ask_model_path = lambda: str(diffusers_folder)  # the folder dialog's answer
+    window.open_model_action.trigger()  # File > Open Model...
+    assert window.tabs.currentWidget() is sp and sp.model_path == str(diffusers_folder)
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddim"))
     sp.steps_spin.setValue(4)
     sp.num_spin.setValue(2)
