@@ -267,3 +267,31 @@ def test_big_images_with_alpha_are_reduced_then_composited(tmp_path):
     img = s.images[0].astype(int)  # center crop 400x400 of 600x400: x from 100 to 500, split at 300
     assert (abs(img[:, :6] - np.array(BLUE)) <= 2).all()
     assert (img[:, 10:] >= 253).all()  # the hidden red never bleeds through
+
+
+def test_threads_give_the_same_set_as_one_worker(mixed, monkeypatch):
+    root, _ = mixed
+    from ddpm_studio.data import imageset
+
+    monkeypatch.setattr(imageset, "CHUNK_FILES", 3)  # many small tasks finishing out of order
+    one = load_images(DataConfig(folder=str(root), image_size=8), workers=1, use_cache=False)
+    many = load_images(DataConfig(folder=str(root), image_size=8), workers=4, use_cache=False)
+    assert many.paths == one.paths and many.skipped == one.skipped
+    np.testing.assert_array_equal(many.images, one.images)
+
+
+def test_importing_data_loads_neither_torch_nor_qt():
+    import subprocess
+    import sys
+
+    code = ("import sys, ddpm_studio.data; "
+            "print(sorted(m for m in ('torch', 'PySide6') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_set_too_big_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    _save(tmp_path / "a.png", Image.new("RGB", (16, 16), RED))
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1}[name])
+    with pytest.raises(DatasetError, match="would need .* memory"):
+        load_images(DataConfig(folder=str(tmp_path), image_size=256), workers=1)

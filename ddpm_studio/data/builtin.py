@@ -156,6 +156,26 @@ def write(folder: Path | None = None) -> Path:
 # loading
 
 
+_stored: dict[tuple, tuple] = {}
+
+
+def _read_stored(folder: str) -> tuple[np.ndarray, list[str], str]:
+    """(tiles (N, 32, 32, 3) uint8, shape names, blake2b of the sheet), decoded once per process."""
+    index_path = Path(folder) / INDEX_NAME
+    st = index_path.stat()
+    key = (folder, st.st_mtime_ns, st.st_size)
+    if key not in _stored:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        data = (Path(folder) / Path(index["sheet"]).name).read_bytes()
+        sheet = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        tiles = from_sheet(sheet, int(index["count"]), int(index["columns"]))
+        tiles.flags.writeable = False
+        names = [index["shapes"][k] for k in index["labels"]]
+        _stored.clear()
+        _stored[key] = (tiles, names, hashlib.blake2b(data, digest_size=16).hexdigest())
+    return _stored[key]
+
+
 def load_builtin(cfg: DataConfig, *, progress=None, should_stop=None):
     """The built-in set as an :class:`ImageSet` at ``cfg.image_size`` (source "built-in")."""
     from ddpm_studio.data.decode import Settings, luminance
@@ -166,16 +186,14 @@ def load_builtin(cfg: DataConfig, *, progress=None, should_stop=None):
     stop = should_stop or (lambda: False)
     folder = builtin_dir()
     try:
-        index = json.loads((folder / INDEX_NAME).read_text(encoding="utf-8"))
-        data = (folder / index["sheet"]).read_bytes()
-        sheet = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        tiles = from_sheet(sheet, int(index["count"]), int(index["columns"]))
-        names = [index["shapes"][k] for k in index["labels"]]
+        tiles, names, digest = _read_stored(str(folder))
     except (OSError, ValueError, KeyError, IndexError) as e:
         raise DatasetError(f"The built-in dataset in {folder} is missing or damaged ({e}); "
                            f"reinstall, or run: python -m ddpm_studio.data.builtin --write") from None
     size, n = cfg.image_size, tiles.shape[0]
-    if size != TILE:
+    if size == TILE:
+        tiles = tiles.copy()  # the decoded sheet is shared between calls; callers get their own
+    else:
         out = np.empty((n, size, size, 3), dtype=np.uint8)
         for i in range(n):
             if i % 256 == 0:
@@ -188,7 +206,6 @@ def load_builtin(cfg: DataConfig, *, progress=None, should_stop=None):
         tiles = luminance(tiles)  # (N, H, W, 1)
     channels = int(tiles.shape[3])
     settings = Settings(size=size, channels=cfg.channels, background="white", min_size=0)
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     report(n, n, f"Loaded {n:,} built-in images")
     return ImageSet(images=tiles, paths=[f"built-in:{i:05d}-{name}" for i, name in enumerate(names)],
                     skipped=[], channels=channels, image_size=size, source="built-in",
