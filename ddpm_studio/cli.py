@@ -216,13 +216,16 @@ class _TrainReporter:
             what = "Resuming" if event.resumed else "Training"
             for note in event.notes:
                 self.write(f"note: {note}")
+            of = "" if event.total_steps >= MINUTES_ONLY_STEPS else f" of {event.total_steps:,}"
             self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
-                       f"on {event.device}, step {event.start_step:,} of {event.total_steps:,}")
+                       f"on {event.device}, step {event.start_step:,}{of}")
             self.last_step = event.start_step
             if not self.quiet and self.tty:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True,
+                # with --minutes alone the clock decides: no step total to show
+                total = None if event.total_steps >= MINUTES_ONLY_STEPS else event.total_steps
+                self.bar = tqdm(total=total, initial=event.start_step, unit="step", dynamic_ncols=True,
                                 file=sys.stderr, smoothing=0.1)
         elif isinstance(event, StepMetrics):
             if self.bar is not None:
@@ -232,7 +235,8 @@ class _TrainReporter:
             elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
                 self.last_line = time.monotonic()
                 eta = f", ETA {event.eta_sec / 60:.1f} min" if event.eta_sec is not None else ""
-                self.write(f"step {event.step:,}/{event.total_steps:,}  loss {event.loss:.4f} "
+                of = "" if event.total_steps >= MINUTES_ONLY_STEPS else f"/{event.total_steps:,}"
+                self.write(f"step {event.step:,}{of}  loss {event.loss:.4f} "
                            f"(smoothed {event.loss_smooth:.4f})  {event.images_per_sec:.0f} img/s{eta}")
             self.last_step = event.step
         elif isinstance(event, CheckpointSaved):

@@ -43,8 +43,7 @@ def test_roundtrip_keeps_weights_config_and_state(run_with_two):
     for k, v in _weights(21).items():
         assert torch.equal(got.ema_state[k], v)
     assert got.train_state["counters"]["images_seen"] == 80
-    assert torch.equal(got.train_state["rng"]["torch"], _state(0)["rng"]["torch"]) or True  # a ByteTensor survives
-    assert isinstance(got.train_state["rng"]["torch"], torch.Tensor)
+    assert got.train_state["rng"]["torch"].dtype == torch.uint8  # a ByteTensor survives weights_only
     assert ck.latest_checkpoint(run).name == "step_0000020.safetensors"
     assert not list((run / "checkpoints").glob("*.tmp")), "temporary files must be renamed away"
 

@@ -491,14 +491,14 @@ class _Loop:
         if self.step > self.last_checkpoint_step:
             if not self._checkpoint():
                 return self._finish_nan()
-        if main and reason == "completed" and tc.preview_every and self.step > self.start_step:
+        if main and reason in ("completed", "time_limit") and tc.preview_every and self.step > self.start_step:
             self._preview()
         took = _fmt_duration(self.active())
         ck = Path(self.last_checkpoint).name if self.last_checkpoint else "none"
         message = {
             "completed": f"Finished: the run is at step {self.step:,} ({took} in this session). Saved {ck}.",
             "stopped": f"Stopped at step {self.step:,} of {tc.steps:,}. Saved {ck}; resume to continue.",
-            "time_limit": f"Time limit reached at step {self.step:,} of {tc.steps:,}. Saved {ck}; resume to continue.",
+            "time_limit": f"Time limit reached at step {self.step:,}. Saved {ck}; resume to continue.",
         }[reason]
         return TrainFinished(self.step, reason, message, self.last_checkpoint)
 
