@@ -299,3 +299,19 @@ def test_malicious_pickle_bin_is_refused_without_running_code(tmp_path):
     # The payload is live: an unrestricted unpickler would have run it.
     torch.load(out / "unet" / "diffusion_pytorch_model.bin", weights_only=False)
     assert marker.read_text() == "code ran"
+
+
+def test_grayscale_model_round_trips(tmp_path):
+    cfg = small_config()
+    cfg.data.channels = "1"
+    cfg.sync()
+    run, _, ema = make_run(tmp_path, cfg)
+    out = export_diffusers(run, tmp_path / "exported")
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    assert unet["in_channels"] == unet["out_channels"] == 1
+    loaded = load_diffusers_folder(out, device="cpu")
+    assert loaded.config.model.in_channels == 1 and loaded.config.data.channels == "1"
+    assert loaded.image_shape == (1, 16, 16)
+    assert all(torch.equal(loaded.model.state_dict()[k], ema[k]) for k in ema)
+    with torch.no_grad():
+        assert loaded.model(torch.zeros(2, 1, 16, 16), torch.tensor([0, 5])).shape == (2, 1, 16, 16)
