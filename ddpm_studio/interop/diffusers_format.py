@@ -366,7 +366,7 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     pred = c["prediction_type"]
     if pred not in _PREDICTION_FROM_DIFFUSERS:
         raise _refuse(where, "prediction_type", pred, f"supported: {', '.join(_PREDICTION_FROM_DIFFUSERS)}")
-    sampling: dict[str, Any] = {"clip_denoised": bool(c["clip_sample"])}
+    sampling: dict[str, Any] = {"clip_denoised": bool(c["clip_sample"]), "steps": min(SamplingConfig.steps, T)}
     if cls == "DDPMScheduler":
         var = c["variance_type"]
         if var not in _VARIANCE_FROM_DIFFUSERS:
