@@ -133,3 +133,16 @@ def test_use_cache_false_writes_nothing(tmp_path):
     load_images(DataConfig(folder=str(folder), image_size=8), use_cache=False, workers=1)
     folder = paths.cache_dir() / "datasets"
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_undecodable_file_names_load_and_cache(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9-latin1.png")  # not UTF-8: a lone surrogate in the str
+    Image.new("RGB", (10, 10), (5, 6, 7)).save(os.path.join(folder, name))
+    (folder / "ok.png").write_bytes((folder / name).read_bytes())
+    cfg = DataConfig(folder=str(folder), image_size=8)
+    first = load_images(cfg, workers=1)
+    assert len(first) == 2 and os.path.join(str(folder), name) in first.paths
+    again = load_images(cfg, workers=1)
+    assert again.from_cache and again.paths == first.paths

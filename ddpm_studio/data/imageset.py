@@ -7,8 +7,12 @@ and :class:`Cancelled` when ``should_stop()`` turns true.
 
 Indexing walks each folder recursively, following symlinked folders but never entering the same
 folder twice (so symlink loops end), and ignores names starting with "." (``.DS_Store``,
-``._photo.jpg``, ``.git``). Files are ordered by path (case-folded) so the same folder always gives
-the same order, which the loader's data order relies on.
+``._photo.jpg``, ``.git``) and special files (pipes, sockets). Files whose extension is not an image
+extension (``decode.IMAGE_EXTENSIONS``, any case) are reported as "not an image file" without
+being opened; the same file reached twice (links, overlapping drops) counts once. Files are
+ordered by path (case-folded) so the same folder always gives the same order, which the loader's
+data order relies on. While indexing, progress is reported as ``(files_found, 0, message)``:
+a total of 0 means "not known yet".
 
 Channels: with ``cfg.channels == "auto"`` the set is greyscale when every usable image is
 greyscale, decided per image by mode (1, L, LA, I, I;16, F) and by content (RGB whose channels
@@ -17,11 +21,16 @@ greyscale images repeated across the three channels. "1" converts colour with IT
 
 The cache (``paths.cache_dir()/datasets``) holds, per (set of roots, preprocessing settings), the
 decoded array as ``.npy`` and a JSON index of every file with its stat key (size, mtime_ns,
-ctime_ns, inode) and its blake2b content hash. Reopening stats every file and reuses an entry only
+ctime_ns, inode, device) and the blake2b hash of its bytes (unusable files: their reason). Reopening stats every file and reuses an entry only
 when the stat key is unchanged; a changed file (new size, mtime or ctime — writing a file always
 updates its ctime, even when its mtime is set back by hand) is read and hashed again. Added or
 changed files are decoded, unchanged ones are copied from the cache. The set's ``fingerprint``
 is computed from the content hashes and the settings, so it identifies the data, not the paths.
+The cache is written atomically (array under a new name, then the index), a corrupt or unreadable
+entry is ignored and rebuilt, and beyond ``CACHE_LIMIT_BYTES`` the oldest sets are deleted.
+
+Memory: before decoding, a set that would need more than 60% of the physical memory is refused
+with a DatasetError that says how much it needs.
 """
 
 from __future__ import annotations
@@ -556,14 +565,9 @@ class _Cache:
             return None  # missing or corrupt: rebuilt
 
     def write(self, r: _Result, channels: int) -> None:
-        """Array first (under a new name), then the index pointing at it, then the old array goes."""
+        """Array first (under a new name), then the index pointing at it, then older arrays go."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            old = None
-            try:
-                old = json.loads(self.index.read_text(encoding="utf-8")).get("npy")
-            except (OSError, ValueError, AttributeError):
-                pass
             npy_name = f"{self.key}-{secrets.token_hex(4)}.npy"
             _atomic_save_npy(self.dir / npy_name, r.images)
             keep = [k for k, sk in enumerate(r.skipped) if not any(t in sk.reason for t in _TRANSIENT)]
@@ -575,12 +579,11 @@ class _Cache:
                             "stats": [r.skipped_stats[k] for k in keep],
                             "reasons": [r.skipped[k].reason for k in keep]},
             }
+            # ensure_ascii (the default) also escapes undecodable file names (lone surrogates)
             atomic_write_text(self.index, json.dumps(meta, separators=(",", ":")))
-            if old and os.path.basename(str(old)) != npy_name:
-                try:
-                    (self.dir / os.path.basename(str(old))).unlink()
-                except OSError:
-                    pass
+            for old in self.dir.glob(f"{self.key}-*.npy"):
+                if old.name != npy_name:  # a reader holding the old index just rebuilds
+                    old.unlink(missing_ok=True)
             _prune(self.dir)
         except OSError:
             pass  # a cache that cannot be written only costs time next time
