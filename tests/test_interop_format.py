@@ -315,3 +315,16 @@ def test_grayscale_model_round_trips(tmp_path):
     assert all(torch.equal(loaded.model.state_dict()[k], ema[k]) for k in ema)
     with torch.no_grad():
         assert loaded.model(torch.zeros(2, 1, 16, 16), torch.tensor([0, 5])).shape == (2, 1, 16, 16)
+
+
+def test_folders_that_are_not_diffusers_models_are_refused_plainly(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    small_config().save(plain / "config.json")  # a DDPM Studio config.json is not a UNet2DModel config
+    with pytest.raises(ValueError, match="is not a diffusers model folder"):
+        load_diffusers_folder(plain, device="cpu")
+    sneaky = _pipeline_folder(tmp_path, _valid_unet_config(), None,
+                              {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
+                               "../../elsewhere": ["diffusers", "DDPMScheduler"]})
+    with pytest.raises(ValueError, match="outside its folder"):
+        load_diffusers_folder(sneaky, device="cpu")

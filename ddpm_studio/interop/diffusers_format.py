@@ -180,12 +180,16 @@ def _locate(folder: Path) -> tuple[Path, Path | None, list[str]]:
             raise DiffusersFormatError(f"{index} names no {UNET_CLASS} component")
         sched_name = next((k for k, v in info.items() if isinstance(v, list) and len(v) == 2 and k != unet_name
                            and isinstance(v[1], str) and v[1].endswith("Scheduler")), None)
+        for name in (unet_name, sched_name):
+            if name is not None and (Path(name).name != name or name in (".", "..")):
+                raise DiffusersFormatError(f"{index} names a component outside its folder: {name!r}")
         sched = folder / sched_name / "scheduler_config.json" if sched_name else None
         return folder / unet_name, sched, notes
     if (folder / "unet" / "config.json").is_file():
         sched = folder / "scheduler" / "scheduler_config.json"
         return folder / "unet", sched if sched.is_file() else None, notes
-    if (folder / "config.json").is_file():
+    config = folder / "config.json"
+    if config.is_file() and ({"_class_name", "block_out_channels"} & set(_read_json(config))):
         for sched in (folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
             if sched.is_file():
                 return folder, sched, notes
