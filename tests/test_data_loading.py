@@ -295,3 +295,16 @@ def test_a_set_too_big_for_memory_is_refused_before_decoding(tmp_path, monkeypat
     monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1}[name])
     with pytest.raises(DatasetError, match="would need .* memory"):
         load_images(DataConfig(folder=str(tmp_path), image_size=256), workers=1)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_exif_orientation_in_other_formats(fmt):
+    half = np.zeros((32, 32, 3), dtype=np.uint8)
+    half[:, 16:] = 255  # stored: left half black
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display: the left edge goes to the bottom
+    b = io.BytesIO()
+    Image.fromarray(half).save(b, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
+    d = decode_mod.decode_bytes(b.getvalue(), decode_mod.Settings(16, "auto", "white", 0))
+    img = d.array[..., 0].astype(int)
+    assert img[-4:].mean() < 10 and img[:4].mean() > 245

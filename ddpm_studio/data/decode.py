@@ -148,10 +148,12 @@ def _decode(data: bytes, s: Settings) -> Decoded:
         im.draft(im.mode if im.mode in ("L", "RGB") else None, (math.ceil(w * k), math.ceil(h * k)))
     im.load()  # raises on truncated / damaged data
 
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the rotation
-        orientation = 1
+    orientation = 1
+    if im.format == "TIFF" or "exif" in im.info:  # JPEG, PNG and WebP keep EXIF in info["exif"]
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block only loses the rotation
+            orientation = 1
     if orientation not in (1, None):
         try:
             im = ImageOps.exif_transpose(im)
