@@ -73,7 +73,7 @@ def test_ranks_get_disjoint_slices_of_the_global_batch():
 def test_batch_larger_than_the_set_and_bad_arguments():
     s = _set(n=3)
     x = make_loader(s, 7, flip=False, seed=0).batch(2)
-    assert x.shape == (7, 3, 4, 4)
+    assert x.shape == (7, 3, 4, 4) and x.is_contiguous() and x.dtype == torch.float32
     assert make_loader(s, 4, flip=False, seed=0, epoch_offset=1).batch(0).shape[0] == 4
     with pytest.raises(ValueError, match="rank"):
         make_loader(s, 4, flip=False, seed=0, rank=2, world_size=2)

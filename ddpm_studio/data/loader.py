@@ -24,8 +24,9 @@ from ddpm_studio.data.imageset import ImageSet
 
 def to_float(batch: np.ndarray) -> torch.Tensor:
     """(B, H, W, C) uint8 -> (B, C, H, W) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)  # (B, C, H, W)
-    return x.to(torch.float32).mul_(2.0 / 255.0).sub_(1.0)
+    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)  # (B, C, H, W), strided view
+    x = x.to(torch.float32, memory_format=torch.contiguous_format)  # a plain NCHW tensor
+    return x.mul_(2.0 / 255.0).sub_(1.0)
 
 
 class ImageDataset(Dataset):
