@@ -91,7 +91,7 @@ class ImageSet:
     image_size: int = 32
     source: str = ""  # the folder(s), "; "-joined, or "built-in"
     fingerprint: str = ""  # contents + preprocessing
-    from_cache: bool = False
+    from_cache: bool = False  # True when nothing was decoded: the whole set came from the disk cache
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
