@@ -60,6 +60,12 @@ class ModelConfig:
     attention_resolutions: tuple[int, ...] = (8,)  # feature-map sides (px) that get self-attention
     dropout: float = 0.0  # dropout inside residual blocks (paper: 0.1 on CIFAR-10)
     num_heads: int = 1  # attention heads (paper: 1)
+    # Settings that only imported (diffusers-format) models change; the defaults are the paper's.
+    attention_head_dim: int | None = None  # channels per head; None = width / num_heads
+    norm_groups: int | None = None  # GroupNorm groups; None = 32 when widths allow, fewer for narrow nets
+    downsample_padding: int = 0  # 0 = the paper's TF "SAME" stride-2 conv (pad bottom/right), 1 = symmetric
+    flip_sin_to_cos: bool = False  # time embedding order: False = [sin, cos] (paper)
+    freq_shift: float = 1.0  # time embedding frequencies exp(-log(10000) i / (half - freq_shift)); paper: 1
 
     def validate(self) -> None:
         _check_range("model.image_size", self.image_size, 8, 256, integer=True)
@@ -78,6 +84,14 @@ class ModelConfig:
             _check_range("model.attention_resolutions[]", r, 1, 256, integer=True)
         _check_range("model.dropout", self.dropout, 0.0, 0.9)
         _check_range("model.num_heads", self.num_heads, 1, 64, integer=True)
+        if self.attention_head_dim is not None:
+            _check_range("model.attention_head_dim", self.attention_head_dim, 1, 4096, integer=True)
+        if self.norm_groups is not None:
+            _check_range("model.norm_groups", self.norm_groups, 1, 512, integer=True)
+        _check_choice("model.downsample_padding", self.downsample_padding, (0, 1))
+        if not isinstance(self.flip_sin_to_cos, bool):
+            raise ValueError(f"model.flip_sin_to_cos must be true or false; got {self.flip_sin_to_cos!r}")
+        _check_range("model.freq_shift", self.freq_shift, 0.0, 1.0)
         if self.base_channels % 8 != 0:
             raise ValueError(f"model.base_channels must be divisible by 8 (GroupNorm); got {self.base_channels}")
 
@@ -91,6 +105,7 @@ class DiffusionConfig:
     prediction: str = "epsilon"  # what the network predicts: epsilon (paper), x0, or v (Salimans & Ho 2022)
     loss_weighting: str = "none"  # none = the paper's L_simple; min_snr = Hang et al. 2023
     min_snr_gamma: float = 5.0  # gamma of min-SNR weighting (used only when loss_weighting=min_snr)
+    betas: tuple[float, ...] | None = None  # explicit beta_1..beta_T (imported models); overrides schedule
 
     def validate(self) -> None:
         _check_choice("diffusion.schedule", self.schedule, SCHEDULES)
@@ -98,6 +113,11 @@ class DiffusionConfig:
         _check_choice("diffusion.prediction", self.prediction, PREDICTIONS)
         _check_choice("diffusion.loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         _check_range("diffusion.min_snr_gamma", self.min_snr_gamma, 0.01, 1000.0)
+        if self.betas is not None:
+            if len(self.betas) != self.timesteps:
+                raise ValueError(f"diffusion.betas must have diffusion.timesteps={self.timesteps} values; got {len(self.betas)}")
+            if any(not (0.0 < float(b) < 1.0) for b in self.betas):
+                raise ValueError("diffusion.betas must all lie strictly between 0 and 1")
 
 
 @dataclass
