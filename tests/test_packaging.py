@@ -205,6 +205,43 @@ def test_build_script_is_valid_bash():
     assert bad.returncode == 2 and "--no-such-flag" in bad.stderr
 
 
+def test_linux_install_script_places_menu_entry_icons_and_bundle(tmp_path):
+    bash = shutil.which("bash")
+    if bash is None or sys.platform == "win32":
+        pytest.skip("needs bash on a Unix-like system")
+    script = PACKAGING / "linux" / "install.sh"
+    assert os.access(script, os.X_OK), "packaging/linux/install.sh must be executable"
+    bundle = tmp_path / "dist" / "ddpm-studio"
+    (bundle / "_internal").mkdir(parents=True)
+    exe = bundle / "ddpm-studio"
+    exe.write_text("#!/bin/sh\necho bundled\n")
+    exe.chmod(0o755)
+    prefix = tmp_path / "prefix"
+    env = dict(os.environ, HOME=str(tmp_path))
+    result = subprocess.run([bash, str(script), "--prefix", str(prefix), "--bundle", str(bundle)],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    share = prefix / "share"
+    assert (share / "applications" / "ddpm-studio.desktop").read_bytes() == DESKTOP.read_bytes()
+    assert (share / "metainfo" / "ddpm-studio.metainfo.xml").is_file()
+    assert (share / "icons" / "hicolor" / "scalable" / "apps" / "ddpm-studio.svg").is_file()
+    for size in ICON_SIZES:
+        with Image.open(share / "icons" / "hicolor" / f"{size}x{size}" / "apps" / "ddpm-studio.png") as im:
+            assert im.size == (size, size)
+    launcher = prefix / "bin" / "ddpm-studio"
+    assert subprocess.run([str(launcher)], capture_output=True, text=True).stdout == "bundled\n"
+
+    missing = subprocess.run([bash, str(script), "--prefix", str(prefix), "--bundle", str(tmp_path / "nope")],
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 1 and "no executable ddpm-studio" in missing.stderr
+
+    removed = subprocess.run([bash, str(script), "--prefix", str(prefix), "--uninstall"],
+                             capture_output=True, text=True, env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert not launcher.exists() and not (share / "applications" / "ddpm-studio.desktop").exists()
+    assert not (prefix / "lib" / "ddpm-studio").exists()
+
+
 def _console_script() -> Path | None:
     name = "ddpm-studio.exe" if sys.platform == "win32" else "ddpm-studio"
     candidate = Path(sysconfig.get_path("scripts")) / name
