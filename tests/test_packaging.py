@@ -57,8 +57,17 @@ def _run_spec(monkeypatch) -> dict[str, list]:
 
     class Analysis:
         def __init__(self, scripts, **kw):
-            calls["Analysis"].append({"scripts": scripts, **kw})
-            self.datas, self.binaries, self.pure, self.scripts = list(kw["datas"]), [], [], []
+            calls["Analysis"].append({"scripts": scripts, "instance": self, **kw})
+            # What PyInstaller's torch hook adds: the spec must drop the tests and headers only.
+            self.datas = list(kw["datas"]) + [("torch/test/test_api", "/x", "DATA"),
+                                              ("torch/include/ATen/ATen.h", "/x", "DATA"),
+                                              ("torch/_C/__init__.pyi", "/x", "DATA"),
+                                              ("torch/utils/model_dump/code.js", "/x", "DATA")]
+            self.binaries = [("torch/lib/libtorch_cpu.so", "/x", "BINARY"),
+                             ("torch/lib/libtorchbind_test.so", "/x", "BINARY"),
+                             ("torch/bin/torch_shm_manager", "/x", "BINARY"),
+                             ("torch/bin/test_jit", "/x", "BINARY")]
+            self.pure, self.scripts = [], []
 
     def recorder(name):
         def record(*args, **kw):
@@ -112,6 +121,10 @@ def test_spec_bundles_resources_where_paths_looks(monkeypatch):
     shipped = {p.resolve() for p in (ROOT / "resources").rglob("*")
                if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     assert shipped == {src for src, _ in datas}
+    kept = {entry[0] for entry in analysis["instance"].datas + analysis["instance"].binaries}
+    assert {"torch/lib/libtorch_cpu.so", "torch/bin/torch_shm_manager", "torch/utils/model_dump/code.js"} <= kept
+    assert not kept & {"torch/test/test_api", "torch/include/ATen/ATen.h", "torch/_C/__init__.pyi",
+                       "torch/lib/libtorchbind_test.so", "torch/bin/test_jit"}
     exe = calls["EXE"][0]
     assert exe["name"] == "ddpm-studio" and Path(exe["icon"]).is_file()
     assert len(calls["COLLECT"]) == 1 and calls["COLLECT"][0]["name"] == "ddpm-studio"
