@@ -130,6 +130,16 @@ def test_spec_bundles_resources_where_paths_looks(monkeypatch):
     assert len(calls["COLLECT"]) == 1 and calls["COLLECT"][0]["name"] == "ddpm-studio"
 
 
+def test_pyproject_lists_every_package():
+    """A package missing from [tool.setuptools] packages is silently left out of wheels."""
+    listed = set(_pyproject()["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ddpm_studio").rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert found - listed == set(), f"add to pyproject.toml: {sorted(found - listed)}"
+    assert "ddpm_studio.resources" in listed
+    assert _pyproject()["tool"]["setuptools"]["package-dir"]["ddpm_studio.resources"] == "resources"
+
+
 def test_desktop_entry():
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # keys are case-sensitive
