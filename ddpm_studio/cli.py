@@ -417,7 +417,7 @@ def _launch_gui(argv: list[str]) -> int:
                   f"({PROG} --help)", file=sys.stderr)
             return 1
         raise
-    return int(gui_main([PROG, *argv]) or 0)
+    return int(gui_main(list(argv)) or 0)  # gui.app.main parses its own options (no program name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,3 +95,12 @@ def test_usage_error_exit_status_from_a_real_process():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_no_command_opens_the_window(monkeypatch):
+    import ddpm_studio.gui.app as app
+
+    calls = []
+    monkeypatch.setattr(app, "main", lambda argv=None: calls.append(argv) or 0)
+    assert main([]) == 0
+    assert calls == [[]]
