@@ -145,6 +145,11 @@ def test_from_config():
     assert d.T == 123 and d.prediction == "v" and d.loss_weighting == "min_snr" and d.min_snr_gamma == 3.0
     with pytest.raises(ValueError, match="prediction"):
         GaussianDiffusion(d.schedule, prediction="score")
+    if "betas" in DiffusionConfig.__dataclass_fields__:  # explicit schedules of imported models
+        betas = tuple(np.linspace(1e-3, 0.05, 40))
+        d = GaussianDiffusion.from_config(DiffusionConfig(timesteps=40, betas=betas))
+        assert d.T == 40 and np.allclose(d.schedule.betas, betas)
+        assert np.allclose(d.schedule.alphas_cumprod, np.cumprod(1 - np.array(betas)))
 
 
 # -- diffusers oracle ---------------------------------------------------------------------------

@@ -65,7 +65,15 @@ class GaussianDiffusion:
 
     @classmethod
     def from_config(cls, cfg: "DiffusionConfig") -> "GaussianDiffusion":
-        return cls(NoiseSchedule.from_config(cfg.schedule, cfg.timesteps), prediction=cfg.prediction,
+        """From a DiffusionConfig; explicit ``betas`` (imported models) override ``schedule``."""
+        betas = getattr(cfg, "betas", None)
+        if betas is not None:
+            if len(betas) != cfg.timesteps:
+                raise ValueError(f"diffusion.betas must have diffusion.timesteps={cfg.timesteps} values; got {len(betas)}")
+            schedule = NoiseSchedule(np.asarray(betas, dtype=np.float64), kind="custom")
+        else:
+            schedule = NoiseSchedule.from_config(cfg.schedule, cfg.timesteps)
+        return cls(schedule, prediction=cfg.prediction,
                    loss_weighting=cfg.loss_weighting, min_snr_gamma=cfg.min_snr_gamma)
 
     @property
