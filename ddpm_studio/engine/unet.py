@@ -159,11 +159,11 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         """``temb_act`` is SiLU(time embedding), computed once per forward by the U-Net."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(temb_act)[:, :, None, None]  # (B, C, 1, 1) broadcast over H, W
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return skip + h
+        # In-place SiLU and adds: GroupNorm's and a conv's backward need their inputs, never these outputs.
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h.add_(self.time_emb_proj(temb_act)[:, :, None, None])  # (B, C, 1, 1) broadcast over H, W
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
+        return h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
 
 
 class AttentionBlock(nn.Module):
@@ -188,7 +188,7 @@ class AttentionBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         a = a.transpose(1, 2).reshape(B, H * W, C)  # (B, HW, C)
         out = self.to_out[0](a).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
-        return x + out
+        return out.add_(x)
 
 
 class Downsample(nn.Module):
@@ -375,7 +375,7 @@ class UNet(nn.Module):
         h = self.mid_block(h, temb_act)
         for block in self.up_blocks:
             h = block(h, temb_act, skips)
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(F.silu(self.conv_norm_out(h), inplace=True))
 
 
 def build_model(cfg: Any, **options: Any) -> UNet:
