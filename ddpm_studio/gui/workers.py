@@ -23,7 +23,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 
 class TaskCancelled(Exception):
@@ -155,7 +155,9 @@ class Task(QObject):
         w.succeeded.connect(self.succeeded)
         w.failed.connect(self.failed)
         w.cancelled.connect(self.cancelled)
-        w.finished.connect(th.quit)
+        # quit() is thread-safe; calling it directly from the worker's thread lets the thread end
+        # even while the UI thread is blocked in wait() (a queued call would deadlock there).
+        w.finished.connect(th.quit, Qt.ConnectionType.DirectConnection)
         w.finished.connect(w.deleteLater)
         th.finished.connect(self._on_thread_finished)
         self._started = False

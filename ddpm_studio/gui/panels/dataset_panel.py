@@ -83,7 +83,7 @@ class DatasetPanel(QWidget):
         self.progress.cancel_clicked.connect(self.cancel)
 
         left = QVBoxLayout()
-        left.addWidget(self.drop_zone, 2)
+        left.addWidget(self.drop_zone)
         left.addWidget(box)
         left.addStretch(1)
         left_w = QWidget()

@@ -154,12 +154,16 @@ class TrainingPanel(QWidget):
         self.start_button.clicked.connect(self.start)
         self.pause_button.toggled.connect(self.set_paused)
         self.stop_button.clicked.connect(self.stop)
-        self.open_run_button.clicked.connect(self.open_run)
+        self.open_run_button.clicked.connect(lambda: self.open_run())
+        self.new_run_button = QPushButton("New Run")
+        self.new_run_button.setToolTip("Forget the opened run: the next Start begins a fresh run with the settings above.")
+        self.new_run_button.clicked.connect(self.new_run)
         brow = QGridLayout()
         brow.addWidget(self.start_button, 0, 0, 1, 2)
         brow.addWidget(self.pause_button, 1, 0)
         brow.addWidget(self.stop_button, 1, 1)
-        brow.addWidget(self.open_run_button, 2, 0, 1, 2)
+        brow.addWidget(self.open_run_button, 2, 0)
+        brow.addWidget(self.new_run_button, 2, 1)
 
         left = QVBoxLayout()
         left.addWidget(scroll, 1)
@@ -383,6 +387,7 @@ class TrainingPanel(QWidget):
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
         self.open_run_button.setEnabled(not running)
+        self.new_run_button.setEnabled(not running and self.resume_dir is not None)
         locked = running or self.resume_dir is not None
         for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo, self.weighting_combo):
             w.setEnabled(not locked)
@@ -498,10 +503,35 @@ class TrainingPanel(QWidget):
         self.loss_plot.clear()
         self.bucket_plot.clear()
         self._load_history(path)
+        self._show_saved_preview(path)
         self.run_label.setText(f"Continuing run: {path}")
         self.stats.setText("Press Continue Run to resume from the last checkpoint.")
         self._update_buttons()
         return True
+
+    def _show_saved_preview(self, run_dir: str) -> None:
+        """Show the newest preview PNG the run wrote (decoded on a worker thread)."""
+        previews = sorted((Path(run_dir) / "samples").glob("step_*.png"))
+        if not previews:
+            return
+        path = previews[-1]
+
+        def job(state):
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+
+        def show(grid) -> None:
+            self.preview.set_image(grid)
+            self.preview.caption.setText(f"Preview samples (EMA) · {path.stem.replace('_', ' ')}")
+
+        task = Task(job, name="preview")
+        task.succeeded.connect(show)
+        self._preview_task = task  # keep a reference until it ends
+        task.finished.connect(lambda: setattr(self, "_preview_task", None))
+        task.start()
 
     def new_run(self) -> None:
         """Forget an opened run: Start makes a new one."""

@@ -43,4 +43,5 @@ def style_plot(plot: pg.PlotItem, *, left: str = "", bottom: str = "") -> None:
         plot.setLabel("bottom", bottom)
     for name in ("left", "bottom"):
         ax = plot.getAxis(name)
+        ax.enableAutoSIPrefix(False)  # "β_t" stays "β_t", not "β_t (x0.001)"
         ax.setTextPen(pg.mkPen(ax.pen().color()))

@@ -16,7 +16,7 @@ class SchedulePlot(QWidget):
         super().__init__(parent)
         plotting.configure()
         self.view = pg.GraphicsLayoutWidget()
-        self.view.setMinimumHeight(180 if compact else 240)
+        self.view.setMinimumHeight(210 if compact else 270)
         self.view.ci.setSpacing(0)
         self.plots: list[pg.PlotItem] = []
         self.curves: list[pg.PlotDataItem] = []

@@ -1,0 +1,171 @@
+"""Sampling panel: live reverse chain, scrubbing, export, cancel — on a micro model trained for two steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+
+from PIL import Image  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
+
+from ddpm_studio.config import DataConfig, RunConfig  # noqa: E402
+from ddpm_studio.gui import testing  # noqa: E402
+from ddpm_studio.gui.main_window import MainWindow  # noqa: E402
+from ddpm_studio.gui.workers import running_tasks  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run of the micro network (T = 1000) with one checkpoint, made by the training service."""
+    import torch
+
+    from ddpm_studio.data import load_images
+    from ddpm_studio.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("gui_sampling")
+    folder = testing.write_image_folder(base / "imgs", count=8, size=16)
+    images = load_images(DataConfig(folder=str(folder), image_size=16), use_cache=False)
+    ov = testing.micro_overrides(steps=2, timesteps=1000)
+    cfg = RunConfig.from_preset("tiny", data=dict(folder=str(folder), image_size=16), **ov)
+    out = base / "run"
+    result = Trainer(cfg, out, images=images).run()
+    assert result.reason == "completed"
+    return out
+
+
+@pytest.fixture
+def window(qtbot):
+    w = MainWindow(load_on_start=False, probe_device=False)
+    qtbot.addWidget(w)
+    w.show()
+    w.tabs.setCurrentWidget(w.sampling_panel)
+    yield w
+    w.confirm = lambda question: True
+    w.close()
+    assert running_tasks() == []
+
+
+def generate(qtbot, sp, timeout=60_000):
+    with qtbot.waitSignal(sp.generation_finished, timeout=timeout) as blocker:
+        qtbot.mouseClick(sp.generate_button, Qt.MouseButton.LeftButton)
+    return blocker.args[0]
+
+
+def test_ddim_every_frame_scrub_and_keys(qtbot, window, run_dir):
+    sp = window.sampling_panel
+    assert sp.open_model(str(run_dir))
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddim"))
+    sp.steps_spin.setValue(10)
+    sp.num_spin.setValue(4)
+    result = generate(qtbot, sp)
+    assert result is not None and result.images.shape == (4, 16, 16, 3)
+    assert sp.frames_received == 10 and len(sp.frames) == 10  # every step, none dropped
+    ts = [f.t for f in sp.frames]
+    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 10 and ts[-1] == 0
+    assert sp.slider.maximum() == 9 and sp.slider.value() == 9  # followed the chain live
+    assert np.array_equal(sp.canvas.current()[0], sp.frames[-1].xt)
+    # the final frame's x_t is the sample grid
+    assert np.array_equal(sp.frames[-1].xt, result.grid)
+
+    shown = []
+    for i in (0, 4, 7):  # scrub to three timesteps
+        sp.slider.setValue(i)
+        xt, x0 = sp.canvas.current()
+        shown.append(xt.copy())
+        assert np.array_equal(xt, sp.frames[i].xt) and np.array_equal(x0, sp.frames[i].x0)
+        assert sp.schedule_plot.marked_t == sp.frames[i].t
+        assert f"t = {sp.frames[i].t}" in sp.viewer.step_label.text()
+    assert not np.array_equal(shown[0], shown[1]) and not np.array_equal(shown[1], shown[2])
+
+    sp.viewer.setFocus()
+    qtbot.keyClick(sp.viewer, Qt.Key.Key_Left)
+    assert sp.slider.value() == 6
+    qtbot.keyClick(sp.viewer, Qt.Key.Key_Right)
+    qtbot.keyClick(sp.viewer, Qt.Key.Key_Right)
+    assert sp.slider.value() == 8
+    # Play runs to the end of the chain and stops
+    sp.slider.setValue(0)
+    qtbot.mouseClick(sp.play_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not sp.play_button.isChecked(), timeout=10_000)
+    assert sp.slider.value() == 9
+
+
+def test_export_png_and_gif(qtbot, window, run_dir, tmp_path):
+    sp = window.sampling_panel
+    sp.open_model(str(run_dir))
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddim"))
+    sp.steps_spin.setValue(10)
+    sp.num_spin.setValue(4)
+    result = generate(qtbot, sp)
+    grid_h, grid_w, _ = result.grid.shape  # 2 x 2 tiles of 16 px with 2 px padding = 38 px
+    assert (grid_h, grid_w) == (38, 38)
+    sp.scale_spin.setValue(3)
+
+    # current frame via the button, with the save dialog answered by the "user"
+    sp.slider.setValue(5)
+    frame_path = tmp_path / "frame.png"
+    sp.ask_save_path = lambda title, filt, default: str(frame_path)
+    with qtbot.waitSignal(sp.export_finished, timeout=30_000):
+        qtbot.mouseClick(sp.export_frame_button, Qt.MouseButton.LeftButton)
+    with Image.open(frame_path) as im:
+        assert im.size == ((2 * grid_w + 4) * 3, grid_h * 3)  # x_t | gap | x0, upscaled 3x
+
+    grid_path = tmp_path / "samples.png"
+    with qtbot.waitSignal(sp.export_finished, timeout=30_000):
+        assert sp.export_samples(str(grid_path), per_image=False)
+    with Image.open(grid_path) as im:
+        assert im.size == (grid_w * 3, grid_h * 3)
+        assert np.array_equal(np.asarray(im.convert("RGB"))[::3, ::3], result.grid)
+
+    each = tmp_path / "each"
+    with qtbot.waitSignal(sp.export_finished, timeout=30_000) as blocker:
+        assert sp.export_samples(str(each), per_image=True)
+    files = sorted(each.glob("*.png"))
+    assert len(files) == 4 and len(blocker.args[0]) == 4
+    with Image.open(files[0]) as im:
+        assert im.size == (48, 48)
+
+    gif = tmp_path / "chain.gif"
+    sp.gif_stride_spin.setValue(3)  # frames 0, 3, 6, 9
+    sp.gif_fps_spin.setValue(10)
+    sp.gif_hold_spin.setValue(1.0)
+    sp.ask_save_path = lambda title, filt, default: str(gif)
+    with qtbot.waitSignal(sp.export_finished, timeout=30_000):
+        qtbot.mouseClick(sp.export_gif_button, Qt.MouseButton.LeftButton)
+    with Image.open(gif) as im:
+        assert im.size == (grid_w * 3, grid_h * 3)
+        assert im.n_frames == 4
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+    assert durations[0] == 100 and durations[-1] >= 1000  # 10 fps, the last frame held
+    assert window.errors == []
+
+
+def test_cancel_after_first_frame(qtbot, window, run_dir):
+    sp = window.sampling_panel
+    sp.open_model(str(run_dir))
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddpm"))  # all 1000 steps
+    sp.num_spin.setValue(2)
+    cancelled_at = []
+
+    def on_items(items):
+        if not cancelled_at:
+            cancelled_at.append(len(sp.frames))
+            qtbot.mouseClick(sp.cancel_button, Qt.MouseButton.LeftButton)
+
+    with qtbot.waitSignal(sp.generation_finished, timeout=60_000) as blocker:
+        qtbot.mouseClick(sp.generate_button, Qt.MouseButton.LeftButton)
+        sp.task.items.connect(on_items)
+    assert blocker.args[0] is None and sp.result is None
+    qtbot.waitUntil(lambda: not sp.is_running(), timeout=10_000)
+    assert 1 <= len(sp.frames) < 1000  # it stopped early, the recorded steps remain
+    assert "Cancelled" in sp.progress.label.text()
+    assert sp.generate_button.isEnabled() and running_tasks() == []
+    assert window.errors == []

@@ -1,0 +1,139 @@
+"""GUI building blocks without the window: decimation, QImage conversion, chain recording, workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+
+from ddpm_studio.gui import jobs  # noqa: E402
+from ddpm_studio.gui.panels.forward_panel import q_sample_numpy, to_u8, to_unit  # noqa: E402
+from ddpm_studio.gui.qimage import to_qimage  # noqa: E402
+from ddpm_studio.gui.widgets.loss_plot import LossPlot, decimate_minmax  # noqa: E402
+from ddpm_studio.gui.workers import Task, TaskCancelled, running_tasks  # noqa: E402
+
+
+def test_decimate_minmax_keeps_extremes_and_bounds_size():
+    rng = np.random.default_rng(0)
+    x = np.arange(100_000, dtype=np.float64)
+    y = rng.random(100_000)
+    y[12_345] = 50.0  # a spike a stride would miss
+    y[77_777] = -50.0
+    xs, ys = decimate_minmax(x, y, 1000)
+    assert len(xs) <= 2 * 1000 + 100
+    assert ys.max() == 50.0 and ys.min() == -50.0
+    assert np.all(np.diff(xs) >= 0)  # still in step order
+    # small inputs pass through untouched
+    xs2, ys2 = decimate_minmax(x[:50], y[:50], 1000)
+    assert len(xs2) == 50 and np.array_equal(ys2, y[:50])
+
+
+def test_loss_plot_hands_qt_a_bounded_number_of_points(qtbot):
+    plot = LossPlot(max_bins=500)
+    qtbot.addWidget(plot)
+    steps = np.arange(1, 200_001)
+    loss = 1.0 / np.sqrt(steps)
+    for chunk in range(0, len(steps), 50_000):  # batches, as the worker delivers them
+        s = slice(chunk, chunk + 50_000)
+        plot.add_points(steps[s], loss[s], loss[s])
+    plot.redraw()
+    assert plot.num_points == 200_000
+    assert 0 < plot.displayed_points() <= 2 * 500 + 500
+    xs, ys = plot.smooth_curve.getData()
+    assert xs[0] == 1 and xs[-1] == 200_000
+    plot.set_log_scale(True)
+    assert plot.plot.ctrl.logYCheck.isChecked()
+
+
+def test_qimage_owns_its_pixels():
+    a = np.zeros((5, 7, 3), dtype=np.uint8)
+    a[2, 3] = (10, 200, 30)
+    img = to_qimage(a)
+    a[:] = 255  # the array changes (or goes away) after the QImage is built
+    assert (img.width(), img.height()) == (7, 5)
+    c = img.pixelColor(3, 2)
+    assert (c.red(), c.green(), c.blue()) == (10, 200, 30)
+    g = to_qimage(np.full((4, 4, 1), 77, dtype=np.uint8))
+    assert g.pixelColor(0, 0).red() == 77
+    with pytest.raises(ValueError, match="uint8"):
+        to_qimage(np.zeros((4, 4, 3), dtype=np.float32))
+
+
+def test_chain_stride_respects_the_memory_budget():
+    frame = 2 * 16 * 256 * 256 * 3  # x_t and x_0 grids of 16 images at 256 px
+    assert jobs.chain_stride(50, frame, 300 * 2**20) == 1  # DDIM 50 fits: every step
+    k = jobs.chain_stride(1000, frame, 300 * 2**20)
+    assert k > 1 and (1000 / k) * frame <= 300 * 2**20
+    kept = [i for i in range(1000) if jobs.recorded(i, 1000, k)]
+    assert kept[0] == 0 and kept[-1] == 999
+
+
+def test_forward_explorer_follows_eq_4():
+    x0 = to_unit(np.full((8, 8, 3), 255, dtype=np.uint8))
+    eps = np.random.default_rng(0).standard_normal(x0.shape)
+    xt, added = q_sample_numpy(x0, 0.25, eps)
+    assert np.allclose(xt, 0.5 * x0 + np.sqrt(0.75) * eps)
+    assert np.allclose(added, np.sqrt(0.75) * eps)
+    assert to_u8(np.array([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
+
+
+def _wait_done(qtbot, task):
+    with qtbot.waitSignal(task.finished, timeout=10_000):
+        pass
+
+
+def test_task_relays_items_in_order_and_throttles(qtbot):
+    got, results = [], []
+
+    def job(state):
+        for i in range(2000):
+            state.emit(i)
+        return "done"
+
+    task = Task(job, name="t", max_rate=30)
+    task.items.connect(got.append)
+    task.succeeded.connect(results.append)
+    with qtbot.waitSignal(task.finished, timeout=10_000):
+        task.start()
+    flat = [i for batch in got for i in batch]
+    assert flat == list(range(2000))  # every item, in order, the last included
+    assert len(got) < 2000  # batched
+    assert results == ["done"]
+    assert task not in running_tasks()
+
+
+def test_task_cancel_from_ui_thread_stops_a_busy_worker(qtbot):
+    started = threading.Event()
+
+    def job(state):
+        started.set()
+        while not state.should_stop():
+            time.sleep(0.001)  # a busy worker: a queued slot would never run here
+        raise TaskCancelled()
+
+    task = Task(job, name="busy")
+    cancelled = []
+    task.cancelled.connect(lambda: cancelled.append(True))
+    task.start()
+    assert started.wait(5)
+    with qtbot.waitSignal(task.finished, timeout=5_000):
+        task.cancel()
+    assert cancelled == [True] and not task.is_running()
+
+
+def test_task_reports_errors_in_plain_words_with_details(qtbot):
+    def job(state):
+        raise ValueError("data.image_size must be from 8 to 256; got 4")
+
+    task = Task(job, name="bad")
+    failures = []
+    task.failed.connect(lambda m, d: failures.append((m, d)))
+    with qtbot.waitSignal(task.finished, timeout=5_000):
+        task.start()
+    (msg, details), = failures
+    assert msg == "data.image_size must be from 8 to 256; got 4"
+    assert "Traceback" in details and "ValueError" in details
