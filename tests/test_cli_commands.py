@@ -104,3 +104,26 @@ def test_no_command_opens_the_window(monkeypatch):
     monkeypatch.setattr(app, "main", lambda argv=None: calls.append(argv) or 0)
     assert main([]) == 0
     assert calls == [[]]
+
+
+def test_train_on_an_image_folder(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L").save(folder / f"p{i}.png")
+    cfg_file = tmp_path / "tiny.json"
+    tiny_config().save(cfg_file)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(run), "--config", str(cfg_file), "--steps", "2",
+                 "--channels", "auto"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["dataset"]["num_images"] == 6 and info["dataset"]["folder"] == str(folder.resolve())
+    assert len(info["dataset"]["fingerprint"]) >= 16
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["folder"] == str(folder.resolve()) and cfg["model"]["in_channels"] == 1  # grayscale found
+    assert "6 images" in capsys.readouterr().err

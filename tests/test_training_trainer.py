@@ -165,3 +165,13 @@ def test_started_event_reports_the_run(tmp_path):
     assert isinstance(started, TrainStarted)
     assert (started.start_step, started.total_steps, started.num_images, started.resumed) == (0, 1, 10, False)
     assert started.num_parameters > 1000 and started.device == "cpu"
+
+
+def test_checkpoints_by_training_time(tmp_path):
+    # checkpoint_every=0: only the clock (0.002 min = 0.12 s of training) and the end save
+    events = []
+    cfg = tiny_config(steps=40, checkpoint_minutes=0.002, keep_checkpoints=100)
+    done = Trainer(cfg, tmp_path, images=tiny_images()).run(on_event=events.append)
+    saved = [e.step for e in events if isinstance(e, CheckpointSaved)]
+    assert done.reason == "completed" and saved[-1] == 40
+    assert len(saved) >= 2 and all(0 < s < 40 for s in saved[:-1])  # at least one before the end
