@@ -207,7 +207,8 @@ class SamplingConfig:
         _check_range("sampling.seed", self.seed, 0, 2**63 - 1, integer=True)
 
 
-# Named presets: a model shape plus the training settings that suit it. Plain data, so the GUI
+# Named presets: a model shape plus the diffusion, data and training settings that suit it
+# (sections "diffusion", "data" and "train" are optional; fields left out keep the defaults above). Plain data, so the GUI
 # can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
@@ -248,8 +249,11 @@ class RunConfig:
         """A config for preset ``name``; ``sections`` override fields, e.g. ``data={"image_size": 16}``."""
         _check_choice("preset", name, tuple(PRESETS))
         cfg = cls()
-        cfg.model = dataclasses.replace(cfg.model, preset=name, **PRESETS[name]["model"])
-        cfg.train = dataclasses.replace(cfg.train, **PRESETS[name]["train"])
+        preset = PRESETS[name]
+        cfg.model = dataclasses.replace(cfg.model, preset=name, **preset["model"])
+        for section in ("diffusion", "data", "train"):
+            if section in preset:
+                setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **preset[section]))
         for section, values in sections.items():
             setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
         cfg.sync()
