@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", metavar="RUN_DIR", help="a run folder (its newest good checkpoint)")
     src.add_argument("--checkpoint", metavar="FILE", help="a .safetensors checkpoint file")
+    src.add_argument("--model", metavar="FOLDER",
+                     help="a Hugging Face diffusers model folder (DDPMPipeline/DDIMPipeline, or a UNet2DModel "
+                     "folder), already on disk: nothing is ever downloaded")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
     s.add_argument("--num", type=_positive_int, default=16, metavar="N", help="how many images (default 16)")
     s.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral, all T steps) or ddim (default)")
@@ -131,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF (default 60)")
     s.add_argument("--gif-fps", type=_positive_float, default=20.0, metavar="FPS", help="GIF frame rate (default 20)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    # -- export ---------------------------------------------------------------------------------
+    e = sub.add_parser("export", help="write a run or a checkpoint as a diffusers model folder",
+                       description="Write the EMA weights of a run's newest good checkpoint (or of one checkpoint "
+                       "file) as a Hugging Face diffusers DDPMPipeline folder: model_index.json, unet/ and "
+                       "scheduler/. diffusers.DDPMPipeline.from_pretrained(FOLDER) loads it.")
+    esrc = e.add_mutually_exclusive_group(required=True)
+    esrc.add_argument("--run", metavar="RUN_DIR", help="a run folder (its newest good checkpoint)")
+    esrc.add_argument("--checkpoint", metavar="FILE", help="a .safetensors checkpoint file")
+    e.add_argument("--format", choices=("diffusers",), default="diffusers", help="the only format: diffusers")
+    e.add_argument("--out", required=True, metavar="FOLDER", help="folder to create (must be empty or new)")
+    e.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
 
     # -- info -----------------------------------------------------------------------------------
     i = sub.add_parser("info", help="show a run's or a checkpoint's config, step and size",
@@ -303,7 +318,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
         if value and Path(value).suffix.lower() != ext:
             raise ValueError(f"{flag} must name a {ext} file; got {value}")
-    loaded = load_model(args.run or args.checkpoint, device=args.device)
+    loaded = load_model(args.run or args.checkpoint or args.model, device=args.device)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.sampling_steps), ("eta", args.eta),
@@ -352,6 +367,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 # -- info ---------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ddpm_studio.interop.diffusers_format import export_diffusers
+
+    out = export_diffusers(args.run or args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"wrote a diffusers DDPMPipeline folder: {out}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -422,14 +445,14 @@ def _launch_gui(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        return _launch_gui(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        return _launch_gui(argv)  # no command: the window, with its own options (--smoke, --no-dataset)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
+    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:
