@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Tiny models gain nothing from intra-op threads, and the GUI tests run a worker thread beside the
+# UI thread: one torch thread per process keeps 2-core CI machines from oversubscribing.
+# (Set before torch is imported; subprocesses started by tests inherit it.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Keep runs from the tests out of the user's real cache and settings.
 os.environ.setdefault("DDPM_STUDIO_TEST", "1")
 
