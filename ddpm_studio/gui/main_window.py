@@ -36,7 +36,7 @@ class MainWindow(QMainWindow):
 
         self.setWindowTitle(APP_TITLE)
         self.setAcceptDrops(True)
-        self.setMinimumSize(900, 620)
+        self.setMinimumSize(760, 540)
         self.resize(1280, 820)
 
         self.dataset_panel = DatasetPanel(self.state)
@@ -90,7 +90,7 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         mb = self.menuBar()
         f = mb.addMenu("&File")
-        self.open_folder_action = self._action("Open &Folder…", self.dataset_panel.open_folder, QKeySequence.StandardKey.Open,
+        self.open_folder_action = self._action("Open &Folder…", self.dataset_panel.open_folder, "Ctrl+O",
                                                "Open a folder of images to train on.")
         self.open_run_action = self._action("Open &Run…", self._open_run, "Ctrl+Shift+O", "Continue a training run saved earlier.")
         self.open_model_action = self._action("Open &Model…", self._open_model, "Ctrl+Shift+M",
@@ -101,7 +101,7 @@ class MainWindow(QMainWindow):
                                                   "Ctrl+Alt+E", "Save the final samples.")
         self.export_gif_action = self._action("Export Chain as &GIF…", lambda: self.sampling_panel.export_gif(),
                                               "Ctrl+Shift+E", "Save the reverse chain as an animated GIF.")
-        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit, "Close DDPM Studio.")
+        self.quit_action = self._action("&Quit", self.close, "Ctrl+Q", "Close DDPM Studio.")
         self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
         for a in (self.open_folder_action, self.open_run_action, self.open_model_action):
             f.addAction(a)
