@@ -409,22 +409,25 @@ class SamplingPanel(QWidget):
         self.result = result
         stride = f", every {result.stride}th step recorded" if result.stride > 1 else ""
         self.progress.finish(f"Done: {len(result.images)} image(s), {result.total} steps{stride}.")
-        self.generation_finished.emit(result)
+        self._outcome = (result,)
 
     def _on_failed(self, message: str, details: str) -> None:
         self.progress.finish("Generation failed.")
         self.state.report_error(message, details)
-        self.generation_finished.emit(None)
+        self._outcome = (None,)
 
     def _on_cancelled(self) -> None:
         self.progress.finish(f"Cancelled after {len(self.frames)} recorded step(s); scrub to see them.")
-        self.generation_finished.emit(None)
+        self._outcome = (None,)
 
     def _on_task_finished(self, task: Task) -> None:
         if self.task is task:
             self.task = None
             self.state.end("sampling")
             self._update_buttons()
+        outcome, self._outcome = getattr(self, "_outcome", None), None
+        if outcome is not None:
+            self.generation_finished.emit(outcome[0])  # after Generate is enabled again
 
     def _update_buttons(self) -> None:
         running = self.is_running()
@@ -511,13 +514,16 @@ class SamplingPanel(QWidget):
     def _on_exported(self, written: list) -> None:
         where = str(written[0]) if len(written) == 1 else f"{len(written)} files in {Path(written[0]).parent}"
         self.state.message.emit(f"Saved {where}")
-        self.export_finished.emit([str(p) for p in written])
+        self._exported = [str(p) for p in written]
 
     def _on_export_finished(self, task: Task) -> None:
         if self.export_task is task:
             self.export_task = None
             self.state.end("export")
             self._update_buttons()
+        written, self._exported = getattr(self, "_exported", None), None
+        if written is not None:
+            self.export_finished.emit(written)  # after the buttons are usable again
 
     def export_frame(self, path: str | None = None) -> bool:
         """The frame on screen: x_t and predicted x_0 side by side, as one PNG."""

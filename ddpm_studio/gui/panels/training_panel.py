@@ -443,6 +443,13 @@ class TrainingPanel(QWidget):
         if recs:
             self.loss_plot.add_points([r["step"] for r in recs], [r["loss"] for r in recs],
                                       [r.get("loss_smooth", r["loss"]) for r in recs])
+            last_step = int(recs[-1]["step"])
+            total = self.resume_config.train.steps if self.resume_config is not None else last_step
+            self.progress.setRange(0, max(total, last_step, 1))
+            self.progress.setValue(last_step)
+            buckets = recs[-1].get("bucket_loss")
+            if isinstance(buckets, list) and buckets:
+                self.bucket_plot.set_buckets(buckets, self.state.schedule[1])
 
     def _on_finished(self, result) -> None:
         self.last_finished = result
@@ -462,12 +469,12 @@ class TrainingPanel(QWidget):
                 except (ValueError, OSError):
                     self.resume_dir, self.resume_config = None, None
         self.state.message.emit(result.message if result is not None else "Training stopped")
-        self.training_finished.emit(result)
+        self._outcome = (result,)
 
     def _on_failed(self, message: str, details: str) -> None:
         self.stats.setText("Training failed.")
         self.state.report_error(message, details)
-        self.training_finished.emit(None)
+        self._outcome = (None,)
 
     def _on_task_finished(self, task: Task) -> None:
         if self.task is task:
@@ -475,6 +482,9 @@ class TrainingPanel(QWidget):
             self.control = None
             self.state.end("training")
             self._update_buttons()
+        outcome, self._outcome = getattr(self, "_outcome", None), None
+        if outcome is not None:
+            self.training_finished.emit(outcome[0])  # after Start is enabled again
 
     # -- runs -------------------------------------------------------------------------------------
     def _ask_run_folder(self) -> str | None:
