@@ -62,7 +62,7 @@ class ModelConfig:
     num_heads: int = 1  # attention heads (paper: 1)
     # Settings that only imported (diffusers-format) models change; the defaults are the paper's.
     attention_head_dim: int | None = None  # channels per head; None = width / num_heads
-    norm_groups: int | None = None  # GroupNorm groups; None = 32 when widths allow, fewer for narrow nets
+    norm_groups: int | None = None  # GroupNorm groups; None = largest divisor of every width <= min(32, base/4) (32 for paper models)
     downsample_padding: int = 0  # 0 = the paper's TF "SAME" stride-2 conv (pad bottom/right), 1 = symmetric
     flip_sin_to_cos: bool = False  # time embedding order: False = [sin, cos] (paper)
     freq_shift: float = 1.0  # time embedding frequencies exp(-log(10000) i / (half - freq_shift)); paper: 1
