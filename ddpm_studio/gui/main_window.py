@@ -56,6 +56,9 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
 
         self.activity_label = QLabel("Ready")
+        from .widgets.plotting import quiet_label
+
+        quiet_label(self.activity_label)
         self.device_label = QLabel("Device: detecting…")
         self.device_label.setToolTip("The compute device training and sampling use when set to Automatic.")
         sb = self.statusBar()

@@ -58,6 +58,9 @@ class ProgressRow(QWidget):
         self.bar.setTextVisible(True)
         self.label = QLabel("")
         self.label.setStyleSheet("color: palette(mid);")
+        from ..widgets.plotting import quiet_label
+
+        quiet_label(self.label)
         self.cancel_button = QPushButton(cancel_text)
         self.cancel_button.clicked.connect(self.cancel_clicked)
         lay = QHBoxLayout(self)

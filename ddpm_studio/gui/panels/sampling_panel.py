@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class ChainViewer(QWidget):
         self.slider.setEnabled(False)
         self.slider.setToolTip("Scrub through the recorded steps of the reverse chain (Left / Right keys).")
         self.step_label = QLabel("no chain yet")
-        self.step_label.setMinimumWidth(190)
+        self.step_label.setFixedWidth(200)
         row = QHBoxLayout()
         row.addWidget(self.play_button)
         row.addWidget(self.slider, 1)
@@ -91,6 +92,7 @@ class SamplingPanel(QWidget):
         self._model_config = None
         self.frames_received = 0
         self.follow_live = True
+        self._marker_time = 0.0
         self.ask_save_path = self._ask_save_path  # replaceable (tests): (title, filter, default) -> path
         self.ask_folder = self._ask_folder
         self._build()
@@ -426,6 +428,8 @@ class SamplingPanel(QWidget):
             self.state.end("sampling")
             self._update_buttons()
         outcome, self._outcome = getattr(self, "_outcome", None), None
+        if self.frames:
+            self.schedule_plot.set_marker(self.current_frame().t)
         if outcome is not None:
             self.generation_finished.emit(outcome[0])  # after Generate is enabled again
 
@@ -445,7 +449,12 @@ class SamplingPanel(QWidget):
         i = max(0, min(int(i), len(self.frames) - 1))
         f = self.frames[i]
         self.canvas.show_frame(f.xt, f.x0)
-        self.schedule_plot.set_marker(f.t)
+        # Repainting the schedule plot costs far more than the canvas: while the chain runs live,
+        # move its marker at most 4 times a second (and always when the user scrubs or it ends).
+        now = time.monotonic()
+        if not (self.is_running() and self.follow_live) or now - self._marker_time >= 0.25:
+            self._marker_time = now
+            self.schedule_plot.set_marker(f.t)
         if self.is_running():
             self.follow_live = i == len(self.frames) - 1
         self._update_step_label(i)

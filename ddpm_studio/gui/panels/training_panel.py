@@ -178,6 +178,9 @@ class TrainingPanel(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m steps")
         self.stats = QLabel("Not started")
+        from ..widgets.plotting import quiet_label
+
+        quiet_label(self.stats)
         self.run_label = QLabel("A new run will be created in " + str(paths.default_runs_dir()))
         self.run_label.setStyleSheet("color: palette(mid);")
         self.run_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

@@ -92,6 +92,7 @@ class LossPlot(QWidget):
         self.log_check.toggled.connect(self.set_log_scale)
         self.readout = QLabel("No training yet")
         self.readout.setStyleSheet("color: palette(mid);")
+        plotting.quiet_label(self.readout)
         top = QHBoxLayout()
         title = QLabel("<b>Training loss</b>")
         top.addWidget(title)

@@ -30,7 +30,17 @@ def configure() -> None:
         fg = pal.color(QPalette.ColorRole.Text)
     else:
         bg, fg = QColor("white"), QColor("black")
-    pg.setConfigOptions(background=bg, foreground=fg, antialias=True)
+    # Antialiasing multiplies the cost of every repaint; curves of hundreds of points look smooth without it.
+    pg.setConfigOptions(background=bg, foreground=fg, antialias=False)
+
+
+def quiet_label(label) -> None:
+    """A label whose text changes often: its size hint never triggers a re-layout (and a repaint
+    of the plots beside it), it just shows what fits."""
+    from PySide6.QtWidgets import QSizePolicy
+
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.setMinimumWidth(0)
 
 
 def style_plot(plot: pg.PlotItem, *, left: str = "", bottom: str = "") -> None:

@@ -44,6 +44,7 @@ class SchedulePlot(QWidget):
         self.title = QLabel(f"<b>{title}</b>")
         self.readout = QLabel("")
         self.readout.setStyleSheet("color: palette(mid);")
+        plotting.quiet_label(self.readout)
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
