@@ -426,7 +426,6 @@ def load_unet_weights(unet_dir: str | os.PathLike) -> tuple[dict[str, "torch.Ten
     Looks for ``diffusion_pytorch_model.safetensors`` first, then ``.bin``, then their sharded
     (``.index.json``) and ``fp16`` variants.
     """
-    import torch
 
     d = Path(unet_dir)
     state: dict[str, torch.Tensor] | None = None

@@ -31,6 +31,7 @@ import torch
 from ddpm_studio.config import RunConfig
 from ddpm_studio.training import checkpoints as ckpts
 from ddpm_studio.training import runs
+from ddpm_studio.training.control import TrainControl  # noqa: F401  (re-exported: Trainer.run takes one)
 from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetrics, TrainFinished,
                                          TrainStarted)
 
@@ -38,42 +39,6 @@ NUM_BUCKETS = 10  # loss is reported per tenth of the timestep range
 SMOOTHING = 0.98  # per-step decay of the smoothed loss shown next to the raw one
 
 EventCallback = Callable[[object], None]
-
-
-class TrainControl:
-    """Pause / resume / stop a running trainer from any thread.
-
-    Stopping and pausing are cooperative: the trainer looks between steps, so either takes effect
-    within one training step. While paused it blocks on an Event (no busy-waiting); ``stop()``
-    also wakes a paused trainer.
-    """
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._running = threading.Event()
-        self._running.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._running.set()
-
-    def pause(self) -> None:
-        if not self._stop.is_set():
-            self._running.clear()
-
-    def resume(self) -> None:
-        self._running.set()
-
-    @property
-    def paused(self) -> bool:
-        return not self._running.is_set() and not self._stop.is_set()
-
-    def should_stop(self) -> bool:
-        return self._stop.is_set()
-
-    def wait_while_paused(self, timeout: float | None = None) -> bool:
-        """Block while paused (until resume or stop); True when no longer paused."""
-        return self._running.wait(timeout)
 
 
 def _mix(*values: int) -> int:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QScrollArea, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
@@ -327,7 +327,7 @@ class TrainingPanel(QWidget):
         except ValueError as e:
             self.state.report_error(f"Cannot start training: {e}", "")
             return False
-        from ...training.trainer import TrainControl
+        from ...training.control import TrainControl
 
         if self.resume_dir is not None:
             run_dir, resume = self.resume_dir, True
