@@ -54,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         app.setDesktopFileName("ddpm-studio")
     app.setWindowIcon(app_icon())
 
+    from ..logs import install_excepthooks, setup_logging
     from .main_window import MainWindow
 
+    setup_logging()
     win = MainWindow(load_on_start=not args.no_dataset and not args.smoke, probe_device=not args.smoke)
+    install_excepthooks(win.show_error)
     win.show()
     shown = time.perf_counter() - _T0
     if os.environ.get("DDPM_STUDIO_TIMING"):

@@ -9,6 +9,7 @@ from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from .. import paths
+from ..logs import logger
 from . import jobs, settings as settings_mod
 from .panels.dataset_panel import DatasetPanel
 from .panels.forward_panel import ForwardPanel
@@ -202,6 +203,7 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str, details: str = "") -> None:
         """Plain words in a dialog, the technical details behind "Show Details…". Never blocks."""
         self.errors.append((message, details))
+        logger.error("%s%s", message, f"\n{details}" if details else "")
         box = QMessageBox(self)
         box.setIcon(QMessageBox.Icon.Warning)
         box.setWindowTitle(APP_TITLE)
