@@ -123,3 +123,23 @@ def test_builtin_dataset_loads_on_first_launch(qtbot):
     assert w.state.images.source == "built-in"
     assert w.dataset_panel.grid.count() == len(w.state.images.images) > 100
     close(w)
+
+
+def test_choosing_a_preset_sets_its_diffusion_and_training_fields(qtbot):
+    from ddpm_studio.config import PRESETS, DiffusionConfig
+
+    w = MainWindow(load_on_start=False, probe_device=False)
+    qtbot.addWidget(w)
+    tp = w.training_panel
+    for name in ("ddpm-cifar10", "tiny", "small"):
+        tp.preset_combo.setCurrentIndex(tp.preset_combo.findData(name))
+        preset = PRESETS[name]
+        cfg = tp.build_config()
+        assert cfg.model.preset == name
+        assert cfg.model.base_channels == preset["model"]["base_channels"]
+        assert cfg.train.lr == pytest.approx(preset["train"]["lr"])
+        assert cfg.train.batch_size == preset["train"]["batch_size"]
+        for key in ("schedule", "prediction", "loss_weighting", "timesteps"):
+            expected = preset.get("diffusion", {}).get(key, getattr(DiffusionConfig(), key))
+            assert getattr(cfg.diffusion, key) == expected, (name, key)
+    close(w)

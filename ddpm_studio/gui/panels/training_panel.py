@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QProgressBar, QPushButton, QScrollArea, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES, RunConfig,
+from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES, DiffusionConfig, RunConfig,
                        TrainConfig)
 from .. import jobs
 from ..state import StudioState
@@ -229,6 +229,12 @@ class TrainingPanel(QWidget):
         self.lr_spin.setValue(t.get("lr", self.lr_spin.value()))
         self.warmup_spin.setValue(t.get("warmup_steps", self.warmup_spin.value()))
         self.ema_spin.setValue(t.get("ema_decay", self.ema_spin.value()))
+        d = dataclasses.asdict(DiffusionConfig())
+        d.update(p.get("diffusion", {}))  # what the preset leaves out takes the defaults
+        self.schedule_combo.setCurrentText(d["schedule"])
+        self.timesteps_spin.setValue(d["timesteps"])
+        self.prediction_combo.setCurrentText(d["prediction"])
+        self.weighting_combo.setCurrentText(d["loss_weighting"])
         m = p["model"]
         self.preset_combo.setToolTip(
             f"{p['description']}\nbase channels {m['base_channels']}, levels ×{', ×'.join(map(str, m['channel_mult']))}, "
