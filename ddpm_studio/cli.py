@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", metavar="DIR", help="image folder (default: the built-in dataset)")
     t.add_argument("--config", metavar="FILE", help="start from a full config.json (flags still override it)")
     t.add_argument("--preset", choices=tuple(PRESETS), help="model shape and training defaults (default: tiny)")
-    t.add_argument("--image-size", type=_positive_int, metavar="PX", help="square image side in pixels (default 32)")
+    t.add_argument("--image-size", type=_positive_int, metavar="PX", help="square image side in pixels (default: the preset's; tiny: 16)")
     t.add_argument("--channels", choices=CHANNELS, help="auto (grayscale if every image is), 1 or 3")
     t.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default linear)")
     t.add_argument("--timesteps", type=_positive_int, metavar="T", help="diffusion steps T (default 1000)")

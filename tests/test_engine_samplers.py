@@ -14,13 +14,6 @@ from ddpm_studio.engine.schedules import NoiseSchedule
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _diffusion(kind="linear", T=1000, prediction="epsilon"):

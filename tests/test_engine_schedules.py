@@ -17,13 +17,6 @@ from ddpm_studio.engine.schedules import SCHEDULE_KINDS, NoiseSchedule, get_beta
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids contention on a shared 2-core machine (10-80x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

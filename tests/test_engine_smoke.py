@@ -13,13 +13,6 @@ from ddpm_studio.engine.types import StepResult
 from ddpm_studio.engine.unet import build_model, count_parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids contention on a shared 2-core machine (10-80x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

@@ -12,12 +12,6 @@ from ddpm_studio.engine.schedules import NoiseSchedule
 from ddpm_studio.engine.unet import UNet, build_model, count_parameters, default_norm_groups
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Tiny images (16 px), a micro network and a handful of steps keep this quick on t
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest

@@ -5,7 +5,6 @@ Both commands call interop.diffusers_format: export a run, then sample the expor
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ddpm_studio.cli import main
@@ -15,12 +14,6 @@ from ddpm_studio.interop.diffusers_format import load_diffusers_folder
 from ddpm_studio.training.checkpoints import save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_cli_export_then_sample_the_diffusers_folder(tmp_path, capsys):

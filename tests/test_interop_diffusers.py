@@ -24,12 +24,6 @@ from ddpm_studio.sampling.service import generate, load_model  # noqa: E402
 from ddpm_studio.training.checkpoints import save_checkpoint  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # The paper's CIFAR-10 network (google/ddpm-cifar10-32's config.json).

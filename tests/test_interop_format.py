@@ -20,12 +20,6 @@ from ddpm_studio.sampling.service import load_model
 from ddpm_studio.training.checkpoints import CheckpointError, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_config(**diffusion) -> RunConfig:

@@ -40,7 +40,6 @@ import json
 import os
 import secrets
 import stat
-import tempfile
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ddpm_studio import paths as _paths
-from ddpm_studio.config import DataConfig, atomic_write_text
+from ddpm_studio.config import DataConfig, atomic_write, atomic_write_text
 from ddpm_studio.data.decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Decoded, Settings,
                                      decode_file, luminance)
 
@@ -590,20 +589,8 @@ class _Cache:
 
 
 def _atomic_save_npy(path: Path, a: np.ndarray) -> None:
-    """Like config.atomic_write_bytes, but streams the array instead of copying it into bytes."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, a, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Streams the array into the file (no copy into bytes), atomically."""
+    atomic_write(path, lambda f: np.save(f, a, allow_pickle=False))
 
 
 _prune_lock = threading.Lock()
