@@ -158,3 +158,23 @@ def test_many_void_qt_calls_do_not_exhaust_none():
     gc.collect()
     assert sys.getrefcount(None) > 0
     assert before - sys.getrefcount(None) < before  # still far from zero
+
+
+def test_training_from_the_window_leaves_a_core_for_the_ui():
+    from ddpm_studio.gui.jobs import leave_a_core_for_the_ui
+
+    class FakeTorch:
+        def __init__(self, n):
+            self.n = n
+
+        def get_num_threads(self):
+            return self.n
+
+        def set_num_threads(self, n):
+            self.n = n
+
+    assert leave_a_core_for_the_ui(FakeTorch(8), environ={}, cpu_count=8) == 7
+    assert leave_a_core_for_the_ui(FakeTorch(2), environ={}, cpu_count=2) == 1
+    assert leave_a_core_for_the_ui(FakeTorch(1), environ={}, cpu_count=1) == 1  # one core: nothing to leave
+    assert leave_a_core_for_the_ui(FakeTorch(4), environ={"OMP_NUM_THREADS": "4"}, cpu_count=4) == 4  # user's choice
+    assert leave_a_core_for_the_ui(FakeTorch(3), environ={}, cpu_count=8) == 3  # already fewer than the cores

@@ -193,13 +193,30 @@ def make_export_gif(frames: list[np.ndarray], path: str, *, stride: int = 1, fps
 
 
 # -- device ---------------------------------------------------------------------------------------
+def leave_a_core_for_the_ui(torch_module, environ=None, cpu_count=None) -> int:
+    """Let torch use every core but one, so the UI thread always has a core to respond on.
+
+    On a 2-core machine with all cores busy training, the longest UI stall measured 102 ms; with
+    one core left free it was 63 ms (BENCHMARKS.md). An explicit OMP_NUM_THREADS is respected.
+    Returns the thread count torch uses afterwards.
+    """
+    environ = os.environ if environ is None else environ
+    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    threads = torch_module.get_num_threads()
+    if "OMP_NUM_THREADS" not in environ and cpus > 1 and threads >= cpus:
+        torch_module.set_num_threads(cpus - 1)
+    return torch_module.get_num_threads()
+
+
 def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
-    """Import torch (off the UI thread) and describe the device ``pref`` resolves to."""
+    """Import torch (off the UI thread), leave a core for the UI, describe the device ``pref`` resolves to."""
 
     def job(state: TaskState):
         import torch
 
         from ..engine.devices import describe_device, select_device
+
+        leave_a_core_for_the_ui(torch)
 
         available = ["auto", "cpu"]
         if torch.cuda.is_available():
