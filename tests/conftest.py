@@ -21,3 +21,18 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DDPM_STUDIO_CONFIG_DIR", str(base / "config"))
     monkeypatch.setenv("DDPM_STUDIO_DATA_DIR", str(base / "data"))
     yield
+
+
+@pytest.fixture
+def window(qtbot):
+    """The real main window, shown offscreen; closed at the end with no worker thread left running."""
+    from ddpm_studio.gui.main_window import MainWindow
+    from ddpm_studio.gui.workers import running_tasks
+
+    w = MainWindow(load_on_start=False, probe_device=False)
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.confirm = lambda question: True
+    w.close()
+    assert running_tasks() == []

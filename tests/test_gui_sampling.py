@@ -13,7 +13,6 @@ from PySide6.QtCore import Qt  # noqa: E402
 
 from ddpm_studio.config import DataConfig, RunConfig  # noqa: E402
 from ddpm_studio.gui import testing  # noqa: E402
-from ddpm_studio.gui.main_window import MainWindow  # noqa: E402
 from ddpm_studio.gui.workers import running_tasks  # noqa: E402
 
 
@@ -38,15 +37,9 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def window(qtbot):
-    w = MainWindow(load_on_start=False, probe_device=False)
-    qtbot.addWidget(w)
-    w.show()
-    w.tabs.setCurrentWidget(w.sampling_panel)
-    yield w
-    w.confirm = lambda question: True
-    w.close()
-    assert running_tasks() == []
+def window(window):
+    window.tabs.setCurrentWidget(window.sampling_panel)
+    return window
 
 
 def generate(qtbot, sp, timeout=60_000):

@@ -18,15 +18,6 @@ from ddpm_studio.gui.main_window import MainWindow  # noqa: E402
 from ddpm_studio.gui.workers import running_tasks  # noqa: E402
 
 
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow(load_on_start=False, probe_device=False)
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.confirm = lambda question: True
-    w.close()
-    assert running_tasks() == []
 
 
 

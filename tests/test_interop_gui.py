@@ -12,22 +12,11 @@ from PySide6.QtCore import Qt  # noqa: E402
 
 from ddpm_studio.config import RunConfig  # noqa: E402
 from ddpm_studio.engine.unet import build_model  # noqa: E402
-from ddpm_studio.gui.main_window import MainWindow  # noqa: E402
-from ddpm_studio.gui.workers import running_tasks  # noqa: E402
 from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder  # noqa: E402
 from ddpm_studio.sampling.service import sample_images  # noqa: E402
 from ddpm_studio.training.checkpoints import save_checkpoint  # noqa: E402
 
 
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow(load_on_start=False, probe_device=False)
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.confirm = lambda question: True
-    w.close()
-    assert running_tasks() == []
 
 
 @pytest.fixture
