@@ -25,7 +25,6 @@ from pathlib import Path
 
 
 def make_folder(folder: Path, n: int, size: int) -> None:
-    import numpy as np
     from PIL import Image
 
     from ddpm_studio.config import DataConfig

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench_train_throughput import _Sample  # diffusers UNet2DModel output -> plain tensor (same folder)
+
 
 # -- datasets ---------------------------------------------------------------------------------
 
@@ -119,7 +121,6 @@ def parse_sets(items: list[str]) -> dict[str, dict]:
 
 def train_ours(args, imgs, data_overrides, run_dir: Path):
     from ddpm_studio.config import RunConfig
-    from ddpm_studio.sampling.service import build_loaded
     from ddpm_studio.training.events import StepMetrics, TrainStarted
     from ddpm_studio.training.trainer import TrainControl, Trainer
 
@@ -153,15 +154,6 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
                 wall_sec=round(wall, 1), loss_smooth=round(float(state["last"].loss_smooth), 4),
                 config={s: getattr(cfg, s).__dict__ for s in ("model", "diffusion", "data", "train")})
     return loaded.model.eval(), loaded.diffusion, cfg, info
-
-
-class _Sample(torch.nn.Module):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x, t):
-        return self.unet(x, t).sample
 
 
 def train_diffusers(args, imgs, data_overrides):

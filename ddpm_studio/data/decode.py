@@ -172,10 +172,10 @@ def _decode(data: bytes, s: Settings) -> Decoded:
             im = im.reduce(factor)  # premultiplies alpha itself for RGBA / LA
         except (ValueError, NotImplementedError):
             pass  # a mode reduce() does not handle: the final resize copes alone
-    im, gray_mode = _to_l_rgb_or_f(im, s.background)
+    im, _ = _to_l_rgb_or_f(im, s.background)
 
     if s.channels == "1" and im.mode == "RGB":
-        im, gray_mode = im.convert("L"), True
+        im = im.convert("L")
     arr = _resize_crop(im, s.size)
     if arr.ndim == 2:
         arr = arr[:, :, None]  # (H, W, 1)

@@ -17,7 +17,7 @@ import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel,
-                               QPushButton, QRadioButton, QScrollArea, QSlider, QSplitter, QStyle,
+                               QPushButton, QRadioButton, QSlider, QSplitter, QStyle,
                                QVBoxLayout, QWidget)
 
 from ...config import SamplingConfig
@@ -26,7 +26,7 @@ from ..state import StudioState
 from ..widgets.chain_canvas import ChainCanvas
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
-from .common import ProgressRow, add_row, float_spin, int_spin, section
+from .common import ProgressRow, add_row, float_spin, int_spin, section, settings_column
 
 
 class ChainViewer(QWidget):
@@ -202,19 +202,7 @@ class SamplingPanel(QWidget):
         erow.addWidget(self.export_gif_button)
         eform.addRow(erow)
 
-        form_w = QWidget()
-        fl = QVBoxLayout(form_w)
-        fl.setContentsMargins(0, 0, 6, 0)
-        for b in (mbox, sbox, ibox):
-            fl.addWidget(b)
-        fl.addLayout(brow)
-        fl.addWidget(ebox)
-        fl.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(form_w)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll = settings_column([mbox, sbox, ibox, brow, ebox])
         scroll.setMinimumWidth(330)
         scroll.setMaximumWidth(400)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
-                               QProgressBar, QPushButton, QScrollArea, QSplitter, QVBoxLayout, QWidget)
+                               QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
 from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES, DiffusionConfig, RunConfig,
@@ -24,7 +24,7 @@ from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
-from .common import add_row, float_spin, human_duration, int_spin, section
+from .common import add_row, float_spin, human_duration, int_spin, section, settings_column
 
 DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 
@@ -128,17 +128,7 @@ class TrainingPanel(QWidget):
         add_row(rform, "Checkpoint every", self.ckpt_spin,
                 f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and at the end.")
 
-        form_w = QWidget()
-        fl = QVBoxLayout(form_w)
-        fl.setContentsMargins(0, 0, 6, 0)
-        for b in (pbox, dbox, obox, rbox):
-            fl.addWidget(b)
-        fl.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(form_w)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll = settings_column([pbox, dbox, obox, rbox])
 
         # Buttons and progress
         self.start_button = QPushButton("Start Training")
