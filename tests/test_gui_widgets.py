@@ -178,3 +178,35 @@ def test_training_from_the_window_leaves_a_core_for_the_ui():
     assert leave_a_core_for_the_ui(FakeTorch(1), environ={}, cpu_count=1) == 1  # one core: nothing to leave
     assert leave_a_core_for_the_ui(FakeTorch(4), environ={"OMP_NUM_THREADS": "4"}, cpu_count=4) == 4  # user's choice
     assert leave_a_core_for_the_ui(FakeTorch(3), environ={}, cpu_count=8) == 3  # already fewer than the cores
+
+
+def test_grid_axis_looks_like_pyqtgraphs_grid_and_lies_beneath_the_data(qtbot):
+    """GridAxis draws the grid cheaply (no per-pixel blended lines) but with the same pixels."""
+    import pyqtgraph as pg
+    from PySide6.QtGui import QImage
+
+    from ddpm_studio.gui.widgets import plotting
+
+    def render(axis_items):
+        plotting.configure()
+        w = pg.PlotWidget(axisItems=axis_items)
+        qtbot.addWidget(w)
+        w.resize(420, 260)
+        plot = w.getPlotItem()
+        plotting.style_plot(plot, left="loss", bottom="step")
+        plot.setXRange(0, 1000, padding=0)
+        plot.setYRange(0, 1, padding=0)
+        w.show()
+        qtbot.waitExposed(w)
+        img = w.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+        a = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()]
+        view = plot.vb.mapRectToScene(plot.vb.boundingRect()).toAlignedRect().adjusted(2, 2, -2, -2)
+        return w, a.reshape(img.height(), img.width(), 3)[view.top():view.bottom(), view.left():view.right()].astype(int)
+
+    _, reference = render(None)  # pyqtgraph's own axes: translucent grid lines
+    w, ours = render(plotting.grid_axes())
+    plot = w.getPlotItem()
+    assert reference.shape == ours.shape and reference.std() > 0  # there is a grid to compare
+    assert np.abs(reference - ours).max() <= 2  # same pixels inside the view
+    assert plot.getAxis("bottom").zValue() < plot.vb.zValue()  # opaque vertical lines under the curves
+    assert plot.getAxis("left").zValue() > plot.vb.zValue()  # translucent horizontal lines over them, as before

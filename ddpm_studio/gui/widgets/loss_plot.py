@@ -76,7 +76,7 @@ class LossPlot(QWidget):
         self._dirty = False
         self.redraw_count = 0
 
-        self.plot_widget = pg.PlotWidget()
+        self.plot_widget = pg.PlotWidget(axisItems=plotting.grid_axes())
         self.plot_widget.setMinimumHeight(160)
         self.plot = self.plot_widget.getPlotItem()
         plotting.style_plot(self.plot, left="loss", bottom="step")
@@ -171,7 +171,7 @@ class BucketLossPlot(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         plotting.configure()
-        self.plot_widget = pg.PlotWidget()
+        self.plot_widget = pg.PlotWidget(axisItems=plotting.grid_axes())
         self.plot_widget.setMinimumHeight(120)
         self.plot = self.plot_widget.getPlotItem()
         plotting.style_plot(self.plot, left="loss", bottom="timestep t")

@@ -23,7 +23,7 @@ class SchedulePlot(QWidget):
         self.markers: list[pg.InfiniteLine] = []
         rows = [("β_t", plotting.BLUE, False), ("ᾱ_t", plotting.ORANGE, False), ("SNR", plotting.GREEN, True)]
         for i, (name, colour, log) in enumerate(rows):
-            p = self.view.addPlot(row=i, col=0)
+            p = self.view.addPlot(row=i, col=0, axisItems=plotting.grid_axes())
             plotting.style_plot(p, left=name, bottom="timestep t" if i == len(rows) - 1 else "")
             p.setMouseEnabled(x=False, y=False)
             p.getAxis("left").setWidth(56)
