@@ -127,8 +127,10 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
     sets = parse_sets(args.set)
     sets["data"] = {**data_overrides, **sets.get("data", {})}
     sets["train"] = {**dict(steps=10_000_000, preview_every=0, checkpoint_every=0, checkpoint_minutes=0.0,
-                            log_every=5, device="cpu"), **sets.get("train", {})}
+                            log_every=5, device=args.device, seed=args.seed), **sets.get("train", {})}
     cfg = RunConfig.from_preset(args.preset, **sets)
+    if args.images:  # a budget in images seen instead of CPU seconds
+        cfg.train.steps = math.ceil(args.images / cfg.train.batch_size)
     control = TrainControl()
     state = {"t0": None, "last": None}
 
@@ -137,7 +139,7 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
             state["t0"] = time.process_time()
         elif isinstance(ev, StepMetrics):
             state["last"] = ev
-            if time.process_time() - state["t0"] >= args.cpu_sec:
+            if not args.images and time.process_time() - state["t0"] >= args.cpu_sec:
                 control.stop()
 
     if run_dir.exists():  # a fresh run every time (this script's own scratch folder)
@@ -175,20 +177,22 @@ def train_diffusers(args, imgs, data_overrides):
     cfg.model.in_channels = imgs.channels
     spec = build_model(cfg.model).spec
     conf = {k: v for k, v in unet_config_for(spec).items() if not k.startswith("_")}
-    torch.manual_seed(0)
-    model = diffusers.UNet2DModel(**conf)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    model = diffusers.UNet2DModel(**conf).to(device)
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     batch = 16
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     total = math.ceil(len(imgs) / batch) * 100  # 100 epochs, the script's default
     lr_sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=500, num_training_steps=total)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
-    loader = make_loader(imgs, batch, flip=data_overrides.get("flip", True), seed=0)
+    loader = make_loader(imgs, batch, flip=data_overrides.get("flip", True), seed=args.seed)
     t0, t_wall, step = time.process_time(), time.time(), 0
     losses = []
     for x0 in loader.batches(0):
+        x0 = x0.to(device)
         noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (x0.shape[0],)).long()
+        t = torch.randint(0, 1000, (x0.shape[0],), device=device).long()
         x_t = sched.add_noise(x0, noise, t)
         model.train()
         loss = F.mse_loss(model(x_t, t).sample.float(), noise.float())
@@ -199,17 +203,17 @@ def train_diffusers(args, imgs, data_overrides):
         opt.zero_grad()
         ema.step(model.parameters())
         step += 1
-        losses.append(float(loss))
-        if time.process_time() - t0 >= args.cpu_sec:
+        losses.append(loss.detach())
+        if (step * batch >= args.images) if args.images else (time.process_time() - t0 >= args.cpu_sec):
             break
     cpu, wall = time.process_time() - t0, time.time() - t_wall
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model.parameters())
     cfg.diffusion.schedule, cfg.diffusion.prediction, cfg.diffusion.loss_weighting = "linear", "epsilon", "none"
     info = dict(steps=step, images_seen=step * batch, cpu_sec=round(cpu, 1), wall_sec=round(wall, 1),
-                loss_smooth=round(float(np.mean(losses[-100:])), 4), parameters=sum(p.numel() for p in model.parameters()),
+                loss_smooth=round(float(torch.stack(losses[-100:]).float().mean()), 4), parameters=sum(p.numel() for p in model.parameters()),
                 config=dict(recipe="diffusers train_unconditional", network=conf))
-    return _Sample(ema_model).eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, info
+    return _Sample(ema_model.cpu()).eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, info
 
 
 # -- scoring ----------------------------------------------------------------------------------
@@ -313,7 +317,7 @@ def sample(model, diffusion, n: int, channels: int, size: int, seed: int = 123) 
     for st in diffusion.ddim_sample_loop_progressive(model, (n, channels, size, size), steps=50, eta=0.0,
                                                      clip_denoised=True, generator=g):
         x = st.x_t
-    return to_uint8(x)
+    return to_uint8(x.cpu())
 
 
 def summary(out: Path) -> None:
@@ -335,6 +339,11 @@ def main() -> int:
     ap.add_argument("--recipe", choices=("ours", "diffusers"), default="ours")
     ap.add_argument("--set", action="append", default=[], help="section.field=value (JSON value), repeatable")
     ap.add_argument("--cpu-sec", type=float, default=240.0)
+    ap.add_argument("--images", type=int, default=0,
+                    help="budget in images seen instead of --cpu-sec (for runs on a GPU: same images = same CPU "
+                         "cost for settings that do not change the network)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (training and sampling)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (weights, data order, noise)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--num", type=int, default=128, help="samples to score")
     ap.add_argument("--tag", default=None)
@@ -354,7 +363,7 @@ def main() -> int:
     else:
         model, diffusion, cfg, info = train_diffusers(args, imgs, data_overrides)
     t = time.process_time()
-    samples = sample(model, diffusion, args.num, imgs.channels, imgs.image_size)
+    samples = sample(model.to(args.device), diffusion, args.num, imgs.channels, imgs.image_size)
     sample_cpu = time.process_time() - t
     np.save(out / f"samples_{args.data}_{args.size}_{tag}.npy", samples)
     res = score(samples, imgs, labels, classes, out, args.data)
@@ -362,7 +371,8 @@ def main() -> int:
 
     grid_path = out / f"grid_{args.data}_{args.size}_{tag}.png"
     save_png(upscale_nearest(make_grid(samples[:64], nrow=8), 4), grid_path)
-    row = dict(dataset=args.data, tag=tag, px=args.size, threads=args.threads, **{k: v for k, v in info.items() if k != "config"},
+    row = dict(dataset=args.data, tag=tag, px=args.size, threads=args.threads, device=args.device, seed=args.seed,
+               budget_images=args.images or None, **{k: v for k, v in info.items() if k != "config"},
                img_per_cpu_sec=round(info["images_seen"] / max(info["cpu_sec"], 1e-9), 1),
                sample_cpu_sec=round(sample_cpu, 1), **res, grid=str(grid_path), config=info["config"])
     with open(out / "results.jsonl", "a") as f:
