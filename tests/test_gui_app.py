@@ -143,3 +143,19 @@ def test_choosing_a_preset_sets_its_diffusion_and_training_fields(qtbot):
             expected = preset.get("diffusion", {}).get(key, getattr(DiffusionConfig(), key))
             assert getattr(cfg.diffusion, key) == expected, (name, key)
     close(w)
+
+
+def test_a_fresh_install_trains_with_the_tiny_preset_as_it_is(qtbot):
+    """No saved settings: the Training panel describes exactly RunConfig.from_preset('tiny')."""
+    from ddpm_studio.config import RunConfig
+
+    w = MainWindow(load_on_start=False, probe_device=False)
+    qtbot.addWidget(w)
+    cfg = w.training_panel.build_config()
+    want = RunConfig.from_preset("tiny")
+    assert cfg.model.preset == "tiny"
+    assert cfg.diffusion == want.diffusion
+    assert cfg.diffusion.prediction == "v" and cfg.diffusion.loss_weighting == "min_snr"
+    for key in ("lr", "batch_size", "warmup_steps", "ema_decay", "steps"):
+        assert getattr(cfg.train, key) == getattr(want.train, key), key
+    close(w)

@@ -565,10 +565,11 @@ class TrainingPanel(QWidget):
         from ..settings import get
 
         self.apply_preset(get(s, "training/preset", "tiny"))
-        self.schedule_combo.setCurrentText(get(s, "training/schedule", "linear"))
-        self.timesteps_spin.setValue(get(s, "training/timesteps", 1000))
-        self.prediction_combo.setCurrentText(get(s, "training/prediction", "epsilon"))
-        self.weighting_combo.setCurrentText(get(s, "training/weighting", "none"))
+        # what was never saved keeps the preset's value
+        self.schedule_combo.setCurrentText(get(s, "training/schedule", self.schedule_combo.currentText()))
+        self.timesteps_spin.setValue(get(s, "training/timesteps", self.timesteps_spin.value()))
+        self.prediction_combo.setCurrentText(get(s, "training/prediction", self.prediction_combo.currentText()))
+        self.weighting_combo.setCurrentText(get(s, "training/weighting", self.weighting_combo.currentText()))
         text = get(s, "training/train", "")
         if text:
             try:
