@@ -49,6 +49,44 @@ def test_loss_plot_hands_qt_a_bounded_number_of_points(qtbot):
     assert plot.plot.ctrl.logYCheck.isChecked()
 
 
+def test_loss_plot_step_axis_grows_in_jumps_and_shows_every_step(qtbot):
+    """A new step range re-lays out the axis (ui-stall benchmark): not at every redraw."""
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    changes = []
+    plot.plot.vb.sigXRangeChanged.connect(lambda *_: changes.append(1))
+    for step in range(1, 201):
+        plot.add_points([step], [1.0 / step], [1.0 / step])
+        plot.redraw()
+        lo, hi = plot.plot.vb.viewRange()[0]
+        assert lo <= 1 and hi >= step  # every step so far is in view
+    assert 1 <= len(changes) <= 40  # an auto-ranged axis changed 200 times
+    assert plot.redraw_count == 200
+    lo, hi = plot.plot.vb.viewRange()[0]
+    assert hi <= 200 + 0.2 * 200  # and the room to the right stays small
+    plot.clear()
+    assert plot.x_range is None
+
+
+def test_bucket_plot_shows_the_latest_buckets_at_most_a_few_times_a_second(qtbot):
+    from ddpm_studio.gui.widgets.loss_plot import BucketLossPlot
+
+    plot = BucketLossPlot(redraw_hz=4.0)
+    qtbot.addWidget(plot)
+    plot.set_buckets([0.5, None, 0.25], 1000)  # the first values show at once
+    assert plot.redraw_count == 1 and plot.heights[0] == 0.5 and np.isnan(plot.heights[1])
+    for i in range(1, 31):  # the trainer reports with every step
+        plot.set_buckets([float(i), float(i), float(i)], 1000)
+    assert plot.redraw_count == 1 and plot.heights[0] == 0.5  # not yet
+    qtbot.waitUntil(lambda: plot.redraw_count == 2, timeout=2000)
+    assert list(plot.heights) == [30.0, 30.0, 30.0]  # the latest won
+    qtbot.wait(400)
+    assert plot.redraw_count == 2  # nothing new: no redraw
+    plot.set_buckets([1.0, 2.0, 3.0], 1000)
+    plot.clear()
+    assert plot.heights is None
+
+
 def test_qimage_owns_its_pixels():
     a = np.zeros((5, 7, 3), dtype=np.uint8)
     a[2, 3] = (10, 200, 30)

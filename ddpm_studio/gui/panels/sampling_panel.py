@@ -379,8 +379,10 @@ class SamplingPanel(QWidget):
         self.slider.blockSignals(False)
         self.slider.setEnabled(True)
         if self.follow_live and at_end:
-            self.slider.setValue(len(self.frames) - 1)
-            self.show_frame(len(self.frames) - 1)
+            if self.slider.value() != len(self.frames) - 1:
+                self.slider.setValue(len(self.frames) - 1)  # shows the frame (valueChanged)
+            else:
+                self.show_frame(len(self.frames) - 1)
         else:
             self._update_step_label(self.slider.value())
 

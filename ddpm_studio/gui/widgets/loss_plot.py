@@ -4,6 +4,12 @@ Hours of training give hundreds of thousands of points. The plot keeps the full 
 growing numpy buffers, and a timer (4 Hz, only when something changed) hands pyqtgraph a
 min/max-decimated copy of at most ~2 × ``max_bins`` points through ``setData`` on one persistent
 ``PlotDataItem`` per curve — never one item per point, never a redraw per point.
+
+Each update costs one repaint, on the UI thread, so they are kept cheap (ui-stall benchmark,
+issue #5): the step axis grows in jumps of ``X_HEADROOM`` rather than with every step (a new
+range re-lays out the axis: about 5 ms), the automatic loss range is applied before the repaint
+rather than during it (which took a second repaint), and the bucket bars follow the latest
+values at the same 4 Hz however often the trainer reports.
 """
 
 from __future__ import annotations
@@ -63,8 +69,16 @@ class _Series:
         return self._a[: self.n]
 
 
+X_HEADROOM = 0.15  # the step axis, when the run outgrows it, extends this fraction past the last step
+
+
 class LossPlot(QWidget):
-    """Raw and smoothed loss against step, with a log-scale toggle."""
+    """Raw and smoothed loss against step, with a log-scale toggle.
+
+    The loss axis fits the data (pyqtgraph's auto-range); the step axis shows every step from the
+    first, with up to ``X_HEADROOM`` of room to the right. Panning or zooming by hand stops both
+    from following until :meth:`clear`.
+    """
 
     log_scale_changed = Signal(bool)
 
@@ -86,6 +100,10 @@ class LossPlot(QWidget):
         self.raw_curve.setOpacity(0.45)
         self.smooth_curve = self.plot.plot([], [], pen=pg.mkPen(plotting.VERMILION, width=2), name="smoothed")
         self.plot.setClipToView(True)
+        self.plot.enableAutoRange(x=False)
+        self.x_range: tuple[float, float] | None = None  # the step range set by the plot itself
+        self._follow = True
+        self.plot.vb.sigRangeChangedManually.connect(self._stop_following)
 
         self.log_check = QCheckBox("Log scale")
         self.log_check.setToolTip("Show the loss on a logarithmic axis; useful once it has dropped a lot.")
@@ -126,7 +144,12 @@ class LossPlot(QWidget):
             s.clear()
         self._dirty = True
         self.readout.setText("No training yet")
+        self.x_range, self._follow = None, True
+        self.plot.enableAutoRange(y=True)
         self.redraw()
+
+    def _stop_following(self, *_) -> None:
+        self._follow = False
 
     @property
     def num_points(self) -> int:
@@ -157,6 +180,12 @@ class LossPlot(QWidget):
             raw, smooth = np.maximum(raw, 1e-12), np.maximum(smooth, 1e-12)
         self.raw_curve.setData(*decimate_minmax(x, raw, self.max_bins))
         self.smooth_curve.setData(*decimate_minmax(x, smooth, self.max_bins))
+        if self._follow and len(x):
+            lo, hi = float(x[0]), float(x[-1])
+            if self.x_range is None or lo < self.x_range[0] or hi > self.x_range[1]:
+                self.x_range = (lo, hi + max(1.0, X_HEADROOM * (hi - lo)))
+                self.plot.setXRange(*self.x_range)
+        self.plot.vb.prepareForPaint()  # fit the loss axis now, not in the repaint (which took a second one)
         self.redraw_count += 1
 
     def displayed_points(self) -> int:
@@ -166,9 +195,13 @@ class LossPlot(QWidget):
 
 
 class BucketLossPlot(QWidget):
-    """Mean loss in each of the trainer's t-buckets, as bars (one persistent BarGraphItem)."""
+    """Mean loss in each of the trainer's t-buckets, as bars (one persistent BarGraphItem).
 
-    def __init__(self, parent=None):
+    The trainer reports buckets with every step; the bars show the latest values at most
+    ``redraw_hz`` times a second (the first at once, the last always).
+    """
+
+    def __init__(self, parent=None, redraw_hz: float = 4.0):
         super().__init__(parent)
         plotting.configure()
         self.plot_widget = pg.PlotWidget(axisItems=plotting.grid_axes())
@@ -179,6 +212,13 @@ class BucketLossPlot(QWidget):
                                     pen=pg.mkPen(None))
         self.plot.addItem(self.bars)
         self._heights: np.ndarray | None = None
+        self._pending: tuple[list, int] | None = None
+        self._timesteps: int | None = None
+        self.redraw_count = 0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(int(1000 / redraw_hz))
+        self._timer.timeout.connect(self._on_timer)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         title = QLabel("<b>Loss per timestep</b> <span style='color:gray'>(small t = little noise)</span>")
@@ -186,21 +226,37 @@ class BucketLossPlot(QWidget):
         lay.addWidget(self.plot_widget, 1)
 
     def set_buckets(self, losses: list, timesteps: int) -> None:
-        k = len(losses)
-        if k == 0:
+        """Show these bucket losses (``None`` = no sample yet) over t = 0 … ``timesteps``."""
+        if len(losses) == 0:
             return
+        self._pending = (list(losses), int(timesteps))
+        if not self._timer.isActive():
+            self._on_timer()
+
+    def _on_timer(self) -> None:
+        if self._pending is None:
+            return
+        (losses, timesteps), self._pending = self._pending, None
+        k = len(losses)
         width = timesteps / k
         centres = (np.arange(k) + 0.5) * width
         h = np.array([np.nan if v is None else float(v) for v in losses], dtype=np.float64)
         self._heights = h
-        shown = np.nan_to_num(h, nan=0.0)
-        self.bars.setOpts(x=centres, height=shown, width=width * 0.85)
-        self.plot.setXRange(0, timesteps, padding=0.02)
+        self.bars.setOpts(x=centres, height=np.nan_to_num(h, nan=0.0), width=width * 0.85)
+        if timesteps != self._timesteps:
+            self._timesteps = timesteps
+            self.plot.setXRange(0, timesteps, padding=0.02)
+        self.plot.vb.prepareForPaint()  # fit the loss axis now, not in the repaint (which took a second one)
+        self.redraw_count += 1
+        self._timer.start()  # values that come sooner wait for it
 
     def clear(self) -> None:
+        self._pending = None
+        self._timer.stop()
         self._heights = None
         self.bars.setOpts(x=[], height=[])
 
     @property
     def heights(self) -> np.ndarray | None:
+        """The heights on screen (``nan`` for an empty bucket)."""
         return self._heights
