@@ -32,6 +32,23 @@ def test_decimate_minmax_keeps_extremes_and_bounds_size():
     assert len(xs2) == 50 and np.array_equal(ys2, y[:50])
 
 
+def test_incremental_decimation_equals_decimating_everything():
+    from ddpm_studio.gui.widgets.loss_plot import _Decimator
+
+    rng = np.random.default_rng(1)
+    x = np.arange(20_000, dtype=np.float64)
+    y = rng.random(20_000)
+    y[rng.integers(0, 20_000, 50)] = np.nan
+    dec = _Decimator()
+    n = 0
+    while n < len(x):  # grows in uneven batches, across many changes of the run length
+        n = min(len(x), n + int(rng.integers(1, 400)))
+        got, want = dec(x[:n], y[:n], 100), decimate_minmax(x[:n], y[:n], 100)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1], equal_nan=True), n
+    got, want = dec(x[:300], y[:300], 100), decimate_minmax(x[:300], y[:300], 100)  # a new, shorter run
+    assert np.array_equal(got[1], want[1], equal_nan=True)
+
+
 def test_loss_plot_hands_qt_a_bounded_number_of_points(qtbot):
     plot = LossPlot(max_bins=500)
     qtbot.addWidget(plot)
@@ -49,23 +66,38 @@ def test_loss_plot_hands_qt_a_bounded_number_of_points(qtbot):
     assert plot.plot.ctrl.logYCheck.isChecked()
 
 
-def test_loss_plot_step_axis_grows_in_jumps_and_shows_every_step(qtbot):
-    """A new step range re-lays out the axis (ui-stall benchmark): not at every redraw."""
+def test_loss_plot_axes_change_in_jumps_and_show_every_point(qtbot):
+    """A new axis range re-lays out the axis (ui-stall benchmark): not at every redraw."""
     plot = LossPlot()
     qtbot.addWidget(plot)
-    changes = []
-    plot.plot.vb.sigXRangeChanged.connect(lambda *_: changes.append(1))
-    for step in range(1, 201):
-        plot.add_points([step], [1.0 / step], [1.0 / step])
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 1001)
+    loss = 0.05 + 1.0 / np.sqrt(steps) + 0.02 * rng.random(1000)
+    plot.add_points(steps, loss, loss)
+    plot.redraw()
+    changes = {"x": 0, "y": 0}
+    plot.plot.vb.sigXRangeChanged.connect(lambda *_: changes.__setitem__("x", changes["x"] + 1))
+    plot.plot.vb.sigYRangeChanged.connect(lambda *_: changes.__setitem__("y", changes["y"] + 1))
+    for step in range(1001, 2001, 5):  # 200 redraws of 5 new steps each
+        s = np.arange(step, step + 5)
+        plot.add_points(s, 0.05 + 1.0 / np.sqrt(s) + 0.02 * rng.random(5), 0.05 + 1.0 / np.sqrt(s))
         plot.redraw()
-        lo, hi = plot.plot.vb.viewRange()[0]
-        assert lo <= 1 and hi >= step  # every step so far is in view
-    assert 1 <= len(changes) <= 40  # an auto-ranged axis changed 200 times
-    assert plot.redraw_count == 200
-    lo, hi = plot.plot.vb.viewRange()[0]
-    assert hi <= 200 + 0.2 * 200  # and the room to the right stays small
-    plot.clear()
-    assert plot.x_range is None
+        (x0, x1), (y0, y1) = plot.plot.vb.viewRange()
+        assert x0 <= 1 and x1 >= step + 4  # every step so far is in view,
+        assert y0 <= 0.05 + 1.0 / np.sqrt(step + 4) and y1 >= loss[0]  # and every loss
+    assert plot.redraw_count == 201
+    assert changes["x"] <= 20 and changes["y"] <= 20  # auto-ranged axes changed 200 times
+    assert plot.plot.vb.viewRange()[0][1] <= 2000 * 1.1  # little room to the right
+    plot.plot.vb.sigRangeChangedManually.emit([True, True])  # the user pans or zooms: stop following
+    before = plot.plot.vb.viewRange()
+    plot.add_points([5000], [9.0], [9.0])
+    plot.redraw()
+    assert plot.plot.vb.viewRange() == before
+    plot.clear()  # a new run: follow again
+    assert plot.x_range is None and plot.y_range is None
+    plot.add_points([1, 2], [9.0, 8.0], [9.0, 8.0])
+    plot.redraw()
+    assert plot.plot.vb.viewRange()[1][1] >= 9.0
 
 
 def test_bucket_plot_shows_the_latest_buckets_at_most_a_few_times_a_second(qtbot):

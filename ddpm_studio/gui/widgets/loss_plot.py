@@ -6,10 +6,11 @@ min/max-decimated copy of at most ~2 × ``max_bins`` points through ``setData`` 
 ``PlotDataItem`` per curve — never one item per point, never a redraw per point.
 
 Each update costs one repaint, on the UI thread, so they are kept cheap (ui-stall benchmark,
-issue #5): the step axis grows in jumps of ``X_HEADROOM`` rather than with every step (a new
-range re-lays out the axis: about 5 ms), the automatic loss range is applied before the repaint
-rather than during it (which took a second repaint), and the bucket bars follow the latest
-values at the same 4 Hz however often the trainer reports.
+issue #5): the decimation only adds the new runs of points; the axes are set before the repaint
+(pyqtgraph's auto-range ran inside it and took a second repaint) and change only when the data
+outgrow them, by ``X_HEADROOM`` past the last step, or when the loss range shrinks a lot (a new
+range re-lays out an axis: about 3 ms each); the bucket bars follow the latest values at the
+same 4 Hz however often the trainer reports.
 """
 
 from __future__ import annotations
@@ -32,16 +33,56 @@ def decimate_minmax(x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray
         return x, y
     per = -(-n // bins)  # ceil
     m = (n // per) * per
-    xr = x[:m].reshape(-1, per)  # (bins', per)
-    yr = y[:m].reshape(-1, per)  # (bins', per)
+    xs, ys = _minmax_runs(x[:m], y[:m], per)
+    return np.concatenate([xs, x[m:]]), np.concatenate([ys, y[m:]])
+
+
+def _minmax_runs(x: np.ndarray, y: np.ndarray, per: int) -> tuple[np.ndarray, np.ndarray]:
+    """The min and max of each run of ``per`` points, in order (``len(x)`` is a multiple of ``per``)."""
+    xr = x.reshape(-1, per)  # (runs, per)
+    yr = y.reshape(-1, per)  # (runs, per)
     with np.errstate(invalid="ignore"):
         imin = np.nanargmin(np.where(np.isnan(yr), np.inf, yr), axis=1)
         imax = np.nanargmax(np.where(np.isnan(yr), -np.inf, yr), axis=1)
     first, second = np.minimum(imin, imax), np.maximum(imin, imax)
     rows = np.arange(len(yr))
-    xs = np.stack([xr[rows, first], xr[rows, second]], axis=1).ravel()  # (2 * bins',)
-    ys = np.stack([yr[rows, first], yr[rows, second]], axis=1).ravel()  # (2 * bins',)
-    return np.concatenate([xs, x[m:]]), np.concatenate([ys, y[m:]])
+    xs = np.stack([xr[rows, first], xr[rows, second]], axis=1).ravel()  # (2 * runs,)
+    ys = np.stack([yr[rows, first], yr[rows, second]], axis=1).ravel()  # (2 * runs,)
+    return xs, ys
+
+
+class _Decimator:
+    """``decimate_minmax`` of a series that only grows, without redoing the runs already done.
+
+    The runs are aligned at multiples of ``per`` from the first point, so while ``per`` stays the
+    same (for ``bins`` points at a time) a finished run never changes: only the new ones are
+    computed: at 200,000 points (hours of training) 0.02 ms a redraw instead of 5 ms per curve.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._per = 0
+        self._done = 0  # points already turned into runs
+        self._xs, self._ys = _Series(), _Series()
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(x)
+        if n <= 2 * bins:
+            self.reset()
+            return x, y
+        per = -(-n // bins)
+        if per != self._per or self._done > n:
+            self.reset()
+            self._per = per
+        m = (n // per) * per
+        if m > self._done:
+            xs, ys = _minmax_runs(x[self._done:m], y[self._done:m], per)
+            self._xs.extend(xs)
+            self._ys.extend(ys)
+            self._done = m
+        return np.concatenate([self._xs.values, x[m:]]), np.concatenate([self._ys.values, y[m:]])
 
 
 class _Series:
@@ -69,15 +110,16 @@ class _Series:
         return self._a[: self.n]
 
 
-X_HEADROOM = 0.15  # the step axis, when the run outgrows it, extends this fraction past the last step
+X_HEADROOM = 0.05  # the step axis, when the run outgrows it, extends this fraction past the last step
+Y_REFIT = 0.7  # the loss axis refits when the loss spans less than this fraction of it
 
 
 class LossPlot(QWidget):
     """Raw and smoothed loss against step, with a log-scale toggle.
 
-    The loss axis fits the data (pyqtgraph's auto-range); the step axis shows every step from the
-    first, with up to ``X_HEADROOM`` of room to the right. Panning or zooming by hand stops both
-    from following until :meth:`clear`.
+    The step axis shows every step from the first, with up to ``X_HEADROOM`` of room to the
+    right; the loss axis shows every loss, with pyqtgraph's auto-range padding when it refits.
+    Panning or zooming by hand stops both from following the data until :meth:`clear`.
     """
 
     log_scale_changed = Signal(bool)
@@ -96,12 +138,15 @@ class LossPlot(QWidget):
         plotting.style_plot(self.plot, left="loss", bottom="step")
         self.plot.addLegend(offset=(-10, 10))
         # One persistent item per curve, updated with setData.
-        self.raw_curve = self.plot.plot([], [], pen=pg.mkPen(plotting.BLUE, width=1), name="loss")
-        self.raw_curve.setOpacity(0.45)
+        # The raw loss in the colour of 45 % opacity, drawn opaque (plotting.faded): with 20,000
+        # noisy losses a repaint took 43 ms with the translucent curve, 14 ms with this one.
+        self.raw_curve = self.plot.plot([], [], pen=pg.mkPen(plotting.faded(plotting.BLUE, 0.45), width=1), name="loss")
         self.smooth_curve = self.plot.plot([], [], pen=pg.mkPen(plotting.VERMILION, width=2), name="smoothed")
         self.plot.setClipToView(True)
-        self.plot.enableAutoRange(x=False)
-        self.x_range: tuple[float, float] | None = None  # the step range set by the plot itself
+        self.plot.disableAutoRange()
+        self.x_range: tuple[float, float] | None = None  # the ranges set by the plot itself
+        self.y_range: tuple[float, float] | None = None
+        self._decimate_raw, self._decimate_smooth = _Decimator(), _Decimator()
         self._follow = True
         self.plot.vb.sigRangeChangedManually.connect(self._stop_following)
 
@@ -142,10 +187,11 @@ class LossPlot(QWidget):
     def clear(self) -> None:
         for s in (self._steps, self._raw, self._smooth):
             s.clear()
+        self._decimate_raw.reset()
+        self._decimate_smooth.reset()
         self._dirty = True
         self.readout.setText("No training yet")
-        self.x_range, self._follow = None, True
-        self.plot.enableAutoRange(y=True)
+        self.x_range, self.y_range, self._follow = None, None, True
         self.redraw()
 
     def _stop_following(self, *_) -> None:
@@ -162,6 +208,7 @@ class LossPlot(QWidget):
         self.plot.setLogMode(x=False, y=on)
         self.plot.setLabel("left", "loss (log)" if on else "loss")
         self._dirty = True
+        self.y_range = None
         self.redraw()
         self.log_scale_changed.emit(on)
 
@@ -175,18 +222,31 @@ class LossPlot(QWidget):
             return
         self._dirty = False
         x = self._steps.values
-        raw, smooth = self._raw.values, self._smooth.values
+        xr, raw = self._decimate_raw(x, self._raw.values, self.max_bins)
+        xs, smooth = self._decimate_smooth(x, self._smooth.values, self.max_bins)
         if self.log_scale:  # log axis: keep the curve finite
             raw, smooth = np.maximum(raw, 1e-12), np.maximum(smooth, 1e-12)
-        self.raw_curve.setData(*decimate_minmax(x, raw, self.max_bins))
-        self.smooth_curve.setData(*decimate_minmax(x, smooth, self.max_bins))
+        self.raw_curve.setData(xr, raw)
+        self.smooth_curve.setData(xs, smooth)
         if self._follow and len(x):
-            lo, hi = float(x[0]), float(x[-1])
-            if self.x_range is None or lo < self.x_range[0] or hi > self.x_range[1]:
-                self.x_range = (lo, hi + max(1.0, X_HEADROOM * (hi - lo)))
-                self.plot.setXRange(*self.x_range)
-        self.plot.vb.prepareForPaint()  # fit the loss axis now, not in the repaint (which took a second one)
+            self._follow_data(float(x[0]), float(x[-1]))
         self.redraw_count += 1
+
+    def _follow_data(self, first_step: float, last_step: float) -> None:
+        if self.x_range is None or first_step < self.x_range[0] or last_step > self.x_range[1]:
+            self.x_range = (first_step, last_step + max(1.0, X_HEADROOM * (last_step - first_step)))
+            self.plot.setXRange(*self.x_range)
+        vb = self.plot.vb
+        yb = vb.childrenBounds()[1]  # the curves' loss range, in view units (log10 on a log axis)
+        if yb is None or not np.all(np.isfinite(yb)):
+            return
+        lo, hi = yb
+        if self.y_range is not None and self.y_range[0] <= lo and hi <= self.y_range[1] \
+                and hi - lo >= Y_REFIT * (self.y_range[1] - self.y_range[0]):
+            return
+        pad = (hi - lo) * vb.suggestPadding(1)  # as pyqtgraph's auto-range
+        vb.setYRange(lo - pad, hi + pad, padding=0)
+        self.y_range = tuple(vb.viewRange()[1])
 
     def displayed_points(self) -> int:
         """How many points the raw curve currently hands to Qt (after decimation)."""
