@@ -58,7 +58,16 @@ def test_device_selection_and_errors():
             select_device("mps")
     with pytest.raises(ValueError, match="device must be one of"):
         select_device("gpu")
-    assert describe_device(torch.device("cpu")) == f"CPU ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    assert describe_device(torch.device("cpu")) == f"CPU ({n} thread{'' if n == 1 else 's'})"
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert describe_device("cpu") == "CPU (1 thread)"
+        torch.set_num_threads(2)
+        assert describe_device("cpu") == "CPU (2 threads)"
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_autocast_is_a_no_op_off_cuda_and_validates():

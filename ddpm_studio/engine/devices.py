@@ -72,4 +72,5 @@ def describe_device(device: torch.device | str) -> str:
         return f"CUDA: {torch.cuda.get_device_name(index)}"
     if device.type == "mps":
         return "Apple MPS"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({n} thread{'' if n == 1 else 's'})"
