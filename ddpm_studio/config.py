@@ -217,8 +217,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       attention_resolutions=(8,), dropout=0.0, num_heads=1),
         # Chosen by benchmarks/bench_quality.py at fixed CPU budgets on two datasets (BENCHMARKS.md,
         # "Sample quality"): 16 px (5.6x the images/s of 32 px); v-prediction with min-SNR-5 weighting
-        # (Frechet distances 5-40x lower than epsilon-prediction at the same budget, on both sets and
-        # two seeds; unweighted v diverged); lr 1e-3 (as good as 2e-3, and 4e-3 diverged once, so
+        # (Frechet distances 3-50x lower than any epsilon-prediction setting at the same budget, on
+        # both sets and two seeds; unweighted v diverged); lr 1e-3 (as good as 2e-3, and 4e-3 diverged once, so
         # 1e-3 keeps a margin on data we have not seen); batch 32 (beat 16 and 64); EMA 0.995 (an
         # average over ~200 steps, so it does not lag far behind a model still improving fast).
         "diffusion": dict(prediction="v", loss_weighting="min_snr", min_snr_gamma=5.0),
