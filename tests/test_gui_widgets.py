@@ -280,3 +280,28 @@ def test_grid_axis_looks_like_pyqtgraphs_grid_and_lies_beneath_the_data(qtbot):
     assert np.abs(reference - ours).max() <= 2  # same pixels inside the view
     assert plot.getAxis("bottom").zValue() < plot.vb.zValue()  # opaque vertical lines under the curves
     assert plot.getAxis("left").zValue() > plot.vb.zValue()  # translucent horizontal lines over them, as before
+
+
+def test_heavy_imports_run_without_gc_passes_and_end_frozen():
+    """A full GC pass over torch's objects, on a worker, stalls the UI thread (ui-stall benchmark)."""
+    import gc
+
+    from ddpm_studio.gui.jobs import collector_paused_then_frozen
+
+    assert gc.isenabled()
+    try:
+        with collector_paused_then_frozen():
+            assert not gc.isenabled()
+            with collector_paused_then_frozen():  # two workers importing at once
+                assert not gc.isenabled()
+            assert not gc.isenabled()  # the other one is still importing
+            alive = [[i] for i in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= len(alive)  # out of the collector's reach from now on
+        gc.disable()
+        with collector_paused_then_frozen():
+            pass
+        assert not gc.isenabled()  # a collector switched off stays off
+    finally:
+        gc.enable()
+        gc.unfreeze()
