@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ds.size_combo.setCurrentIndex(ds.size_combo.findData(args.image_size))
     ds.load_paths([])
     wait(lambda: win.state.images is not None and not ds.is_loading(), 120, "the built-in dataset")
+    wait(lambda: "detecting" not in win.device_label.text(), 60, "the device probe")
     win.tabs.setCurrentWidget(ds)
     shot("dataset")
 
