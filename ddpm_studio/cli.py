@@ -19,6 +19,11 @@ from ddpm_studio.config import CHANNELS, DEVICES, PRECISIONS, PRESETS, SAMPLERS,
 
 PROG = "ddpm-studio"
 MINUTES_ONLY_STEPS = 10_000_000  # train.steps when only --minutes is given: the clock decides
+
+
+def _of_total(steps: int) -> str:
+    """' of N' for a run's total steps, nothing for a run trained by the clock (--minutes only)."""
+    return "" if steps >= MINUTES_ONLY_STEPS else f" of {steps:,}"
 GIF_MIN_SIDE = 256  # the chain GIF is enlarged (whole pixels) to at least this width
 
 
@@ -396,7 +401,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if latest is not None:
             step, cfg, _ = ckpts.read_metadata(latest)
             lines.append(f"run:         {path}")
-            lines.append(f"checkpoint:  {latest.name} (step {step:,} of {cfg.train.steps:,}); "
+            lines.append(f"checkpoint:  {latest.name} (step {step:,}{_of_total(cfg.train.steps)}); "
                          f"{len(found)} on disk")
         else:
             cfg, step = runs.read_config(path), 0
@@ -411,7 +416,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             lines.append(f"last loss:   {metrics[-1].get('loss_smooth', float('nan')):.4f} (smoothed, step {metrics[-1].get('step')})")
     else:
         step, cfg, _ = ckpts.read_metadata(path)
-        lines.append(f"checkpoint:  {path} (step {step:,} of {cfg.train.steps:,})")
+        lines.append(f"checkpoint:  {path} (step {step:,}{_of_total(cfg.train.steps)})")
     with torch.device("meta"):
         n_params = count_parameters(build_model(cfg.model))
     m, d = cfg.model, cfg.diffusion
@@ -421,7 +426,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"diffusion:   {d.schedule} schedule, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
     tc = cfg.train
     lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
-                 f"seed {tc.seed}, steps {tc.steps:,}")
+                 f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= MINUTES_ONLY_STEPS
+                                        else f"steps {tc.steps:,}"))
     print("\n".join(lines))
     if args.json:
         print(cfg.to_json())

@@ -55,6 +55,18 @@ def test_train_resume_sample_info(tmp_path, capsys):
     assert '"base_channels": 8' in capsys.readouterr().out
 
 
+def test_a_run_trained_by_the_clock_has_no_step_total(tmp_path, capsys):
+    cfg_file = tmp_path / "tiny.json"
+    tiny_config(steps=1, log_every=1).save(cfg_file)
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--config", str(cfg_file), "--minutes", "0.01", "--quiet"]) == 0
+    assert "Time limit reached" in capsys.readouterr().out
+    assert main(["info", str(run)]) == 0
+    info = capsys.readouterr().out
+    assert "no step limit (trained by the clock)" in info
+    assert "10,000,000" not in info
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["train"], "--out"),
     (["train", "--out", "x", "--steps", "-3"], "--steps"),
