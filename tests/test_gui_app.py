@@ -126,7 +126,7 @@ def test_builtin_dataset_loads_on_first_launch(qtbot):
 
 
 def test_choosing_a_preset_sets_its_diffusion_and_training_fields(qtbot):
-    from ddpm_studio.config import PRESETS, DiffusionConfig
+    from ddpm_studio.config import PRESETS, DiffusionConfig, TrainConfig
 
     w = MainWindow(load_on_start=False, probe_device=False)
     qtbot.addWidget(w)
@@ -139,6 +139,7 @@ def test_choosing_a_preset_sets_its_diffusion_and_training_fields(qtbot):
         assert cfg.model.base_channels == preset["model"]["base_channels"]
         assert cfg.train.lr == pytest.approx(preset["train"]["lr"])
         assert cfg.train.batch_size == preset["train"]["batch_size"]
+        assert cfg.train.preview_every == preset["train"].get("preview_every", TrainConfig().preview_every)
         for key in ("schedule", "prediction", "loss_weighting", "timesteps"):
             expected = preset.get("diffusion", {}).get(key, getattr(DiffusionConfig(), key))
             assert getattr(cfg.diffusion, key) == expected, (name, key)
@@ -156,6 +157,6 @@ def test_a_fresh_install_trains_with_the_tiny_preset_as_it_is(qtbot):
     assert cfg.model.preset == "tiny"
     assert cfg.diffusion == want.diffusion
     assert cfg.diffusion.prediction == "v" and cfg.diffusion.loss_weighting == "min_snr"
-    for key in ("lr", "batch_size", "warmup_steps", "ema_decay", "steps"):
+    for key in ("lr", "batch_size", "warmup_steps", "ema_decay", "steps", "preview_every"):
         assert getattr(cfg.train, key) == getattr(want.train, key), key
     close(w)

@@ -219,6 +219,7 @@ class TrainingPanel(QWidget):
         self.lr_spin.setValue(t.get("lr", self.lr_spin.value()))
         self.warmup_spin.setValue(t.get("warmup_steps", self.warmup_spin.value()))
         self.ema_spin.setValue(t.get("ema_decay", self.ema_spin.value()))
+        self.preview_spin.setValue(t.get("preview_every", TrainConfig().preview_every))
         d = dataclasses.asdict(DiffusionConfig())
         d.update(p.get("diffusion", {}))  # what the preset leaves out takes the defaults
         self.schedule_combo.setCurrentText(d["schedule"])
