@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ddpm_studio.config import CHANNELS, DEVICES, PRECISIONS, PRESETS, SAMPLERS, SCHEDULES, RunConfig
+from ddpm_studio.config import CHANNELS, DEVICES, NO_STEP_LIMIT, PRECISIONS, PRESETS, SAMPLERS, SCHEDULES, RunConfig
 
 PROG = "ddpm-studio"
-MINUTES_ONLY_STEPS = 10_000_000  # train.steps when only --minutes is given: the clock decides
+MINUTES_ONLY_STEPS = NO_STEP_LIMIT  # train.steps when only --minutes is given: the clock decides
 
 
 def _of_total(steps: int) -> str:

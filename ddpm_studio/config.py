@@ -207,6 +207,9 @@ class SamplingConfig:
         _check_range("sampling.seed", self.seed, 0, 2**63 - 1, integer=True)
 
 
+NO_STEP_LIMIT = 10_000_000  # train.steps of a run the clock ends (CLI --minutes without --steps): shown as no total
+
+
 # Named presets: a model shape plus the diffusion, data and training settings that suit it
 # (sections "diffusion", "data" and "train" are optional; fields left out keep the defaults above). Plain data, so the GUI
 # can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.

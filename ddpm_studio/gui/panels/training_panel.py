@@ -16,8 +16,8 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES, DiffusionConfig, RunConfig,
-                       TrainConfig)
+from ...config import (DEVICES, LOSS_WEIGHTINGS, NO_STEP_LIMIT, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
+                       DiffusionConfig, RunConfig, TrainConfig)
 from .. import jobs
 from ..state import StudioState
 from ..widgets.chain_canvas import CaptionedView
@@ -27,6 +27,11 @@ from ..workers import Task
 from .common import add_row, float_spin, human_duration, int_spin, section, settings_column
 
 DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
+
+
+def _of_total(total: int) -> str:
+    """' / N' after a step number, or a note for a run the clock ends (no step total)."""
+    return " (no step limit)" if total >= NO_STEP_LIMIT else f" / {total:,}"
 
 
 def schedule_arrays(kind: str, T: int):
@@ -398,6 +403,15 @@ class TrainingPanel(QWidget):
             self.pause_button.blockSignals(False)
 
     # -- events from the worker -------------------------------------------------------------------
+    def _show_progress(self, step: int, total: int) -> None:
+        if total >= NO_STEP_LIMIT:  # a run the clock ends (trained with --minutes only)
+            self.progress.setFormat("step %v · no step limit")
+            self.progress.setRange(0, max(step, 1))
+        else:
+            self.progress.setFormat("%v / %m steps")
+            self.progress.setRange(0, total)
+        self.progress.setValue(step)
+
     def _on_items(self, items: list) -> None:
         from ...training.events import CheckpointSaved, StepMetrics, TrainStarted
 
@@ -407,16 +421,16 @@ class TrainingPanel(QWidget):
             self.loss_plot.add_points([m.step for m in metrics], [m.loss for m in metrics],
                                       [m.loss_smooth for m in metrics])
             last = metrics[-1]
-            self.progress.setRange(0, last.total_steps)
-            self.progress.setValue(last.step)
+            self._show_progress(last.step, last.total_steps)
+            of = _of_total(last.total_steps)
             self.stats.setText(
-                f"step {last.step:,} / {last.total_steps:,} · {last.images_per_sec:,.0f} images/s · "
+                f"step {last.step:,}{of} · {last.images_per_sec:,.0f} images/s · "
                 f"lr {last.lr:.2e} · ETA {human_duration(last.eta_sec)}"
             )
             if last.bucket_loss:
                 self.bucket_plot.set_buckets(last.bucket_loss, self.state.schedule[1])
             if not (self.pause_button.isChecked()):
-                self.state.begin("training", f"Training: step {last.step:,} / {last.total_steps:,}")
+                self.state.begin("training", f"Training: step {last.step:,}{of}")
         for it in items:
             if isinstance(it, jobs.TrainerReady):
                 self.state.set_trainer(it.trainer)
@@ -426,8 +440,7 @@ class TrainingPanel(QWidget):
                     f"{what} at step {it.start_step:,} on {it.device} · {it.num_parameters / 1e6:.2f}M parameters · "
                     f"{it.num_images:,} images"
                 )
-                self.progress.setRange(0, it.total_steps)
-                self.progress.setValue(it.start_step)
+                self._show_progress(it.start_step, it.total_steps)
                 if it.resumed and self.loss_plot.num_points == 0:
                     self._load_history(it.run_dir)
             elif isinstance(it, jobs.PreviewGrid):
