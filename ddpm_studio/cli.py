@@ -18,12 +18,11 @@ from typing import Any
 from ddpm_studio.config import CHANNELS, DEVICES, NO_STEP_LIMIT, PRECISIONS, PRESETS, SAMPLERS, SCHEDULES, RunConfig
 
 PROG = "ddpm-studio"
-MINUTES_ONLY_STEPS = NO_STEP_LIMIT  # train.steps when only --minutes is given: the clock decides
 
 
 def _of_total(steps: int) -> str:
     """' of N' for a run's total steps, nothing for a run trained by the clock (--minutes only)."""
-    return "" if steps >= MINUTES_ONLY_STEPS else f" of {steps:,}"
+    return "" if steps >= NO_STEP_LIMIT else f" of {steps:,}"
 GIF_MIN_SIDE = 256  # the chain GIF is enlarged (whole pixels) to at least this width
 
 
@@ -199,7 +198,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         if value is not None:
             sections[section][key] = value
     if args.minutes is not None and args.steps is None and not args.resume:
-        sections["train"]["steps"] = MINUTES_ONLY_STEPS
+        sections["train"]["steps"] = NO_STEP_LIMIT
     if args.steps is not None and not args.resume:
         sections["train"]["minutes"] = None
     import dataclasses
@@ -236,7 +235,7 @@ class _TrainReporter:
             what = "Resuming" if event.resumed else "Training"
             for note in event.notes:
                 self.write(f"note: {note}")
-            of = "" if event.total_steps >= MINUTES_ONLY_STEPS else f" of {event.total_steps:,}"
+            of = _of_total(event.total_steps)
             self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
                        f"on {event.device}, step {event.start_step:,}{of}")
             self.last_step = event.start_step
@@ -244,7 +243,7 @@ class _TrainReporter:
                 from tqdm import tqdm
 
                 # with --minutes alone the clock decides: no step total to show
-                total = None if event.total_steps >= MINUTES_ONLY_STEPS else event.total_steps
+                total = None if event.total_steps >= NO_STEP_LIMIT else event.total_steps
                 self.bar = tqdm(total=total, initial=event.start_step, unit="step", dynamic_ncols=True,
                                 file=sys.stderr, smoothing=0.1)
         elif isinstance(event, StepMetrics):
@@ -255,7 +254,7 @@ class _TrainReporter:
             elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
                 self.last_line = time.monotonic()
                 eta = f", ETA {event.eta_sec / 60:.1f} min" if event.eta_sec is not None else ""
-                of = "" if event.total_steps >= MINUTES_ONLY_STEPS else f"/{event.total_steps:,}"
+                of = "" if event.total_steps >= NO_STEP_LIMIT else f"/{event.total_steps:,}"
                 self.write(f"step {event.step:,}{of}  loss {event.loss:.4f} "
                            f"(smoothed {event.loss_smooth:.4f})  {event.images_per_sec:.0f} img/s{eta}")
             self.last_step = event.step
@@ -426,7 +425,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"diffusion:   {d.schedule} schedule, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
     tc = cfg.train
     lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
-                 f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= MINUTES_ONLY_STEPS
+                 f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= NO_STEP_LIMIT
                                         else f"steps {tc.steps:,}"))
     print("\n".join(lines))
     if args.json:
