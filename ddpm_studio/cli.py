@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=_float, metavar="D", help="EMA decay of the sampling weights")
     t.add_argument("--seed", type=_nonneg_int, metavar="S", help="seeds weights, data order, noise and previews")
     t.add_argument("--device", choices=DEVICES, help="auto = CUDA, then MPS, then CPU")
-    t.add_argument("--precision", choices=PRECISIONS, help="fp32, or bf16/fp16 autocast (CUDA only)")
+    t.add_argument("--precision", choices=PRECISIONS, help="auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or fp16 (CUDA)")
     t.add_argument("--log-every", type=_positive_int, metavar="N", help="steps between metrics lines")
     t.add_argument("--preview-every", type=_nonneg_int, metavar="N", help="steps between preview grids (0 = off)")
     t.add_argument("--checkpoint-every", type=_nonneg_int, metavar="N",
@@ -237,7 +237,7 @@ class _TrainReporter:
                 self.write(f"note: {note}")
             of = _of_total(event.total_steps)
             self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
-                       f"on {event.device}, step {event.start_step:,}{of}")
+                       f"on {event.device} ({event.precision}), step {event.start_step:,}{of}")
             self.last_step = event.start_step
             if not self.quiet and self.tty:
                 from tqdm import tqdm

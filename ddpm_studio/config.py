@@ -27,7 +27,7 @@ SAMPLERS = ("ddpm", "ddim")
 CHANNELS = ("auto", "1", "3")
 BACKGROUNDS = ("white", "black")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
@@ -127,7 +127,7 @@ class DataConfig:
     folder: str | None = None  # image folder; None = the built-in dataset
     image_size: int = 16  # square side after resize-short-side + center-crop (px); 16 = the tiny preset's, fast on a CPU
     channels: str = "auto"  # auto (grayscale if every image is), "1" (grayscale) or "3" (RGB)
-    flip: bool = True  # random horizontal flip at training time
+    flip: bool = False  # random horizontal flip at training time: helps left-right symmetric scenes, hurts text, digits, logos
     background: str = "white"  # what transparent pixels are composited onto
     min_size: int = 0  # skip images whose short side is smaller than this (px); 0 = keep all
 
@@ -155,7 +155,7 @@ class TrainConfig:
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)) so early EMA follows the model
     seed: int = 0  # seeds weights, data order, noise and previews
     device: str = "auto"  # auto = CUDA, then Apple MPS, then CPU
-    precision: str = "fp32"  # fp32, or bf16/fp16 autocast (CUDA only)
+    precision: str = "auto"  # auto = bf16 autocast on CPUs with native bf16, else fp32; or fp32 / bf16 / fp16 (CUDA)
     log_every: int = 10  # steps between metric events / metrics.jsonl lines
     preview_every: int = 500  # steps between preview samples from the EMA model; 0 = off
     preview_count: int = 16  # images per preview

@@ -70,15 +70,48 @@ def test_device_selection_and_errors():
         torch.set_num_threads(old)
 
 
-def test_autocast_is_a_no_op_off_cuda_and_validates():
+def test_autocast_on_cpu_is_bf16_only_and_validates():
     lin = nn.Linear(4, 4)
-    for precision in ("fp32", "bf16", "fp16"):
+    for precision in ("fp32", "fp16", "auto"):
         with autocast("cpu", precision):
             assert lin(torch.randn(2, 4)).dtype == torch.float32
+    with autocast("cpu", "bf16"):  # resolve_precision decides whether a run asks for this
+        assert lin(torch.randn(2, 4)).dtype == torch.bfloat16
+    with autocast("mps", "bf16"):
+        pass  # a no-op off CUDA and CPU
     assert not uses_grad_scaler("cpu", "fp16") and uses_grad_scaler("cuda", "fp16")
     assert not uses_grad_scaler("cuda", "bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         autocast("cpu", "int8")
+
+
+def test_resolve_precision_uses_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from ddpm_studio.engine.devices import cpu_has_native_bf16, resolve_precision
+
+    monkeypatch.setenv("DDPM_STUDIO_CPU_BF16", "1")
+    assert cpu_has_native_bf16()
+    assert resolve_precision("cpu", "auto") == ("bf16", None)
+    assert resolve_precision("cpu", "bf16") == ("bf16", None)
+    assert resolve_precision("cpu", "fp32") == ("fp32", None)
+    assert resolve_precision("cuda", "auto") == ("fp32", None)  # slower than fp32 on a GPU for these nets
+    assert resolve_precision("cuda", "fp16") == ("fp16", None)
+    monkeypatch.setenv("DDPM_STUDIO_CPU_BF16", "0")
+    assert not cpu_has_native_bf16()
+    assert resolve_precision("cpu", "auto") == ("fp32", None)  # quietly: auto asked for nothing special
+    used, note = resolve_precision("cpu", "bf16")
+    assert used == "fp32" and "no native bf16" in note and "10-25x slower" in note
+    used, note = resolve_precision("cpu", "fp16")
+    assert used == "fp32" and "fp16" in note and "not supported" in note
+    used, note = resolve_precision("mps", "bf16")
+    assert used == "fp32" and "Apple MPS" in note
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("cpu", "int8")
+
+
+def test_describe_device_names_a_lower_precision():
+    n = torch.get_num_threads()
+    assert describe_device("cpu", "bf16") == f"CPU ({n} thread{'' if n == 1 else 's'}, bf16)"
+    assert describe_device("cpu", "fp32") == describe_device("cpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

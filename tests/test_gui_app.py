@@ -157,8 +157,30 @@ def test_a_fresh_install_trains_with_the_tiny_preset_as_it_is(qtbot):
     assert cfg.model.preset == "tiny"
     assert cfg.diffusion == want.diffusion
     assert cfg.diffusion.prediction == "v" and cfg.diffusion.loss_weighting == "min_snr"
-    for key in ("lr", "batch_size", "warmup_steps", "ema_decay", "steps", "preview_every"):
+    for key in ("lr", "batch_size", "warmup_steps", "ema_decay", "steps", "preview_every", "precision"):
         assert getattr(cfg.train, key) == getattr(want.train, key), key
+    close(w)
+
+
+def test_random_flip_is_off_until_asked_for_and_says_when_it_hurts(qtbot):
+    """Flipping mirrors text, digits and logos: off by default, and the checkbox says so; a config
+    that asks for it keeps it."""
+    import dataclasses
+
+    from ddpm_studio.config import DataConfig, RunConfig
+
+    assert DataConfig().flip is False and RunConfig.from_preset("tiny").data.flip is False
+    w = MainWindow(load_on_start=False, probe_device=False)
+    qtbot.addWidget(w)
+    panel = w.dataset_panel
+    assert not panel.flip_check.isChecked()
+    assert w.training_panel.build_config().data.flip is False
+    tip = panel.flip_check.toolTip()
+    assert "text" in tip and "symmetric" in tip
+    panel.set_data_config(dataclasses.replace(DataConfig(), flip=True))
+    assert panel.flip_check.isChecked()
+    cfg = RunConfig.from_preset("tiny", data={"flip": True})
+    assert RunConfig.from_json(cfg.to_json()).data.flip is True
     close(w)
 
 

@@ -258,7 +258,7 @@ def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
         with collector_paused_then_frozen():
             import torch
 
-            from ..engine.devices import describe_device, select_device
+            from ..engine.devices import describe_device, resolve_precision, select_device
             from ..sampling import service  # noqa: F401 - imported here, not when a run starts
             from ..training import trainer  # noqa: F401
 
@@ -272,6 +272,7 @@ def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             available.append("mps")
-        return describe_device(select_device(pref)), available
+        device = select_device(pref)
+        return describe_device(device, resolve_precision(device, "auto")[0]), available
 
     return job

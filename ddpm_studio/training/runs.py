@@ -81,7 +81,7 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def new_run_info(cfg: RunConfig, *, dataset_source: str, dataset_fingerprint: str, num_images: int,
-                 device: str, world_size: int) -> dict[str, Any]:
+                 device: str, world_size: int, precision: str = "fp32") -> dict[str, Any]:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": {"source": dataset_source, "fingerprint": dataset_fingerprint, "num_images": num_images,
@@ -90,7 +90,7 @@ def new_run_info(cfg: RunConfig, *, dataset_source: str, dataset_fingerprint: st
         "versions": package_versions(),
         "platform": f"{platform.system()} {platform.machine()}",
         "sessions": [{"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "start_step": 0, "device": device,
-                      "world_size": world_size}],
+                      "world_size": world_size, "precision": precision}],
     }
 
 

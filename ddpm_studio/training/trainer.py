@@ -174,6 +174,7 @@ class Trainer:
         self._ema = None
         self._step = 0
         self._started = False
+        self.precision = "fp32"  # resolved from train.precision when the run starts
 
     # -- public -------------------------------------------------------------------------------
 
@@ -220,17 +221,20 @@ class Trainer:
                 f"train.batch_size ({tc.batch_size}) must be divisible by the number of processes "
                 f"({dist.world_size}): the global batch is split evenly across them"
             )
-        if tc.precision != "fp32" and device.type != "cuda":
-            raise ValueError(f"train.precision {tc.precision} needs a CUDA device; this run uses {device.type} (choose fp32)")
+        from ddpm_studio.engine.devices import resolve_precision
+
+        precision, precision_note = resolve_precision(device, tc.precision)
+        self.precision = precision  # what this session computes in (the config keeps what was asked)
         dist.init(device.type == "cuda")
 
         # 1. The run folder: a fresh one, or the newest good checkpoint of an existing one.
-        resumed, notes = None, []
+        resumed, notes = None, [precision_note] if precision_note else []
         existing = ckpts.list_checkpoints(self.run_dir)
         if self.resume:
             if not existing:
                 raise ckpts.CheckpointError(f"nothing to resume: {self.run_dir} has no checkpoints")
-            resumed, notes = ckpts.load_latest(self.run_dir, with_state=True)
+            resumed, resume_notes = ckpts.load_latest(self.run_dir, with_state=True)
+            notes += resume_notes
             if resumed.step >= tc.steps:
                 msg = (f"The run is already at step {resumed.step:,}, and train.steps is {tc.steps:,} (the run's "
                        f"total). Ask for more steps to continue it.")
@@ -282,7 +286,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.999),
                                       weight_decay=tc.weight_decay,
                                       **({"fused": True} if fused else {"foreach": True}))
-        scaler = torch.amp.GradScaler("cuda", enabled=(tc.precision == "fp16" and device.type == "cuda"))
+        scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16" and device.type == "cuda"))
 
         start_step, counters = 0, {"images_seen": 0, "train_seconds": 0.0, "loss_smooth": None}
         if resumed is not None:
@@ -312,7 +316,8 @@ class Trainer:
             info = runs.read_run_info(self.run_dir) if resumed is not None else {}
             if not info:
                 info = runs.new_run_info(cfg, dataset_source=images.source, dataset_fingerprint=images.fingerprint,
-                                         num_images=len(images), device=str(device), world_size=dist.world_size)
+                                         num_images=len(images), device=str(device), world_size=dist.world_size,
+                                         precision=precision)
             else:
                 old_fp = (info.get("dataset") or {}).get("fingerprint")
                 if old_fp and old_fp != images.fingerprint:
@@ -323,6 +328,7 @@ class Trainer:
                 info["versions"] = runs.package_versions()
                 info.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                         "start_step": start_step, "device": str(device),
+                                                        "precision": precision,
                                                         "world_size": dist.world_size})
             runs.write_run_info(self.run_dir, info)
             if resumed is not None:
@@ -331,7 +337,7 @@ class Trainer:
 
         emit(TrainStarted(run_dir=str(self.run_dir), start_step=start_step, total_steps=tc.steps,
                           device=str(device), num_parameters=count_parameters(model), num_images=len(images),
-                          resumed=resumed is not None, notes=list(notes)))
+                          resumed=resumed is not None, notes=list(notes), precision=precision))
         loop = _Loop(self, cfg, dist, device, model, train_model, ema, optimizer, scaler, diffusion, batches,
                      control, emit, start_step, counters,
                      last_checkpoint=str(resumed.path) if resumed is not None else None)
@@ -488,7 +494,7 @@ class _Loop:
 
         with self._dropout_rng(k) if self.cfg.model.dropout > 0 else contextlib.nullcontext():
             self.train_model.train()
-            with autocast(self.device, tc.precision):
+            with autocast(self.device, self.trainer.precision):
                 loss_b, t = self.diffusion.training_losses(self.train_model, x0, t=t, noise=noise)  # (B,), (B,)
             loss = loss_b.float().mean()  # Algorithm 1, line 5: gradient step on the mean loss
             self.optimizer.zero_grad(set_to_none=True)

@@ -55,9 +55,10 @@ class DatasetPanel(QWidget):
         add_row(form, "Channels", self.channels_combo,
                 "Automatic uses grayscale only when every image is grayscale; otherwise RGB.")
         self.flip_check = QCheckBox("Random horizontal flip")
-        self.flip_check.setChecked(True)
+        self.flip_check.setChecked(False)
         add_row(form, "Augment", self.flip_check,
-                "Mirror images at random during training, doubling the variety for free.")
+                "Mirror images at random while training. Helps photos of left-right symmetric scenes and faces; "
+                "hurts text, digits, logos and anything with a left and a right (samples come out mirrored).")
         self.background_combo = QComboBox()
         self.background_combo.addItems(["white", "black"])
         add_row(form, "Background", self.background_combo,
