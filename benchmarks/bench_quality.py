@@ -119,6 +119,12 @@ def parse_sets(items: list[str]) -> dict[str, dict]:
     return sections
 
 
+def budget_clock(args):
+    """What the training budget is counted in: this process's CPU time (default; robust on a shared
+    machine) or wall-clock time (``args.clock == "wall"``, the way a user trains)."""
+    return time.perf_counter if getattr(args, "clock", "cpu") == "wall" else time.process_time
+
+
 def train_ours(args, imgs, data_overrides, run_dir: Path):
     from ddpm_studio.config import RunConfig
     from ddpm_studio.training.events import StepMetrics, TrainStarted
@@ -134,12 +140,14 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
     control = TrainControl()
     state = {"t0": None, "last": None}
 
+    clock = budget_clock(args)
+
     def on_event(ev):
         if isinstance(ev, TrainStarted):
-            state["t0"] = time.process_time()
+            state["t0"] = clock()
         elif isinstance(ev, StepMetrics):
             state["last"] = ev
-            if not args.images and time.process_time() - state["t0"] >= args.cpu_sec:
+            if not args.images and clock() - state["t0"] >= args.cpu_sec:
                 control.stop()
 
     if run_dir.exists():  # a fresh run every time (this script's own scratch folder)
@@ -150,7 +158,7 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
     t_wall = time.time()
     fin = trainer.run(control, on_event)
     wall = time.time() - t_wall
-    cpu = time.process_time() - state["t0"]
+    cpu = clock() - state["t0"]
     loaded = trainer.snapshot()
     info = dict(steps=fin.step, images_seen=fin.step * cfg.train.batch_size, cpu_sec=round(cpu, 1),
                 wall_sec=round(wall, 1), loss_smooth=round(float(state["last"].loss_smooth), 4),
@@ -182,12 +190,15 @@ def train_diffusers(args, imgs, data_overrides):
     model = diffusers.UNet2DModel(**conf).to(device)
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     batch = 16
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+    lr = float(getattr(args, "diffusers_lr", 1e-4))  # the script's default learning rate is 1e-4
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     total = math.ceil(len(imgs) / batch) * 100  # 100 epochs, the script's default
     lr_sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=500, num_training_steps=total)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
-    loader = make_loader(imgs, batch, flip=data_overrides.get("flip", True), seed=args.seed)
-    t0, t_wall, step = time.process_time(), time.time(), 0
+    # the script flips only with --random_flip (off by default)
+    loader = make_loader(imgs, batch, flip=data_overrides.get("flip", False), seed=args.seed)
+    clock = budget_clock(args)
+    t0, t_wall, step = clock(), time.time(), 0
     losses = []
     for x0 in loader.batches(0):
         x0 = x0.to(device)
@@ -204,15 +215,15 @@ def train_diffusers(args, imgs, data_overrides):
         ema.step(model.parameters())
         step += 1
         losses.append(loss.detach())
-        if (step * batch >= args.images) if args.images else (time.process_time() - t0 >= args.cpu_sec):
+        if (step * batch >= args.images) if args.images else (clock() - t0 >= args.cpu_sec):
             break
-    cpu, wall = time.process_time() - t0, time.time() - t_wall
+    cpu, wall = clock() - t0, time.time() - t_wall
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model.parameters())
     cfg.diffusion.schedule, cfg.diffusion.prediction, cfg.diffusion.loss_weighting = "linear", "epsilon", "none"
     info = dict(steps=step, images_seen=step * batch, cpu_sec=round(cpu, 1), wall_sec=round(wall, 1),
                 loss_smooth=round(float(torch.stack(losses[-100:]).float().mean()), 4), parameters=sum(p.numel() for p in model.parameters()),
-                config=dict(recipe="diffusers train_unconditional", network=conf))
+                config=dict(recipe="diffusers train_unconditional", lr=lr, network=conf))
     return _Sample(ema_model.cpu()).eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, info
 
 
@@ -309,15 +320,20 @@ def score(samples_u8: np.ndarray, imgs, labels, classes, out: Path, dataset: str
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
 
 
-def sample(model, diffusion, n: int, channels: int, size: int, seed: int = 123) -> np.ndarray:
+def sample(model, diffusion, n: int, channels: int, size: int, seed: int = 123, steps: int = 50,
+           batch: int = 256) -> np.ndarray:
+    """n DDIM samples (eta 0, ``steps`` steps), ``batch`` at a time."""
     from ddpm_studio.sampling.service import to_uint8
 
     g = torch.Generator().manual_seed(seed)
-    x = None
-    for st in diffusion.ddim_sample_loop_progressive(model, (n, channels, size, size), steps=50, eta=0.0,
-                                                     clip_denoised=True, generator=g):
-        x = st.x_t
-    return to_uint8(x.cpu())
+    out = []
+    for start in range(0, n, batch):
+        x = None
+        for st in diffusion.ddim_sample_loop_progressive(model, (min(batch, n - start), channels, size, size),
+                                                         steps=steps, eta=0.0, clip_denoised=True, generator=g):
+            x = st.x_t
+        out.append(to_uint8(x.cpu()))
+    return np.concatenate(out)
 
 
 def summary(out: Path) -> None:
