@@ -81,7 +81,7 @@ def test_state_file_linked_to_dev_zero_is_refused_quickly_and_resume_falls_back(
     box, took = _in_thread(lambda: ck.load_checkpoint(weights))
     assert isinstance(box.get("error"), ck.CheckpointError) and took < 2.0
     assert "step_0000020.state.pt is not a regular file (a device)" in str(box["error"])
-    (loaded, notes), took = _in_thread(lambda: ck.load_latest(run))[0]["value"], 0
+    loaded, notes = _in_thread(lambda: ck.load_latest(run))[0]["value"]
     assert loaded.step == 10
     assert any("not a regular file (a device)" in n for n in notes)
     # sampling needs no state file: the weights of step 20 still serve
@@ -104,7 +104,7 @@ def test_weights_linked_to_dev_zero_are_refused_and_the_previous_checkpoint_used
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_named_pipe_as_state_file_is_refused_without_opening_it(two_checkpoints):
     run, _ = two_checkpoints
-    weights, state = ck.checkpoint_paths(run, 20)
+    state = ck.checkpoint_paths(run, 20)[1]
     state.unlink()
     os.mkfifo(state)  # opening it for reading would block until someone writes
     box, took = _in_thread(lambda: ck.load_latest(run))
@@ -121,7 +121,7 @@ def test_resume_with_a_dev_zero_state_file_resumes_from_the_previous_checkpoint(
     state.unlink()
     state.symlink_to("/dev/zero")
     events = []
-    box, took = _in_thread(lambda: Trainer(tiny_config(steps=6, checkpoint_every=2), tmp_path, images=images,
+    box, _ = _in_thread(lambda: Trainer(tiny_config(steps=6, checkpoint_every=2), tmp_path, images=images,
                                            resume=True).run(on_event=events.append), timeout=60)
     assert box["value"].reason == "completed" and box["value"].step == 6
     started = events[0]
@@ -362,7 +362,7 @@ def test_network_too_large_for_this_machine_is_refused_before_building(tmp_path,
     monkeypatch.setattr(footprint, "system_memory_bytes", lambda: 2**30)  # a 1 GB machine
     cfg = RunConfig.from_preset("ddpm-cifar10", train={"device": "cpu", "batch_size": 128})
     built = []
-    import ddpm_studio.engine.unet as unet
+    from ddpm_studio.engine import unet
 
     monkeypatch.setattr(unet, "build_model", lambda *a, **k: built.append(1))
     with pytest.raises(ValueError) as err:
