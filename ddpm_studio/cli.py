@@ -322,6 +322,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
         if value and Path(value).suffix.lower() != ext:
             raise ValueError(f"{flag} must name a {ext} file; got {value}")
+    # Every output must be writable before the work starts (not found out after the PNGs are written).
+    _check_writable("--out", args.out, folder=True)
+    for flag, value in (("--grid", args.grid), ("--gif", args.gif)):
+        if value:
+            _check_writable(flag, value, folder=False)
     loaded = load_model(args.run or args.checkpoint or args.model, device=args.device)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -370,6 +375,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(flag: str, path: str, *, folder: bool) -> None:
+    """Raise ValueError unless ``path`` (a folder or a file) can be created or overwritten.
+
+    Tries it: a temporary file is created and removed in the folder that will hold the output (or
+    in the nearest existing folder above it), so a read-only disk is found even when the
+    permission bits (or running as root) say otherwise.
+    """
+    import tempfile
+
+    p = Path(path).expanduser()
+    if p.exists():
+        if folder and not p.is_dir():
+            raise ValueError(f"{flag}: {p} is a file, not a folder")
+        if not folder and p.is_dir():
+            raise ValueError(f"{flag}: {p} is a folder; give a file name")
+    probe = p if folder else p.parent
+    while not probe.exists():  # the folders we would create: try the nearest one that exists
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"{flag}: cannot create {p}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".ddpm-studio-write-test-"):
+            pass
+        if not folder and p.exists():
+            with open(p, "ab"):
+                pass
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write {p} ({e.strerror or e}); nothing was generated") from None
+
+
 # -- info ---------------------------------------------------------------------------------------
 
 
@@ -381,10 +418,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    import torch
+def _inspect_checkpoints(path: Path) -> tuple[Any, list[str]]:
+    """(metadata of the checkpoint sampling and --resume would use, or None; lines saying so).
 
-    from ddpm_studio.engine.unet import build_model, count_parameters
+    Runs the verification they run (both checksums, sizes, shapes, the state file), newest first.
+    """
+    from ddpm_studio.training import checkpoints as ckpts
+
+    found = ckpts.list_checkpoints(path)
+    lines: list[str] = []
+    for_sampling = None
+    for p in reversed(found):
+        try:
+            got = ckpts.verify_checkpoint(p, with_state=False)
+        except ckpts.CheckpointError as e:
+            lines.append(f"damaged:     {e}")
+            continue
+        if for_sampling is None:
+            for_sampling = (p, got)
+        try:
+            ckpts.verify_checkpoint(p, with_state=True)
+        except ckpts.CheckpointError as e:
+            lines.append(f"damaged:     {e} (sample can use {p.name}; --resume cannot)")
+            continue
+        step, cfg, meta = got
+        health = "" if ckpts.is_healthy(meta) else "; saved while the loss was rising"
+        where = "sample and --resume use" if for_sampling[0] == p else "--resume uses"
+        lines.append(f"checkpoint:  {p.name} (step {step:,}{_of_total(cfg.train.steps)}, verified{health}); "
+                     f"{where} it; {len(found)} on disk")
+        if for_sampling[0] != p:
+            lines.append(f"checkpoint:  sample uses {for_sampling[0].name} (step {for_sampling[1][0]:,})")
+        return got, lines
+    if for_sampling is not None:
+        step, cfg, _ = for_sampling[1]
+        lines.append(f"checkpoint:  sample uses {for_sampling[0].name} (step {step:,}); no checkpoint can be resumed from")
+        return for_sampling[1], lines
+    lines.append("checkpoint:  none usable" + (f" ({len(found)} on disk, all damaged)" if found else " yet"))
+    return None, lines
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ddpm_studio import footprint
     from ddpm_studio.training import checkpoints as ckpts
     from ddpm_studio.training import runs
 
@@ -392,20 +466,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     if not path.exists():
         raise ValueError(f"{path} does not exist")
     lines = []
+    status = 0
     if path.is_dir():
         if not runs.is_run_dir(path):
             raise ValueError(f"{path} is not a run folder (no config.json or checkpoints/)")
-        found = ckpts.list_checkpoints(path)
-        latest = ckpts.latest_checkpoint(path)
-        if latest is not None:
-            step, cfg, _ = ckpts.read_metadata(latest)
-            lines.append(f"run:         {path}")
-            lines.append(f"checkpoint:  {latest.name} (step {step:,}{_of_total(cfg.train.steps)}); "
-                         f"{len(found)} on disk")
+        lines.append(f"run:         {path}")
+        got, found_lines = _inspect_checkpoints(path)
+        lines += found_lines
+        if got is not None:
+            step, cfg, _ = got
         else:
             cfg, step = runs.read_config(path), 0
-            lines.append(f"run:         {path}")
-            lines.append("checkpoint:  none yet")
+            status = 1 if ckpts.list_checkpoints(path) else 0
         info = runs.read_run_info(path)
         ds = info.get("dataset") or {}
         if ds:
@@ -414,11 +486,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if metrics:
             lines.append(f"last loss:   {metrics[-1].get('loss_smooth', float('nan')):.4f} (smoothed, step {metrics[-1].get('step')})")
     else:
-        step, cfg, _ = ckpts.read_metadata(path)
-        lines.append(f"checkpoint:  {path} (step {step:,}{_of_total(cfg.train.steps)})")
-    with torch.device("meta"):
-        n_params = count_parameters(build_model(cfg.model))
+        has_state = ckpts.state_path_for(path).exists() if path.name.endswith(".safetensors") else False
+        step, cfg, _ = ckpts.verify_checkpoint(path, with_state=has_state)
+        lines.append(f"checkpoint:  {path} (step {step:,}{_of_total(cfg.train.steps)}, verified)")
     m, d = cfg.model, cfg.diffusion
+    n_params = footprint.parameter_count(m)
     lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), base {m.base_channels}, "
                  f"mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), attention at {tuple(m.attention_resolutions)} px, "
                  f"{n_params:,} parameters")
@@ -427,10 +499,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
                  f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= NO_STEP_LIMIT
                                         else f"steps {tc.steps:,}"))
+    lines.append(f"memory:      {footprint.estimate(m, batch_size=tc.batch_size, training=True).describe()}")
     print("\n".join(lines))
     if args.json:
         print(cfg.to_json())
-    return 0
+    return status
 
 
 # -- entry --------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from ddpm_studio import footprint
+
 CONFIG_VERSION = 1
 
 SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
@@ -94,6 +96,13 @@ class ModelConfig:
         _check_range("model.freq_shift", self.freq_shift, 0.0, 1.0)
         if self.base_channels % 8 != 0:
             raise ValueError(f"model.base_channels must be divisible by 8 (GroupNorm); got {self.base_channels}")
+        n = footprint.parameter_count(self)  # closed form, microseconds: nothing is built
+        if n > footprint.MAX_PARAMETERS:
+            raise ValueError(
+                f"model: base_channels {self.base_channels} with channel_mult {list(self.channel_mult)} makes a network "
+                f"of {n:,} parameters ({n * footprint.BYTES_PER_VALUE / 2**30:,.0f} GB of weights); the most this "
+                f"program builds is {footprint.MAX_PARAMETERS:,}"
+            )
 
 
 @dataclass
@@ -184,6 +193,8 @@ class TrainConfig:
         _check_range("train.checkpoint_every", self.checkpoint_every, 0, 10_000_000, integer=True)
         _check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0.0, 10_000_000)
         _check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 1000, integer=True)
+        if not isinstance(self.ema_warmup, bool):
+            raise ValueError(f"train.ema_warmup must be true or false; got {self.ema_warmup!r}")
 
 
 @dataclass
@@ -205,6 +216,8 @@ class SamplingConfig:
         _check_choice("sampling.variance", self.variance, VARIANCES)
         _check_range("sampling.num_images", self.num_images, 1, 1024, integer=True)
         _check_range("sampling.seed", self.seed, 0, 2**63 - 1, integer=True)
+        if not isinstance(self.clip_denoised, bool):
+            raise ValueError(f"sampling.clip_denoised must be true or false; got {self.clip_denoised!r}")
 
 
 NO_STEP_LIMIT = 10_000_000  # train.steps of a run the clock ends (CLI --minutes without --steps): shown as no total
@@ -284,6 +297,8 @@ class RunConfig:
         return self
 
     def validate(self) -> "RunConfig":
+        if not isinstance(self.version, int) or isinstance(self.version, bool):
+            raise ValueError(f"version must be the number {CONFIG_VERSION} (without quotes); got {_json(self.version)}")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"config version {self.version} is not supported (this program reads version {CONFIG_VERSION})")
         for section in (self.model, self.diffusion, self.data, self.train, self.sampling):
@@ -310,12 +325,29 @@ class RunConfig:
             if f.name not in d:
                 continue
             if f.name == "version":
-                kwargs["version"] = d["version"]
+                v = d["version"]
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ValueError(f"version must be the number {CONFIG_VERSION} (without quotes); got {_json(v)}")
+                kwargs["version"] = v
                 continue
             section_cls = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
                            "train": TrainConfig, "sampling": SamplingConfig}[f.name]
             kwargs[f.name] = _section_from_dict(section_cls, f.name, d[f.name])
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        # data decides the network's image size (and channels, unless "auto"); sync() copies them into
+        # model. A model section that says otherwise is an error, not something to overwrite silently.
+        given = d.get("model") or {}
+        if "image_size" in given and cfg.model.image_size != cfg.data.image_size:
+            raise ValueError(
+                f"model.image_size ({cfg.model.image_size}) differs from data.image_size ({cfg.data.image_size}); "
+                "data.image_size decides the network's size: make them equal or leave model.image_size out"
+            )
+        if "in_channels" in given and cfg.data.channels in ("1", "3") and cfg.model.in_channels != int(cfg.data.channels):
+            raise ValueError(
+                f"model.in_channels ({cfg.model.in_channels}) differs from data.channels ({cfg.data.channels}); "
+                "make them equal, or set data.channels to auto"
+            )
+        return cfg
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
@@ -345,9 +377,46 @@ def _section_from_dict(section_cls: type, name: str, d: Any) -> Any:
         raise ValueError(f"unknown field(s) in config section {name!r}: {', '.join(sorted(unknown))}")
     values = dict(d)
     for key, value in values.items():
+        _check_type(f"{name}.{key}", fields[key].type, value)
         if isinstance(value, list):  # JSON has no tuples
             values[key] = tuple(value)
     return section_cls(**values)
+
+
+def _json(value: Any) -> str:
+    """A value as it would appear in config.json (so "no" shows its quotes)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# annotation (as written in the dataclasses above) -> (test, words for the message)
+_TYPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "None": (lambda v: v is None, "null"),
+    "bool": (lambda v: isinstance(v, bool), "true or false (without quotes)"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (_is_number, "a number"),
+    "str": (lambda v: isinstance(v, str), "text in quotes"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                       for x in v), "a list of whole numbers"),
+    "tuple[float, ...]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v), "a list of numbers"),
+}
+
+
+def _check_type(name: str, annotation: Any, value: Any) -> None:
+    """Refuse a JSON value of the wrong type for field ``name`` (e.g. a number for a folder, "no" for a switch)."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    checks = [_TYPE_CHECKS.get(k) for k in kinds]
+    if any(c is None for c in checks):
+        return  # a type this table does not know: validate() judges the value
+    if not any(test(value) for test, _ in checks):
+        words = " or ".join(w for _, w in checks)
+        raise ValueError(f"{name} must be {words}; got {_json(value)}")
 
 
 def _read_umask() -> int:

@@ -21,8 +21,11 @@ def _state(step: int) -> dict:
 
 
 def _weights(seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors of the shapes tiny_config's network has (loading compares them with the config)."""
+    from ddpm_studio.footprint import expected_shapes
+
     g = torch.Generator().manual_seed(seed)
-    return {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g)}
+    return {k: torch.randn(shape, generator=g) for k, shape in expected_shapes(tiny_config().model).items()}
 
 
 @pytest.fixture

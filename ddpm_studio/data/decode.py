@@ -25,6 +25,7 @@ import hashlib
 import io
 import math
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,10 @@ def file_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def decode_file(path: str, settings: Settings) -> Decoded:
     """Read, decode and preprocess one file. Never raises for bad files (only for bugs)."""
     try:
@@ -89,13 +94,24 @@ def decode_file(path: str, settings: Settings) -> Decoded:
         return Decoded(reason="cannot be read (permission denied)")
     except OSError as e:
         return Decoded(reason=f"cannot be read ({e.strerror or e})")
+    if stat.S_ISDIR(st.st_mode):
+        return Decoded(reason="is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):  # never opened: a named pipe would block, a device never ends
+        kind = "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else (
+            "a named pipe; not opened" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "")
+        return Decoded(reason=f"not a regular file ({kind})" if kind else "not a regular file")
     if st.st_size == 0:
         return Decoded(reason="empty file (0 bytes)")
     if st.st_size > MAX_FILE_BYTES:
         return Decoded(reason=f"too large ({_mb(st.st_size)} file; limit {_mb(MAX_FILE_BYTES)})")
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        # O_NONBLOCK: should the path have become a named pipe since the stat, the open does not hang
+        with open(path, "rb", opener=_nonblocking) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return Decoded(reason="not a regular file")
+            data = f.read(MAX_FILE_BYTES + 1)  # bounded, whatever the file became
+        if len(data) > MAX_FILE_BYTES:
+            return Decoded(reason=f"too large (over {_mb(MAX_FILE_BYTES)}; limit {_mb(MAX_FILE_BYTES)})")
     except PermissionError:
         return Decoded(reason="cannot be read (permission denied)")
     except IsADirectoryError:

@@ -197,6 +197,8 @@ def _index(roots: list[str], stop: ShouldStop,
             continue
         if stat.S_ISDIR(st.st_mode):
             _walk(root, files, others, skipped, seen_dirs, stop, report)
+        elif not stat.S_ISREG(st.st_mode):
+            skipped.append(SkippedFile(root, special_file_reason(root)))
         elif os.path.splitext(root)[1].lower() in IMAGE_EXTENSIONS:
             files.append((root, _stat_key(st)))
         else:
@@ -255,9 +257,8 @@ def _walk(root: str, files: list, others: list, skipped: list, seen_dirs: set, s
                         others.append(entry.path)
                 elif entry.is_dir():
                     stack.append(entry.path)
-                elif entry.is_symlink():
-                    skipped.append(SkippedFile(entry.path, "broken link (its target does not exist)"))
-                # sockets, pipes, devices: not files a user means; silently ignored
+                else:  # a broken link, a device (or a link to one), a named pipe, a socket
+                    skipped.append(SkippedFile(entry.path, special_file_reason(entry.path)))
             except PermissionError:
                 skipped.append(SkippedFile(entry.path, "cannot be read (permission denied)"))
             except OSError as e:
@@ -265,6 +266,24 @@ def _walk(root: str, files: list, others: list, skipped: list, seen_dirs: set, s
         if len(files) >= next_report:
             next_report = len(files) + 1000
             report(len(files), 0, f"Indexing: {len(files):,} images found")
+
+
+def special_file_reason(path: str) -> str:
+    """Why a directory entry that is neither a regular file nor a folder is skipped (never opened:
+    opening a named pipe blocks, reading a device never ends)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken link (its target does not exist)"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "not a regular file (a device)"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (a named pipe; not opened)"
+    if stat.S_ISSOCK(mode):
+        return "not a regular file (a socket)"
+    return "not a regular file"
 
 
 def _raise_empty(roots: list[str], skipped: list[SkippedFile]) -> None:

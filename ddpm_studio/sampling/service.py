@@ -59,9 +59,12 @@ def _load_diffusers_folder(path: Path, device: torch.device) -> LoadedModel:
 def build_loaded(config: RunConfig, weights: dict[str, torch.Tensor], *, step: int, source: str,
                  device: torch.device, notes: list[str] | None = None) -> LoadedModel:
     """A LoadedModel for ``config`` with ``weights`` (a U-Net state dict) loaded on ``device``."""
+    from ddpm_studio import footprint
     from ddpm_studio.engine.diffusion import GaussianDiffusion
     from ddpm_studio.engine.unet import build_model
 
+    memory, where = footprint.device_memory(device)
+    footprint.check_fits(config.model, memory=memory, where=where)  # before a byte is allocated
     model = build_model(config.model)
     load_weights_into(model, weights, "EMA")
     model.to(device).eval().requires_grad_(False)

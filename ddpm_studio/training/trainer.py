@@ -37,6 +37,13 @@ from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetr
 
 NUM_BUCKETS = 10  # loss is reported per tenth of the timestep range
 SMOOTHING = 0.98  # per-step decay of the smoothed loss shown next to the raw one
+# A checkpoint is "healthy" when its mean loss since the previous checkpoint is at most
+# HEALTHY_FACTOR times the lowest of the earlier healthy ones, or below HEALTHY_FLOOR (twice what a
+# network that outputs zeros scores: targets have unit variance). The margin is wide because a
+# window of a few small batches varies several-fold; a diverging run goes up by orders of
+# magnitude. Pruning never removes the newest healthy checkpoint.
+HEALTHY_FACTOR = 10.0
+HEALTHY_FLOOR = 2.0
 
 EventCallback = Callable[[object], None]
 
@@ -175,6 +182,7 @@ class Trainer:
         self._step = 0
         self._started = False
         self.precision = "fp32"  # resolved from train.precision when the run starts
+        self._precision_note: str | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -223,12 +231,30 @@ class Trainer:
             )
         from ddpm_studio.engine.devices import resolve_precision
 
-        precision, precision_note = resolve_precision(device, tc.precision)
-        self.precision = precision  # what this session computes in (the config keeps what was asked)
+        self.precision, self._precision_note = resolve_precision(device, tc.precision)  # the config keeps what was asked
+        # The network must fit before anything is built or read (closed form, no allocation).
+        from ddpm_studio import footprint
+
+        memory, where = footprint.device_memory(device)
+        footprint.check_fits(cfg.model, memory=memory, where=where, batch_size=tc.batch_size // dist.world_size,
+                             training=True)
         dist.init(device.type == "cuda")
 
+        # One writer per run folder: a second training (a resume, a second start) is refused,
+        # naming the process that holds it. The lock dies with its process (even kill -9).
+        lock = runs.RunLock(self.run_dir).acquire() if main else None
+        try:
+            return self._run_locked(control, dist, emit, device)
+        finally:
+            if lock is not None:
+                lock.release(remove_folder_if_unused=True)
+
+    def _run_locked(self, control: TrainControl, dist: _Dist, emit, device: torch.device) -> TrainFinished:
+        cfg, tc = self.cfg, self.cfg.train
+        main = dist.is_main
+
         # 1. The run folder: a fresh one, or the newest good checkpoint of an existing one.
-        resumed, notes = None, [precision_note] if precision_note else []
+        resumed, notes = None, [self._precision_note] if self._precision_note else []
         existing = ckpts.list_checkpoints(self.run_dir)
         if self.resume:
             if not existing:
@@ -286,7 +312,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.999),
                                       weight_decay=tc.weight_decay,
                                       **({"fused": True} if fused else {"foreach": True}))
-        scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16" and device.type == "cuda"))
+        scaler = torch.amp.GradScaler("cuda", enabled=(self.precision == "fp16" and device.type == "cuda"))
 
         start_step, counters = 0, {"images_seen": 0, "train_seconds": 0.0, "loss_smooth": None}
         if resumed is not None:
@@ -317,7 +343,7 @@ class Trainer:
             if not info:
                 info = runs.new_run_info(cfg, dataset_source=images.source, dataset_fingerprint=images.fingerprint,
                                          num_images=len(images), device=str(device), world_size=dist.world_size,
-                                         precision=precision)
+                                         precision=self.precision)
             else:
                 old_fp = (info.get("dataset") or {}).get("fingerprint")
                 if old_fp and old_fp != images.fingerprint:
@@ -328,7 +354,7 @@ class Trainer:
                 info["versions"] = runs.package_versions()
                 info.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                         "start_step": start_step, "device": str(device),
-                                                        "precision": precision,
+                                                        "precision": self.precision,
                                                         "world_size": dist.world_size})
             runs.write_run_info(self.run_dir, info)
             if resumed is not None:
@@ -337,12 +363,15 @@ class Trainer:
 
         emit(TrainStarted(run_dir=str(self.run_dir), start_step=start_step, total_steps=tc.steps,
                           device=str(device), num_parameters=count_parameters(model), num_images=len(images),
-                          resumed=resumed is not None, notes=list(notes), precision=precision))
+                          resumed=resumed is not None, notes=list(notes), precision=self.precision))
         loop = _Loop(self, cfg, dist, device, model, train_model, ema, optimizer, scaler, diffusion, batches,
                      control, emit, start_step, counters,
                      last_checkpoint=str(resumed.path) if resumed is not None else None)
         try:
             return loop.run()
+        except ckpts.CheckpointWriteError as e:
+            return TrainFinished(loop.step, "error", f"Training stopped at step {loop.step:,}: {e}.",
+                                 loop.last_checkpoint)
         except torch.OutOfMemoryError:
             step = loop.step
             return TrainFinished(step, "error",
@@ -388,6 +417,9 @@ class _Loop:
         self.loss_smooth = counters.get("loss_smooth")
         self.last_checkpoint = last_checkpoint
         self.last_checkpoint_step = start_step
+        # mean loss since the last checkpoint, and the lowest mean of a healthy checkpoint so far
+        self.window_sum, self.window_n = 0.0, 0
+        self.best_loss = counters.get("best_checkpoint_loss")
         self.stats = _Stats(device)
         self.generator = torch.Generator(device=device)
         self.T = diffusion.T
@@ -540,6 +572,8 @@ class _Loop:
                 return self.bad_step
         for v in d["losses"]:
             self.loss_smooth = v if self.loss_smooth is None else SMOOTHING * self.loss_smooth + (1 - SMOOTHING) * v
+        self.window_sum += sum(d["losses"])
+        self.window_n += len(d["losses"])
         now = time.perf_counter()
         interval = now - self.t_last_log - self.overhead_sec
         steps = self.steps_since_log
@@ -577,8 +611,13 @@ class _Loop:
             if finite:
                 self.bad_step = self.step  # another rank saw it
             return False
+        loss = self.window_sum / self.window_n if self.window_n else None
+        healthy = loss is None or self.best_loss is None or loss <= max(HEALTHY_FACTOR * self.best_loss, HEALTHY_FLOOR)
+        if healthy and loss is not None:
+            self.best_loss = loss if self.best_loss is None else min(self.best_loss, loss)
+        self.window_sum, self.window_n = 0.0, 0
         if self.dist.is_main:
-            self._save()
+            self._save(loss, healthy)
         self.last_checkpoint_step = self.step
         self._overhead(t0)
         return True
@@ -586,10 +625,21 @@ class _Loop:
     def _finish_nan(self) -> TrainFinished:
         bad_step = getattr(self, "bad_step", self.step)
         last = Path(self.last_checkpoint).name if self.last_checkpoint else None
-        kept = f"The last good checkpoint ({last}) is kept." if last else "No checkpoint had been saved yet."
+        healthy = ckpts.newest_healthy(self.trainer.run_dir) if self.dist.is_main else None
+        kept_path = self.last_checkpoint
+        if healthy is not None and healthy.name != last:
+            later = [p.name for p in ckpts.list_checkpoints(self.trainer.run_dir)
+                     if (ckpts.step_of(p) or 0) > (ckpts.step_of(healthy) or 0)]
+            kept = (f"The last checkpoint saved while the loss was healthy, {healthy.name}, is kept; the later ones "
+                    f"({', '.join(later)}) were saved while it was rising (delete them to resume from {healthy.name}).")
+            kept_path = str(healthy)
+        elif last:
+            kept = f"The last good checkpoint ({last}) is kept."
+        else:
+            kept = "No checkpoint had been saved yet."
         msg = (f"Training stopped: the loss or the weights became NaN or infinite at step {bad_step:,}. {kept} "
                "Try a lower learning rate (train.lr), more warm-up steps, or fp32 precision.")
-        return TrainFinished(max(self.start_step, bad_step - 1), "nan", msg, self.last_checkpoint)
+        return TrainFinished(max(self.start_step, bad_step - 1), "nan", msg, kept_path)
 
     def _preview(self) -> None:
         """Sample the EMA model with DDIM from a FIXED seed, so previews are comparable across steps."""
@@ -615,7 +665,7 @@ class _Loop:
             pass  # a preview that cannot be written is not worth stopping the training for
         self.emit(PreviewReady(step=self.step, images=images))
 
-    def _save(self) -> None:
+    def _save(self, loss: float | None = None, healthy: bool = True) -> None:
         state = {
             "format_version": ckpts.FORMAT_VERSION,
             "step": self.step,
@@ -625,10 +675,11 @@ class _Loop:
                     "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []},
             "counters": {"images_seen": self.images_seen,
                          "train_seconds": self.train_seconds_before + self.active(),
-                         "loss_smooth": self.loss_smooth},
+                         "loss_smooth": self.loss_smooth, "best_checkpoint_loss": self.best_loss},
         }
+        # checks the free space first, pruning first if that makes the room; keeps the newest healthy one
         path = ckpts.save_checkpoint(self.trainer.run_dir, self.step, self.cfg, self.model.state_dict(),
-                                     self.ema.module.state_dict(), state)
-        ckpts.prune_checkpoints(self.trainer.run_dir, self.tc.keep_checkpoints, protect=path)
+                                     self.ema.module.state_dict(), state, loss=loss, healthy=healthy,
+                                     keep=self.tc.keep_checkpoints)
         self.last_checkpoint = str(path)
         self.emit(CheckpointSaved(step=self.step, path=str(path)))
