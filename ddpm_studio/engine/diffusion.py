@@ -333,11 +333,14 @@ class GaussianDiffusion:
                 yield StepResult(t=t, index=i, total=len(ts), x_t=x, pred_x0=pred_x0)
 
     def sample_progressive(self, model: Model, shape, sampling: "SamplingConfig", *, generator: torch.Generator | None = None,
-                           device=None, should_stop: Callable[[], bool] | None = None) -> Iterator[StepResult]:
-        """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``."""
+                           device=None, should_stop: Callable[[], bool] | None = None, noise: torch.Tensor | None = None,
+                           dtype: torch.dtype | None = None) -> Iterator[StepResult]:
+        """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``.
+        ``noise`` (x_T) and ``dtype`` as for the loops."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(sampling.seed))
         bounds = _bounds(sampling)
+        bounds.update(noise=noise, dtype=dtype)
         if sampling.sampler == "ddpm":
             return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, generator=generator,
                                                   device=device, should_stop=should_stop, **bounds)
