@@ -106,7 +106,7 @@ def _ours_ddim(loaded, x_T: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def test_train_unconditional_model_opens_with_every_default(trained):
-    name, folder, unet = trained
+    _, folder, unet = trained
     loaded = load_diffusers_folder(folder, device="cpu")
     m = loaded.config.model
     assert (m.base_channels, m.channel_mult, m.num_res_blocks, m.attention_resolutions) == (32, (1, 1, 2, 2, 2, 2), 2, (2,))
@@ -171,7 +171,7 @@ def test_ddim_chain_equals_diffusers_ddim_pipeline(trained):
 def test_imported_config_alone_rebuilds_the_model_and_the_process(trained, tmp_path):
     """config.json -> build_model + GaussianDiffusion.from_config: the same network and betas; a
     checkpoint written with that config opens through the ordinary run-folder path."""
-    name, folder, unet = trained
+    _, folder, _ = trained
     loaded = load_diffusers_folder(folder, device="cpu")
     cfg = RunConfig.from_json(loaded.config.to_json())  # through JSON: nothing rides along outside the config
     assert cfg.to_dict() == loaded.config.to_dict()
@@ -196,7 +196,7 @@ def test_imported_config_alone_rebuilds_the_model_and_the_process(trained, tmp_p
 
 
 def test_export_round_trips_through_diffusers(trained, tmp_path):
-    name, folder, unet = trained
+    _, folder, unet = trained
     loaded = load_diffusers_folder(folder, device="cpu")
     out = export_diffusers(loaded, tmp_path / "export")
     original = json.loads((folder / "unet" / "config.json").read_text())

@@ -62,8 +62,9 @@ attention_head_dim=..., out_channels=...)`` keywords override the config's field
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -163,7 +163,7 @@ def _as_bool(where: str, key: str, value: Any) -> bool:
 
 
 def _as_float(where: str, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise DiffusersFormatError(f"{where}: {key} must be a number; got {value!r}")
     return float(value)
 
@@ -344,10 +344,10 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
         time_embedding_dim=time_dim, center_input_sample=_as_bool(where, "center_input_sample", c["center_input_sample"]),
         act_fn=_ACT_FROM_DIFFUSERS[act], time_conditioning=_TIME_COND_FROM_DIFFUSERS[cond])
     model = ModelConfig(**fields)
+    from ddpm_studio.engine.unet import resolve_spec  # the divisibility checks (groups, heads) live there
+
     try:
         model.validate()
-        from ddpm_studio.engine.unet import resolve_spec  # torch is loaded by now; the divisibility checks live there
-
         resolve_spec(model)
     except ValueError as e:
         raise DiffusersFormatError(f"{where} describes a network DDPM Studio cannot hold: {e}") from None
