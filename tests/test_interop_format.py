@@ -333,3 +333,41 @@ def test_folders_that_are_not_diffusers_models_are_refused_plainly(tmp_path):
                                "../../elsewhere": ["diffusers", "DDPMScheduler"]})
     with pytest.raises(ValueError, match="outside its folder"):
         load_diffusers_folder(sneaky, device="cpu")
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("model", "norm_eps", 0.0), ("model", "attn_norm_groups", 0), ("model", "add_attention", "no"),
+    ("model", "mid_block_scale_factor", 0.0), ("model", "time_embedding_dim", 2.5), ("model", "center_input_sample", 1),
+    ("model", "act_fn", "tanh"), ("model", "time_conditioning", "spatial"),
+    ("sampling", "spacing", "karras"), ("sampling", "steps_offset", -1), ("sampling", "clip_range", 0.0),
+    ("sampling", "dynamic_threshold", 1.5), ("sampling", "threshold_max", 0.5),
+])
+def test_new_config_fields_are_validated_by_name(section, field, value):
+    cfg = small_config()
+    setattr(getattr(cfg, section), field, value)
+    with pytest.raises(ValueError, match=f"{section}.{field}"):
+        cfg.validate()
+
+
+def test_new_unet_fields_change_the_network_only_when_set():
+    """Defaults are the paper's network (existing checkpoints unchanged); each field changes it."""
+    import dataclasses
+
+    base = small_config().model
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([5])
+
+    def out(model_cfg):
+        torch.manual_seed(0)
+        m = build_model(model_cfg).eval()
+        with torch.no_grad():  # the paper's init zeroes the output layers; randomise everything
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+        with torch.no_grad():
+            return m(x, t)
+
+    ref = out(base)
+    for change in (dict(norm_eps=1e-2), dict(attn_norm_groups=2), dict(add_attention=False), dict(mid_block_scale_factor=2.0),
+                   dict(center_input_sample=True), dict(act_fn="gelu"), dict(time_conditioning="scale_shift")):
+        assert (out(dataclasses.replace(base, **change)) - ref).abs().max() > 1e-4, change
+    assert build_model(dataclasses.replace(base, time_embedding_dim=96)).time_embedding.linear_1.out_features == 96
