@@ -333,3 +333,25 @@ def test_dpm_solver_scheduler_folder_opens_and_its_refusals_name_the_key(small_u
         with pytest.raises(ValueError) as e:
             load_diffusers_folder(tmp_path / "dpm", device="cpu")
         assert key in str(e.value) and repr(value) in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("T", [50, 100, 1000])
+def test_our_timesteps_are_diffusers_ddim_timesteps_for_every_spacing(T):
+    """leading (+ steps_offset), trailing and linspace: the same timesteps as DDIMScheduler.set_timesteps
+    (diffusers' trailing float overshoot, which adds a timestep -1 for some step counts, is left out)."""
+    from ddpm_studio.engine.diffusion import GaussianDiffusion
+    from ddpm_studio.engine.schedules import NoiseSchedule
+
+    ours = GaussianDiffusion(NoiseSchedule.from_config("linear", T))
+    checked = 0
+    for spacing, offset in (("leading", 0), ("leading", 1), ("trailing", 0), ("linspace", 0)):
+        theirs = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=offset)
+        for steps in range(1, T + 1, max(1, T // 97)):
+            if offset and (steps - 1) * (T // steps) + offset > T - 1:
+                with pytest.raises(ValueError, match="steps_offset"):
+                    ours.ddim_timesteps(steps, spacing, offset)
+                continue
+            theirs.set_timesteps(steps)
+            assert ours.ddim_timesteps(steps, spacing, offset) == [int(t) for t in theirs.timesteps][:steps], (spacing, steps)
+            checked += 1
+    assert checked > 150

@@ -88,8 +88,8 @@ SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
                                     "final_sigmas_type": "zero", "lambda_min_clipped": -math.inf,
                                     "use_dynamic_shifting": False},
 }
-# DPM-Solver settings that choose how it samples, not what the network learned: kept in a note for
-# the DPM-Solver sampler (engine/dpm_solver.py) to read.
+# DPM-Solver settings that choose how it samples, not what the network learned: listed in a note
+# (nothing in this module samples with DPM-Solver; its sampler lives in engine/dpm_solver.py).
 _DPM_SAMPLING_KEYS = ("solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
                       "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
                       "final_sigmas_type", "lambda_min_clipped")
@@ -318,7 +318,7 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
             raise _refuse(where, "attention_head_dim", head_dim,
                           f"it must divide the width of every attention layer ({attn_widths})")
         counts = {w // head_dim for w in attn_widths}
-        if len(counts) == 1:  # the same number of heads everywhere: say it as num_heads, the paper's way
+        if len(counts) == 1 and next(iter(counts)) <= 64:  # one head count everywhere: num_heads, the paper's way
             heads = counts.pop()
         elif attn_widths:
             model_head_dim = head_dim
