@@ -221,6 +221,13 @@ def test_every_unet_option_is_honoured_and_written_back(tmp_path, options):
         a, b = ours(x, t), theirs(x, t).sample
     assert b.abs().max() > 0.1
     assert (a - b).abs().max().item() < 1e-10
+    # Training sees the same function: the same gradients for every weight (in-place activations included).
+    (ours(x, t) ** 2).mean().backward()
+    (theirs(x, t).sample ** 2).mean().backward()
+    grads = dict(theirs.named_parameters())
+    scale = max(p.grad.abs().max().item() for p in grads.values())
+    worst = max((p.grad - grads[k].grad).abs().max().item() for k, p in ours.named_parameters())
+    assert scale > 1e-3 and worst < 1e-10 * scale
     if "dropout" in options:
         assert loaded.config.model.dropout == options["dropout"]
     # Export writes every option back: diffusers builds the same network from our config.json.
