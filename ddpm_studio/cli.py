@@ -494,7 +494,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), base {m.base_channels}, "
                  f"mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), attention at {tuple(m.attention_resolutions)} px, "
                  f"{n_params:,} parameters")
-    lines.append(f"diffusion:   {d.schedule} schedule, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
+    sched = (f"explicit betas ({d.betas[0]:.3g} to {d.betas[-1]:.3g}; closest named schedule {d.schedule})"
+             if d.betas is not None else f"{d.schedule} schedule")
+    lines.append(f"diffusion:   {sched}, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
     tc = cfg.train
     lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
                  f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= NO_STEP_LIMIT

@@ -26,6 +26,9 @@ PREDICTIONS = ("epsilon", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t  |  sigma_t^2 = beta_t
 SAMPLERS = ("ddpm", "ddim")
+SPACINGS = ("leading", "trailing", "linspace")  # how few-step samplers pick their timesteps (diffusers' timestep_spacing)
+ACTIVATIONS = ("silu", "mish", "gelu", "relu")  # residual-block nonlinearity (diffusers' act_fn; "swish" is silu)
+TIME_CONDITIONINGS = ("default", "scale_shift")  # how a residual block takes the time embedding
 CHANNELS = ("auto", "1", "3")
 BACKGROUNDS = ("white", "black")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -68,6 +71,14 @@ class ModelConfig:
     downsample_padding: int = 0  # 0 = the paper's TF "SAME" stride-2 conv (pad bottom/right), 1 = symmetric
     flip_sin_to_cos: bool = False  # time embedding order: False = [sin, cos] (paper)
     freq_shift: float = 1.0  # time embedding frequencies exp(-log(10000) i / (half - freq_shift)); paper: 1
+    norm_eps: float = 1e-6  # epsilon of every GroupNorm (paper: 1e-6; diffusers' UNet2DModel default: 1e-5)
+    attn_norm_groups: int | None = None  # GroupNorm groups of the middle block's attention; None = norm_groups
+    add_attention: bool = True  # self-attention in the middle block (paper: yes)
+    mid_block_scale_factor: float = 1.0  # the middle block's residual sums are divided by this (paper: 1)
+    time_embedding_dim: int | None = None  # width of the time-embedding MLP; None = 4 x base_channels (paper)
+    center_input_sample: bool = False  # map the input x to 2x - 1 before the first conv (paper: no)
+    act_fn: str = "silu"  # nonlinearity inside residual blocks: silu (paper), mish, gelu, relu
+    time_conditioning: str = "default"  # default = temb added after conv1 (paper); scale_shift = norm2 output * (1 + s) + b
 
     def validate(self) -> None:
         _check_range("model.image_size", self.image_size, 8, 256, integer=True)
@@ -76,10 +87,10 @@ class ModelConfig:
         if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
             raise ValueError(f"model.channel_mult must be a non-empty list of whole numbers >= 1; got {self.channel_mult!r}")
         levels = len(self.channel_mult)
-        if self.image_size % (2 ** (levels - 1)) != 0 or self.image_size // (2 ** (levels - 1)) < 2:
+        if self.image_size % (2 ** (levels - 1)) != 0:
             raise ValueError(
                 f"model.channel_mult has {levels} levels, so model.image_size must be divisible by "
-                f"{2 ** (levels - 1)} and leave at least 2 px at the bottom; got image_size={self.image_size}"
+                f"{2 ** (levels - 1)}; got image_size={self.image_size}"
             )
         _check_range("model.num_res_blocks", self.num_res_blocks, 1, 8, integer=True)
         for r in self.attention_resolutions:
@@ -94,6 +105,17 @@ class ModelConfig:
         if not isinstance(self.flip_sin_to_cos, bool):
             raise ValueError(f"model.flip_sin_to_cos must be true or false; got {self.flip_sin_to_cos!r}")
         _check_range("model.freq_shift", self.freq_shift, 0.0, 1.0)
+        _check_range("model.norm_eps", self.norm_eps, 1e-12, 1.0)
+        if self.attn_norm_groups is not None:
+            _check_range("model.attn_norm_groups", self.attn_norm_groups, 1, 512, integer=True)
+        for name in ("add_attention", "center_input_sample"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model.{name} must be true or false; got {getattr(self, name)!r}")
+        _check_range("model.mid_block_scale_factor", self.mid_block_scale_factor, 1e-6, 1e6)
+        if self.time_embedding_dim is not None:
+            _check_range("model.time_embedding_dim", self.time_embedding_dim, 1, 65536, integer=True)
+        _check_choice("model.act_fn", self.act_fn, ACTIVATIONS)
+        _check_choice("model.time_conditioning", self.time_conditioning, TIME_CONDITIONINGS)
         if self.base_channels % 8 != 0:
             raise ValueError(f"model.base_channels must be divisible by 8 (GroupNorm); got {self.base_channels}")
         n = footprint.parameter_count(self)  # closed form, microseconds: nothing is built
@@ -205,9 +227,14 @@ class SamplingConfig:
     steps: int = 50  # DDIM steps (ddpm always walks all T steps)
     eta: float = 0.0  # DDIM stochasticity: 0 = deterministic, 1 = ancestral with beta-tilde
     variance: str = "fixed_small"  # ancestral sampling: fixed_small = beta-tilde_t, fixed_large = beta_t
-    clip_denoised: bool = True  # clip the predicted x_0 to [-1, 1] at every step
+    clip_denoised: bool = True  # clip the predicted x_0 to [-clip_range, clip_range] at every step
     num_images: int = 16  # how many images per generation (shown as a grid)
     seed: int = 0  # same seed, same images
+    spacing: str = "trailing"  # few-step timesteps: trailing (ends at T-1), leading (starts at 0), linspace
+    steps_offset: int = 0  # added to every "leading" timestep (diffusers' steps_offset; 1 for Stable-Diffusion-style models)
+    clip_range: float = 1.0  # the bound of clip_denoised (diffusers' clip_sample_range)
+    dynamic_threshold: float | None = None  # Imagen's dynamic thresholding: this quantile of |x_0| per image; None = off
+    threshold_max: float = 1.0  # the largest bound dynamic thresholding may pick (diffusers' sample_max_value)
 
     def validate(self) -> None:
         _check_choice("sampling.sampler", self.sampler, SAMPLERS)
@@ -218,6 +245,12 @@ class SamplingConfig:
         _check_range("sampling.seed", self.seed, 0, 2**63 - 1, integer=True)
         if not isinstance(self.clip_denoised, bool):
             raise ValueError(f"sampling.clip_denoised must be true or false; got {self.clip_denoised!r}")
+        _check_choice("sampling.spacing", self.spacing, SPACINGS)
+        _check_range("sampling.steps_offset", self.steps_offset, 0, 1000, integer=True)
+        _check_range("sampling.clip_range", self.clip_range, 1e-6, 1e6)
+        if self.dynamic_threshold is not None:
+            _check_range("sampling.dynamic_threshold", self.dynamic_threshold, 0.0, 1.0)
+        _check_range("sampling.threshold_max", self.threshold_max, 1.0, 1e6)
 
 
 NO_STEP_LIMIT = 10_000_000  # train.steps of a run the clock ends (CLI --minutes without --steps): shown as no total

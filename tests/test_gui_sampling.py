@@ -58,7 +58,7 @@ def test_ddim_every_frame_scrub_and_keys(qtbot, window, run_dir):
     assert result is not None and result.images.shape == (4, 16, 16, 3)
     assert sp.frames_received == 10 and len(sp.frames) == 10  # every step, none dropped
     ts = [f.t for f in sp.frames]
-    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 10 and ts[-1] == 0
+    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 10 and ts[0] == 999  # trailing spacing (the default)
     assert sp.slider.maximum() == 9 and sp.slider.value() == 9  # followed the chain live
     assert np.array_equal(sp.canvas.current()[0], sp.frames[-1].xt)
     # the final frame's x_t is the sample grid

@@ -42,3 +42,37 @@ def test_cli_export_then_sample_the_diffusers_folder(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["sample", "--model", "google/ddpm-cifar10-32", "--out", str(samples), "--device", "cpu"]) == 1
     assert "huggingface-cli download google/ddpm-cifar10-32" in capsys.readouterr().err
+
+
+def test_info_names_the_explicit_betas_of_an_imported_config(tmp_path, capsys):
+    """Issue 15: a run whose config came from an import (explicit betas, diffusers' U-Net options) is
+    described by `info` from those betas, and `sample` uses the config's spacing."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    cfg = RunConfig.from_preset("tiny", data={"image_size": 8},
+                                model={"base_channels": 8, "channel_mult": (1, 2), "attention_resolutions": (4,)},
+                                diffusion={"timesteps": 20})
+    run = tmp_path / "run"
+    model = build_model(cfg.model)
+    ema = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) * 0.1 for k, v in model.state_dict().items()}
+    save_checkpoint(run, 2, cfg, ema, ema, {"format_version": 1})
+    out = tmp_path / "pipeline"
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    sched_path = out / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text())
+    sched.update(trained_betas=list(np.linspace(5e-4, 0.2, 20)), timestep_spacing="leading")
+    sched_path.write_text(json.dumps(sched))
+    unet_path = out / "unet" / "config.json"
+    unet_path.write_text(json.dumps({**json.loads(unet_path.read_text()), "norm_eps": 1e-5}))
+    loaded = load_diffusers_folder(out, device="cpu")
+    imported = dataclasses.replace(loaded.config, train=dataclasses.replace(loaded.config.train, steps=10))
+    assert imported.model.norm_eps == 1e-5 and imported.diffusion.betas is not None
+    save_checkpoint(tmp_path / "imported", 1, imported, loaded.model.state_dict(), loaded.model.state_dict(),
+                    {"format_version": 1})
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "imported")]) == 0
+    text = capsys.readouterr().out
+    assert "explicit betas (0.0005 to 0.2; closest named schedule linear), T=20" in text

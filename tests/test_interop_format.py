@@ -89,22 +89,27 @@ def _valid_unet_config() -> dict:
     return unet_config_for(build_model(small_config().model).spec)
 
 
+# Only block types and embeddings DDPM Studio does not implement are refused (issue 15); numbers
+# and switches inside the blocks (norm_eps, add_attention, act_fn, scale_shift, ...) are fields.
 UNSUPPORTED_UNET = [
     ("time_embedding_type", "fourier"),
-    ("resnet_time_scale_shift", "scale_shift"),
-    ("add_attention", False),
+    ("time_embedding_type", "learned"),
+    ("resnet_time_scale_shift", "spatial"),
+    ("mid_block_type", "UNetMidBlock2DCrossAttn"),
     ("class_embed_type", "timestep"),
     ("num_class_embeds", 10),
-    ("center_input_sample", True),
-    ("norm_eps", 1e-5),
     ("out_channels", 6),
-    ("act_fn", "gelu"),
+    ("act_fn", "tanh"),
     ("down_block_types", ["DownBlock2D", "SkipDownBlock2D"]),
+    ("down_block_types", ["DownBlock2D", "ResnetDownsampleBlock2D"]),
     ("up_block_types", ["AttnUpBlock2D", "ResnetUpsampleBlock2D"]),
+    ("up_block_types", ["AttnUpBlock2D", "AttnSkipUpBlock2D"]),
     ("up_block_types", ["UpBlock2D", "UpBlock2D"]),  # attention going up does not mirror going down
     ("attention_head_dim", 24),  # does not divide the widths
     ("block_out_channels", [16, 24]),  # not base x integer multipliers
     ("_class_name", "UNet2DConditionModel"),
+    ("norm_eps", "1e-5"),  # a string, not a number
+    ("add_attention", "no"),  # a string, not a boolean
 ]
 
 
@@ -130,6 +135,8 @@ def test_valid_config_without_weights_fails_on_the_weights(tmp_path):
 UNSUPPORTED_SCHEDULER = [
     ("beta_schedule", "laplace"),
     ("variance_type", "learned_range"),
+    ("variance_type", "fixed_large_log"),  # diffusers itself gives NaN noise for it
+    ("timestep_spacing", "karras"),
     ("prediction_type", "flow_prediction"),
     ("rescale_betas_zero_snr", True),
     ("_class_name", "EulerDiscreteScheduler"),
@@ -170,8 +177,12 @@ def test_export_then_import_gives_identical_weights_and_config(tmp_path, schedul
     state = loaded.model.state_dict()
     assert state.keys() == ema.keys()
     assert all(torch.equal(state[k], ema[k]) for k in ema)  # the EMA weights, bit for bit
-    mine, theirs = cfg.model.__dict__ | {"preset": None}, loaded.config.model.__dict__ | {"preset": None}
+    # The same config, with the GroupNorm count (None = our default rule) written out explicitly.
+    resolved_groups = build_model(cfg.model).spec.norm_groups
+    mine = cfg.model.__dict__ | {"preset": None, "norm_groups": resolved_groups}
+    theirs = loaded.config.model.__dict__ | {"preset": None}
     assert mine == theirs
+    assert build_model(loaded.config.model).spec == loaded.model.spec
     d = loaded.config.diffusion
     assert (d.schedule, d.timesteps, d.prediction) == (schedule, T, prediction)
     assert loaded.config.sampling.variance == "fixed_large" and loaded.config.sampling.clip_denoised is False
@@ -322,3 +333,41 @@ def test_folders_that_are_not_diffusers_models_are_refused_plainly(tmp_path):
                                "../../elsewhere": ["diffusers", "DDPMScheduler"]})
     with pytest.raises(ValueError, match="outside its folder"):
         load_diffusers_folder(sneaky, device="cpu")
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("model", "norm_eps", 0.0), ("model", "attn_norm_groups", 0), ("model", "add_attention", "no"),
+    ("model", "mid_block_scale_factor", 0.0), ("model", "time_embedding_dim", 2.5), ("model", "center_input_sample", 1),
+    ("model", "act_fn", "tanh"), ("model", "time_conditioning", "spatial"),
+    ("sampling", "spacing", "karras"), ("sampling", "steps_offset", -1), ("sampling", "clip_range", 0.0),
+    ("sampling", "dynamic_threshold", 1.5), ("sampling", "threshold_max", 0.5),
+])
+def test_new_config_fields_are_validated_by_name(section, field, value):
+    cfg = small_config()
+    setattr(getattr(cfg, section), field, value)
+    with pytest.raises(ValueError, match=f"{section}.{field}"):
+        cfg.validate()
+
+
+def test_new_unet_fields_change_the_network_only_when_set():
+    """Defaults are the paper's network (existing checkpoints unchanged); each field changes it."""
+    import dataclasses
+
+    base = small_config().model
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([5])
+
+    def out(model_cfg):
+        torch.manual_seed(0)
+        m = build_model(model_cfg).eval()
+        with torch.no_grad():  # the paper's init zeroes the output layers; randomise everything
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+        with torch.no_grad():
+            return m(x, t)
+
+    ref = out(base)
+    for change in (dict(norm_eps=1e-2), dict(attn_norm_groups=2), dict(add_attention=False), dict(mid_block_scale_factor=2.0),
+                   dict(center_input_sample=True), dict(act_fn="gelu"), dict(time_conditioning="scale_shift")):
+        assert (out(dataclasses.replace(base, **change)) - ref).abs().max() > 1e-4, change
+    assert build_model(dataclasses.replace(base, time_embedding_dim=96)).time_embedding.linear_1.out_features == 96

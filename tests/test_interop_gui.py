@@ -55,3 +55,39 @@ def test_window_opens_a_diffusers_folder_and_generates(qtbot, window, diffusers_
     # (one uint8 level of slack: the worker thread may split convolutions over other thread counts)
     assert np.abs(result.images.astype(int) - expected.astype(int)).max() <= 1
     qtbot.waitUntil(lambda: not sp.is_running(), timeout=10_000)
+
+
+def test_imported_betas_and_sampling_settings_reach_the_plot_and_the_chain(qtbot, window, diffusers_folder):
+    """Issue 15: an imported model's explicit betas are what the Sampling panel plots, and its
+    scheduler's spacing and clip range (no widgets for them) are what the chain uses."""
+    import dataclasses
+    import json
+
+    sched_path = diffusers_folder / "scheduler" / "scheduler_config.json"
+    sched = json.loads(sched_path.read_text())
+    betas = list(np.linspace(3e-4, 0.05, 100) ** 1.1)
+    sched.update(trained_betas=betas, timestep_spacing="leading", steps_offset=1, clip_sample=True, clip_sample_range=0.6)
+    sched_path.write_text(json.dumps(sched))
+    errors = []
+    window.state.error.connect(lambda message, details: errors.append(message))
+    sp = window.sampling_panel
+    sp._ask_model_path = lambda: str(diffusers_folder)
+    window.open_model_action.trigger()
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddim"))
+    sp.steps_spin.setValue(4)
+    sp.num_spin.setValue(2)
+    sp.clip_check.setChecked(True)
+    with qtbot.waitSignal(sp.generation_finished, timeout=60_000) as blocker:
+        qtbot.mouseClick(sp.generate_button, Qt.MouseButton.LeftButton)
+    result = blocker.args[0]
+    assert errors == [] and result is not None
+    np.testing.assert_allclose(sp.schedule_plot._betas, betas, rtol=1e-12)
+    assert "explicit betas" in sp.schedule_plot.label
+    assert [f.t for f in sp.frames] == [76, 51, 26, 1]  # leading spacing + steps_offset 1, not our trailing default
+    loaded = load_diffusers_folder(diffusers_folder, device="cpu")
+    assert (loaded.config.sampling.spacing, loaded.config.sampling.clip_range) == ("leading", 0.6)
+    expected = sample_images(loaded, dataclasses.replace(sp.sampling_config(), spacing="leading", steps_offset=1,
+                                                         clip_range=0.6))
+    assert np.abs(result.images.astype(int) - expected.astype(int)).max() <= 1
+    assert result.images.max() <= round((0.6 + 1) * 127.5) + 1  # x_0 clipped to [-0.6, 0.6] at the last step
+    qtbot.waitUntil(lambda: not sp.is_running(), timeout=10_000)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # config.py has no torch; imported only for annotations
 PREDICTIONS = ("epsilon", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 VARIANCES = ("fixed_small", "fixed_large")
+SPACINGS = ("leading", "trailing", "linspace")
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,6 +38,29 @@ def _randn(shape, generator: torch.Generator | None, device: torch.device, dtype
     """Standard normal noise drawn on the generator's device, then moved to ``device``."""
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def clip_x0(pred_x0: torch.Tensor, *, clip_denoised: bool = True, clip_range: float = 1.0,
+            dynamic_threshold: float | None = None, threshold_max: float = 1.0) -> torch.Tensor:
+    """Bound a predicted x_0 as diffusers' schedulers do: dynamic thresholding when
+    ``dynamic_threshold`` is set (Saharia et al. 2022: s = that quantile of |x_0| per image, clamped to
+    [1, threshold_max]; x_0 -> clamp(x_0, -s, s) / s), else clipping to [-clip_range, clip_range]
+    when ``clip_denoised``, else unchanged."""
+    if dynamic_threshold is not None:
+        B = pred_x0.shape[0]
+        flat = pred_x0.reshape(B, -1)  # (B, C*H*W)
+        s = torch.quantile(flat.abs(), float(dynamic_threshold), dim=1).clamp(min=1.0, max=float(threshold_max))[:, None]
+        return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(pred_x0.shape)
+    if clip_denoised:
+        return pred_x0.clamp(-clip_range, clip_range)
+    return pred_x0
+
+
+def _bounds(sampling) -> dict:
+    """The x_0-bounding keywords of a SamplingConfig (older configs lack some fields)."""
+    return {"clip_denoised": sampling.clip_denoised, "clip_range": getattr(sampling, "clip_range", 1.0),
+            "dynamic_threshold": getattr(sampling, "dynamic_threshold", None),
+            "threshold_max": getattr(sampling, "threshold_max", 1.0)}
 
 
 def _model_device(model) -> torch.device:
@@ -177,19 +201,19 @@ class GaussianDiffusion:
 
     # -- single reverse steps -------------------------------------------------------------------
     def p_sample_step(self, model_output: torch.Tensor, x_t: torch.Tensor, t: int, *, variance: str = "fixed_small",
-                      clip_denoised: bool = True, noise: torch.Tensor | None = None):
+                      clip_denoised: bool = True, noise: torch.Tensor | None = None, **bounds):
         """One ancestral step x_t -> x_{t-1} (Algorithm 2): (x_{t-1}, pred_x0).
 
         The mean is the posterior mean mu-tilde(x_t, pred_x0), eq. (7) -- equal to Algorithm 2's
         ``(x_t - beta_t / sqrt(1 - alpha-bar_t) eps) / sqrt(alpha_t)`` when nothing is clipped.
         ``variance``: fixed_small sigma_t^2 = beta-tilde_t, fixed_large sigma_t^2 = beta_t (Sec. 3.2).
-        No noise is added at t = 0.
+        No noise is added at t = 0. ``bounds``: ``clip_range``, ``dynamic_threshold``,
+        ``threshold_max`` as for :func:`clip_x0`.
         """
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
         pred_x0, _ = self.predict_x0_and_eps(model_output, x_t, t)
-        if clip_denoised:
-            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        pred_x0 = clip_x0(pred_x0, clip_denoised=clip_denoised, **bounds)
         mean = self._coef("posterior_mean_coef1", t, x_t) * pred_x0 + self._coef("posterior_mean_coef2", t, x_t) * x_t
         if t == 0:
             return mean, pred_x0
@@ -199,17 +223,17 @@ class GaussianDiffusion:
         return mean + var**0.5 * noise, pred_x0
 
     def ddim_step(self, model_output: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int, *, eta: float = 0.0,
-                  clip_denoised: bool = True, noise: torch.Tensor | None = None):
+                  clip_denoised: bool = True, noise: torch.Tensor | None = None, **bounds):
         """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12): (x_{t_prev}, pred_x0).
 
         ``t_prev = -1`` means the final step to x_0 (alpha-bar = 1). When pred_x0 is clipped the
         epsilon is recomputed from it (as improved-diffusion does; diffusers'
         ``use_clipped_model_output=True``), which makes eta=1 over all steps equal ancestral
-        sampling with beta-tilde.
+        sampling with beta-tilde. ``bounds`` as for :func:`clip_x0` (thresholding also recomputes eps).
         """
         pred_x0, eps = self.predict_x0_and_eps(model_output, x_t, t)
-        if clip_denoised:
-            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        if clip_denoised or bounds.get("dynamic_threshold") is not None:
+            pred_x0 = clip_x0(pred_x0, clip_denoised=clip_denoised, **bounds)
             eps = self._eps_from_x0(pred_x0, x_t, t)
         a_t = float(self.schedule.alphas_cumprod[t])
         a_prev = float(self.schedule.alphas_cumprod[t_prev]) if t_prev >= 0 else 1.0
@@ -221,12 +245,33 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * noise
         return x_prev, pred_x0
 
-    def ddim_timesteps(self, steps: int) -> list[int]:
-        """The DDIM sub-sequence, descending: ``range(0, T, T // steps)`` (diffusers' "leading" spacing)."""
+    def ddim_timesteps(self, steps: int, spacing: str = "leading", steps_offset: int = 0) -> list[int]:
+        """The DDIM sub-sequence, descending, as diffusers' DDIMScheduler.set_timesteps picks it:
+
+        - ``leading``: ``range(0, T, T // steps)`` + ``steps_offset`` (the DDIM paper's);
+        - ``trailing``: ``round(T - i T / steps) - 1`` for i < steps, so the first step is t = T-1;
+        - ``linspace``: ``round(linspace(0, T-1, steps))``.
+        """
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= self.T:
             raise ValueError(f"sampling.steps must be a whole number from 1 to T={self.T}; got {steps!r}")
-        stride = self.T // steps
-        return [i * stride for i in range(steps)][::-1]
+        if spacing not in SPACINGS:
+            raise ValueError(f"sampling.spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
+        if spacing == "leading":
+            ts = np.arange(steps, dtype=np.int64) * (self.T // steps) + int(steps_offset)
+        elif spacing == "trailing":
+            # The first `steps` values of diffusers' np.arange(T, 0, -T / steps), computed as numpy's arange
+            # does (T + i * delta, delta = (T - T / steps) - T), without its float overshoot (which for
+            # some T and steps gives one timestep more, the last one -1).
+            delta = (self.T - self.T / steps) - self.T
+            ts = (np.round(self.T + np.arange(steps) * delta).astype(np.int64) - 1)[::-1]
+        else:
+            ts = np.linspace(0, self.T - 1, steps).round().astype(np.int64)
+        if ts.max() > self.T - 1:
+            raise ValueError(f"sampling.steps_offset={steps_offset} puts a timestep past T-1={self.T - 1} "
+                             f"with {steps} {spacing} steps")
+        if len(set(ts.tolist())) != len(ts) or ts.min() < 0:
+            raise ValueError(f"{steps} {spacing} steps over T={self.T} do not give distinct timesteps")
+        return [int(t) for t in ts[::-1]]
 
     # -- sampling loops -------------------------------------------------------------------------
     def _start(self, model, shape, noise, device, dtype, generator):
@@ -239,7 +284,7 @@ class GaussianDiffusion:
     def p_sample_loop_progressive(self, model: Model, shape, *, variance: str = "fixed_small", clip_denoised: bool = True,
                                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                   device=None, should_stop: Callable[[], bool] | None = None,
-                                  dtype: torch.dtype | None = None) -> Iterator[StepResult]:
+                                  dtype: torch.dtype | None = None, **bounds) -> Iterator[StepResult]:
         """Ancestral sampling, Algorithm 2: yields T steps t = T-1 ... 0; the last x_t is x_0.
 
         ``noise`` is x_T (else drawn from ``generator``); noise for each step with t > 0 is drawn
@@ -255,17 +300,25 @@ class GaussianDiffusion:
                     return
                 out = model(x, torch.full((B,), t, dtype=torch.long, device=device))
                 z = _randn(x.shape, generator, device, x.dtype) if t > 0 else None
-                x, pred_x0 = self.p_sample_step(out.to(x.dtype), x, t, variance=variance, clip_denoised=clip_denoised, noise=z)
+                x, pred_x0 = self.p_sample_step(out.to(x.dtype), x, t, variance=variance, clip_denoised=clip_denoised, noise=z,
+                                                **bounds)
                 yield StepResult(t=t, index=i, total=self.T, x_t=x, pred_x0=pred_x0)
 
     def ddim_sample_loop_progressive(self, model: Model, shape, *, steps: int, eta: float = 0.0, clip_denoised: bool = True,
                                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                      device=None, should_stop: Callable[[], bool] | None = None,
-                                     dtype: torch.dtype | None = None) -> Iterator[StepResult]:
-        """DDIM sampling over ``ddim_timesteps(steps)``; noise is drawn only for steps with sigma > 0."""
+                                     dtype: torch.dtype | None = None, spacing: str = "leading", steps_offset: int = 0,
+                                     **bounds) -> Iterator[StepResult]:
+        """DDIM sampling over ``ddim_timesteps(steps, spacing, steps_offset)``; each step goes to the next
+        timestep of that list (the last to alpha-bar = 1). Noise is drawn only for steps with sigma > 0.
+
+        diffusers' DDIMScheduler steps instead to ``t - T // steps``; the two agree whenever the
+        timesteps are evenly spaced by ``T // steps`` (leading at any offset; trailing when steps
+        divides T), and otherwise diffusers' chain jumps between timesteps it does not evaluate.
+        """
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"sampling.eta must be from 0 to 1; got {eta!r}")
-        ts = self.ddim_timesteps(steps)
+        ts = self.ddim_timesteps(steps, spacing, steps_offset)
         with torch.inference_mode():
             x, device = self._start(model, shape, noise, device, dtype, generator)
             B = x.shape[0]
@@ -275,21 +328,27 @@ class GaussianDiffusion:
                 t_prev = ts[i + 1] if i + 1 < len(ts) else -1
                 out = model(x, torch.full((B,), t, dtype=torch.long, device=device))
                 z = _randn(x.shape, generator, device, x.dtype) if eta > 0 and t_prev >= 0 else None
-                x, pred_x0 = self.ddim_step(out.to(x.dtype), x, t, t_prev, eta=eta, clip_denoised=clip_denoised, noise=z)
+                x, pred_x0 = self.ddim_step(out.to(x.dtype), x, t, t_prev, eta=eta, clip_denoised=clip_denoised, noise=z,
+                                            **bounds)
                 yield StepResult(t=t, index=i, total=len(ts), x_t=x, pred_x0=pred_x0)
 
     def sample_progressive(self, model: Model, shape, sampling: "SamplingConfig", *, generator: torch.Generator | None = None,
-                           device=None, should_stop: Callable[[], bool] | None = None) -> Iterator[StepResult]:
-        """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``."""
+                           device=None, should_stop: Callable[[], bool] | None = None, noise: torch.Tensor | None = None,
+                           dtype: torch.dtype | None = None) -> Iterator[StepResult]:
+        """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``.
+        ``noise`` (x_T) and ``dtype`` as for the loops."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(sampling.seed))
+        bounds = _bounds(sampling)
+        bounds.update(noise=noise, dtype=dtype)
         if sampling.sampler == "ddpm":
-            return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, clip_denoised=sampling.clip_denoised,
-                                                  generator=generator, device=device, should_stop=should_stop)
+            return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, generator=generator,
+                                                  device=device, should_stop=should_stop, **bounds)
         if sampling.sampler == "ddim":
-            return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta,
-                                                     clip_denoised=sampling.clip_denoised, generator=generator,
-                                                     device=device, should_stop=should_stop)
+            return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta, generator=generator,
+                                                     device=device, should_stop=should_stop,
+                                                     spacing=getattr(sampling, "spacing", "leading"),
+                                                     steps_offset=getattr(sampling, "steps_offset", 0), **bounds)
         raise ValueError(f"sampling.sampler must be one of ddpm, ddim; got {sampling.sampler!r}")
 
     def sample(self, model: Model, shape, sampling: "SamplingConfig", **kwargs) -> torch.Tensor | None:

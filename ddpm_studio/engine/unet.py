@@ -17,34 +17,52 @@ Architecture (the paper's, from PixelCNN++ / Wide ResNet):
 
 Weight mapping (issue 7). Module names and parameter shapes are exactly those of diffusers'
 ``UNet2DModel`` with ``DownBlock2D`` / ``AttnDownBlock2D`` / ``UpBlock2D`` / ``AttnUpBlock2D`` /
-``UNetMidBlock2D``, ``time_embedding_type="positional"``, ``resnet_time_scale_shift="default"``,
-``act_fn="silu"``, ``norm_eps=1e-6``, ``attention_head_dim = channels / num_heads``:
+``UNetMidBlock2D`` and ``time_embedding_type="positional"``:
 ``conv_in``, ``time_embedding.linear_{1,2}``, ``down_blocks.{i}.resnets.{j}.{norm1,conv1,
 time_emb_proj,norm2,conv2,conv_shortcut}``, ``down_blocks.{i}.attentions.{j}.{group_norm,to_q,to_k,
 to_v,to_out.0}``, ``down_blocks.{i}.downsamplers.0.conv``, ``mid_block.resnets.{0,1}``,
 ``mid_block.attentions.0``, ``up_blocks.{i}.resnets/attentions/upsamplers.0.conv``,
 ``conv_norm_out``, ``conv_out``. So a diffusers state dict loads with ``load_state_dict`` key for
 key (google/ddpm-cifar10-32: ``block_out_channels=(128, 256, 256, 256)`` is base 128 and
-``channel_mult=(1, 2, 2, 2)``; the ``Attn*`` block types give ``attention_resolutions``). The
-settings diffusers has and ModelConfig lacks are keyword arguments of :class:`UNet`
-(``norm_groups``, ``downsample_padding``, ``flip_sin_to_cos``, ``freq_shift``, ``attention_head_dim``,
-``out_channels``); they are also read from the config object when it has fields of those names.
-Diffusers' ``attention_head_dim=None`` means one head per attention, i.e. our ``num_heads=1``; a
-number d means ``width // d`` heads in every attention, our ``attention_head_dim=d``.
+``channel_mult=(1, 2, 2, 2)``; the ``Attn*`` block types give ``attention_resolutions``).
+
+Every UNet2DModel option that only changes a number or a switch inside these blocks is a
+ModelConfig field, with the paper's value as default (issue 15); diffusers' name in brackets:
+
+- ``norm_eps`` (``norm_eps``): epsilon of every GroupNorm; paper 1e-6, diffusers' default 1e-5.
+- ``norm_groups`` (``norm_num_groups``): groups of every GroupNorm; ``attn_norm_groups``
+  (``attn_norm_num_groups``): groups of the middle block's attention norm only (None = norm_groups;
+  with ``time_conditioning="scale_shift"``, None means that attention has no norm, as in diffusers).
+- ``attention_head_dim`` (same name): None = ``num_heads`` heads per attention layer (diffusers'
+  null = one head); d = ``width // d`` heads of d channels in every layer.
+- ``downsample_padding`` (same name): 0 = the paper's TensorFlow ``SAME`` stride-2 conv (pad one
+  row/column bottom/right, then no padding); 1 = symmetric padding.
+- ``flip_sin_to_cos``, ``freq_shift`` (same names): the time embedding's [sin, cos] order and its
+  frequencies ``exp(-log(10000) i / (half - freq_shift))`` (paper: [sin, cos], shift 1).
+- ``add_attention`` (same name): the middle block's attention on (paper) or off.
+- ``dropout`` (same name): inside residual blocks, after the second norm.
+- ``mid_block_scale_factor`` (same name): the middle block's residual sums (resnets and attention)
+  are divided by it.
+- ``time_embedding_dim`` (same name): width of the time MLP; None = 4 x the first level's width.
+- ``center_input_sample`` (same name): x -> 2x - 1 before ``conv_in``.
+- ``act_fn`` (same name; "swish" is "silu"): the residual blocks' nonlinearity, also applied to the
+  time embedding each block projects. The time MLP and the output head always use SiLU, as in diffusers.
+- ``time_conditioning`` (``resnet_time_scale_shift``): "default" adds the projected embedding
+  after ``conv1``; "scale_shift" projects to 2 x width and applies ``norm2(h) * (1 + scale) + shift``.
 
 GroupNorm groups: the paper uses 32 everywhere. By default (``norm_groups=None``) we use the largest
 divisor of every width in the network that is at most ``min(32, base_channels // 4)``; that is 32
 for base_channels >= 128 (all paper models) and 8 / 16 for the ``tiny`` / ``small`` presets, so a
 narrow network still gets >= 4 channels per group. One count serves every norm, as in diffusers.
 
-Down-sampling: ``downsample_padding=0`` (default, the paper's TensorFlow ``SAME`` stride-2 conv)
-pads one row/column at the bottom/right then convolves without padding; ``1`` pads symmetrically.
-Diffusers' config key of the same name means the same.
+``UNet(cfg, norm_groups=..., downsample_padding=..., flip_sin_to_cos=..., freq_shift=...,
+attention_head_dim=..., out_channels=...)`` keywords override the config's fields (older callers).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +70,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORM_EPS = 1e-6
+NORM_EPS = 1e-6  # the paper's GroupNorm epsilon (ModelConfig.norm_eps's default)
+ACTIVATIONS = ("silu", "mish", "gelu", "relu")
+TIME_CONDITIONINGS = ("default", "scale_shift")
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,14 @@ class UNetSpec:
     downsample_padding: int
     flip_sin_to_cos: bool
     freq_shift: float
+    norm_eps: float = NORM_EPS
+    attn_norm_groups: int = 0  # the middle attention's GroupNorm groups; 0 = that attention has no norm
+    add_attention: bool = True
+    mid_block_scale_factor: float = 1.0
+    time_embedding_dim: int = 0  # 0 = 4 x the first level's width (base_channels x channel_mult[0])
+    center_input_sample: bool = False
+    act_fn: str = "silu"
+    time_conditioning: str = "default"
 
     def heads(self, channels: int) -> int:
         return channels // self.attention_head_dim if self.attention_head_dim else self.num_heads
@@ -80,6 +108,18 @@ class UNetSpec:
     @property
     def block_out_channels(self) -> tuple[int, ...]:
         return tuple(self.base_channels * m for m in self.channel_mult)
+
+    @property
+    def temb_channels(self) -> int:
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]  # as diffusers: 4 x the first width
+
+    def attention_widths(self) -> list[int]:
+        """The widths of the layers that attend (levels at attention_resolutions, and the middle)."""
+        chans = self.block_out_channels
+        widths = {c for i, c in enumerate(chans) if self.image_size // 2**i in self.attention_resolutions}
+        if self.add_attention:
+            widths.add(chans[-1])
+        return sorted(widths)
 
 
 def _widths(base: int, mult: tuple[int, ...]) -> set[int]:
@@ -120,59 +160,93 @@ def resolve_spec(cfg: Any, **overrides: Any) -> UNetSpec:
     bad = sorted(w for w in _widths(base, mult) if w % groups)
     if bad:
         raise ValueError(f"norm_groups={groups} must divide every channel count of the network; it does not divide {bad}")
-    heads = int(cfg.num_heads)
-    head_dim = int(opt("attention_head_dim", 0))
-    for c in {base * m for m in mult}:
-        if head_dim and c % head_dim:
-            raise ValueError(f"attention_head_dim={head_dim} must divide every level's width; it does not divide {c}")
-        if not head_dim and c % heads:
-            raise ValueError(f"model.num_heads={heads} must divide every level's width; it does not divide {c}")
+    act = str(opt("act_fn", "silu"))
+    act = "silu" if act == "swish" else act
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act_fn must be one of {', '.join(ACTIVATIONS)}; got {act!r}")
+    cond = str(opt("time_conditioning", "default"))
+    if cond not in TIME_CONDITIONINGS:
+        raise ValueError(f"time_conditioning must be one of {', '.join(TIME_CONDITIONINGS)}; got {cond!r}")
+    attn_groups = int(opt("attn_norm_groups", 0)) or (groups if cond == "default" else 0)
+    if attn_groups and (base * mult[-1]) % attn_groups:
+        raise ValueError(f"attn_norm_groups={attn_groups} must divide the middle block's width {base * mult[-1]}")
     pad = int(opt("downsample_padding", 0))
     if pad not in (0, 1):
         raise ValueError(f"downsample_padding must be 0 (the paper's) or 1; got {pad!r}")
-    return UNetSpec(
+    spec = UNetSpec(
         image_size=int(cfg.image_size), in_channels=int(cfg.in_channels),
         out_channels=int(opt("out_channels", cfg.in_channels)), base_channels=base, channel_mult=mult,
         num_res_blocks=int(cfg.num_res_blocks), attention_resolutions=tuple(int(r) for r in cfg.attention_resolutions),
-        dropout=float(cfg.dropout), num_heads=heads, attention_head_dim=head_dim, norm_groups=int(groups), downsample_padding=pad,
-        flip_sin_to_cos=bool(opt("flip_sin_to_cos", False)), freq_shift=float(opt("freq_shift", 1)),
+        dropout=float(cfg.dropout), num_heads=int(cfg.num_heads), attention_head_dim=int(opt("attention_head_dim", 0)),
+        norm_groups=int(groups), downsample_padding=pad, flip_sin_to_cos=bool(opt("flip_sin_to_cos", False)),
+        freq_shift=float(opt("freq_shift", 1)), norm_eps=float(opt("norm_eps", NORM_EPS)), attn_norm_groups=attn_groups,
+        add_attention=bool(opt("add_attention", True)), mid_block_scale_factor=float(opt("mid_block_scale_factor", 1.0)),
+        time_embedding_dim=int(opt("time_embedding_dim", 0)), center_input_sample=bool(opt("center_input_sample", False)),
+        act_fn=act, time_conditioning=cond,
     )
+    for c in spec.attention_widths():
+        if spec.attention_head_dim and (c % spec.attention_head_dim or c < spec.attention_head_dim):
+            raise ValueError(f"attention_head_dim={spec.attention_head_dim} must divide every attention layer's width; "
+                             f"it does not divide {c}")
+        if not spec.attention_head_dim and c % spec.num_heads:
+            raise ValueError(f"model.num_heads={spec.num_heads} must divide every attention layer's width; "
+                             f"it does not divide {c}")
+    return spec
 
 
 # -- building blocks ----------------------------------------------------------------------------
-def _norm(groups: int, channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, channels, eps=NORM_EPS)
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The residual blocks' nonlinearity. In place where the backward pass needs only the output
+    (SiLU's and ReLU's inputs here are GroupNorm outputs that nothing else reads)."""
+    if name == "silu":
+        return lambda x: F.silu(x, inplace=True)
+    if name == "relu":
+        return lambda x: F.relu(x, inplace=True)
+    if name == "mish":
+        return F.mish
+    return F.gelu  # exact (erf) GELU, as torch.nn.GELU()
 
 
 class ResnetBlock(nn.Module):
     """Wide-ResNet block with the time embedding added after the first conv (diffusers' ResnetBlock2D)."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, groups: int, dropout: float) -> None:
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, spec: UNetSpec, output_scale: float = 1.0) -> None:
         super().__init__()
-        self.norm1 = _norm(groups, in_ch)
+        g, eps = spec.norm_groups, spec.norm_eps
+        self.scale_shift = spec.time_conditioning == "scale_shift"
+        self.output_scale = float(output_scale)
+        self.act = _activation(spec.act_fn)
+        self.norm1 = nn.GroupNorm(g, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.time_emb_proj = nn.Linear(temb_ch, out_ch)
-        self.norm2 = _norm(groups, out_ch)
-        self.dropout = nn.Dropout(dropout)
+        self.time_emb_proj = nn.Linear(temb_ch, 2 * out_ch if self.scale_shift else out_ch)
+        self.norm2 = nn.GroupNorm(g, out_ch, eps=eps)
+        self.dropout = nn.Dropout(spec.dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
-        """``temb_act`` is SiLU(time embedding), computed once per forward by the U-Net."""
-        # In-place SiLU and adds: GroupNorm's and a conv's backward need their inputs, never these outputs.
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h.add_(self.time_emb_proj(temb_act)[:, :, None, None])  # (B, C, 1, 1) broadcast over H, W
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
-        return h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
+        """``temb_act`` is act(time embedding), computed once per forward by the U-Net."""
+        # In-place activations and adds: GroupNorm's and a conv's backward need their inputs, never these outputs.
+        h = self.conv1(self.act(self.norm1(x)))
+        temb = self.time_emb_proj(temb_act)[:, :, None, None]  # (B, C or 2C, 1, 1) broadcast over H, W
+        if self.scale_shift:
+            scale, shift = temb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h.add_(temb))
+        h = self.conv2(self.dropout(self.act(h)))
+        h = h.add_(x if self.conv_shortcut is None else self.conv_shortcut(x))
+        return h if self.output_scale == 1.0 else h.div_(self.output_scale)
 
 
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions with a residual connection (diffusers' Attention)."""
 
-    def __init__(self, channels: int, groups: int, heads: int) -> None:
+    def __init__(self, channels: int, groups: int, heads: int, eps: float = NORM_EPS, output_scale: float = 1.0) -> None:
         super().__init__()
         self.heads = heads
-        self.group_norm = _norm(groups, channels)
+        self.output_scale = float(output_scale)
+        self.group_norm = nn.GroupNorm(groups, channels, eps=eps) if groups else None
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
@@ -180,7 +254,8 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        h = self.group_norm(x).flatten(2).transpose(1, 2)  # (B, H*W, C)
+        h = x if self.group_norm is None else self.group_norm(x)
+        h = h.flatten(2).transpose(1, 2)  # (B, H*W, C)
         w = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])  # (3C, C): one matmul for q, k, v
         b = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
         qkv = F.linear(h, w, b).view(B, H * W, 3, self.heads, C // self.heads)  # (B, HW, 3, heads, d)
@@ -188,7 +263,8 @@ class AttentionBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         a = a.transpose(1, 2).reshape(B, H * W, C)  # (B, HW, C)
         out = self.to_out[0](a).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
-        return out.add_(x)
+        out = out.add_(x)
+        return out if self.output_scale == 1.0 else out.div_(self.output_scale)
 
 
 class Downsample(nn.Module):
@@ -219,8 +295,9 @@ class DownBlock(nn.Module):
         super().__init__()
         g = spec.norm_groups
         self.resnets = nn.ModuleList(
-            [ResnetBlock(in_ch if j == 0 else out_ch, out_ch, temb_ch, g, spec.dropout) for j in range(spec.num_res_blocks)])
-        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.heads(out_ch)) for _ in range(spec.num_res_blocks)]) if attention else None
+            [ResnetBlock(in_ch if j == 0 else out_ch, out_ch, temb_ch, spec) for j in range(spec.num_res_blocks)])
+        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.heads(out_ch), spec.norm_eps)
+                                         for _ in range(spec.num_res_blocks)]) if attention else None
         self.downsamplers = nn.ModuleList([Downsample(out_ch, spec.downsample_padding)]) if downsample else None
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
@@ -245,9 +322,10 @@ class UpBlock(nn.Module):
         resnets = []
         for j in range(n):
             skip_ch = skip_in_ch if j == n - 1 else out_ch
-            resnets.append(ResnetBlock((prev_ch if j == 0 else out_ch) + skip_ch, out_ch, temb_ch, g, spec.dropout))
+            resnets.append(ResnetBlock((prev_ch if j == 0 else out_ch) + skip_ch, out_ch, temb_ch, spec))
         self.resnets = nn.ModuleList(resnets)
-        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.heads(out_ch)) for _ in range(n)]) if attention else None
+        self.attentions = nn.ModuleList([AttentionBlock(out_ch, g, spec.heads(out_ch), spec.norm_eps)
+                                         for _ in range(n)]) if attention else None
         self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
@@ -261,15 +339,19 @@ class UpBlock(nn.Module):
 
 
 class MidBlock(nn.Module):
+    """resnet, attention (unless ``add_attention`` is off), resnet; sums divided by ``mid_block_scale_factor``."""
+
     def __init__(self, ch: int, temb_ch: int, spec: UNetSpec) -> None:
         super().__init__()
-        g = spec.norm_groups
-        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, temb_ch, g, spec.dropout) for _ in range(2)])
-        self.attentions = nn.ModuleList([AttentionBlock(ch, g, spec.heads(ch))])
+        scale = spec.mid_block_scale_factor
+        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, temb_ch, spec, output_scale=scale) for _ in range(2)])
+        self.attentions = nn.ModuleList([AttentionBlock(ch, spec.attn_norm_groups, spec.heads(ch), spec.norm_eps,
+                                                        output_scale=scale)]) if spec.add_attention else None
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x, temb_act)
-        x = self.attentions[0](x)
+        if self.attentions is not None:
+            x = self.attentions[0](x)
         return self.resnets[1](x, temb_act)
 
 
@@ -300,7 +382,7 @@ class UNet(nn.Module):
         chans = spec.block_out_channels
         L = len(chans)
         base = chans[0]
-        temb_ch = 4 * base
+        temb_ch = spec.temb_channels
 
         # Sinusoidal frequencies, computed once: exp(-log(10000) * i / (half - freq_shift)).
         half = base // 2
@@ -309,6 +391,7 @@ class UNet(nn.Module):
 
         self.conv_in = nn.Conv2d(spec.in_channels, base, 3, padding=1)
         self.time_embedding = TimestepEmbedding(base, temb_ch)
+        self._act = {"silu": F.silu, "relu": F.relu, "mish": F.mish, "gelu": F.gelu}[spec.act_fn]
 
         self.down_blocks = nn.ModuleList()
         out_ch = base
@@ -328,7 +411,7 @@ class UNet(nn.Module):
             res = spec.image_size // 2 ** (L - 1 - i)
             self.up_blocks.append(UpBlock(prev_ch, out_ch, skip_in_ch, temb_ch, spec, attention=res in spec.attention_resolutions,
                                           upsample=i < L - 1))
-        self.conv_norm_out = _norm(spec.norm_groups, base)
+        self.conv_norm_out = nn.GroupNorm(spec.norm_groups, base, eps=spec.norm_eps)
         self.conv_out = nn.Conv2d(base, spec.out_channels, 3, padding=1)
         self.reset_parameters()
 
@@ -358,7 +441,8 @@ class UNet(nn.Module):
 
     def time_proj(self, t: torch.Tensor) -> torch.Tensor:
         """Sinusoidal embedding (B,) -> (B, base_channels): [sin, cos] (or [cos, sin] if flipped)."""
-        args = t.float()[:, None] * self.time_freqs[None, :]  # (B, half)
+        # float32 whatever the model's dtype, as diffusers computes it (then cast by the caller)
+        args = t.float()[:, None] * self.time_freqs.float()[None, :]  # (B, half)
         emb = torch.cat([args.cos(), args.sin()] if self.spec.flip_sin_to_cos else [args.sin(), args.cos()], dim=1)
         return emb
 
@@ -366,8 +450,10 @@ class UNet(nn.Module):
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         temb = self.time_embedding(self.time_proj(t).to(x.dtype))  # (B, 4 * base)
-        temb_act = F.silu(temb)  # every resnet projects SiLU(temb); compute it once
+        temb_act = self._act(temb)  # every resnet projects act(temb); compute it once (out of place: temb is reused)
 
+        if self.spec.center_input_sample:
+            x = 2 * x - 1.0
         h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:

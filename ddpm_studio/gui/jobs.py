@@ -117,6 +117,16 @@ def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control:
 
 
 # -- sampling -------------------------------------------------------------------------------------
+# SamplingConfig fields the Sampling panel has no control for: they come from the model itself (an
+# imported diffusers model's timestep spacing, clip range and thresholding; issue 15).
+MODEL_SAMPLING_FIELDS = ("spacing", "steps_offset", "clip_range", "dynamic_threshold", "threshold_max")
+
+
+def model_sampling(panel: SamplingConfig, model: SamplingConfig) -> SamplingConfig:
+    """The panel's settings, with the fields it does not show taken from the model's own config."""
+    return dataclasses.replace(panel, **{f: getattr(model, f) for f in MODEL_SAMPLING_FIELDS})
+
+
 def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
                 budget_bytes: int = DEFAULT_CHAIN_BUDGET) -> Callable[[TaskState], Any]:
     """Run one reverse chain; emit recorded frames as :class:`ChainFrame`, return :class:`SampleResult`."""
@@ -127,11 +137,12 @@ def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
 
         loaded = get_model()
         state.emit(ModelReady(loaded.config, int(loaded.step), str(loaded.source), loaded), flush=True)
+        sampling_used = model_sampling(sampling, loaded.config.sampling)
         if state.should_stop():
             raise TaskCancelled()
         stride = None
         last = None
-        for r in generate(loaded, sampling, should_stop=state.should_stop):
+        for r in generate(loaded, sampling_used, should_stop=state.should_stop):
             last = r
             if stride is not None and not recorded(r.index, r.total, stride):
                 continue

@@ -6,12 +6,13 @@ folders in Hugging Face diffusers' layout::
     model_index.json                    {"_class_name": "DDPMPipeline", "unet": [...], "scheduler": [...]}
     unet/config.json                    UNet2DModel settings
     unet/diffusion_pytorch_model.safetensors   (or .bin)
-    scheduler/scheduler_config.json     DDPMScheduler / DDIMScheduler settings
+    scheduler/scheduler_config.json     DDPMScheduler / DDIMScheduler / DPMSolverMultistepScheduler settings
 
 :func:`load_diffusers_folder` reads such a folder WITHOUT diffusers: the U-Net config becomes a
-:class:`ModelConfig` plus the options our :class:`UNet` takes as keywords, the scheduler config
-becomes a :class:`DiffusionConfig` (and, when its betas are not one of our named schedules, an
-explicit :class:`NoiseSchedule`), and the weights load key for key (our U-Net has diffusers' module
+:class:`ModelConfig` (every UNet2DModel number and switch is a field of it, issue 15), the scheduler
+config a :class:`DiffusionConfig` (with explicit ``betas`` when they are not one of our named
+schedules) and a :class:`SamplingConfig` (clipping, thresholding, timestep spacing), so the run
+config alone rebuilds the model; the weights load key for key (our U-Net has diffusers' module
 names). Weights come from ``.safetensors`` when present; a ``.bin`` is read only through
 ``torch.load(weights_only=True)``, which refuses any pickle that would run code. Anything our
 network or sampler cannot reproduce is refused with a ValueError naming the setting and its value.
@@ -52,7 +53,7 @@ DIFFUSERS_VERSION_WRITTEN = "0.42.1"  # the diffusers release our export is test
 WEIGHTS_NAME = "diffusion_pytorch_model"
 UNET_CLASS = "UNet2DModel"
 PIPELINES = ("DDPMPipeline", "DDIMPipeline")
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
 
 # UNet2DModel.__init__ defaults (diffusers 0.42): what a key missing from config.json means.
 UNET_DEFAULTS: dict[str, Any] = {
@@ -68,32 +69,46 @@ UNET_DEFAULTS: dict[str, Any] = {
     "norm_eps": 1e-5, "resnet_time_scale_shift": "default", "add_attention": True,
     "class_embed_type": None, "num_class_embeds": None, "num_train_timesteps": None,
 }
-# DDPMScheduler / DDIMScheduler.__init__ defaults (diffusers 0.42).
-SCHEDULER_DEFAULTS: dict[str, Any] = {
+# DDPMScheduler / DDIMScheduler / DPMSolverMultistepScheduler.__init__ defaults (diffusers 0.42), the
+# keys DDPM Studio reads. DPM-Solver has no clip_sample (it never clips) and spaces its steps by linspace.
+_COMMON_SCHEDULER_DEFAULTS: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-    "trained_betas": None, "variance_type": "fixed_small", "clip_sample": True, "prediction_type": "epsilon",
-    "thresholding": False, "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0,
+    "trained_betas": None, "prediction_type": "epsilon", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
     "sample_max_value": 1.0, "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False,
-    "set_alpha_to_one": True,
 }
+SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "DDPMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "variance_type": "fixed_small", "clip_sample": True,
+                      "clip_sample_range": 1.0},
+    "DDIMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True},
+    "DPMSolverMultistepScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "timestep_spacing": "linspace", "variance_type": None,
+                                    "clip_sample": False, "clip_sample_range": 1.0, "solver_order": 2,
+                                    "algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True,
+                                    "euler_at_final": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                                    "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
+                                    "final_sigmas_type": "zero", "lambda_min_clipped": -math.inf,
+                                    "use_dynamic_shifting": False},
+}
+# DPM-Solver settings that choose how it samples, not what the network learned: listed in a note
+# (nothing in this module samples with DPM-Solver; its sampler lives in engine/dpm_solver.py).
+_DPM_SAMPLING_KEYS = ("solver_order", "algorithm_type", "solver_type", "lower_order_final", "euler_at_final",
+                      "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
+                      "final_sigmas_type", "lambda_min_clipped")
 
-# Settings whose only value we can reproduce: (key, the value our U-Net implements, what it means).
+# Settings that select a block type or an embedding DDPM Studio does not implement: (key, the only
+# value we build, what that value means). Everything else UNet2DModel has is a ModelConfig field.
 _UNET_FIXED = (
-    ("center_input_sample", False, "inputs are used as given, not mapped by 2x-1"),
-    ("time_embedding_type", "positional", "sinusoidal time embedding"),
-    ("mid_block_type", "UNetMidBlock2D", "resnet-attention-resnet middle"),
-    ("downsample_type", "conv", "strided-conv down-sampling"),
-    ("upsample_type", "conv", "nearest x2 + conv up-sampling"),
-    ("resnet_time_scale_shift", "default", "time embedding added, not scale-shift"),
-    ("add_attention", True, "attention in the middle block"),
-    ("class_embed_type", None, "unconditional network"),
-    ("num_class_embeds", None, "unconditional network"),
-    ("mid_block_scale_factor", 1, "unscaled middle residuals"),
+    ("time_embedding_type", "positional", "the sinusoidal time embedding; Fourier and learned embeddings are not implemented"),
+    ("mid_block_type", "UNetMidBlock2D", "the resnet-attention-resnet middle block"),
+    ("class_embed_type", None, "an unconditional network; class embeddings are not implemented"),
+    ("num_class_embeds", None, "an unconditional network; class embeddings are not implemented"),
 )
+_ACT_FROM_DIFFUSERS = {"silu": "silu", "swish": "silu", "mish": "mish", "gelu": "gelu", "relu": "relu"}
+_TIME_COND_FROM_DIFFUSERS = {"default": "default", "scale_shift": "scale_shift"}
 _PREDICTION_FROM_DIFFUSERS = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
 _PREDICTION_TO_DIFFUSERS = {v: k for k, v in _PREDICTION_FROM_DIFFUSERS.items()}
-_VARIANCE_FROM_DIFFUSERS = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
-                            "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+# fixed_small_log is fixed_small (diffusers takes exp(0.5 log beta-tilde) as the standard deviation).
+_VARIANCE_FROM_DIFFUSERS = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large"}
+_SPACINGS = ("leading", "trailing", "linspace")
 # Our schedule kind <-> diffusers' beta_schedule name (same formula, see engine/schedules.py).
 _SCHEDULE_TO_DIFFUSERS = {"linear": "linear", "quadratic": "scaled_linear", "cosine": "squaredcos_cap_v2",
                           "sigmoid": "sigmoid"}
@@ -139,6 +154,18 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _refuse(where: str, key: str, value: Any, why: str) -> DiffusersFormatError:
     return DiffusersFormatError(f"{where}: {key}={value!r} is not supported ({why})")
+
+
+def _as_bool(where: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise DiffusersFormatError(f"{where}: {key} must be true or false; got {value!r}")
+    return value
+
+
+def _as_float(where: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise DiffusersFormatError(f"{where}: {key} must be a number; got {value!r}")
+    return float(value)
 
 
 def _as_int(where: str, key: str, value: Any) -> int:
@@ -202,10 +229,11 @@ def _locate(folder: Path) -> tuple[Path, Path | None, list[str]]:
 # -- the network --------------------------------------------------------------------------------
 
 
-def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json") -> tuple[ModelConfig, dict[str, Any], list[str]]:
-    """(ModelConfig, keyword options for UNet(...), notes) equivalent to a UNet2DModel config.
+def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json") -> tuple[ModelConfig, list[str]]:
+    """(ModelConfig, notes) equivalent to a UNet2DModel config: ``build_model(model)`` is that network.
 
-    Raises DiffusersFormatError naming the first setting our U-Net cannot reproduce.
+    Every numeric option and switch becomes a ModelConfig field; block types and embeddings DDPM
+    Studio does not implement raise DiffusersFormatError naming the key and its value.
     """
     cls = cfg.get("_class_name", UNET_CLASS)
     if cls != UNET_CLASS:
@@ -219,10 +247,13 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
     for key, wanted, meaning in _UNET_FIXED:
         if c[key] != wanted:
             raise _refuse(where, key, c[key], f"DDPM Studio's U-Net supports only {wanted!r}: {meaning}")
-    if c["act_fn"] not in ("silu", "swish"):
-        raise _refuse(where, "act_fn", c["act_fn"], "DDPM Studio's U-Net uses SiLU")
-    if not isinstance(c["norm_eps"], (int, float)) or not math.isclose(c["norm_eps"], 1e-6, rel_tol=1e-6):
-        raise _refuse(where, "norm_eps", c["norm_eps"], "DDPM Studio's GroupNorms use eps=1e-6, as the paper's models do")
+    act = c["act_fn"]
+    if act not in _ACT_FROM_DIFFUSERS:
+        raise _refuse(where, "act_fn", act, f"supported: {', '.join(_ACT_FROM_DIFFUSERS)}")
+    cond = c["resnet_time_scale_shift"]
+    if cond not in _TIME_COND_FROM_DIFFUSERS:
+        raise _refuse(where, "resnet_time_scale_shift", cond, "DDPM Studio's residual blocks add the time embedding "
+                      "('default') or scale and shift by it ('scale_shift'); spatial and ada_group norms are not implemented")
 
     size = c["sample_size"]
     if isinstance(size, (list, tuple)):
@@ -256,54 +287,75 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
                                 ("up_block_types", up, ("UpBlock2D", "AttnUpBlock2D"))):
         for i, t in enumerate(types):
             if t not in allowed:
-                raise _refuse(where, f"{key}[{i}]", t, f"DDPM Studio's U-Net is built from {' and '.join(allowed)}")
+                raise _refuse(where, f"{key}[{i}]", t, f"DDPM Studio's U-Net is built from {' and '.join(allowed)}; "
+                              "Skip, ResnetDownsample/ResnetUpsample, cross-attention and K blocks are not implemented")
     attn_levels = [i for i, t in enumerate(down) if t.startswith("Attn")]
     up_attn_levels = [L - 1 - j for j, t in enumerate(up) if t.startswith("Attn")]
     if sorted(up_attn_levels) != attn_levels:
         raise _refuse(where, "up_block_types", up, f"attention going up must mirror attention going down ({down})")
+    # Only AttnDown/AttnUp blocks read downsample_type / upsample_type (DownBlock2D always convolves).
+    for key, blocks in (("downsample_type", [i for i in attn_levels if i < L - 1]),
+                        ("upsample_type", [j for j, t in enumerate(up) if t.startswith("Attn") and j < L - 1])):
+        if blocks and c[key] not in ("conv", None):
+            raise _refuse(where, key, c[key], "DDPM Studio re-samples with strided / nearest-neighbour convs ('conv'); "
+                          "residual-block re-sampling is not implemented")
+
     time_dim = c["time_embedding_dim"]
-    if time_dim is not None and time_dim != 4 * base:
-        raise _refuse(where, "time_embedding_dim", time_dim, f"DDPM Studio uses 4 x block_out_channels[0] = {4 * base}")
+    if time_dim is not None:
+        time_dim = _as_int(where, "time_embedding_dim", time_dim)
+        if time_dim == 4 * base:
+            time_dim = None  # our default
 
-    # Heads: diffusers gives each attention layer width // attention_head_dim heads (one head when
-    # attention_head_dim is null); our num_heads is one count for the whole network.
-    attn_widths = sorted({chans[i] for i in attn_levels} | {chans[-1]})  # the middle block always attends
+    # Heads: diffusers gives each attention layer width // attention_head_dim heads of attention_head_dim
+    # channels (one head when attention_head_dim is null).
+    add_attention = _as_bool(where, "add_attention", c["add_attention"])
+    attn_widths = sorted({chans[i] for i in attn_levels} | ({chans[-1]} if add_attention else set()))
     head_dim = c["attention_head_dim"]
-    if head_dim is None:
-        heads = 1
-    else:
+    heads, model_head_dim = 1, None
+    if head_dim is not None:
         head_dim = _as_int(where, "attention_head_dim", head_dim)
-        counts = {w: w // head_dim for w in attn_widths}
-        if head_dim < 1 or any(w % head_dim for w in attn_widths) or len(set(counts.values())) != 1:
+        if head_dim < 1 or any(w % head_dim or w < head_dim for w in attn_widths):
             raise _refuse(where, "attention_head_dim", head_dim,
-                          f"DDPM Studio uses one number of heads everywhere; here the attention widths {attn_widths} "
-                          f"would get {sorted(set(counts.values()))} heads")
-        heads = next(iter(counts.values()))
+                          f"it must divide the width of every attention layer ({attn_widths})")
+        counts = {w // head_dim for w in attn_widths}
+        if len(counts) == 1 and next(iter(counts)) <= 64:  # one head count everywhere: num_heads, the paper's way
+            heads = counts.pop()
+        elif attn_widths:
+            model_head_dim = head_dim
 
-    groups = _as_int(where, "norm_num_groups", c["norm_num_groups"])
-    if c["attn_norm_num_groups"] not in (None, groups):
-        raise _refuse(where, "attn_norm_num_groups", c["attn_norm_num_groups"],
-                      f"DDPM Studio uses one group count (norm_num_groups={groups}) for every GroupNorm")
+    groups = c["norm_num_groups"]
+    groups = _as_int(where, "norm_num_groups", groups)
+    attn_groups = c["attn_norm_num_groups"]
+    if attn_groups is not None:
+        attn_groups = _as_int(where, "attn_norm_num_groups", attn_groups)
     pad = c["downsample_padding"]
-    if pad not in (0, 1):
+    if pad not in (0, 1) or isinstance(pad, bool):
         raise _refuse(where, "downsample_padding", pad, "only 0 (the paper's TensorFlow SAME) and 1 exist")
-    dropout = c["dropout"]
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise DiffusersFormatError(f"{where}: dropout must be a number; got {dropout!r}")
 
-    model = ModelConfig(
+    fields = dict(
         preset="custom", image_size=size, in_channels=in_ch, base_channels=base,
         channel_mult=tuple(w // base for w in chans), num_res_blocks=_as_int(where, "layers_per_block", c["layers_per_block"]),
-        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=float(dropout), num_heads=heads)
+        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=_as_float(where, "dropout", c["dropout"]),
+        num_heads=heads, attention_head_dim=model_head_dim, norm_groups=groups, downsample_padding=int(pad),
+        flip_sin_to_cos=_as_bool(where, "flip_sin_to_cos", c["flip_sin_to_cos"]),
+        freq_shift=_as_float(where, "freq_shift", c["freq_shift"]), norm_eps=_as_float(where, "norm_eps", c["norm_eps"]),
+        attn_norm_groups=attn_groups, add_attention=add_attention,
+        mid_block_scale_factor=_as_float(where, "mid_block_scale_factor", c["mid_block_scale_factor"]),
+        time_embedding_dim=time_dim, center_input_sample=_as_bool(where, "center_input_sample", c["center_input_sample"]),
+        act_fn=_ACT_FROM_DIFFUSERS[act], time_conditioning=_TIME_COND_FROM_DIFFUSERS[cond])
+    model = ModelConfig(**fields)
+    from ddpm_studio.engine.unet import resolve_spec  # the divisibility checks (groups, heads) live there
+
     try:
         model.validate()
+        resolve_spec(model)
     except ValueError as e:
         raise DiffusersFormatError(f"{where} describes a network DDPM Studio cannot hold: {e}") from None
-    options = {"norm_groups": groups, "downsample_padding": int(pad), "flip_sin_to_cos": bool(c["flip_sin_to_cos"]),
-               "freq_shift": float(c["freq_shift"])}
-    if not attn_levels:
+    if not attn_widths:
+        notes.append("this network has no self-attention")
+    elif not attn_levels:
         notes.append("this network has self-attention only in its middle block")
-    return model, options, notes
+    return model, notes
 
 
 # -- the noise schedule -------------------------------------------------------------------------
@@ -325,27 +377,36 @@ def diffusers_betas(beta_schedule: str, T: int, beta_start: float, beta_end: flo
 
 
 def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler/scheduler_config.json"):
-    """(DiffusionConfig, betas or None, sampling overrides, notes) for a DDPM/DDIM scheduler config.
+    """(DiffusionConfig, sampling overrides, notes) for a DDPM / DDIM / DPM-Solver multistep scheduler config.
 
-    ``betas`` is None when the folder's schedule is exactly one of ours (``DiffusionConfig`` says it
-    all); otherwise it is the folder's float64 betas and the config names the closest family.
+    ``DiffusionConfig.betas`` holds the folder's float64 betas when they are not exactly one of our
+    named schedules (``schedule`` then names the closest family), so
+    ``GaussianDiffusion.from_config`` alone rebuilds the process. Every key listed in
+    ``SCHEDULER_DEFAULTS`` is honoured or refused by name.
     """
     from ddpm_studio.engine.schedules import SCHEDULE_KINDS, get_betas
 
     cls = cfg.get("_class_name", "DDPMScheduler")
     if cls not in SCHEDULERS:
-        raise _refuse(where, "_class_name", cls, f"DDPM Studio reads {' and '.join(SCHEDULERS)} configs")
-    c = {**SCHEDULER_DEFAULTS, **cfg}
+        raise _refuse(where, "_class_name", cls, f"DDPM Studio reads {', '.join(SCHEDULERS)} configs")
+    c = {**SCHEDULER_DEFAULTS[cls], **cfg}
     notes: list[str] = []
     T = _as_int(where, "num_train_timesteps", c["num_train_timesteps"])
     if not 10 <= T <= 4000:
         raise _refuse(where, "num_train_timesteps", T, "DDPM Studio supports T from 10 to 4000")
-    if c["rescale_betas_zero_snr"]:
-        raise _refuse(where, "rescale_betas_zero_snr", True, "a zero-SNR last step (beta = 1) is not supported")
+    if _as_bool(where, "rescale_betas_zero_snr", c["rescale_betas_zero_snr"]):
+        raise _refuse(where, "rescale_betas_zero_snr", True, "a zero-SNR last step (beta = 1, alpha-bar = 0) is not supported")
+    if cls == "DPMSolverMultistepScheduler":
+        for key in ("use_flow_sigmas", "use_dynamic_shifting"):
+            if c[key]:
+                raise _refuse(where, key, c[key], "flow-matching sigmas are not a DDPM noise schedule")
 
     family = "linear"
     if c["trained_betas"] is not None:
-        betas = np.asarray(c["trained_betas"], dtype=np.float64)
+        try:
+            betas = np.asarray(c["trained_betas"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DiffusersFormatError(f"{where}: trained_betas must be a list of numbers") from None
         if betas.shape != (T,):
             raise DiffusersFormatError(f"{where}: trained_betas has {betas.size} values; num_train_timesteps is {T}")
         described = "the trained_betas listed in the file"
@@ -354,7 +415,8 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
         if name not in _SCHEDULE_FROM_DIFFUSERS:
             raise _refuse(where, "beta_schedule", name, f"supported: {', '.join(_SCHEDULE_FROM_DIFFUSERS)}")
         family = _SCHEDULE_FROM_DIFFUSERS[name]
-        betas = diffusers_betas(name, T, float(c["beta_start"]), float(c["beta_end"]))
+        betas = diffusers_betas(name, T, _as_float(where, "beta_start", c["beta_start"]),
+                                _as_float(where, "beta_end", c["beta_end"]))
         described = f"beta_schedule={name} from beta_start={c['beta_start']} to beta_end={c['beta_end']}"
     if not np.all((betas > 0) & (betas < 1)):
         raise DiffusersFormatError(f"{where}: the betas ({described}) must all lie strictly between 0 and 1")
@@ -363,32 +425,49 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     if exact:
         family, betas_out = exact[0], None
     else:
-        betas_out = betas
+        betas_out = tuple(float(b) for b in betas)
         notes.append(f"the noise schedule ({described}, T={T}) is not one of DDPM Studio's named schedules; "
-                     f"sampling uses these exact betas (the run config names the closest family, {family!r})")
+                     f"these exact betas are kept in the run config (diffusion.betas; diffusion.schedule names the "
+                     f"closest family, {family!r})")
 
     pred = c["prediction_type"]
     if pred not in _PREDICTION_FROM_DIFFUSERS:
         raise _refuse(where, "prediction_type", pred, f"supported: {', '.join(_PREDICTION_FROM_DIFFUSERS)}")
-    sampling: dict[str, Any] = {"clip_denoised": bool(c["clip_sample"]), "steps": min(SamplingConfig.steps, T)}
+
+    # Sampling-time settings, each honoured by a SamplingConfig field.
+    sampling: dict[str, Any] = {"clip_denoised": _as_bool(where, "clip_sample", c["clip_sample"]),
+                                "steps": min(SamplingConfig.steps, T)}
+    if cls == "DDIMScheduler":
+        sampling["sampler"] = "ddim"
+    sampling["clip_range"] = _as_float(where, "clip_sample_range", c["clip_sample_range"])
+    if _as_bool(where, "thresholding", c["thresholding"]):
+        sampling["dynamic_threshold"] = _as_float(where, "dynamic_thresholding_ratio", c["dynamic_thresholding_ratio"])
+        sampling["threshold_max"] = _as_float(where, "sample_max_value", c["sample_max_value"])
+    spacing = c["timestep_spacing"]
+    if spacing not in _SPACINGS:
+        raise _refuse(where, "timestep_spacing", spacing, f"supported: {', '.join(_SPACINGS)}")
+    sampling["spacing"] = spacing
+    sampling["steps_offset"] = _as_int(where, "steps_offset", c["steps_offset"])
+    var = c.get("variance_type")
     if cls == "DDPMScheduler":
-        var = c["variance_type"]
+        if var == "fixed_large_log":
+            raise _refuse(where, "variance_type", var, "diffusers' own DDPMScheduler takes the square root of log(beta_t) "
+                          "as the noise scale (NaN); use fixed_large")
         if var not in _VARIANCE_FROM_DIFFUSERS:
             raise _refuse(where, "variance_type", var, "DDPM Studio samples with a fixed variance: "
                           f"{', '.join(_VARIANCE_FROM_DIFFUSERS)}")
         sampling["variance"] = _VARIANCE_FROM_DIFFUSERS[var]
-    # Sampling-time settings we cannot reproduce exactly: say so, open the model anyway.
-    if c["clip_sample"] and float(c["clip_sample_range"]) != 1.0:
-        notes.append(f"clip_sample_range={c['clip_sample_range']} is not supported; predictions are clipped to [-1, 1]")
-    if c["thresholding"]:
-        notes.append("dynamic thresholding (thresholding=true) is not supported; predictions are clipped to [-1, 1] instead")
-    if c["timestep_spacing"] != "leading" or c["steps_offset"] != 0:
-        notes.append(f"timestep_spacing={c['timestep_spacing']!r}, steps_offset={c['steps_offset']}: DDPM Studio's DDIM "
-                     "uses 'leading' spacing with offset 0, so its few-step DDIM timesteps may differ from diffusers'")
-    if cls == "DDIMScheduler" and not c["set_alpha_to_one"]:
+    elif cls == "DPMSolverMultistepScheduler":
+        if var is not None:
+            raise _refuse(where, "variance_type", var, "a network that predicts its variance is not supported")
+        given = {k: c[k] for k in _DPM_SAMPLING_KEYS if k in cfg and cfg[k] != SCHEDULER_DEFAULTS[cls][k]}
+        notes.append("the folder's scheduler is DPM-Solver (DPMSolverMultistepScheduler"
+                     + (f": {', '.join(f'{k}={v!r}' for k, v in given.items())}" if given else ", its defaults")
+                     + "); DDPM Studio reads its noise schedule, prediction, spacing and thresholding from it")
+    if cls == "DDIMScheduler" and not _as_bool(where, "set_alpha_to_one", c["set_alpha_to_one"]):
         notes.append("set_alpha_to_one=false is not supported; the last DDIM step goes to alpha-bar = 1")
-    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred])
-    return diffusion, betas_out, sampling, notes
+    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred], betas=betas_out)
+    return diffusion, sampling, notes
 
 
 # -- weights ------------------------------------------------------------------------------------
@@ -481,8 +560,7 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
 
     from ddpm_studio.engine.devices import select_device
     from ddpm_studio.engine.diffusion import GaussianDiffusion
-    from ddpm_studio.engine.schedules import NoiseSchedule
-    from ddpm_studio.engine.unet import UNet
+    from ddpm_studio.engine.unet import build_model
     from ddpm_studio.sampling.service import LoadedModel
     from ddpm_studio.training.checkpoints import load_weights_into
 
@@ -490,7 +568,7 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
     if not path.exists():
         raise DiffusersFormatError(missing_path_message(folder))
     unet_dir, sched_path, notes = _locate(path)
-    model_cfg, options, more = model_from_unet_config(_read_json(unet_dir / "config.json"), str(unet_dir / "config.json"))
+    model_cfg, more = model_from_unet_config(_read_json(unet_dir / "config.json"), str(unet_dir / "config.json"))
     notes += more
     if sched_path is None:
         sched_cfg: dict[str, Any] = {}
@@ -498,7 +576,7 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
                      "(linear betas 1e-4 to 0.02, T=1000, epsilon prediction)")
     else:
         sched_cfg = _read_json(sched_path)
-    diff_cfg, betas, sampling_over, more = diffusion_from_scheduler_config(sched_cfg, str(sched_path or "scheduler defaults"))
+    diff_cfg, sampling_over, more = diffusion_from_scheduler_config(sched_cfg, str(sched_path or "scheduler defaults"))
     notes += more
 
     config = RunConfig(model=model_cfg, diffusion=diff_cfg,
@@ -509,18 +587,16 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
     except ValueError as e:
         raise DiffusersFormatError(f"{path}: {e}") from None
 
+    # The config alone rebuilds the network and the process (issue 15): nothing else is passed on.
     try:
-        model = UNet(model_cfg, **options)
+        model = build_model(model_cfg)
     except ValueError as e:
         raise DiffusersFormatError(f"{unet_dir / 'config.json'}: {e}") from None
     state, weights_file = load_unet_weights(unet_dir)
     load_weights_into(model, state, f"diffusers ({weights_file.name})")
     dev = device if isinstance(device, torch.device) else select_device(device or "auto")
     model.to(dev).eval().requires_grad_(False)
-    if betas is None:
-        diffusion = GaussianDiffusion.from_config(diff_cfg)
-    else:
-        diffusion = GaussianDiffusion(NoiseSchedule(betas, kind="diffusers"), prediction=diff_cfg.prediction)
+    diffusion = GaussianDiffusion.from_config(diff_cfg)
     return LoadedModel(model, diffusion, config, 0, str(path), notes)
 
 
@@ -528,14 +604,16 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
 
 
 def unet_config_for(spec: Any) -> dict[str, Any]:
-    """The UNet2DModel config.json for one of our networks (``UNet.spec``)."""
+    """The UNet2DModel config.json for one of our networks (``UNet.spec``): every option written out."""
     chans = list(spec.block_out_channels)
     L = len(chans)
     attn = [spec.image_size // 2**i in spec.attention_resolutions for i in range(L)]
-    if spec.num_heads == 1:
+    widths = spec.attention_widths()
+    if spec.attention_head_dim:
+        head_dim = spec.attention_head_dim
+    elif spec.num_heads == 1:
         head_dim = None  # diffusers: one head of the layer's full width
     else:
-        widths = sorted({chans[i] for i in range(L) if attn[i]} | {chans[-1]})
         if len(widths) != 1:
             raise DiffusersFormatError(
                 f"model.num_heads={spec.num_heads} cannot be written for diffusers: it gives every attention layer one "
@@ -544,27 +622,42 @@ def unet_config_for(spec: Any) -> dict[str, Any]:
         head_dim = widths[0] // spec.num_heads
     if spec.out_channels != spec.in_channels:
         raise DiffusersFormatError(f"out_channels={spec.out_channels} differs from in_channels={spec.in_channels}")
+    # diffusers' attn_norm_num_groups=None means norm_num_groups (default conditioning) or no norm (scale_shift).
+    implied = spec.norm_groups if spec.time_conditioning == "default" else 0
+    if spec.attn_norm_groups == implied:
+        attn_groups = None
+    elif spec.attn_norm_groups:
+        attn_groups = spec.attn_norm_groups
+    else:
+        raise DiffusersFormatError("a middle attention without GroupNorm under default time conditioning cannot be "
+                                   "written for diffusers")
+
+    def number(x: float) -> float | int:
+        return int(x) if float(x) == int(x) else float(x)
+
     return {
         "_class_name": UNET_CLASS, "_diffusers_version": DIFFUSERS_VERSION_WRITTEN,
         "sample_size": spec.image_size, "in_channels": spec.in_channels, "out_channels": spec.out_channels,
-        "center_input_sample": False, "time_embedding_type": "positional", "time_embedding_dim": None,
-        "freq_shift": spec.freq_shift if spec.freq_shift != int(spec.freq_shift) else int(spec.freq_shift),
-        "flip_sin_to_cos": spec.flip_sin_to_cos,
+        "center_input_sample": bool(spec.center_input_sample), "time_embedding_type": "positional",
+        "time_embedding_dim": spec.time_embedding_dim or None,
+        "freq_shift": number(spec.freq_shift), "flip_sin_to_cos": spec.flip_sin_to_cos,
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attn],
         "mid_block_type": "UNetMidBlock2D",
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in attn[::-1]],
-        "block_out_channels": chans, "layers_per_block": spec.num_res_blocks, "mid_block_scale_factor": 1,
+        "block_out_channels": chans, "layers_per_block": spec.num_res_blocks,
+        "mid_block_scale_factor": number(spec.mid_block_scale_factor),
         "downsample_padding": spec.downsample_padding, "downsample_type": "conv", "upsample_type": "conv",
-        "dropout": spec.dropout, "act_fn": "silu", "attention_head_dim": head_dim,
-        "norm_num_groups": spec.norm_groups, "attn_norm_num_groups": None, "norm_eps": 1e-6,
-        "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
-        "num_class_embeds": None, "num_train_timesteps": None,
+        "dropout": spec.dropout, "act_fn": spec.act_fn, "attention_head_dim": head_dim,
+        "norm_num_groups": spec.norm_groups, "attn_norm_num_groups": attn_groups, "norm_eps": spec.norm_eps,
+        "resnet_time_scale_shift": spec.time_conditioning, "add_attention": bool(spec.add_attention),
+        "class_embed_type": None, "num_class_embeds": None, "num_train_timesteps": None,
     }
 
 
 def scheduler_config_for(betas: np.ndarray, kind: str, prediction: str, sampling: SamplingConfig) -> dict[str, Any]:
     """A DDPMScheduler config giving ``betas``: a named ``beta_schedule`` when diffusers' formula
-    reproduces them (to 1e-9 relative), else the exact list as ``trained_betas``."""
+    reproduces them (to 1e-9 relative), else the exact list as ``trained_betas``; the sampling
+    settings (clipping, thresholding, spacing) as the matching scheduler keys."""
     from ddpm_studio.engine.schedules import _scaled_ends
 
     T = int(betas.size)
@@ -577,9 +670,14 @@ def scheduler_config_for(betas: np.ndarray, kind: str, prediction: str, sampling
         cfg["beta_schedule"] = name
     else:
         cfg["trained_betas"] = [float(b) for b in betas]
-    cfg.update({"variance_type": sampling.variance, "clip_sample": bool(sampling.clip_denoised), "clip_sample_range": 1.0,
-                "prediction_type": _PREDICTION_TO_DIFFUSERS[prediction], "thresholding": False,
-                "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False})
+    threshold = getattr(sampling, "dynamic_threshold", None)
+    cfg.update({"variance_type": sampling.variance, "clip_sample": bool(sampling.clip_denoised),
+                "clip_sample_range": float(getattr(sampling, "clip_range", 1.0)),
+                "prediction_type": _PREDICTION_TO_DIFFUSERS[prediction], "thresholding": threshold is not None,
+                "dynamic_thresholding_ratio": 0.995 if threshold is None else float(threshold),
+                "sample_max_value": float(getattr(sampling, "threshold_max", 1.0)),
+                "timestep_spacing": getattr(sampling, "spacing", "leading"),
+                "steps_offset": int(getattr(sampling, "steps_offset", 0)), "rescale_betas_zero_snr": False})
     return cfg
 
 

@@ -391,8 +391,13 @@ class SamplingPanel(QWidget):
         d = m.config.diffusion
         from ...engine.schedules import NoiseSchedule
 
-        s = NoiseSchedule.from_config(d.schedule, d.timesteps)
-        self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=d.schedule)
+        if d.betas is not None:  # an imported model's exact betas (issue 15), not the family it is closest to
+            s = NoiseSchedule(np.asarray(d.betas, dtype=np.float64), kind="custom")
+            label = f"explicit betas (closest: {d.schedule})"
+        else:
+            s = NoiseSchedule.from_config(d.schedule, d.timesteps)
+            label = d.schedule
+        self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=label)
         if self.src_disk.isChecked() and hasattr(m, "loaded") and m.loaded is not None:
             self._loaded = m.loaded
             self._update_model_label()
