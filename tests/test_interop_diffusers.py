@@ -125,6 +125,7 @@ def test_small_unet_ddim_chain_matches_diffusers_pipeline(small_unet, tmp_path, 
     # use_clipped_model_output=True is what our DDIM does when clipping (eps from the clipped x_0).
     sampling = loaded.config.sampling
     sampling.sampler, sampling.steps, sampling.eta, sampling.num_images, sampling.seed = "ddim", 20, 0.0, 3, 11
+    sampling.spacing = "leading"  # DDIMScheduler's default timestep_spacing
     assert sampling.clip_denoised == scheduler["clip_sample"]
     steps = list(generate(loaded, sampling))
     assert len(steps) == 20

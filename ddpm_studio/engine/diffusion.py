@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # config.py has no torch; imported only for annotations
 PREDICTIONS = ("epsilon", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 VARIANCES = ("fixed_small", "fixed_large")
+# DPM-Solver++ samplers (engine/dpm_solver.py): name -> (solver order, stochastic SDE variant)
+DPM_SAMPLERS = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "dpmpp-2m-sde": (2, True)}
+SPACINGS = ("leading", "trailing", "linspace")  # how a few-step sampler picks its timesteps (diffusers' names)
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,6 +40,47 @@ def _randn(shape, generator: torch.Generator | None, device: torch.device, dtype
     """Standard normal noise drawn on the generator's device, then moved to ``device``."""
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def check_steps(T: int, steps) -> None:
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= T:
+        raise ValueError(f"sampling.steps must be a whole number from 1 to T={T}; got {steps!r}")
+
+
+def check_spacing(spacing) -> None:
+    if spacing not in SPACINGS:
+        raise ValueError(f"sampling.spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
+
+
+def trailing_timesteps(T: int, steps: int) -> list[int]:
+    """round(T - i T/steps) - 1 for i = 0 .. steps-1: starts at T-1 for every step count.
+
+    The values are diffusers' ``np.round(np.arange(T, 0, -T / steps)) - 1`` bit for bit; only its
+    first ``steps`` are kept, because for some step counts (62 of 1..1000 at T=1000, e.g. 61) that
+    float ``arange`` has one extra element, which would become the timestep -1.
+    """
+    return (np.round(np.arange(T, 0, -T / steps)[:steps]).astype(np.int64) - 1).tolist()
+
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
+    """The DDIM timesteps, descending, as diffusers' ``DDIMScheduler.set_timesteps`` spaces them.
+
+    - ``leading``: ``range(0, T, T // steps)`` (diffusers' default). For ``steps > T / 2`` the
+      stride is 1 and the chain starts at t = steps - 1, far from pure noise.
+    - ``trailing``: :func:`trailing_timesteps`, from T - 1 down (Lin et al. 2024, Table 2).
+    - ``linspace``: ``linspace(0, T - 1, steps)`` rounded; one step is [T - 1] (numpy's one-point
+      linspace, and so diffusers, would give [0]: a single step from t = 0, not from noise).
+    """
+    check_steps(T, steps)
+    check_spacing(spacing)
+    if spacing == "leading":
+        stride = T // steps
+        return [i * stride for i in range(steps)][::-1]
+    if spacing == "trailing":
+        return trailing_timesteps(T, steps)
+    if steps == 1:
+        return [T - 1]
+    return np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64).tolist()
 
 
 def _model_device(model) -> torch.device:
@@ -221,12 +265,9 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * noise
         return x_prev, pred_x0
 
-    def ddim_timesteps(self, steps: int) -> list[int]:
-        """The DDIM sub-sequence, descending: ``range(0, T, T // steps)`` (diffusers' "leading" spacing)."""
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= self.T:
-            raise ValueError(f"sampling.steps must be a whole number from 1 to T={self.T}; got {steps!r}")
-        stride = self.T // steps
-        return [i * stride for i in range(steps)][::-1]
+    def ddim_timesteps(self, steps: int, spacing: str = "trailing") -> list[int]:
+        """The DDIM sub-sequence of ``steps`` timesteps, descending (see :func:`ddim_timesteps`)."""
+        return ddim_timesteps(self.T, steps, spacing)
 
     # -- sampling loops -------------------------------------------------------------------------
     def _start(self, model, shape, noise, device, dtype, generator):
@@ -259,13 +300,17 @@ class GaussianDiffusion:
                 yield StepResult(t=t, index=i, total=self.T, x_t=x, pred_x0=pred_x0)
 
     def ddim_sample_loop_progressive(self, model: Model, shape, *, steps: int, eta: float = 0.0, clip_denoised: bool = True,
-                                     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                                     device=None, should_stop: Callable[[], bool] | None = None,
+                                     spacing: str = "trailing", generator: torch.Generator | None = None,
+                                     noise: torch.Tensor | None = None, device=None,
+                                     should_stop: Callable[[], bool] | None = None,
                                      dtype: torch.dtype | None = None) -> Iterator[StepResult]:
-        """DDIM sampling over ``ddim_timesteps(steps)``; noise is drawn only for steps with sigma > 0."""
+        """DDIM sampling over ``ddim_timesteps(steps, spacing)``; noise is drawn only for steps with sigma > 0.
+
+        Each step goes to the next timestep of the list (the last one to x_0), whatever the spacing.
+        """
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"sampling.eta must be from 0 to 1; got {eta!r}")
-        ts = self.ddim_timesteps(steps)
+        ts = self.ddim_timesteps(steps, spacing)
         with torch.inference_mode():
             x, device = self._start(model, shape, noise, device, dtype, generator)
             B = x.shape[0]
@@ -283,14 +328,24 @@ class GaussianDiffusion:
         """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(sampling.seed))
+        if sampling.dynamic_threshold and sampling.sampler not in DPM_SAMPLERS:
+            raise ValueError(f"sampling.dynamic_threshold works with the dpmpp-* samplers only; got sampler {sampling.sampler!r}")
         if sampling.sampler == "ddpm":
             return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, clip_denoised=sampling.clip_denoised,
                                                   generator=generator, device=device, should_stop=should_stop)
         if sampling.sampler == "ddim":
             return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta,
-                                                     clip_denoised=sampling.clip_denoised, generator=generator,
-                                                     device=device, should_stop=should_stop)
-        raise ValueError(f"sampling.sampler must be one of ddpm, ddim; got {sampling.sampler!r}")
+                                                     clip_denoised=sampling.clip_denoised, spacing=sampling.spacing,
+                                                     generator=generator, device=device, should_stop=should_stop)
+        if sampling.sampler in DPM_SAMPLERS:
+            from .dpm_solver import dpm_solver_sample_loop_progressive
+
+            order, sde = DPM_SAMPLERS[sampling.sampler]
+            return dpm_solver_sample_loop_progressive(
+                self, model, shape, steps=sampling.steps, order=order, sde=sde, spacing=sampling.spacing,
+                clip_denoised=sampling.clip_denoised, dynamic_threshold=sampling.dynamic_threshold,
+                generator=generator, device=device, should_stop=should_stop)
+        raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got {sampling.sampler!r}")
 
     def sample(self, model: Model, shape, sampling: "SamplingConfig", **kwargs) -> torch.Tensor | None:
         """Drain :meth:`sample_progressive` and return the last x_t: x_0 when the chain ran to the end
