@@ -24,18 +24,18 @@ PREDICTIONS = ("epsilon", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t  |  sigma_t^2 = beta_t
 SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")
-# Per sampler: a short label, a sensible default step count (None: ddpm always walks all T steps) and one
-# line in plain words. Shared by the GUI's sampler list and the CLI's help; engine/diffusion.py dispatches.
+# Per sampler: a short label, a sensible default step count (None: ddpm always walks all T steps), the
+# SamplingConfig fields it reads besides clip/num_images/seed, and one line in plain words. Shared by the GUI's sampler list and the CLI's help; engine/diffusion.py dispatches.
 SAMPLER_INFO: dict[str, dict[str, Any]] = {
-    "ddpm": dict(label="DDPM (ancestral, all T steps)", default_steps=None,
+    "ddpm": dict(label="DDPM (ancestral, all T steps)", default_steps=None, settings=("variance",),
                  hint="The paper's own sampler: one network call per timestep (T of them), slow but the reference."),
-    "ddim": dict(label="DDIM", default_steps=50,
+    "ddim": dict(label="DDIM", default_steps=50, settings=("steps", "spacing", "eta"),
                  hint="Deterministic shortcut through fewer timesteps; good at 50-100 steps (Song et al. 2021)."),
-    "dpmpp-2m": dict(label="DPM-Solver++ 2M (fast, default)", default_steps=20,
+    "dpmpp-2m": dict(label="DPM-Solver++ 2M (fast, default)", default_steps=20, settings=("steps", "spacing"),
                      hint="A second-order solver that reuses the previous step; good images in 10-20 steps (Lu et al. 2022)."),
-    "dpmpp-3m": dict(label="DPM-Solver++ 3M", default_steps=20,
+    "dpmpp-3m": dict(label="DPM-Solver++ 3M", default_steps=20, settings=("steps", "spacing"),
                      hint="Third-order version of 2M; sometimes a little better at 10-20 steps, less steady at very few."),
-    "dpmpp-2m-sde": dict(label="DPM-Solver++ 2M SDE", default_steps=20,
+    "dpmpp-2m-sde": dict(label="DPM-Solver++ 2M SDE", default_steps=20, settings=("steps", "spacing"),
                          hint="2M that adds fresh noise at every step; more varied detail, wants ~20 steps or more."),
 }
 
