@@ -16,6 +16,10 @@ Also measured: "Generate 16 images of 16 px with the default sampler for the tin
 only" (goal <= 1 s on 2 cores): the median of 5 chains of sampling.service.generate with the
 default SamplingConfig, after one warm-up chain.
 
+With --diffusers it also scores diffusers' own DPMSolverMultistepScheduler (2M) and
+UniPCMultistepScheduler (bh2) on the same model, seeds and scorer (rows "diffusers-dpmpp-2m" and
+"diffusers-unipc"): the first must equal our dpmpp-2m row, the second is the evidence on UniPC.
+
 Self-contained on purpose (no code shared with bench_quality.py).
 """
 
@@ -100,6 +104,30 @@ def sample(loaded, sampler: str, steps: int, num: int, batch: int) -> tuple[np.n
     return np.concatenate(out), (time.perf_counter() - t0) / num
 
 
+def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int) -> tuple[np.ndarray, float]:
+    """The same chain with one of diffusers' schedulers (same betas, prediction, trailing spacing, clipping, seeds)."""
+    import diffusers
+
+    from ddpm_studio.sampling.service import to_uint8
+
+    pred = {"epsilon": "epsilon", "x0": "sample", "v": "v_prediction"}[loaded.config.diffusion.prediction]
+    common = dict(num_train_timesteps=loaded.diffusion.T, trained_betas=loaded.diffusion.schedule.betas,
+                  prediction_type=pred, timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
+                  final_sigmas_type="zero")
+    cls = {"diffusers-dpmpp-2m": diffusers.DPMSolverMultistepScheduler, "diffusers-unipc": diffusers.UniPCMultistepScheduler}[kind]
+    out, t0 = [], time.perf_counter()
+    for b, start in enumerate(range(0, num, batch)):
+        n = min(batch, num - start)
+        sched = cls(**common)
+        sched.set_timesteps(steps)
+        x = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(1000 + b))
+        with torch.inference_mode():
+            for t in sched.timesteps:
+                x = sched.step(loaded.model(x, torch.full((n,), int(t))), t, x).prev_sample
+        out.append(to_uint8(x))
+    return np.concatenate(out), (time.perf_counter() - t0) / num
+
+
 def default_chain_seconds(repeats: int = 5) -> tuple[float, str]:
     """16 images of 16 px, the default SamplingConfig, tiny preset (random weights: the time is the same)."""
     from ddpm_studio.config import RunConfig, SamplingConfig
@@ -132,6 +160,7 @@ def main() -> int:
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--nfe", default=",".join(map(str, NFES)))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--diffusers", action="store_true", help="also score diffusers' DPM-Solver++ 2M and UniPC")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,9 +184,11 @@ def main() -> int:
     results = {"default_chain_sec": secs, "default_sampler": what, "run": str(run), "step": loaded.step,
                "num": args.num, "threads": torch.get_num_threads(), "points": []}
     nfes = [int(n) for n in args.nfe.split(",")]
-    for sampler in args.samplers.split(","):
+    samplers = args.samplers.split(",") + (["diffusers-dpmpp-2m", "diffusers-unipc"] if args.diffusers else [])
+    for sampler in samplers:
         for nfe in nfes:
-            images, per_image = sample(loaded, sampler, nfe, args.num, args.batch)
+            draw = sample_diffusers if sampler.startswith("diffusers-") else sample
+            images, per_image = draw(loaded, sampler, nfe, args.num, args.batch)
             fd = frechet(features(net, images), real_f)
             results["points"].append(dict(sampler=sampler, nfe=nfe, frechet=fd, sec_per_image=per_image))
             print(f"{sampler:>13}  NFE {nfe:>3}: Frechet {fd:8.3f}  {per_image * 1000:7.2f} ms/image", flush=True)
@@ -165,7 +196,7 @@ def main() -> int:
 
     print("\n| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))
-    for sampler in args.samplers.split(","):
+    for sampler in samplers:
         row = [p for p in results["points"] if p["sampler"] == sampler]
         print(f"| {sampler} | " + " | ".join(f"{p['frechet']:.2f} ({p['sec_per_image'] * 1000:.1f} ms)" for p in row) + " |")
     return 0
