@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ddpm_studio.config import CHANNELS, DEVICES, NO_STEP_LIMIT, PRECISIONS, PRESETS, SAMPLERS, SCHEDULES, RunConfig
+from ddpm_studio.config import (CHANNELS, DEVICES, NO_STEP_LIMIT, PRECISIONS, PRESETS, SAMPLER_INFO, SAMPLERS,
+                                SCHEDULES, SPACINGS, RunConfig, sampler_default_steps)
 
 PROG = "ddpm-studio"
 
@@ -123,8 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                      "folder), already on disk: nothing is ever downloaded")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
     s.add_argument("--num", type=_positive_int, default=16, metavar="N", help="how many images (default 16)")
-    s.add_argument("--sampler", choices=SAMPLERS, help="ddpm (ancestral, all T steps) or ddim (default)")
-    s.add_argument("--sampling-steps", type=_positive_int, metavar="K", help="DDIM steps (default 50)")
+    s.add_argument("--sampler", choices=SAMPLERS, metavar="|".join(SAMPLERS),
+                   help="default: the run's sampling.sampler (dpmpp-2m for new runs). "
+                   + "; ".join(f"{name}: {info['hint']}" for name, info in SAMPLER_INFO.items()))
+    s.add_argument("--sampling-steps", type=_positive_int, metavar="K",
+                   help="network calls for ddim / dpmpp-* (default: with --sampler, that sampler's own "
+                   "default (ddim 50, dpmpp-* 20); else the run's sampling.steps); ddpm always takes all T")
+    s.add_argument("--spacing", choices=SPACINGS, metavar="|".join(SPACINGS),
+                   help="which timesteps ddim / dpmpp-* visit (default: the run's, trailing for new runs): "
+                   "trailing and linspace start from pure noise at t = T-1; leading is diffusers' old default")
     s.add_argument("--eta", type=_float, metavar="E", help="DDIM eta: 0 deterministic ... 1 ancestral")
     s.add_argument("--seed", type=_nonneg_int, metavar="S", help="same seed, same images (default 0)")
     s.add_argument("--batch-size", type=_positive_int, default=64, metavar="B", help="images per batch (default 64)")
@@ -331,12 +339,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.sampling_steps), ("eta", args.eta),
-                                   ("seed", args.seed)) if v is not None}
+                                   ("seed", args.seed), ("spacing", args.spacing)) if v is not None}
+    T = loaded.diffusion.T
+    if args.sampler is not None and args.sampling_steps is None:  # a chosen sampler brings its own step count
+        overrides["steps"] = sampler_default_steps(args.sampler, T)
     sampling = dataclasses.replace(loaded.config.sampling, num_images=args.num, **overrides)
     sampling.validate()
-    if sampling.sampler == "ddim" and sampling.steps > loaded.diffusion.T:
-        raise ValueError(f"--sampling-steps ({sampling.steps}) cannot exceed the model's T ({loaded.diffusion.T})")
-    total_steps = loaded.diffusion.T if sampling.sampler == "ddpm" else sampling.steps
+    if sampling.sampler != "ddpm" and sampling.steps > T:
+        raise ValueError(f"--sampling-steps ({sampling.steps}) cannot exceed the model's T ({T})")
+    total_steps = T if sampling.sampler == "ddpm" else sampling.steps
+    if not args.quiet:
+        print(f"sampling {args.num} image(s): {describe_sampling(sampling, T)}", file=sys.stderr)
     batches = [min(args.batch_size, args.num - i) for i in range(0, args.num, args.batch_size)]
 
     bar = None
@@ -364,7 +377,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"wrote {len(written)} image(s) of {images_all[0].shape[2]}x{images_all[0].shape[1]} px to {out}")
+    _write_sampling_record(out, loaded, sampling, len(written))
+    print(f"wrote {len(written)} image(s) of {images_all[0].shape[2]}x{images_all[0].shape[1]} px to {out} "
+          f"(settings in {out / SAMPLING_RECORD})")
     if args.grid:
         save_grid(np.concatenate(images_all), args.grid)
         print(f"wrote grid {args.grid}")
@@ -405,6 +420,35 @@ def _check_writable(flag: str, path: str, *, folder: bool) -> None:
                 pass
     except OSError as e:
         raise ValueError(f"{flag}: cannot write {p} ({e.strerror or e}); nothing was generated") from None
+
+
+SAMPLING_RECORD = "sampling.json"  # written beside the PNGs: what made them
+
+
+def describe_sampling(sampling, T: int) -> str:
+    """One line, e.g. 'dpmpp-2m, 20 steps, trailing spacing, x_0 clipped, seed 0'."""
+    if sampling.sampler == "ddpm":
+        what = f"ddpm, all {T} steps, {sampling.variance} variance"
+    else:
+        what = f"{sampling.sampler}, {sampling.steps} steps, {sampling.spacing} spacing"
+        if sampling.sampler == "ddim":
+            what += f", eta {sampling.eta:g}"
+    if sampling.dynamic_threshold:
+        what += f", dynamic thresholding at {sampling.dynamic_threshold:g}"
+    elif sampling.clip_denoised:
+        what += ", x_0 clipped"
+    return f"{what}, seed {sampling.seed}"
+
+
+def _write_sampling_record(out: Path, loaded, sampling, count: int) -> None:
+    import dataclasses
+    import json
+
+    from ddpm_studio.config import atomic_write_text
+
+    record = {"source": loaded.source, "model_step": loaded.step, "images": count,
+              "sampling": dataclasses.asdict(sampling), "description": describe_sampling(sampling, loaded.diffusion.T)}
+    atomic_write_text(out / SAMPLING_RECORD, json.dumps(record, indent=2) + "\n")
 
 
 # -- info ---------------------------------------------------------------------------------------
@@ -502,6 +546,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                  f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= NO_STEP_LIMIT
                                         else f"steps {tc.steps:,}"))
     lines.append(f"memory:      {footprint.estimate(m, batch_size=tc.batch_size, training=True).describe()}")
+    lines.append(f"sampling:    {describe_sampling(cfg.sampling, d.timesteps)} (sample's defaults); "
+                 f"previews: {tc.preview_sampler}, {tc.preview_sampling_steps} steps")
     print("\n".join(lines))
     if args.json:
         print(cfg.to_json())

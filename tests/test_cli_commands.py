@@ -139,3 +139,50 @@ def test_train_on_an_image_folder(tmp_path, capsys):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"]["folder"] == str(folder.resolve()) and cfg["model"]["in_channels"] == 1  # grayscale found
     assert "6 images" in capsys.readouterr().err
+
+
+def test_sample_sampler_and_spacing_flags_are_used_and_recorded(tmp_path, capsys):
+    import json
+
+    from ddpm_studio.config import SamplingConfig
+
+    cfg_file, run = tmp_path / "tiny.json", tmp_path / "run"
+    cfg = tiny_config(steps=2)
+    cfg.diffusion.timesteps = 60  # ddim's own default (50) fits, dpmpp's 20 too
+    cfg.save(cfg_file)
+    assert main(["train", "--out", str(run), "--config", str(cfg_file), "--quiet"]) == 0
+    capsys.readouterr()
+
+    def sample(name, *flags):
+        out = tmp_path / name
+        assert main(["sample", "--run", str(run), "--num", "2", "--out", str(out), "--device", "cpu", *flags]) == 0
+        record = json.loads((out / "sampling.json").read_text())
+        return record, capsys.readouterr()
+
+    record, io = sample("default")  # a new run's defaults: DPM-Solver++ 2M, 20 steps, trailing
+    assert (record["sampling"]["sampler"], record["sampling"]["steps"], record["sampling"]["spacing"]) == \
+        ("dpmpp-2m", 20, "trailing")
+    assert "dpmpp-2m, 20 steps, trailing spacing" in io.err and record["model_step"] == 2
+    record, _ = sample("ddim", "--sampler", "ddim")  # the sampler's own default step count
+    assert (record["sampling"]["sampler"], record["sampling"]["steps"]) == ("ddim", 50)
+    record, _ = sample("dpm3", "--sampler", "dpmpp-3m", "--spacing", "linspace", "--sampling-steps", "5")
+    assert record["sampling"] == {**record["sampling"], "sampler": "dpmpp-3m", "spacing": "linspace", "steps": 5}
+    assert SamplingConfig(**record["sampling"]).validate() is None
+    record, _ = sample("sde", "--sampler", "dpmpp-2m-sde", "--sampling-steps", "4", "--seed", "3")
+    assert (record["sampling"]["sampler"], record["sampling"]["steps"], record["sampling"]["seed"]) == \
+        ("dpmpp-2m-sde", 4, 3)
+    a = Image.open(tmp_path / "default" / "sample_0000.png").tobytes()
+    b = Image.open(tmp_path / "ddim" / "sample_0000.png").tobytes()
+    assert a != b  # different samplers, different images from the same noise
+
+    assert main(["info", str(run)]) == 0
+    assert "sampling:    dpmpp-2m, 20 steps, trailing spacing" in capsys.readouterr().out
+
+    assert main(["sample", "--run", str(run), "--out", str(tmp_path / "x"), "--sampler", "ddim",
+                 "--sampling-steps", "61", "--device", "cpu"]) == 1
+    assert "cannot exceed the model's T (60)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--run", str(run), "--out", str(tmp_path / "x"), "--spacing", "even"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'even'" in err and len(err.strip().splitlines()) == 1

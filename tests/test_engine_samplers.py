@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddpm_studio.config import SamplingConfig
-from ddpm_studio.engine.diffusion import GaussianDiffusion
+from ddpm_studio.engine.diffusion import GaussianDiffusion, ddim_timesteps
 from ddpm_studio.engine.schedules import NoiseSchedule
 
 F64 = torch.float64
@@ -74,7 +74,7 @@ def test_optimal_predictor_for_a_single_image_returns_it(sampler, kw, prediction
     x_star = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64) * 1.8 - 0.9
     for clip in (False, True):
         steps = _run(d, point_mass_predictor(d, x_star), (6, 3, 4, 4), sampler, kw, clip_denoised=clip)
-        assert steps[-1].t == 0
+        assert steps[-1].t == (0 if sampler == "ddpm" else d.ddim_timesteps(kw["steps"])[-1])
         assert torch.allclose(steps[-1].x_t, x_star.expand(6, -1, -1, -1), atol=1e-6)
         assert torch.allclose(steps[len(steps) // 2].pred_x0, x_star.expand(6, -1, -1, -1), atol=1e-6)
 
@@ -164,8 +164,9 @@ def test_ddim_eta1_over_all_steps_equals_ancestral_with_beta_tilde():
 
 def test_step_results_report_progress():
     d = _diffusion(T=30)
-    steps = _run(d, _dummy_model, (1, 1, 8, 8), "ddim", dict(steps=10, eta=0.0))
+    steps = _run(d, _dummy_model, (1, 1, 8, 8), "ddim", dict(steps=10, eta=0.0, spacing="leading"))
     assert [s.t for s in steps] == [27, 24, 21, 18, 15, 12, 9, 6, 3, 0]
+    assert [s.t for s in _run(d, _dummy_model, (1, 1, 8, 8), "ddim", dict(steps=10, eta=0.0))] == list(range(29, -1, -3))
     assert [s.index for s in steps] == list(range(10)) and {s.total for s in steps} == {10}
     assert all(s.x_t.shape == (1, 1, 8, 8) and s.pred_x0.abs().max() <= 1 for s in steps)
     with pytest.raises(ValueError, match="steps"):
@@ -210,7 +211,7 @@ def test_ddim_steps_equal_diffusers_ddim_scheduler(kind, eta, clip):
                                     prediction_type="epsilon")
     sched.set_timesteps(n)
     d = _diffusion(kind, T)
-    ts = d.ddim_timesteps(n)
+    ts = d.ddim_timesteps(n, "leading")  # diffusers' default spacing
     assert ts == sched.timesteps.tolist()
     g = torch.Generator().manual_seed(1)
     for i in (0, 5, n - 2, n - 1):
@@ -245,6 +246,84 @@ def test_full_chains_equal_diffusers_loops_with_the_same_generator():
     for t in ddim.timesteps:
         x = ddim.step(_dummy_model(x, torch.full((2,), int(t))), t, x, eta=0.5, use_clipped_model_output=True,
                       generator=g).prev_sample
-    ours = list(d.ddim_sample_loop_progressive(_dummy_model, shape, steps=12, eta=0.5,
+    ours = list(d.ddim_sample_loop_progressive(_dummy_model, shape, steps=12, eta=0.5, spacing="leading",
                                                generator=torch.Generator().manual_seed(4)))[-1].x_t
     assert torch.allclose(ours, x, atol=1e-4)
+
+
+# -- timestep spacings --------------------------------------------------------------------------
+def _diffusers_ddim_timesteps(T, n, spacing):
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+    sched.set_timesteps(n)
+    return sched.timesteps.tolist()
+
+
+@pytest.mark.parametrize("T", [50, 1000])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_ddim_spacings_equal_diffusers_ddim_scheduler(T, spacing):
+    counts = range(1, T + 1) if T <= 50 else [1, 2, 3, 7, 10, 20, 25, 48, 61, 100, 103, 333, 500, 501, 999, 1000]
+    extra = 0
+    for n in counts:
+        ours, theirs = d_ts = ddim_timesteps(T, n, spacing), _diffusers_ddim_timesteps(T, n, spacing)
+        assert len(ours) == n and all(a > b for a, b in zip(ours, ours[1:])) and ours[-1] >= 0, (n, d_ts)
+        if spacing == "linspace" and n == 1:
+            assert ours == [T - 1] and theirs == [0]  # numpy's one-point linspace is its start: we start from noise
+        elif spacing == "trailing" and len(theirs) == n + 1:
+            assert ours == theirs[:n] and theirs[-1] == -1  # diffusers' float arange overshoots to t = -1 here
+            extra += 1
+        else:
+            assert ours == theirs, n
+    if spacing == "trailing":
+        assert extra >= 2  # the overshoot is real (e.g. T=50: 29 and 31 steps; T=1000: 61 and 103 steps)
+
+
+@pytest.mark.parametrize("T", [10, 51, 99, 1000])
+def test_trailing_and_linspace_start_every_chain_from_pure_noise(T):
+    for n in range(1, T + 1):
+        for spacing in ("trailing", "linspace"):
+            ts = ddim_timesteps(T, n, spacing)
+            assert ts[0] == T - 1 and len(ts) == n and len(set(ts)) == n, (spacing, n)
+    assert ddim_timesteps(T, T // 2 + 1, "leading")[0] == T // 2  # the bug of issue 12: far from T - 1
+
+
+def _quantile_noise(n=4001):
+    """x_T as n standard-normal quantiles scaled to mean 0 and std 1 exactly: a deterministic chain's
+    output statistics are then its own, free of sampling error."""
+    from statistics import NormalDist
+
+    q = torch.tensor([NormalDist().inv_cdf((i + 0.5) / n) for i in range(n)], dtype=F64)
+    return (q / q.std()).view(n, 1, 1, 1)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "quadratic", "sigmoid"])
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_ddim_with_the_exact_denoiser_matches_the_data_at_every_step_count(kind, spacing):
+    mu, s, T = 0.3, 0.5, 1000
+    d = _diffusion(kind, T)
+    model = gaussian_predictor(d, mu, s)
+    for n in (T // 4, T // 2 + 1, T - 1, T):
+        x = list(d.ddim_sample_loop_progressive(model, (1,), steps=n, clip_denoised=False, spacing=spacing,
+                                                noise=_quantile_noise()))[-1].x_t
+        assert abs(x.mean().item() - mu) < 0.02 * mu, (n, x.mean().item())
+        assert abs(x.std().item() - s) < 0.02 * s, (n, x.std().item())
+    # one step from t = T-1 is the posterior mean E[x_0 | x_T]: mean mu, spread sqrt(ab) s^2 / (ab s^2 + 1 - ab)
+    ab = float(np.prod(1.0 - d.schedule.betas))
+    x = list(d.ddim_sample_loop_progressive(model, (1,), steps=1, clip_denoised=False, spacing=spacing,
+                                            noise=_quantile_noise()))[-1].x_t
+    assert abs(x.mean().item() - mu) < 0.02 * mu
+    assert x.std().item() == pytest.approx(math.sqrt(ab) * s * s / (ab * s * s + 1 - ab), rel=0.02)
+
+
+def test_leading_spacing_above_half_of_T_misses_the_data():
+    """The bug the trailing default fixes: leading with T/2 + 1 steps starts at t = T/2 (issue 12: std 0.63)."""
+    mu, s, T = 0.3, 0.5, 1000
+    d = _diffusion("cosine", T)
+    x = list(d.ddim_sample_loop_progressive(gaussian_predictor(d, mu, s), (1,), steps=T // 2 + 1, clip_denoised=False,
+                                            spacing="leading", noise=_quantile_noise()))[-1].x_t
+    assert abs(x.std().item() - s) > 0.1
+
+
+def test_bad_spacing_is_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match="sampling.spacing must be one of leading, trailing, linspace; got 'even'"):
+        ddim_timesteps(100, 10, "even")

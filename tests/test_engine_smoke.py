@@ -32,7 +32,7 @@ def test_train_step_sample_and_ema_fit_together():
     opt.step()
     ema.update(model, step=0)
     steps = list(diffusion.sample_progressive(ema.module, (2, 3, 8, 8), SamplingConfig(sampler="ddim", steps=5)))
-    assert [s.t for s in steps] == [19, 15, 11, 7, 3]  # SamplingConfig.spacing defaults to trailing (starts at T-1)
+    assert [s.t for s in steps] == [19, 15, 11, 7, 3]  # trailing spacing (the default): from t = T-1
     assert all(isinstance(s, StepResult) and s.x_t.shape == (2, 3, 8, 8) for s in steps)
     assert steps[-1].index == 4 and steps[-1].total == 5
 

@@ -58,7 +58,7 @@ def test_ddim_every_frame_scrub_and_keys(qtbot, window, run_dir):
     assert result is not None and result.images.shape == (4, 16, 16, 3)
     assert sp.frames_received == 10 and len(sp.frames) == 10  # every step, none dropped
     ts = [f.t for f in sp.frames]
-    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 10 and ts[0] == 999  # trailing spacing (the default)
+    assert ts == sorted(ts, reverse=True) and len(set(ts)) == 10 and ts[0] == 999  # trailing: from pure noise
     assert sp.slider.maximum() == 9 and sp.slider.value() == 9  # followed the chain live
     assert np.array_equal(sp.canvas.current()[0], sp.frames[-1].xt)
     # the final frame's x_t is the sample grid
@@ -161,3 +161,31 @@ def test_cancel_after_first_frame(qtbot, window, run_dir):
     assert "Cancelled" in sp.progress.label.text()
     assert sp.generate_button.isEnabled() and running_tasks() == []
     assert window.errors == []
+
+
+def test_sampler_list_explains_each_sampler_and_sets_its_step_count(qtbot, window, run_dir):
+    from ddpm_studio.config import SAMPLER_INFO, SAMPLERS
+
+    sp = window.sampling_panel
+    combo = sp.sampler_combo
+    assert [combo.itemData(i) for i in range(combo.count())] == list(SAMPLERS)
+    assert combo.currentData() == "dpmpp-2m" and sp.steps_spin.value() == 20  # the default: fast
+    for i, name in enumerate(SAMPLERS):
+        assert combo.itemData(i, Qt.ItemDataRole.ToolTipRole) == SAMPLER_INFO[name]["hint"]
+    combo.setCurrentIndex(combo.findData("ddim"))
+    assert sp.steps_spin.value() == 50 and sp.eta_spin.isEnabled() and sp.spacing_combo.isEnabled()
+    assert sp.sampler_hint.text() == SAMPLER_INFO["ddim"]["hint"]
+    combo.setCurrentIndex(combo.findData("ddpm"))
+    assert not sp.steps_spin.isEnabled() and not sp.spacing_combo.isEnabled() and sp.variance_combo.isEnabled()
+    combo.setCurrentIndex(combo.findData("dpmpp-2m-sde"))
+    assert sp.steps_spin.value() == 20 and not sp.eta_spin.isEnabled() and "noise" in sp.sampler_hint.text()
+
+    # the spacing chooser and the step count reach the chain
+    assert sp.open_model(str(run_dir))
+    sp.spacing_combo.setCurrentIndex(sp.spacing_combo.findData("leading"))
+    sp.steps_spin.setValue(6)
+    sp.num_spin.setValue(2)
+    assert sp.sampling_config().spacing == "leading"
+    result = generate(qtbot, sp)
+    # DPM-Solver++'s leading spacing: i * (1000 // 7) for i = 6 .. 1
+    assert result is not None and [f.t for f in sp.frames] == [852, 710, 568, 426, 284, 142]

@@ -125,6 +125,7 @@ def test_small_unet_ddim_chain_matches_diffusers_pipeline(small_unet, tmp_path, 
     # use_clipped_model_output=True is what our DDIM does when clipping (eps from the clipped x_0).
     sampling = loaded.config.sampling
     sampling.sampler, sampling.steps, sampling.eta, sampling.num_images, sampling.seed = "ddim", 20, 0.0, 3, 11
+    sampling.spacing = "leading"  # DDIMScheduler's default timestep_spacing
     assert sampling.clip_denoised == scheduler["clip_sample"]
     steps = list(generate(loaded, sampling))
     assert len(steps) == 20
@@ -357,6 +358,9 @@ def test_our_timesteps_are_diffusers_ddim_timesteps_for_every_spacing(T):
             if offset and (steps - 1) * (T // steps) + offset > T - 1:
                 with pytest.raises(ValueError, match="steps_offset"):
                     ours.ddim_timesteps(steps, spacing, offset)
+                continue
+            if spacing == "linspace" and steps == 1:  # ours starts from noise, diffusers' one step is t = 0
+                assert ours.ddim_timesteps(1, spacing) == [T - 1]
                 continue
             theirs.set_timesteps(steps)
             assert ours.ddim_timesteps(steps, spacing, offset) == [int(t) for t in theirs.timesteps][:steps], (spacing, steps)

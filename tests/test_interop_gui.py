@@ -83,7 +83,12 @@ def test_imported_betas_and_sampling_settings_reach_the_plot_and_the_chain(qtbot
     assert errors == [] and result is not None
     np.testing.assert_allclose(sp.schedule_plot._betas, betas, rtol=1e-12)
     assert "explicit betas" in sp.schedule_plot.label
-    assert [f.t for f in sp.frames] == [76, 51, 26, 1]  # leading spacing + steps_offset 1, not our trailing default
+    assert [f.t for f in sp.frames][0] == 99  # the panel's trailing spacing for the first Generate...
+    assert sp.spacing_combo.currentData() == "leading"  # ...then the chooser shows the model's own
+    with qtbot.waitSignal(sp.generation_finished, timeout=60_000) as blocker:
+        qtbot.mouseClick(sp.generate_button, Qt.MouseButton.LeftButton)
+    result = blocker.args[0]
+    assert [f.t for f in sp.frames] == [76, 51, 26, 1]  # leading spacing + the model's steps_offset 1
     loaded = load_diffusers_folder(diffusers_folder, device="cpu")
     assert (loaded.config.sampling.spacing, loaded.config.sampling.clip_range) == ("leading", 0.6)
     expected = sample_images(loaded, dataclasses.replace(sp.sampling_config(), spacing="leading", steps_offset=1,

@@ -43,7 +43,7 @@ def test_generate_yields_every_step_and_is_seeded(trained_run):
     sampling = SamplingConfig(sampler="ddim", steps=5, num_images=3, seed=7)
     steps = list(generate(loaded, sampling))
     assert [s.index for s in steps] == [0, 1, 2, 3, 4] and steps[-1].total == 5
-    assert steps[0].t == loaded.diffusion.T - 1 > steps[-1].t  # trailing spacing (SamplingConfig's default) starts at T-1
+    assert steps[0].t == loaded.diffusion.T - 1 > steps[-1].t  # trailing spacing: from pure noise
     assert steps[-1].x_t.shape == (3, 1, 8, 8)
     again = sample_images(loaded, sampling)
     other = sample_images(loaded, SamplingConfig(sampler="ddim", steps=5, num_images=3, seed=8))

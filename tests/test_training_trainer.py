@@ -175,3 +175,36 @@ def test_checkpoints_by_training_time(tmp_path):
     saved = [e.step for e in events if isinstance(e, CheckpointSaved)]
     assert done.reason == "completed" and saved[-1] == 40
     assert len(saved) >= 2 and all(0 < s < 40 for s in saved[:-1])  # at least one before the end
+
+
+def test_previews_use_dpm_solver_with_20_steps_from_a_fixed_seed(tmp_path):
+    """The last preview equals a DPM-Solver++ 2M, 20-step, trailing chain of the final EMA weights
+    from the preview seed, and the same run trained again gives the same previews."""
+    from ddpm_studio.config import SamplingConfig, TrainConfig
+    from ddpm_studio.sampling.service import load_model, to_uint8
+    from ddpm_studio.training.trainer import _STREAM_PREVIEW, _mix
+
+    assert (TrainConfig().preview_sampler, TrainConfig().preview_sampling_steps) == ("dpmpp-2m", 20)
+    cfg = tiny_config(steps=4, preview_every=2, preview_count=3)
+    cfg.diffusion.timesteps = 40  # more than 20, so the preview's step count is its own, not T
+    runs_previews = []
+    for name in ("a", "b"):
+        events = []
+        Trainer(cfg, tmp_path / name, images=tiny_images()).run(on_event=events.append)
+        runs_previews.append([e for e in events if isinstance(e, PreviewReady)])
+    a, b = runs_previews
+    assert [p.step for p in a] == [2, 4]
+    assert all(np.array_equal(p.images, q.images) for p, q in zip(a, b))
+
+    loaded = load_model(tmp_path / "a", device="cpu")
+    calls = []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return loaded.model(x, t)
+
+    sampling = SamplingConfig(sampler="dpmpp-2m", steps=20, spacing="trailing", clip_denoised=True)
+    g = torch.Generator().manual_seed(_mix(cfg.train.seed, _STREAM_PREVIEW))
+    x0 = loaded.diffusion.sample(model, (3, 3, 8, 8), sampling, generator=g)
+    assert len(calls) == 20 and calls[0] == 39
+    assert np.abs(to_uint8(x0).astype(int) - a[-1].images.astype(int)).max() <= 1

@@ -29,7 +29,9 @@ if TYPE_CHECKING:  # config.py has no torch; imported only for annotations
 PREDICTIONS = ("epsilon", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min_snr")
 VARIANCES = ("fixed_small", "fixed_large")
-SPACINGS = ("leading", "trailing", "linspace")
+# DPM-Solver++ samplers (engine/dpm_solver.py): name -> (solver order, stochastic SDE variant)
+DPM_SAMPLERS = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "dpmpp-2m-sde": (2, True)}
+SPACINGS = ("leading", "trailing", "linspace")  # how a few-step sampler picks its timesteps (diffusers' names)
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,7 +51,9 @@ def clip_x0(pred_x0: torch.Tensor, *, clip_denoised: bool = True, clip_range: fl
     if dynamic_threshold is not None:
         B = pred_x0.shape[0]
         flat = pred_x0.reshape(B, -1)  # (B, C*H*W)
-        s = torch.quantile(flat.abs(), float(dynamic_threshold), dim=1).clamp(min=1.0, max=float(threshold_max))[:, None]
+        mags = flat.abs() if flat.dtype in (torch.float32, torch.float64) else flat.abs().float()
+        s = torch.quantile(mags, float(dynamic_threshold), dim=1).clamp(min=1.0, max=float(threshold_max))
+        s = s.to(flat.dtype)[:, None]
         return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(pred_x0.shape)
     if clip_denoised:
         return pred_x0.clamp(-clip_range, clip_range)
@@ -61,6 +65,51 @@ def _bounds(sampling) -> dict:
     return {"clip_denoised": sampling.clip_denoised, "clip_range": getattr(sampling, "clip_range", 1.0),
             "dynamic_threshold": getattr(sampling, "dynamic_threshold", None),
             "threshold_max": getattr(sampling, "threshold_max", 1.0)}
+
+
+def check_steps(T: int, steps) -> None:
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= T:
+        raise ValueError(f"sampling.steps must be a whole number from 1 to T={T}; got {steps!r}")
+
+
+def check_spacing(spacing) -> None:
+    if spacing not in SPACINGS:
+        raise ValueError(f"sampling.spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
+
+
+def trailing_timesteps(T: int, steps: int) -> list[int]:
+    """round(T - i T/steps) - 1 for i = 0 .. steps-1: starts at T-1 for every step count.
+
+    The values are diffusers' ``np.round(np.arange(T, 0, -T / steps)) - 1`` bit for bit; only its
+    first ``steps`` are kept, because for some step counts (62 of 1..1000 at T=1000, e.g. 61) that
+    float ``arange`` has one extra element, which would become the timestep -1.
+    """
+    return (np.round(np.arange(T, 0, -T / steps)[:steps]).astype(np.int64) - 1).tolist()
+
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
+    """The DDIM timesteps, descending, as diffusers' ``DDIMScheduler.set_timesteps`` spaces them.
+
+    - ``leading``: ``range(0, T, T // steps)`` + ``steps_offset`` (diffusers' default). For
+      ``steps > T / 2`` the stride is 1 and the chain starts at t = steps - 1, far from pure noise.
+    - ``trailing``: :func:`trailing_timesteps`, from T - 1 down (Lin et al. 2024, Table 2).
+    - ``linspace``: ``linspace(0, T - 1, steps)`` rounded; one step is [T - 1] (numpy's one-point
+      linspace, and so diffusers, would give [0]: a single step from t = 0, not from noise).
+    """
+    check_steps(T, steps)
+    check_spacing(spacing)
+    if spacing == "leading":
+        stride = T // steps
+        ts = [i * stride + int(steps_offset) for i in range(steps)][::-1]
+        if ts[0] > T - 1:
+            raise ValueError(f"sampling.steps_offset={steps_offset} puts a timestep past T-1={T - 1} "
+                             f"with {steps} leading steps")
+        return ts
+    if spacing == "trailing":
+        return trailing_timesteps(T, steps)
+    if steps == 1:
+        return [T - 1]
+    return np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64).tolist()
 
 
 def _model_device(model) -> torch.device:
@@ -245,33 +294,9 @@ class GaussianDiffusion:
             x_prev = x_prev + sigma * noise
         return x_prev, pred_x0
 
-    def ddim_timesteps(self, steps: int, spacing: str = "leading", steps_offset: int = 0) -> list[int]:
-        """The DDIM sub-sequence, descending, as diffusers' DDIMScheduler.set_timesteps picks it:
-
-        - ``leading``: ``range(0, T, T // steps)`` + ``steps_offset`` (the DDIM paper's);
-        - ``trailing``: ``round(T - i T / steps) - 1`` for i < steps, so the first step is t = T-1;
-        - ``linspace``: ``round(linspace(0, T-1, steps))``.
-        """
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= self.T:
-            raise ValueError(f"sampling.steps must be a whole number from 1 to T={self.T}; got {steps!r}")
-        if spacing not in SPACINGS:
-            raise ValueError(f"sampling.spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
-        if spacing == "leading":
-            ts = np.arange(steps, dtype=np.int64) * (self.T // steps) + int(steps_offset)
-        elif spacing == "trailing":
-            # The first `steps` values of diffusers' np.arange(T, 0, -T / steps), computed as numpy's arange
-            # does (T + i * delta, delta = (T - T / steps) - T), without its float overshoot (which for
-            # some T and steps gives one timestep more, the last one -1).
-            delta = (self.T - self.T / steps) - self.T
-            ts = (np.round(self.T + np.arange(steps) * delta).astype(np.int64) - 1)[::-1]
-        else:
-            ts = np.linspace(0, self.T - 1, steps).round().astype(np.int64)
-        if ts.max() > self.T - 1:
-            raise ValueError(f"sampling.steps_offset={steps_offset} puts a timestep past T-1={self.T - 1} "
-                             f"with {steps} {spacing} steps")
-        if len(set(ts.tolist())) != len(ts) or ts.min() < 0:
-            raise ValueError(f"{steps} {spacing} steps over T={self.T} do not give distinct timesteps")
-        return [int(t) for t in ts[::-1]]
+    def ddim_timesteps(self, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
+        """The DDIM sub-sequence of ``steps`` timesteps, descending (see :func:`ddim_timesteps`)."""
+        return ddim_timesteps(self.T, steps, spacing, steps_offset)
 
     # -- sampling loops -------------------------------------------------------------------------
     def _start(self, model, shape, noise, device, dtype, generator):
@@ -307,7 +332,7 @@ class GaussianDiffusion:
     def ddim_sample_loop_progressive(self, model: Model, shape, *, steps: int, eta: float = 0.0, clip_denoised: bool = True,
                                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                      device=None, should_stop: Callable[[], bool] | None = None,
-                                     dtype: torch.dtype | None = None, spacing: str = "leading", steps_offset: int = 0,
+                                     dtype: torch.dtype | None = None, spacing: str = "trailing", steps_offset: int = 0,
                                      **bounds) -> Iterator[StepResult]:
         """DDIM sampling over ``ddim_timesteps(steps, spacing, steps_offset)``; each step goes to the next
         timestep of that list (the last to alpha-bar = 1). Noise is drawn only for steps with sigma > 0.
@@ -347,9 +372,17 @@ class GaussianDiffusion:
         if sampling.sampler == "ddim":
             return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta, generator=generator,
                                                      device=device, should_stop=should_stop,
-                                                     spacing=getattr(sampling, "spacing", "leading"),
+                                                     spacing=getattr(sampling, "spacing", "trailing"),
                                                      steps_offset=getattr(sampling, "steps_offset", 0), **bounds)
-        raise ValueError(f"sampling.sampler must be one of ddpm, ddim; got {sampling.sampler!r}")
+        if sampling.sampler in DPM_SAMPLERS:
+            from .dpm_solver import dpm_solver_sample_loop_progressive
+
+            order, sde = DPM_SAMPLERS[sampling.sampler]
+            return dpm_solver_sample_loop_progressive(
+                self, model, shape, steps=sampling.steps, order=order, sde=sde,
+                spacing=getattr(sampling, "spacing", "trailing"), generator=generator, device=device,
+                should_stop=should_stop, **bounds)
+        raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got {sampling.sampler!r}")
 
     def sample(self, model: Model, shape, sampling: "SamplingConfig", **kwargs) -> torch.Tensor | None:
         """Drain :meth:`sample_progressive` and return the last x_t: x_0 when the chain ran to the end

@@ -118,8 +118,9 @@ def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control:
 
 # -- sampling -------------------------------------------------------------------------------------
 # SamplingConfig fields the Sampling panel has no control for: they come from the model itself (an
-# imported diffusers model's timestep spacing, clip range and thresholding; issue 15).
-MODEL_SAMPLING_FIELDS = ("spacing", "steps_offset", "clip_range", "dynamic_threshold", "threshold_max")
+# imported diffusers model's steps offset, clip range and thresholding; issue 15). The spacing has a
+# control of its own.
+MODEL_SAMPLING_FIELDS = ("steps_offset", "clip_range", "dynamic_threshold", "threshold_max")
 
 
 def model_sampling(panel: SamplingConfig, model: SamplingConfig) -> SamplingConfig:

@@ -642,7 +642,12 @@ class _Loop:
         return TrainFinished(max(self.start_step, bad_step - 1), "nan", msg, kept_path)
 
     def _preview(self) -> None:
-        """Sample the EMA model with DDIM from a FIXED seed, so previews are comparable across steps."""
+        """Sample the EMA model from a FIXED seed, so previews are comparable across steps.
+
+        ``train.preview_sampler`` (default DPM-Solver++ 2M) with ``train.preview_sampling_steps``
+        steps (default 20), trailing spacing, x_0 clipped.
+        """
+        from ddpm_studio.config import SamplingConfig
         from ddpm_studio.sampling.export import save_grid
         from ddpm_studio.sampling.service import to_uint8
 
@@ -651,9 +656,10 @@ class _Loop:
         generator = torch.Generator(device="cpu").manual_seed(_mix(tc.seed, _STREAM_PREVIEW))
         last = None
         shape = (tc.preview_count, m.in_channels, m.image_size, m.image_size)
-        for last in self.diffusion.ddim_sample_loop_progressive(
-                self.ema.module, shape, steps=min(tc.preview_sampling_steps, self.T), eta=0.0, clip_denoised=True,
-                generator=generator, device=self.device, should_stop=self.control.should_stop):
+        sampling = SamplingConfig(sampler=tc.preview_sampler, steps=min(tc.preview_sampling_steps, self.T), eta=0.0,
+                                  clip_denoised=True, spacing="trailing")
+        for last in self.diffusion.sample_progressive(self.ema.module, shape, sampling, generator=generator,
+                                                      device=self.device, should_stop=self.control.should_stop):
             pass
         self._overhead(t0)
         if last is None or last.index != last.total - 1:

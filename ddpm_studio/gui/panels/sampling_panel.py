@@ -1,4 +1,4 @@
-"""Sampling panel: generate with DDPM or DDIM, watch the reverse chain live, scrub it, export it.
+"""Sampling panel: generate with DDPM, DDIM or DPM-Solver++, watch the reverse chain live, scrub it, export it.
 
 The chain runs on a worker thread (:func:`..jobs.make_sample`), which turns the recorded steps into
 ``uint8`` grids and sends them in batches (at most ~30 a second, plus the last). Every step is
@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, 
                                QPushButton, QRadioButton, QSlider, QSplitter, QStyle,
                                QVBoxLayout, QWidget)
 
-from ...config import SamplingConfig
+from ...config import SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, SamplingConfig, sampler_default_steps
 from .. import jobs
 from ..state import StudioState
 from ..widgets.chain_canvas import ChainCanvas
@@ -128,18 +128,32 @@ class SamplingPanel(QWidget):
 
         sbox, sform = section("Sampler")
         self.sampler_combo = QComboBox()
-        self.sampler_combo.addItem("DDPM (ancestral, all T steps)", "ddpm")
-        self.sampler_combo.addItem("DDIM (fewer steps)", "ddim")
-        self.sampler_combo.setCurrentIndex(1)
+        for name in SAMPLERS:
+            self.sampler_combo.addItem(SAMPLER_INFO[name]["label"], name)
+            self.sampler_combo.setItemData(self.sampler_combo.count() - 1, SAMPLER_INFO[name]["hint"],
+                                           Qt.ItemDataRole.ToolTipRole)
+        self.sampler_combo.setCurrentIndex(max(0, self.sampler_combo.findData(sd.sampler)))
         add_row(sform, "Sampler", self.sampler_combo,
-                "DDPM walks every timestep as in the paper's Algorithm 2; DDIM skips steps and can be deterministic.")
+                "How to walk from noise to an image. DPM-Solver++ needs the fewest network calls; DDPM is the paper's.")
+        self.sampler_hint = QLabel("")
+        self.sampler_hint.setWordWrap(True)
+        self.sampler_hint.setStyleSheet("color: palette(mid);")
+        sform.addRow(self.sampler_hint)
         self.variance_combo = QComboBox()
         self.variance_combo.addItem("σ² = β̃_t (posterior)", "fixed_small")
         self.variance_combo.addItem("σ² = β_t", "fixed_large")
         add_row(sform, "Variance", self.variance_combo,
                 "The paper's two choices for the reverse-step noise; both give similar samples.")
         self.steps_spin = int_spin(1, 4000, sd.steps, 10)
-        add_row(sform, "Steps", self.steps_spin, "How many DDIM steps to take from pure noise to an image.")
+        add_row(sform, "Steps", self.steps_spin, "How many network calls to take from pure noise to an image "
+                "(choosing a sampler sets its own default: DDIM 50, DPM-Solver++ 20).")
+        self.spacing_combo = QComboBox()
+        for name in SPACINGS:
+            self.spacing_combo.addItem(name.capitalize(), name)
+            self.spacing_combo.setItemData(self.spacing_combo.count() - 1, SPACING_HINTS[name], Qt.ItemDataRole.ToolTipRole)
+        self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(sd.spacing)))
+        add_row(sform, "Spacing", self.spacing_combo, "Which timesteps the steps visit. Trailing starts from pure noise "
+                "for every step count; leading is diffusers' old default, kept for comparisons.")
         self.eta_spin = float_spin(0.0, 1.0, sd.eta, 2, 0.1)
         add_row(sform, "η (eta)", self.eta_spin, "0 = deterministic DDIM; 1 adds as much noise as ancestral sampling.")
         self.clip_check = QCheckBox("Clip predicted x₀ to [-1, 1]")
@@ -235,21 +249,35 @@ class SamplingPanel(QWidget):
 
     # -- options ----------------------------------------------------------------------------------
     def _sampler_changed(self, *_) -> None:
-        ddim = self.sampler_combo.currentData() == "ddim"
-        self.steps_spin.setEnabled(ddim)
-        self.eta_spin.setEnabled(ddim)
-        self.variance_combo.setEnabled(not ddim)
+        """Show the sampler's one-line explanation, enable only the settings it reads, set its default steps."""
+        name = self.sampler_combo.currentData()
+        info = SAMPLER_INFO[name]
+        self.sampler_hint.setText(info["hint"])
+        self.sampler_combo.setToolTip(info["hint"])
+        used = info["settings"]
+        self.steps_spin.setEnabled("steps" in used)
+        self.spacing_combo.setEnabled("spacing" in used)
+        self.eta_spin.setEnabled("eta" in used)
+        self.variance_combo.setEnabled("variance" in used)
+        if "steps" in used:
+            self.steps_spin.setValue(sampler_default_steps(name, self._model_T()))
+
+    def _model_T(self) -> int:
+        """T of the model last sampled from (its config), else the default 1000."""
+        cfg = getattr(self, "_model_config", None)
+        return cfg.diffusion.timesteps if cfg is not None else 1000
 
     def sampling_config(self) -> SamplingConfig:
         cfg = SamplingConfig(sampler=self.sampler_combo.currentData(), steps=int(self.steps_spin.value()),
                              eta=float(self.eta_spin.value()), variance=self.variance_combo.currentData(),
                              clip_denoised=self.clip_check.isChecked(), num_images=int(self.num_spin.value()),
-                             seed=int(self.seed_spin.value()))
+                             seed=int(self.seed_spin.value()), spacing=self.spacing_combo.currentData())
         cfg.validate()
         return cfg
 
     def set_sampling_config(self, cfg: SamplingConfig) -> None:
         self.sampler_combo.setCurrentIndex(max(0, self.sampler_combo.findData(cfg.sampler)))
+        self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(cfg.spacing)))
         self.steps_spin.setValue(cfg.steps)
         self.eta_spin.setValue(cfg.eta)
         self.variance_combo.setCurrentIndex(max(0, self.variance_combo.findData(cfg.variance)))
@@ -345,8 +373,9 @@ class SamplingPanel(QWidget):
         task.cancelled.connect(self._on_cancelled)
         task.finished.connect(lambda t=task: self._on_task_finished(t))
         self.task = task
-        steps = cfg.steps if cfg.sampler == "ddim" else "all"
-        self.progress.start(f"Generating {cfg.num_images} image(s) with {cfg.sampler.upper()} ({steps} steps)…")
+        steps = "all" if cfg.sampler == "ddpm" else cfg.steps
+        label = SAMPLER_INFO[cfg.sampler]["label"].split(" (")[0]
+        self.progress.start(f"Generating {cfg.num_images} image(s) with {label} ({steps} steps)…")
         self.state.begin("sampling", "Generating")
         task.start()
         self._update_buttons()
@@ -399,8 +428,13 @@ class SamplingPanel(QWidget):
             label = d.schedule
         self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=label)
         if self.src_disk.isChecked() and hasattr(m, "loaded") and m.loaded is not None:
+            first_time = self._loaded is None
             self._loaded = m.loaded
             self._update_model_label()
+            if first_time and m.config.sampling.spacing != "trailing":
+                # a model that says how it is to be sampled (an imported scheduler's timestep_spacing):
+                # shown in the chooser for the next Generate, where the user can change it
+                self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(m.config.sampling.spacing)))
 
     def _on_result(self, result: jobs.SampleResult) -> None:
         self.result = result
@@ -570,7 +604,7 @@ class SamplingPanel(QWidget):
     # -- settings ---------------------------------------------------------------------------------
     def save_settings(self, s) -> None:
         c = self.sampling_config() if self._valid() else SamplingConfig()
-        for k in ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed"):
+        for k in ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed", "spacing"):
             s.setValue(f"sampling/{k}", getattr(c, k))
         s.setValue("sampling/scale", self.scale_spin.value())
         s.setValue("sampling/gif_fps", self.gif_fps_spin.value())
@@ -590,10 +624,11 @@ class SamplingPanel(QWidget):
 
         d = SamplingConfig()
         try:
-            c = SamplingConfig(get(s, "sampling/sampler", d.sampler), get(s, "sampling/steps", d.steps),
-                               get(s, "sampling/eta", d.eta), get(s, "sampling/variance", d.variance),
-                               get(s, "sampling/clip_denoised", d.clip_denoised), get(s, "sampling/num_images", d.num_images),
-                               get(s, "sampling/seed", d.seed))
+            c = SamplingConfig(sampler=get(s, "sampling/sampler", d.sampler), steps=get(s, "sampling/steps", d.steps),
+                               eta=get(s, "sampling/eta", d.eta), variance=get(s, "sampling/variance", d.variance),
+                               clip_denoised=get(s, "sampling/clip_denoised", d.clip_denoised),
+                               num_images=get(s, "sampling/num_images", d.num_images), seed=get(s, "sampling/seed", d.seed),
+                               spacing=get(s, "sampling/spacing", d.spacing))
             c.validate()
             self.set_sampling_config(c)
         except ValueError:

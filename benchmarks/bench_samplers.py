@@ -1,0 +1,206 @@
+"""Sample quality against network evaluations (NFE) for each sampler, and seconds per image.
+
+Run by hand (about 10 minutes on 2 CPU cores with the defaults):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py --minutes 3 --num 300
+    python benchmarks/bench_samplers.py --run RUN_DIR          # score a model you already trained
+
+Without --run it trains the tiny preset (16 px, v-prediction, min-SNR-5) on the built-in dataset
+for --minutes with the ordinary trainer. Then, for every sampler and NFE (5, 10, 20, 50, 100), it
+draws --num samples from the same seeds and scores them with a Frechet distance between
+features of the samples and of the training images. The features come from a FIXED random-weight
+conv net (three strided convs, mean- and max-pooled: 192 numbers per image): not Inception, so the
+numbers compare samplers with each other on this model, not with published FIDs. Lower is better.
+
+Also measured: "Generate 16 images of 16 px with the default sampler for the tiny preset, chain
+only" (goal <= 1 s on 2 cores): the median of 5 chains of sampling.service.generate with the
+default SamplingConfig, after one warm-up chain.
+
+With --diffusers it also scores diffusers' own DPMSolverMultistepScheduler (2M) and
+UniPCMultistepScheduler (bh2) on the same model, seeds and scorer (rows "diffusers-dpmpp-2m" and
+"diffusers-unipc"): the first must equal our dpmpp-2m row, the second is the evidence on UniPC.
+
+Self-contained on purpose (no code shared with bench_quality.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")
+NFES = (5, 10, 20, 50, 100)
+
+
+def feature_net(channels: int) -> torch.nn.Module:
+    """A fixed random conv net (seeded): image in [-1, 1] (B, C, H, W) -> (B, 192) features."""
+    g = torch.Generator().manual_seed(1234)
+    convs = [torch.nn.Conv2d(channels, 32, 3, padding=1), torch.nn.Conv2d(32, 64, 3, stride=2, padding=1),
+             torch.nn.Conv2d(64, 96, 3, stride=2, padding=1)]
+    for c in convs:
+        fan_in = c.in_channels * 9
+        with torch.no_grad():
+            c.weight.copy_(torch.randn(c.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            c.bias.zero_()
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = torch.nn.ModuleList(convs)
+
+        def forward(self, x):
+            for c in self.convs:
+                x = torch.relu(c(x))
+            return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)  # (B, 96 + 96)
+
+    return Net().eval().requires_grad_(False)
+
+
+def features(net: torch.nn.Module, images_u8: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, C, H, W)
+    with torch.inference_mode():
+        return torch.cat([net(x[i:i + 500]) for i in range(0, len(x), 500)]).double().numpy()
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), square roots by eigendecomposition."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+def train(minutes: float, run_dir: Path) -> Path:
+    from ddpm_studio.config import NO_STEP_LIMIT, RunConfig
+    from ddpm_studio.training.trainer import Trainer
+
+    cfg = RunConfig.from_preset("tiny", train=dict(minutes=minutes, steps=NO_STEP_LIMIT, preview_every=0,
+                                                   checkpoint_every=0, device="cpu"))
+    done = Trainer(cfg, run_dir).run()
+    print(f"trained: {done.message}")
+    return run_dir
+
+
+def sample(loaded, sampler: str, steps: int, num: int, batch: int) -> tuple[np.ndarray, float]:
+    from ddpm_studio.config import SamplingConfig
+    from ddpm_studio.sampling.service import generate, to_uint8
+
+    out, t0 = [], time.perf_counter()
+    for b, start in enumerate(range(0, num, batch)):
+        n = min(batch, num - start)
+        cfg = SamplingConfig(sampler=sampler, steps=steps, num_images=n, seed=1000 + b)
+        last = None
+        for last in generate(loaded, cfg):
+            pass
+        out.append(to_uint8(last.x_t))
+    return np.concatenate(out), (time.perf_counter() - t0) / num
+
+
+def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int) -> tuple[np.ndarray, float]:
+    """The same chain with one of diffusers' schedulers (same betas, prediction, trailing spacing, clipping, seeds)."""
+    import diffusers
+
+    from ddpm_studio.sampling.service import to_uint8
+
+    pred = {"epsilon": "epsilon", "x0": "sample", "v": "v_prediction"}[loaded.config.diffusion.prediction]
+    common = dict(num_train_timesteps=loaded.diffusion.T, trained_betas=loaded.diffusion.schedule.betas,
+                  prediction_type=pred, timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
+                  final_sigmas_type="zero")
+    cls = {"diffusers-dpmpp-2m": diffusers.DPMSolverMultistepScheduler, "diffusers-unipc": diffusers.UniPCMultistepScheduler}[kind]
+    out, t0 = [], time.perf_counter()
+    for b, start in enumerate(range(0, num, batch)):
+        n = min(batch, num - start)
+        sched = cls(**common)
+        sched.set_timesteps(steps)
+        x = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(1000 + b))
+        with torch.inference_mode():
+            for t in sched.timesteps:
+                x = sched.step(loaded.model(x, torch.full((n,), int(t))), t, x).prev_sample
+        out.append(to_uint8(x))
+    return np.concatenate(out), (time.perf_counter() - t0) / num
+
+
+def default_chain_seconds(repeats: int = 5) -> tuple[float, str]:
+    """16 images of 16 px, the default SamplingConfig, tiny preset (random weights: the time is the same)."""
+    from ddpm_studio.config import RunConfig, SamplingConfig
+    from ddpm_studio.engine.unet import build_model
+    from ddpm_studio.sampling.service import build_loaded, generate
+
+    cfg = RunConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    loaded = build_loaded(cfg, build_model(cfg.model).state_dict(), step=0, source="random", device=torch.device("cpu"))
+    sampling = SamplingConfig(num_images=16)
+
+    def chain():
+        t0 = time.perf_counter()
+        for _ in generate(loaded, sampling):
+            pass
+        return time.perf_counter() - t0
+
+    chain()  # warm-up
+    times = [chain() for _ in range(repeats)]
+    return statistics.median(times), f"{sampling.sampler}, {sampling.steps} steps, {sampling.spacing}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="a trained run folder (else train the tiny preset for --minutes)")
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--out", default="bench_samplers_out", help="folder for the trained run and results.json")
+    ap.add_argument("--num", type=int, default=300, help="samples per (sampler, NFE) point")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--samplers", default=",".join(SAMPLERS))
+    ap.add_argument("--nfe", default=",".join(map(str, NFES)))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--diffusers", action="store_true", help="also score diffusers' DPM-Solver++ 2M and UniPC")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from ddpm_studio.data import load_images
+    from ddpm_studio.sampling.service import load_model
+
+    secs, what = default_chain_seconds()
+    print(f"default chain: 16 images of 16 px, tiny preset, {what}: {secs:.3f} s "
+          f"(median of 5, {torch.get_num_threads()} thread(s))")
+
+    run = Path(args.run) if args.run else train(args.minutes, out / "run")
+    loaded = load_model(run, device="cpu")
+    real = load_images(loaded.config.data, use_cache=True).images
+    net = feature_net(real.shape[-1])
+    real_f = features(net, real)
+    print(f"model: {run} (step {loaded.step:,}); {len(real):,} real images; {args.num} samples per point")
+
+    results = {"default_chain_sec": secs, "default_sampler": what, "run": str(run), "step": loaded.step,
+               "num": args.num, "threads": torch.get_num_threads(), "points": []}
+    nfes = [int(n) for n in args.nfe.split(",")]
+    samplers = args.samplers.split(",") + (["diffusers-dpmpp-2m", "diffusers-unipc"] if args.diffusers else [])
+    for sampler in samplers:
+        for nfe in nfes:
+            draw = sample_diffusers if sampler.startswith("diffusers-") else sample
+            images, per_image = draw(loaded, sampler, nfe, args.num, args.batch)
+            fd = frechet(features(net, images), real_f)
+            results["points"].append(dict(sampler=sampler, nfe=nfe, frechet=fd, sec_per_image=per_image))
+            print(f"{sampler:>13}  NFE {nfe:>3}: Frechet {fd:8.3f}  {per_image * 1000:7.2f} ms/image", flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    print("\n| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+    print("|---|" + "---|" * len(nfes))
+    for sampler in samplers:
+        row = [p for p in results["points"] if p["sampler"] == sampler]
+        print(f"| {sampler} | " + " | ".join(f"{p['frechet']:.2f} ({p['sec_per_image'] * 1000:.1f} ms)" for p in row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

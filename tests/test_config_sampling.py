@@ -1,0 +1,49 @@
+"""config.py's sampling data: samplers, their defaults and hints, spacings, and old configs."""
+
+import json
+
+import pytest
+
+from ddpm_studio.config import (SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, RunConfig, SamplingConfig,
+                                TrainConfig, sampler_default_steps)
+
+
+def test_defaults_are_the_fast_sampler_from_pure_noise():
+    s = SamplingConfig()
+    assert (s.sampler, s.steps, s.spacing, s.dynamic_threshold) == ("dpmpp-2m", 20, "trailing", None)
+    assert (TrainConfig().preview_sampler, TrainConfig().preview_sampling_steps) == ("dpmpp-2m", 20)
+    assert SAMPLERS == ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")
+    assert set(SPACINGS) == {"leading", "trailing", "linspace"} == set(SPACING_HINTS)
+
+
+def test_every_sampler_has_a_label_a_hint_and_a_default_step_count():
+    assert set(SAMPLER_INFO) == set(SAMPLERS)
+    for name, info in SAMPLER_INFO.items():
+        assert info["label"] and info["hint"].endswith(".")
+        assert "\n" not in info["hint"] and len(info["hint"]) < 120
+    assert [sampler_default_steps(n, 1000) for n in SAMPLERS] == [1000, 50, 20, 20, 20]
+    assert sampler_default_steps("ddim", 30) == 30 and sampler_default_steps("dpmpp-2m", 10) == 10  # at most T
+    with pytest.raises(ValueError, match="sampling.sampler must be one of"):
+        sampler_default_steps("euler", 1000)
+
+
+def test_a_config_written_before_spacing_existed_loads_with_trailing():
+    d = RunConfig().to_dict()
+    del d["sampling"]["spacing"], d["sampling"]["dynamic_threshold"], d["train"]["preview_sampler"]
+    d["sampling"].update(sampler="ddim", steps=50)
+    cfg = RunConfig.from_json(json.dumps(d)).validate()
+    assert (cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.spacing) == ("ddim", 50, "trailing")
+    assert cfg.train.preview_sampler == "dpmpp-2m"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("spacing", "even", "sampling.spacing must be one of trailing, linspace, leading; got 'even'"),
+    ("sampler", "euler", "sampling.sampler must be one of ddpm, ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde; got 'euler'"),
+    ("dynamic_threshold", 1.5, "sampling.dynamic_threshold must be from 0.0 to 1.0; got 1.5"),
+])
+def test_bad_sampling_values_name_the_field(field, value, message):
+    with pytest.raises(ValueError) as e:
+        SamplingConfig(**{field: value}).validate()
+    assert str(e.value) == message
+    with pytest.raises(ValueError, match="train.preview_sampler must be one of"):
+        TrainConfig(preview_sampler="euler").validate()
