@@ -127,7 +127,8 @@ def image_walk(model, diffusion, sampling: SamplingConfig, x0_a: torch.Tensor, x
     for i, lam in enumerate(weights(frames)):
         if should_stop is not None and should_stop():
             return
-        x = (1.0 - lam) * walk.x_t_a + lam * walk.x_t_b
+        # the end frames decode the noised images themselves (bit for bit: no arithmetic on them)
+        x = walk.x_t_a.clone() if lam == 0 else walk.x_t_b.clone() if lam == 1 else (1.0 - lam) * walk.x_t_a + lam * walk.x_t_b
         out = _decode(model, diffusion, sampling, x, start_index=walk.start_index, seed=seed + 1, device=device,
                       should_stop=should_stop)
         if out is None:
