@@ -91,7 +91,7 @@ def image_to_tensor(image: np.ndarray, image_shape) -> torch.Tensor:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape != (h, w, c):
         raise ValueError(f"an interpolation image must be {w}x{h} px with {c} channel(s), as the model makes; "
                          f"got shape {arr.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()  # (1, C, H, W)
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float()  # (1, C, H, W)
     return x / 127.5 - 1.0
 
 
@@ -134,3 +134,18 @@ def image_walk(model, diffusion, sampling: SamplingConfig, x0_a: torch.Tensor, x
         if out is None:
             return
         yield Frame(i, lam, out)
+
+
+def load_image_for_model(path, image_shape) -> np.ndarray:
+    """A file decoded and preprocessed as the dataset loader does (centre crop, resize, channels) to
+    the model's (C, H, W): (H, W, C) uint8. One-line ValueError saying why a file cannot be used."""
+    from ..data.decode import Settings, decode_file
+
+    c, h, _ = image_shape
+    d = decode_file(str(path), Settings(size=h, channels=str(c), background="white", min_size=0))
+    if d.array is None:
+        raise ValueError(f"{path}: {d.reason}")
+    arr = d.array
+    if arr.shape[-1] != c:  # "1"/"3" are honoured by the decoder; keep the model's channels whatever it did
+        arr = np.repeat(arr, 3, axis=2) if c == 3 else arr[..., :1]
+    return arr
