@@ -31,8 +31,6 @@ def tiny_model(prediction: str = "epsilon", seed: int = 0):
     unet = build_model(cfg.model)
     with torch.no_grad():  # the output layer starts at zero: give it weights so the network matters
         unet.conv_out.weight.normal_(0, 0.05)
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    diffusion = GaussianDiffusion(GaussianDiffusion.from_config(cfg.diffusion).schedule, prediction=prediction)
     model = GaussianPlusUNet(unet, diffusion).eval().requires_grad_(False)
-    if prediction != "epsilon":
-        diffusion = GaussianDiffusion(diffusion.schedule, prediction=prediction)
     return model, diffusion, (cfg.model.in_channels, 8, 8)

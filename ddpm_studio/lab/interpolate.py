@@ -149,3 +149,22 @@ def load_image_for_model(path, image_shape) -> np.ndarray:
     if arr.shape[-1] != c:  # "1"/"3" are honoured by the decoder; keep the model's channels whatever it did
         arr = np.repeat(arr, 3, axis=2) if c == 3 else arr[..., :1]
     return arr
+
+
+def fit_array(image: np.ndarray, image_shape) -> np.ndarray:
+    """An (H, W, C) uint8 image (e.g. from the dataset, at the dataset's size) made the model's
+    (C, H, W): Lanczos-resized and converted to its channels."""
+    from PIL import Image
+
+    c, h, w = image_shape
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] != c:
+        arr = np.repeat(arr, 3, axis=2) if c == 3 else np.round(arr[..., :3] @ [0.299, 0.587, 0.114])[..., None].astype(np.uint8)
+    if arr.shape[:2] != (h, w):
+        im = Image.fromarray(arr[..., 0] if c == 1 else arr).resize((w, h), Image.Resampling.LANCZOS)
+        arr = np.asarray(im)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+    return np.ascontiguousarray(arr, dtype=np.uint8)
