@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from training_support import tiny_config
 
 from ddpm_studio.engine.diffusion import GaussianDiffusion
 from ddpm_studio.engine.unet import build_model
-from training_support import tiny_config
 
 
 class GaussianPlusUNet(torch.nn.Module):

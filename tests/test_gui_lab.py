@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from PIL import Image  # noqa: E402
-from PySide6.QtCore import Qt  # noqa: E402
-from training_support import tiny_config, tiny_images  # noqa: E402
+from PIL import Image
+from PySide6.QtCore import Qt
+from training_support import tiny_config, tiny_images
 
-from ddpm_studio.config import SamplingConfig  # noqa: E402
-from ddpm_studio.gui.workers import running_tasks  # noqa: E402
+from ddpm_studio.config import SamplingConfig
+from ddpm_studio.gui.workers import running_tasks
 
 
 @pytest.fixture(scope="module")

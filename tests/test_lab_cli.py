@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
 
 from ddpm_studio.cli import main
-from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +37,7 @@ def test_compare_board(run, tmp_path, capsys):
     ref = np.asarray(Image.open(samples / "sample_0000.png"))
     arr = np.asarray(Image.open(board))
     tile = ref.repeat(8, 0).repeat(8, 1)  # 8 px → 64 px
-    found = any(np.array_equal(arr[y:y + 64, x:x + 64], tile) for y in range(0, 80) for x in range(0, arr.shape[1] - 64))
+    found = any(np.array_equal(arr[y:y + 64, x:x + 64], tile) for y in range(80) for x in range(arr.shape[1] - 64))
     assert found
 
 

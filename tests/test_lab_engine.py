@@ -18,9 +18,11 @@ from ddpm_studio.config import SamplingConfig
 CASES = [("ddpm", 20, 0.0), ("ddim", 10, 0.0), ("ddim", 10, 1.0), ("dpmpp-2m", 8, 0.0), ("dpmpp-3m", 8, 0.0),
          ("dpmpp-2m-sde", 8, 0.0)]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("sampler,steps,eta", CASES)
-def test_resume_at_every_step_continues_the_chain(one_thread, sampler, steps, eta):
+def test_resume_at_every_step_continues_the_chain(sampler, steps, eta):
     model, diffusion, shape = tiny_model()
     s = dataclasses.replace(SamplingConfig(), sampler=sampler, steps=steps, eta=eta)
     g = torch.Generator().manual_seed(3)
@@ -41,7 +43,7 @@ def test_resume_at_every_step_continues_the_chain(one_thread, sampler, steps, et
         assert torch.equal(rest[-1].x_t, full[-1].x_t), (sampler, k)
 
 
-def test_start_index_zero_is_the_old_chain(one_thread):
+def test_start_index_zero_is_the_old_chain():
     model, diffusion, shape = tiny_model()
     s = dataclasses.replace(SamplingConfig(), sampler="dpmpp-2m", steps=6)
     a = diffusion.sample(model, (1, *shape), s)
@@ -49,7 +51,7 @@ def test_start_index_zero_is_the_old_chain(one_thread):
     assert torch.equal(a, b)
 
 
-def test_dpm_resume_without_history_warms_up_again(one_thread):
+def test_dpm_resume_without_history_warms_up_again():
     """No earlier x̂0: the resumed step is first order (as a fresh chain's first step), so it differs."""
     model, diffusion, shape = tiny_model()
     s = dataclasses.replace(SamplingConfig(), sampler="dpmpp-2m", steps=6)

@@ -14,6 +14,8 @@ from ddpm_studio.config import SamplingConfig
 from ddpm_studio.lab import branch, chain, compare, interpolate, views
 from ddpm_studio.sampling.service import LoadedModel, generate
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def loaded_tiny(prediction="epsilon"):
     model, diffusion, shape = tiny_model(prediction)
@@ -33,7 +35,7 @@ def S(sampler, steps=10, eta=0.0):
 
 # -- interpolation ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m"])
-def test_seed_walk_end_points_are_the_seeds_own_samples(one_thread, sampler):
+def test_seed_walk_end_points_are_the_seeds_own_samples(sampler):
     loaded, shape = loaded_tiny()
     s = S(sampler, 8)
     frames = list(interpolate.seed_walk(loaded.model, loaded.diffusion, s, shape, 11, 42, 5))
@@ -51,7 +53,7 @@ def test_slerp_keeps_the_norm_of_equal_norm_vectors_and_its_ends():
     mid = interpolate.slerp(a, b, 0.5)
     assert torch.allclose(mid.flatten(1).norm(dim=1), a.flatten(1).norm(dim=1), rtol=1e-5)
     # the angle is split in half: equal angles to both ends
-    cos = lambda u, v: (u.flatten(1) * v.flatten(1)).sum(1) / (u.flatten(1).norm(dim=1) * v.flatten(1).norm(dim=1))  # noqa: E731
+    cos = lambda u, v: (u.flatten(1) * v.flatten(1)).sum(1) / (u.flatten(1).norm(dim=1) * v.flatten(1).norm(dim=1))
     assert torch.allclose(cos(mid, a), cos(mid, b), atol=1e-5)
 
 
@@ -63,7 +65,7 @@ def test_seed_walk_refuses_a_stochastic_sampler():
         interpolate.weights(1)
 
 
-def test_image_walk_noises_both_images_with_q_and_fixes_the_noise(one_thread):
+def test_image_walk_noises_both_images_with_q_and_fixes_the_noise():
     loaded, shape = loaded_tiny()
     d = loaded.diffusion
     rng = np.random.default_rng(0)
@@ -90,7 +92,7 @@ def test_image_walk_noises_both_images_with_q_and_fixes_the_noise(one_thread):
 
 # -- branch --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp-2m-sde", "dpmpp-3m"])
-def test_branch_with_the_chains_own_noise_reproduces_it(one_thread, sampler):
+def test_branch_with_the_chains_own_noise_reproduces_it(sampler):
     loaded, shape = loaded_tiny()
     s = S(sampler, 8)
     steps = list(chain.run_chain(loaded.model, loaded.diffusion, s, num=2, image_shape=shape, seed=4))
@@ -108,7 +110,7 @@ def test_branch_with_the_chains_own_noise_reproduces_it(one_thread, sampler):
             branch.rerun_rest(loaded.model, loaded.diffusion, s, steps[2], count=3)
 
 
-def test_renoise_uses_q_of_x_t_given_x_0(one_thread):
+def test_renoise_uses_q_of_x_t_given_x_0():
     loaded, shape = loaded_tiny()
     d = loaded.diffusion
     s = S("ddim", 5)
@@ -131,7 +133,7 @@ def test_renoise_uses_q_of_x_t_given_x_0(one_thread):
 
 # -- three views ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
-def test_predicted_noise_is_the_networks_own_output(one_thread, prediction):
+def test_predicted_noise_is_the_networks_own_output(prediction):
     loaded, shape = loaded_tiny(prediction)
     d = loaded.diffusion
     s = S("ddpm")
@@ -150,7 +152,7 @@ def test_predicted_noise_is_the_networks_own_output(one_thread, prediction):
 
 
 # -- compare -------------------------------------------------------------------------------------------
-def test_compare_rows_are_what_sample_makes_with_each_setting(one_thread):
+def test_compare_rows_are_what_sample_makes_with_each_setting():
     loaded, shape = loaded_tiny()
     rows = compare.parse_specs("ddim:5, dpmpp-2m:4,ddpm, ddim:5:1", SamplingConfig(), 20)
     assert [(r.sampler, r.steps, r.eta) for r in rows] == [("ddim", 5, 0), ("dpmpp-2m", 4, 0), ("ddpm", 20, 0),

@@ -7,9 +7,10 @@ tensors become ``uint8`` arrays and boards are composed (Pillow) here, never on 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

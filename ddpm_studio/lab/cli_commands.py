@@ -102,7 +102,7 @@ def _load(args):
 def _sampling(args, loaded):
     T = loaded.diffusion.T
     steps = args.sampling_steps or sampler_default_steps(args.sampler, T)
-    over = dict(sampler=args.sampler, steps=steps, eta=args.eta)
+    over = {"sampler": args.sampler, "steps": steps, "eta": args.eta}
     if args.spacing:
         over["spacing"] = args.spacing
     s = dataclasses.replace(loaded.config.sampling, **over)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -193,8 +193,8 @@ def save_apng(frames: Sequence[np.ndarray], path: str | os.PathLike, fps: float 
     if not ims:
         raise ValueError("no frames given for the animation")
     ms = 1000.0 / fps
-    durations = [int(round(ms))] * len(ims)
-    durations[-1] += int(round(hold_last_sec * 1000))
+    durations = [round(ms)] * len(ims)
+    durations[-1] += round(hold_last_sec * 1000)
     buf = io.BytesIO()
     ims[0].save(buf, format="PNG", save_all=True, append_images=ims[1:], duration=durations, loop=0)
     atomic_write_bytes(path, buf.getvalue())

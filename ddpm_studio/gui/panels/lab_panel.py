@@ -17,8 +17,20 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                               QSlider, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSlider,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ...config import SAMPLER_INFO, SAMPLERS, SamplingConfig, sampler_default_steps
 from .. import lab_jobs
@@ -302,7 +314,7 @@ class LabPanel(QWidget):
         first = self._loaded is None
         self._loaded = loaded
         T = loaded.diffusion.T
-        c, h, w = loaded.image_shape
+        _, h, w = loaded.image_shape
         self.model_label.setText(f"{Path(loaded.source).name}: step {loaded.step:,}, {w}×{h} px, T = {T}, "
                                  f"predicts {loaded.diffusion.prediction}")
         self.branch_t.setMaximum(T - 1)
