@@ -188,3 +188,12 @@ def test_cancel_a_chain_after_the_first_frame(qtbot, lab):
     assert b.args[0] is None and lab.chain is None and len(lab.frames) < 20
     qtbot.waitUntil(lambda: running_tasks() == [], timeout=10_000)
     assert lab.chain_button.isEnabled()
+
+
+def test_default_steps_fit_a_small_model(qtbot, lab):
+    """DDIM's default 50 steps, chosen before the model (T = 20) was known: the chain takes 20."""
+    assert lab.sampler_combo.currentData() == "ddim" and lab.steps_spin.value() == 50
+    lab.num_spin.setValue(1)
+    chain = click(qtbot, lab.chain_finished, lab.chain_button)
+    assert chain is not None and chain.sampling.steps == 20 and len(lab.frames) == 20
+    assert lab.steps_spin.maximum() == 20 and lab.steps_spin.value() == 20

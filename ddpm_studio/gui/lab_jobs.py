@@ -79,6 +79,23 @@ def _model(get_model: Callable[[], Any], state: TaskState):
     return loaded
 
 
+def _for_model(base: SamplingConfig, loaded) -> SamplingConfig:
+    """The panel's settings for this model: its own bounds (``jobs.model_sampling``), and a step
+    count the panel chose before it knew the model's T (e.g. DDIM's default 50 for T = 20) lowered
+    to the sampler's default for that T."""
+    import dataclasses
+
+    from ..config import sampler_default_steps
+
+    s = model_sampling(base, loaded.config.sampling)
+    T = loaded.diffusion.T
+    if s.sampler == "ddpm":
+        return dataclasses.replace(s, steps=T)
+    if s.steps > T:
+        return dataclasses.replace(s, steps=min(T, sampler_default_steps(s.sampler, T)))
+    return s
+
+
 def _u8(x) -> np.ndarray:
     from ..sampling.service import to_uint8
 
@@ -115,7 +132,7 @@ def make_chain(get_model: Callable[[], Any], base: SamplingConfig, num: int, see
         from ..lab import chain, views
 
         loaded = _model(get_model, state)
-        sampling = model_sampling(base, loaded.config.sampling)
+        sampling = _for_model(base, loaded)
         d = loaded.diffusion
         total = len(chain.sampler_timesteps(d, sampling))
         per_step = 5 * num * math.prod(loaded.image_shape) * 4  # x_in, x_out, x̂0 and two older x̂0, float32
@@ -183,7 +200,7 @@ def make_interpolate(get_model: Callable[[], Any], base: SamplingConfig, *, mode
         from ..lab import interpolate, views
 
         loaded = _model(get_model, state)
-        sampling = model_sampling(base, loaded.config.sampling)
+        sampling = _for_model(base, loaded)
         d, shape = loaded.diffusion, loaded.image_shape
         if mode == "seeds":
             walk = interpolate.seed_walk(loaded.model, d, sampling, shape, seeds[0], seeds[1], frames,

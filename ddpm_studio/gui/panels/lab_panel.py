@@ -273,7 +273,7 @@ class LabPanel(QWidget):
         self.steps_spin.setEnabled(name != "ddpm")
         self.eta_spin.setEnabled(name == "ddim")
         T = self._loaded.diffusion.T if self._loaded is not None else 1000
-        self.steps_spin.setValue(min(sampler_default_steps(name, T), T))
+        self.steps_spin.setValue(min(sampler_default_steps(name, T), T))  # the job lowers it to a new model's T
         self.sampler_combo.setToolTip(SAMPLER_INFO[name]["hint"])
 
     def sampling(self) -> SamplingConfig:
@@ -317,6 +317,9 @@ class LabPanel(QWidget):
         _, h, w = loaded.image_shape
         self.model_label.setText(f"{Path(loaded.source).name}: step {loaded.step:,}, {w}×{h} px, T = {T}, "
                                  f"predicts {loaded.diffusion.prediction}")
+        if self.steps_spin.value() > T:
+            self.steps_spin.setValue(min(T, sampler_default_steps(self.sampler_combo.currentData(), T)))
+        self.steps_spin.setMaximum(T)
         self.branch_t.setMaximum(T - 1)
         self.interp_t.setMaximum(T - 1)
         if first:
