@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(["ddpm-studio"])
     from ddpm_studio.gui.main_window import MainWindow
 
-    win = MainWindow(load_on_start=False, probe_device=False)
+    win = MainWindow(load_on_start=False)
     win.resize(args.width, args.height)
     win.show()
 
@@ -63,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         win.grab().save(str(path))
         print(f"wrote {path}")
 
+    wait(lambda: "detecting" not in win.device_label.text(), 120, "the device probe")
     lab = win.lab_panel
     win.tabs.setCurrentWidget(lab)
     lab.open_model(str(run))
-    idle = lambda: not lab.is_running()  # noqa: E731
+    idle = lambda: not lab.is_running()
 
     lab.modes.setCurrentIndex(0)
     lab.specs_edit.setText("ddim:10,ddim:50,ddim:50:1,dpmpp-2m:10,dpmpp-2m:20,ddpm")

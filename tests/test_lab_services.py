@@ -198,3 +198,8 @@ def test_board_contact_sheet_and_animations(tmp_path):
     assert views.save_animation(anim, tmp_path / "c.gif") >= 3
     with pytest.raises(ValueError, match=".gif or an .apng"):
         views.save_animation(anim, tmp_path / "c.webp")
+
+
+def test_labels_fall_back_to_plain_spellings_without_a_unicode_font():
+    assert views.plain("x̂0 · η 0.5 · ε̂", (None, False)) == "x0-hat · eta 0.5 · eps-hat"
+    assert views.plain("x̂0 · η", (None, True)) == "x̂0 · η"

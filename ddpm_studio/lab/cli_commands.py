@@ -213,12 +213,12 @@ def cmd_chain(args, cli) -> int:
                               device=loaded.device):
         frames.append((st.t, [views.grid(v) for v in chain.step_views(d, st)]))
     final = views.grid(_u8(st.x_out))
-    frames.append((-1, [final, final, np.full_like(final, 128)]))  # the result, after the last step
+    frames.append(("result", [final, final, np.full_like(final, 128)]))  # x_0, after the last step
     every = args.every or _default_every(len(frames))
     names = ["x_t", "predicted x̂0", chain.noise_label(d).replace("predicted ", "")]
     if args.sheet:
         sheet = views.contact_sheet(frames, every, view_names=names,
-                                    title=f"{s.sampler} · seed {args.seed} · t = -1 is the result")
+                                    title=f"{s.sampler} · seed {args.seed}")
         save_png(sheet, args.sheet)
         print(f"wrote contact sheet {args.sheet}")
     side = [(t, views.side_by_side(vs)) for t, vs in frames]

@@ -24,13 +24,46 @@ PAD = 6
 MIN_TILE = 64  # tiles are enlarged (whole pixels) to at least this side
 
 
+# Pillow's built-in font has no Greek letters or combining accents; where no system font with
+# them is found, labels are written with these plain spellings instead.
+PLAIN = {"x̂0": "x0-hat", "x̂₀": "x0-hat", "ε̂": "eps-hat", "v̂": "v-hat", "η": "eta", "→": "->", "×": "x"}
+UNICODE_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "Arial Unicode.ttf", "segoeui.ttf", "arial.ttf")
+_fonts: dict[int, tuple[object, bool]] = {}
+
+
 def _font(size: int = 13):
+    """(font, has_unicode): a system font with Greek letters if one is found, else Pillow's own."""
+    if size in _fonts:
+        return _fonts[size]
     from PIL import ImageFont
 
-    try:
-        return ImageFont.load_default(size=size)  # FreeType's scalable default (Pillow >= 10.1)
-    except (TypeError, OSError):  # pragma: no cover - Pillow without FreeType
-        return ImageFont.load_default()
+    found = None
+    for name in UNICODE_FONTS:
+        try:
+            found = (ImageFont.truetype(name, size), True)
+            break
+        except OSError:
+            continue
+    if found is None:
+        try:
+            found = (ImageFont.load_default(size=size), False)  # FreeType's scalable default (Pillow >= 10.1)
+        except (TypeError, OSError):  # pragma: no cover - Pillow without FreeType
+            found = (ImageFont.load_default(), False)
+    _fonts[size] = found
+    return found
+
+
+def plain(text: str, font) -> str:
+    """``text`` as ``font`` can draw it (see PLAIN)."""
+    if font[1]:
+        return text
+    for k, v in PLAIN.items():
+        text = text.replace(k, v)
+    return text
+
+
+def _draw(draw, xy, text: str, font, fill) -> None:
+    draw.text(xy, plain(text, font), fill=fill, font=font[0])
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -55,7 +88,7 @@ def text_size(lines: Sequence[str], font) -> tuple[int, int]:
     d = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     w = h = 0
     for line in lines:
-        x0, y0, x1, y1 = d.textbbox((0, 0), line, font=font)
+        x0, y0, x1, y1 = d.textbbox((0, 0), plain(line, font), font=font[0])
         w = max(w, x1 - x0)
         h += (y1 - y0) + 3
     return w, h
@@ -91,13 +124,13 @@ def board(rows: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[Sequence
     img = Image.new("RGB", (W, H), BACKGROUND)
     draw = ImageDraw.Draw(img)
     if title:
-        draw.text((PAD, PAD // 2), title, fill=TEXT, font=font)
+        _draw(draw, (PAD, PAD // 2), title, font, TEXT)
     for r, row in enumerate(rows):
         y = title_h + PAD + r * row_h
         if row_labels and r < len(row_labels):
             ly = y
             for j, line in enumerate(row_labels[r]):
-                draw.text((PAD, ly), line, fill=TEXT if j == 0 else MUTED, font=font)
+                _draw(draw, (PAD, ly), line, font, TEXT if j == 0 else MUTED)
                 ly += text_size([line], font)[1]
         for c, tile in enumerate(row):
             if tile.shape[:2] != (th, tw):
@@ -107,7 +140,7 @@ def board(rows: Sequence[Sequence[np.ndarray]], *, row_labels: Sequence[Sequence
             if captions and r < len(captions) and c < len(captions[r]) and captions[r][c]:
                 text = captions[r][c]
                 cw = text_size([text], small)[0]
-                draw.text((x + max(0, (tw - cw) // 2), y + th + 1), text, fill=MUTED, font=small)
+                _draw(draw, (x + max(0, (tw - cw) // 2), y + th + 1), text, small, MUTED)
     return np.asarray(img)
 
 
@@ -120,7 +153,7 @@ def overlay_text(image: np.ndarray, text: str) -> np.ndarray:
     draw = ImageDraw.Draw(img)
     w, h = text_size([text], font)
     draw.rectangle((0, img.height - h - 4, min(img.width, w + 8), img.height), fill=(0, 0, 0))
-    draw.text((4, img.height - h - 3), text, fill=(255, 255, 255), font=font)
+    _draw(draw, (4, img.height - h - 3), text, font, (255, 255, 255))
     return np.asarray(img)
 
 
@@ -152,8 +185,13 @@ def contact_sheet(frames: Sequence[tuple[int, Sequence[np.ndarray]]], every: int
     keep = [i for i in range(len(frames)) if i % every == 0 or i == len(frames) - 1]
     nviews = len(view_names)
     rows = [[frames[i][1][v] for i in keep] for v in range(nviews)]
-    caps = [[f"t={frames[i][0]}" for i in keep] if v == nviews - 1 else [] for v in range(nviews)]
+    caps = [[_t_caption(frames[i][0], "t=") for i in keep] if v == nviews - 1 else [] for v in range(nviews)]
     return board(rows, row_labels=[[n] for n in view_names], captions=caps, title=title)
+
+
+def _t_caption(t, prefix: str) -> str:
+    """A timestep as "t=…"; anything else (e.g. "result", the frame after the last step) as it is."""
+    return f"{prefix}{t}" if isinstance(t, (int, np.integer)) else str(t)
 
 
 def gif_frames(frames: Sequence[tuple[int, np.ndarray]], *, overlay_t: bool, every: int = 1,
@@ -167,7 +205,7 @@ def gif_frames(frames: Sequence[tuple[int, np.ndarray]], *, overlay_t: bool, eve
     for i in keep:
         t, im = frames[i]
         im = upscale_nearest(_rgb(im), k)
-        out.append(overlay_text(im, f"t = {t}") if overlay_t and t is not None else im)
+        out.append(overlay_text(im, _t_caption(t, "t = ")) if overlay_t and t is not None else im)
     return out
 
 

@@ -575,7 +575,12 @@ class LabPanel(QWidget):
         return bool(path) and self._export(lab_jobs.make_save_png(self.board, path), "the compare board")
 
     def _chain_frames(self):
-        return [(f.t, f.views) for f in self.frames]
+        """(t, views) of every recorded step, then the result x_0 (ε̂ mid-grey: no noise is left)."""
+        frames = [(f.t, f.views) for f in self.frames]
+        if self.chain is not None:
+            x0 = self.chain.final
+            frames.append(("result", (x0, x0, np.full_like(x0, 128))))
+        return frames
 
     def _names(self) -> list[str]:
         return ["x_t", "x̂0", self.chain.noise_label.replace("predicted ", "") if self.chain else "ε̂"]
