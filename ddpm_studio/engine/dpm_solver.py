@@ -217,6 +217,7 @@ def dpm_solver_sample_loop_progressive(diffusion: "GaussianDiffusion", model: "M
         solver.resume_at(start_index, history)
     with torch.inference_mode():
         x, device = diffusion._start(model, shape, noise, device, dtype, generator)
+        solver.history = [h.to(device=x.device, dtype=x.dtype) for h in solver.history]  # a resumed chain's
         B = x.shape[0]
         for i, t in enumerate(solver.timesteps):
             if i < start_index:
