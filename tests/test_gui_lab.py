@@ -197,3 +197,21 @@ def test_default_steps_fit_a_small_model(qtbot, lab):
     chain = click(qtbot, lab.chain_finished, lab.chain_button)
     assert chain is not None and chain.sampling.steps == 20 and len(lab.frames) == 20
     assert lab.steps_spin.maximum() == 20 and lab.steps_spin.value() == 20
+
+
+def test_image_interpolation_between_two_generated_images(qtbot, lab):
+    lab.modes.setCurrentIndex(1)
+    choose(lab.sampler_combo, "ddim")
+    lab.steps_spin.setValue(4)
+    lab.num_spin.setValue(2)
+    chain = click(qtbot, lab.chain_finished, lab.chain_button)
+    assert chain.images.shape == (2, 8, 8, 3)
+    lab.modes.setCurrentIndex(2)
+    choose(lab.interp_mode, "images")
+    assert lab.generated_button.isEnabled()
+    qtbot.mouseClick(lab.generated_button, Qt.MouseButton.LeftButton)
+    assert "generated #1" in lab.images_label.text()
+    lab.interp_t.setValue(3)  # the nearest DDIM timestep of the 4 is used
+    lab.frames_spin.setValue(3)
+    result = click(qtbot, lab.interpolate_finished, lab.interp_button)
+    assert result is not None and len(result.frames) == 3 and "t = 4" in result.title

@@ -84,3 +84,14 @@ def test_refused_input_is_one_line(run, tmp_path, capsys, argv, message):
     assert main([argv[0], "--run", str(run), "--device", "cpu"] + argv[1:]) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_the_lab_services_import_no_qt():
+    import subprocess
+    import sys
+
+    code = ("import sys; import ddpm_studio.lab.chain, ddpm_studio.lab.branch, ddpm_studio.lab.interpolate, "
+            "ddpm_studio.lab.compare, ddpm_studio.lab.views, ddpm_studio.lab.cli_commands; "
+            "print([m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

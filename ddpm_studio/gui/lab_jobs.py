@@ -47,6 +47,7 @@ class LabChain:
     noise_label: str
     sampling: SamplingConfig
     stride: int
+    images: np.ndarray | None = None  # (N, H, W, C) uint8, the chain's x_0 (usable as interpolation images)
 
 
 @dataclass
@@ -147,7 +148,8 @@ def make_chain(get_model: Callable[[], Any], base: SamplingConfig, num: int, see
             state.progress(st.index + 1, st.total, f"t = {st.t}")
         if state.should_stop() or last is None or not last.is_last:
             raise TaskCancelled()
-        return LabChain(steps, views.grid(_u8(last.x_out)), chain.noise_label(d), sampling, stride)
+        images = _u8(last.x_out)
+        return LabChain(steps, views.grid(images), chain.noise_label(d), sampling, stride, images)
 
     return job
 

@@ -71,7 +71,7 @@ class LabPanel(QWidget):
         self.branch_rows: list[lab_jobs.BranchRow] = []
         self.branch_board: np.ndarray | None = None
         self.interp: lab_jobs.InterpResult = lab_jobs.InterpResult()
-        self.image_files: list[str | None] = [None, None]
+        self.image_files: list = [None, None]  # per image: a file path, a generated uint8 image, or None (dataset)
         self.ask_save_path = self._ask_save_path  # replaceable in tests: (title, filter, default) -> path
         self.ask_open_path = self._ask_open_path
         self._build()
@@ -236,12 +236,16 @@ class LabPanel(QWidget):
         self.image_b_button = QPushButton("Image B…")
         self.image_a_button.clicked.connect(lambda: self.choose_image(0))
         self.image_b_button.clicked.connect(lambda: self.choose_image(1))
+        self.generated_button = QPushButton("A, B ← Chain Result")
+        self.generated_button.setToolTip("Use the first two images the Chain & Branch mode generated (run a chain "
+                                         "with 2 or more images first).")
+        self.generated_button.clicked.connect(self.use_generated)
         self.data_a = int_spin(0, 10**7, 0)
         self.data_a.setPrefix("dataset #")
         self.data_b = int_spin(0, 10**7, 1)
         self.data_b.setPrefix("dataset #")
         self.images_label = _hint("Images: dataset pictures by number, or files chosen with Image A… / B….")
-        for x in (self.image_a_button, self.data_a, self.image_b_button, self.data_b):
+        for x in (self.image_a_button, self.data_a, self.image_b_button, self.data_b, self.generated_button):
             irow.addWidget(x)
         irow.addWidget(self.images_label, 1)
         lay.addLayout(irow)
@@ -388,8 +392,11 @@ class LabPanel(QWidget):
         self.export_strip_button.setEnabled(done)
         self.export_walk_button.setEnabled(done)
         images = self.interp_mode.currentData() == "images"
-        for x in (self.interp_t, self.image_a_button, self.image_b_button, self.data_a, self.data_b, self.images_label):
+        for x in (self.interp_t, self.image_a_button, self.image_b_button, self.data_a, self.data_b, self.images_label,
+                  self.generated_button):
             x.setVisible(images)
+        self.generated_button.setEnabled(self.chain is not None and self.chain.images is not None
+                                         and len(self.chain.images) >= 2)
         self.seed_a.setVisible(not images)
         self.seed_b.setVisible(not images)
 
@@ -479,16 +486,29 @@ class LabPanel(QWidget):
             self.image_files[which] = path
             self._images_label()
 
+    def use_generated(self) -> bool:
+        """Images A and B are the first two x_0 of the last chain (generated images, §4.4)."""
+        if self.chain is None or self.chain.images is None or len(self.chain.images) < 2:
+            self.state.report_error("Run a chain of 2 or more images first (Chain & Branch).")
+            return False
+        self.image_files = [self.chain.images[0], self.chain.images[1]]
+        self._images_label()
+        return True
+
     def _images_label(self) -> None:
-        names = [Path(p).name if p else "dataset #" + str((self.data_a, self.data_b)[i].value())
-                 for i, p in enumerate(self.image_files)]
+        def name(i, p):
+            if isinstance(p, np.ndarray):
+                return f"generated #{i + 1}"
+            return Path(p).name if p else "dataset #" + str((self.data_a, self.data_b)[i].value())
+
+        names = [name(i, p) for i, p in enumerate(self.image_files)]
         self.images_label.setText(f"A: {names[0]} · B: {names[1]}")
 
     def _interp_images(self):
         out = []
         for i, p in enumerate(self.image_files):
-            if p:
-                out.append(p)
+            if p is not None and (isinstance(p, np.ndarray) or p):
+                out.append(p)  # a file (decoded in the worker) or a generated image
                 continue
             imgs = self.state.images
             if imgs is None or len(imgs) == 0:
@@ -553,9 +573,11 @@ class LabPanel(QWidget):
         if self.export_task is not None and self.export_task.is_running():
             return False
         task = Task(fn, name="lab-export")
+        written: list = []  # export_finished carries it once the thread has ended (the next export may start)
         task.succeeded.connect(lambda paths: (self.state.message.emit(f"Saved {what}: {paths[0]}"),
-                                              self.export_finished.emit(list(paths))))
-        task.failed.connect(lambda m, d: (self.state.report_error(m, d), self.export_finished.emit([])))
+                                              written.extend(paths)))
+        task.failed.connect(lambda m, d: self.state.report_error(m, d))
+        task.finished.connect(lambda: self.export_finished.emit(list(written)))
         self.export_task = task
         task.start()
         return True
