@@ -1,4 +1,4 @@
-"""Command line: ``ddpm-studio [train|sample|info]`` (no command opens the window).
+"""Command line: ``ddpm-studio [train|sample|info|export|compare|interpolate|chain|branch]`` (no command opens the window).
 
 Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
 was refused (a missing folder, a damaged checkpoint, an invalid setting).
@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "folder (its newest good checkpoint) or of a checkpoint file.")
     i.add_argument("path", metavar="RUN_DIR|FILE")
     i.add_argument("--json", action="store_true", help="print the full config as JSON too")
+
+    from ddpm_studio.lab import cli_commands as lab_commands  # compare, interpolate, chain, branch (issue 16)
+
+    lab_commands.add_commands(sub, sys.modules[__name__])
     return parser
 
 
@@ -578,7 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export}[args.command]
+    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export}.get(args.command)
+    if command is None:  # the lab's commands (issue 16)
+        from ddpm_studio.lab.cli_commands import COMMANDS as LAB_COMMANDS
+
+        command = lambda a: LAB_COMMANDS[args.command](a, sys.modules[__name__])  # noqa: E731
     try:
         return command(args)
     except KeyboardInterrupt:

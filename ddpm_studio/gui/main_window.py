@@ -13,6 +13,7 @@ from ..logs import logger
 from . import jobs, settings as settings_mod
 from .panels.dataset_panel import DatasetPanel
 from .panels.forward_panel import ForwardPanel
+from .panels.lab_panel import LabPanel
 from .panels.sampling_panel import SamplingPanel
 from .panels.training_panel import TrainingPanel
 from .state import StudioState
@@ -44,16 +45,19 @@ class MainWindow(QMainWindow):
         self.training_panel = TrainingPanel(self.state)
         self.sampling_panel = SamplingPanel(self.state)
         self.forward_panel = ForwardPanel(self.state)
+        self.lab_panel = LabPanel(self.state)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.dataset_panel, "Dataset")
         self.tabs.addTab(self.training_panel, "Training")
         self.tabs.addTab(self.sampling_panel, "Sampling")
         self.tabs.addTab(self.forward_panel, "Forward Process")
+        self.tabs.addTab(self.lab_panel, "Lab")
         self.tabs.setTabToolTip(0, "Choose the images to learn from.")
         self.tabs.setTabToolTip(1, "Train a denoising network and watch the loss fall.")
         self.tabs.setTabToolTip(2, "Generate images and watch the reverse chain.")
         self.tabs.setTabToolTip(3, "See how noise destroys an image step by step.")
+        self.tabs.setTabToolTip(4, "Compare samplers, branch a chain, interpolate: see how a sample is made.")
         self.setCentralWidget(self.tabs)
 
         self.activity_label = QLabel("Ready")
