@@ -159,11 +159,23 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.sampling_panel)
         self.sampling_panel.generate()
 
+    def about_text(self) -> str:
+        import sys
+
+        import PySide6
+        from PySide6.QtCore import qVersion
+
+        from .. import __version__
+
+        torch = sys.modules.get("torch")  # imported by the device probe; never imported here
+        versions = f"PySide6 {PySide6.__version__} · Qt {qVersion()}" + (f" · torch {torch.__version__}" if torch else "")
+        return (f"<b>DDPM Studio {__version__}</b><p>Train denoising diffusion probabilistic models "
+                "(Ho et al. 2020) on your own images and watch them work.</p>"
+                f"<p>{versions}</p>"
+                f"<p>Settings: {settings_mod.settings_path()}<br>Runs: {paths.default_runs_dir()}</p>")
+
     def _about(self) -> None:
-        QMessageBox.about(self, "About DDPM Studio",
-                          "<b>DDPM Studio</b><p>Train denoising diffusion probabilistic models "
-                          "(Ho et al. 2020) on your own images and watch them work.</p>"
-                          f"<p>Settings: {settings_mod.settings_path()}<br>Runs: {paths.default_runs_dir()}</p>")
+        QMessageBox.about(self, "About DDPM Studio", self.about_text())
 
     def _update_actions(self) -> None:
         self.pause_action.setEnabled(self.state.is_busy("training"))
