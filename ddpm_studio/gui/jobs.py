@@ -272,6 +272,21 @@ def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             available.append("mps")
-        return describe_device(select_device(pref)), available
+        device = select_device(pref)
+        if device.type == "cpu":
+            return cpu_device_text(torch.get_num_threads()), available
+        return describe_device(device), available
 
     return job
+
+
+def cpu_device_text(threads: int, cpus: int | None = None, environ=None) -> str:
+    """The status bar's CPU entry, saying why torch uses fewer threads than the machine has cores."""
+    environ = os.environ if environ is None else environ
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    n = f"{threads} thread{'' if threads == 1 else 's'}"
+    if "OMP_NUM_THREADS" in environ and threads < cpus:
+        return f"CPU ({threads} of {cpus} cores, as OMP_NUM_THREADS says)"
+    if threads < cpus:
+        return f"CPU ({threads} of {cpus} cores, one kept for the window)"
+    return f"CPU ({n})"

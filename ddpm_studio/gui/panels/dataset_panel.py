@@ -131,8 +131,14 @@ class DatasetPanel(QWidget):
         lay = QHBoxLayout(self)
         lay.addWidget(left_w)
         lay.addLayout(right, 1)
+        self.training_note = QLabel("Training runs on the images loaded now; stop it to change the dataset.")
+        self.training_note.setWordWrap(True)
+        self.training_note.setStyleSheet("color: palette(mid);")
+        self.training_note.setVisible(False)
+        left.insertWidget(0, self.training_note)
         self._show_skipped([])
         self._options_changed()
+        state.activity_changed.connect(self._lock_while_training)
 
     # -- options ----------------------------------------------------------------------------------
     def data_config(self) -> DataConfig:
@@ -161,10 +167,19 @@ class DatasetPanel(QWidget):
         loaded = self.state.data_config
         cur = self.data_config()
         differs = self.state.images is not None and dataclasses.replace(loaded, folder=None, flip=cur.flip) != cur
-        self.apply_button.setEnabled(differs and not self.is_loading())
+        self.apply_button.setEnabled(differs and not self.is_loading() and not self.state.is_busy("training"))
         if self.state.images is not None and cur.flip != loaded.flip:
             # flip acts at training time only: no need to decode again
             self.state.set_data_config(dataclasses.replace(loaded, flip=cur.flip))
+
+    def _lock_while_training(self) -> None:
+        """A running trainer has its images already: nothing here would change it, so nothing is editable."""
+        training = self.state.is_busy("training")
+        for w in (self.drop_zone, self.size_combo, self.channels_combo, self.flip_check, self.background_combo,
+                  self.min_size_spin, self.builtin_button):
+            w.setEnabled(not training)
+        self.training_note.setVisible(training)
+        self._options_changed()
 
     # -- loading ----------------------------------------------------------------------------------
     def is_loading(self) -> bool:
@@ -185,6 +200,9 @@ class DatasetPanel(QWidget):
     def load_paths(self, paths: list[str]) -> bool:
         """Load ``paths`` (folders and/or image files; [] = built-in). False if nothing started."""
         paths = [str(p) for p in paths]
+        if self.state.is_busy("training"):
+            self.state.report_error("Training runs on the images loaded now: stop it before opening other images.", "")
+            return False
         try:
             cfg = self.data_config()
             cfg.validate()
