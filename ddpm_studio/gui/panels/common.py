@@ -23,6 +23,8 @@ def settings_column(items: list[QWidget | QLayout]) -> QScrollArea:
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    # never narrower than its contents plus the vertical scroll bar: nothing hides under the bar
+    scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2)
     return scroll
 
 

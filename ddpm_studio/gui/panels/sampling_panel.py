@@ -208,7 +208,7 @@ class SamplingPanel(QWidget):
         eform.addRow(erow)
 
         scroll = settings_column([mbox, sbox, ibox, brow, ebox])
-        scroll.setMinimumWidth(330)
+        scroll.setMinimumWidth(max(330, scroll.minimumWidth()))
         scroll.setMaximumWidth(400)
 
         self.progress = ProgressRow()

@@ -205,7 +205,11 @@ class TrainingPanel(QWidget):
         bottom.addWidget(self.bucket_plot)
         bottom.addWidget(self.schedule_plot)
         bottom.addWidget(self.preview)
+        self.bucket_plot.setMinimumWidth(170)
+        self.schedule_plot.setMinimumWidth(210)  # narrower, its t axis labels run together
+        self.preview.setMinimumWidth(170)
         bottom.setSizes([300, 300, 300])
+        bottom.setChildrenCollapsible(False)
         vsplit = QSplitter(Qt.Orientation.Vertical)
         vsplit.addWidget(self.loss_plot)
         vsplit.addWidget(bottom)
@@ -213,10 +217,8 @@ class TrainingPanel(QWidget):
         vsplit.setChildrenCollapsible(False)
 
         right = QVBoxLayout()
-        prow = QHBoxLayout()
-        prow.addWidget(self.progress, 2)
-        prow.addWidget(self.stats, 3)
-        right.addLayout(prow)
+        right.addWidget(self.progress)
+        right.addWidget(self.stats)  # its own row: the whole line fits at the window's minimum width
         right.addWidget(self.run_label)
         right.addWidget(vsplit, 1)
 
@@ -570,8 +572,10 @@ class TrainingPanel(QWidget):
 
     # -- runs -------------------------------------------------------------------------------------
     def _ask_run_folder(self) -> str | None:
-        start = str(paths.default_runs_dir()) if paths.default_runs_dir().exists() else os.path.expanduser("~")
-        path = QFileDialog.getExistingDirectory(self, "Open Run Folder", start)
+        from .. import settings as settings_mod
+
+        default = str(paths.default_runs_dir()) if paths.default_runs_dir().exists() else os.path.expanduser("~")
+        path = QFileDialog.getExistingDirectory(self, "Open Run Folder", settings_mod.last_dir("runs", default))
         return path or None
 
     def open_run(self, path: str | None = None) -> bool:
@@ -590,6 +594,9 @@ class TrainingPanel(QWidget):
         except (ValueError, OSError) as e:
             self.state.report_error(f"Cannot open this run: {e}", "")
             return False
+        from .. import settings as settings_mod
+
+        settings_mod.remember_dir("runs", Path(path).absolute().parent)  # the next dialog lists this run
         self.resume_dir, self.resume_config = str(path), cfg
         self.set_config(cfg)
         self.loss_plot.clear()

@@ -294,7 +294,9 @@ class BucketLossPlot(QWidget):
         self._timer.timeout.connect(self._on_timer)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        title = QLabel("<b>Loss per timestep</b> <span style='color:gray'>(small t = little noise)</span>")
+        title = QLabel("<b>Loss per timestep</b>")
+        title.setToolTip("Mean loss in each tenth of the timesteps: small t = little noise, large t = almost pure noise.")
+        self.plot_widget.setToolTip(title.toolTip())
         self.placeholder = plotting.Placeholder(self.plot_widget, "The loss per timestep appears after the first "
                                                                   "logged steps.")
         lay.addWidget(title)
