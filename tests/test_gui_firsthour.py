@@ -209,6 +209,16 @@ def test_dialogs_start_in_the_runs_folder_and_remember_the_last_one(qtbot, windo
     tp.open_run()
     assert asked == [str(run_dir.parent)]
 
+    # so does Open Folder on the Dataset tab
+    pics = tmp_path / "pictures" / "cats"
+    pics.mkdir(parents=True)
+    asked.clear()
+    monkeypatch.setattr("PySide6.QtWidgets.QFileDialog.getExistingDirectory",
+                        lambda parent, title, start: asked.append(start) or str(pics))
+    assert window.dataset_panel._ask_folder() == str(pics)
+    window.dataset_panel._ask_folder()
+    assert asked[-1] == str(pics.parent)
+
     # exports remember their folder
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddim"))
     sp.steps_spin.setValue(2)

@@ -186,7 +186,12 @@ class DatasetPanel(QWidget):
         return self.task is not None and self.task.is_running()
 
     def _ask_folder(self) -> str | None:
-        path = QFileDialog.getExistingDirectory(self, "Open Image Folder", os.path.expanduser("~"))
+        from .. import settings as settings_mod
+
+        start = settings_mod.last_dir("images", os.path.expanduser("~"))
+        path = QFileDialog.getExistingDirectory(self, "Open Image Folder", start)
+        if path:
+            settings_mod.remember_dir("images", os.path.dirname(os.path.abspath(path)))  # beside the folder opened
         return path or None
 
     def open_folder(self) -> None:
