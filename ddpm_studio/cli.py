@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ddpm_studio import __version__
 from ddpm_studio.config import (CHANNELS, DEVICES, NO_STEP_LIMIT, PRECISIONS, PRESETS, SAMPLER_INFO, SAMPLERS,
                                 SCHEDULES, SPACINGS, RunConfig, sampler_default_steps)
 
@@ -41,6 +42,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {v}")
+    return v
+
+
+def _image_size(text: str) -> int:
+    v = _positive_int(text)
+    if not 8 <= v <= 256:
+        raise argparse.ArgumentTypeError(f"expected a side of 8 to 256 px; got {v}")
     return v
 
 
@@ -77,6 +85,7 @@ def _float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train a denoising diffusion probabilistic model (Ho et al. 2020) "
                      "on your own images and sample from it. With no command, opens the window.")
+    parser.add_argument("--version", "-V", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     # -- train ----------------------------------------------------------------------------------
@@ -86,10 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "torchrun (--nproc_per_node K) training uses DistributedDataParallel and "
                        "--batch-size is the global batch, split evenly across the K processes.")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or to resume)")
-    t.add_argument("--data", metavar="DIR", help="image folder (default: the built-in dataset)")
+    t.add_argument("--data", metavar="DIR", help="image folder, searched recursively, or one image file "
+                   "(default: the built-in dataset)")
     t.add_argument("--config", metavar="FILE", help="start from a full config.json (flags still override it)")
     t.add_argument("--preset", choices=tuple(PRESETS), help="model shape and training defaults (default: tiny)")
-    t.add_argument("--image-size", type=_positive_int, metavar="PX", help="square image side in pixels (default: the preset's; tiny: 16)")
+    t.add_argument("--image-size", type=_image_size, metavar="PX",
+                   help="square image side in pixels, 8 to 256 (default: the preset's; tiny: 16)")
     t.add_argument("--channels", choices=CHANNELS, help="auto (grayscale if every image is), 1 or 3")
     t.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default linear)")
     t.add_argument("--timesteps", type=_positive_int, metavar="T", help="diffusion steps T (default 1000)")
@@ -138,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=64, metavar="B", help="images per batch (default 64)")
     s.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     s.add_argument("--grid", metavar="FILE.png", help="also write all images as one grid PNG")
+    s.add_argument("--upscale", type=_positive_int, default=1, metavar="N",
+                   help="enlarge the PNG files and the grid N times with crisp nearest-neighbour pixels "
+                   "(default 1: the model's resolution)")
     s.add_argument("--gif", metavar="FILE.gif",
                    help="also write an animated GIF of the reverse chain of the first batch (at most 64 "
                    "images, as a grid enlarged to >= 256 px wide). It shows every k-th step with "
@@ -195,7 +209,13 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         raise ValueError(f"--preset {args.preset} differs from the run's preset {cfg.model.preset}; "
                          "a resumed run keeps its model")
     if args.data is not None:
-        if not Path(args.data).is_dir():
+        from ddpm_studio.data.decode import IMAGE_EXTENSIONS
+
+        data = Path(args.data)
+        if data.is_file() and data.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"--data: {args.data} is a file, not an image; give a folder of images "
+                             "(or one image file)")
+        if not data.exists():
             raise ValueError(f"--data: folder not found: {args.data}")
         sections["data"]["folder"] = str(Path(args.data).resolve())
     for flag, section, key in (("image_size", "data", "image_size"), ("channels", "data", "channels"),
@@ -224,14 +244,24 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
 
 
 class _TrainReporter:
-    """Turns trainer events into a tqdm bar (terminal) or occasional plain lines (logs)."""
+    """Turns trainer events into a tqdm bar (terminal) or occasional plain lines (logs).
 
-    def __init__(self, quiet: bool) -> None:
+    The bar runs over the steps, or over the clock for a run that only ``--minutes`` ends, and
+    says the time left in words. A "saved" line is held back until training goes on, so the last
+    checkpoint is named once, by the closing message.
+    """
+
+    BAR_FORMAT = "{percentage:3.0f}%|{bar}| {desc}"
+
+    def __init__(self, quiet: bool, minutes: float | None = None) -> None:
         self.quiet = quiet
+        self.limit_sec = minutes * 60.0 if minutes else None
         self.bar = None
+        self.by_clock = False
         self.tty = sys.stderr.isatty()
         self.last_line = 0.0
         self.last_step = 0
+        self.pending_save: str | None = None
 
     def write(self, text: str) -> None:
         if self.bar is not None:
@@ -239,7 +269,13 @@ class _TrainReporter:
         else:
             print(text, file=sys.stderr)
 
+    def _flush_save(self) -> None:
+        if self.pending_save is not None:
+            self.write(f"saved {self.pending_save}")
+            self.pending_save = None
+
     def __call__(self, event: object) -> None:
+        from ddpm_studio.durations import format_time_left
         from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetrics,
                                                  TrainStarted)
 
@@ -248,38 +284,52 @@ class _TrainReporter:
             for note in event.notes:
                 self.write(f"note: {note}")
             of = _of_total(event.total_steps)
+            limit = f", for {self.limit_sec / 60:g} min" if self.limit_sec else ""
             self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
-                       f"on {event.device} ({event.precision}), step {event.start_step:,}{of}")
+                       f"on {event.device} ({event.precision}), step {event.start_step:,}{of}{limit}")
             self.last_step = event.start_step
             if not self.quiet and self.tty:
                 from tqdm import tqdm
 
-                # with --minutes alone the clock decides: no step total to show
-                total = None if event.total_steps >= NO_STEP_LIMIT else event.total_steps
-                self.bar = tqdm(total=total, initial=event.start_step, unit="step", dynamic_ncols=True,
-                                file=sys.stderr, smoothing=0.1)
+                # with --minutes alone the clock decides: the bar runs over the time instead of the steps
+                self.by_clock = self.limit_sec is not None and event.total_steps >= NO_STEP_LIMIT
+                total = self.limit_sec if self.by_clock else event.total_steps
+                self.bar = tqdm(total=total, initial=0 if self.by_clock else event.start_step, dynamic_ncols=True,
+                                file=sys.stderr, bar_format=self.BAR_FORMAT, desc=f"step {event.start_step:,}")
         elif isinstance(event, StepMetrics):
+            self._flush_save()
+            of = "" if event.total_steps >= NO_STEP_LIMIT else f"/{event.total_steps:,}"
+            left = format_time_left(event.eta_sec)
+            text = (f"step {event.step:,}{of} · loss {event.loss_smooth:.4f} · {event.images_per_sec:.0f} img/s"
+                    + (f" · {left}" if left else ""))
             if self.bar is not None:
-                self.bar.update(event.step - self.last_step)
-                self.bar.set_postfix(loss=f"{event.loss_smooth:.4f}", img_s=f"{event.images_per_sec:.0f}",
-                                     refresh=False)
+                if self.by_clock:
+                    self.bar.update(min(event.elapsed_sec, self.bar.total) - self.bar.n)
+                else:
+                    self.bar.update(event.step - self.last_step)
+                self.bar.set_description_str(text, refresh=True)
             elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
                 self.last_line = time.monotonic()
-                eta = f", ETA {event.eta_sec / 60:.1f} min" if event.eta_sec is not None else ""
-                of = "" if event.total_steps >= NO_STEP_LIMIT else f"/{event.total_steps:,}"
-                self.write(f"step {event.step:,}{of}  loss {event.loss:.4f} "
-                           f"(smoothed {event.loss_smooth:.4f})  {event.images_per_sec:.0f} img/s{eta}")
+                self.write(text)
             self.last_step = event.step
         elif isinstance(event, CheckpointSaved):
             if not self.quiet:
-                self.write(f"saved {event.path}")
+                self._flush_save()
+                self.pending_save = event.path
         elif isinstance(event, PreviewReady):
             pass  # written to RUN_DIR/samples by the trainer
 
-    def close(self) -> None:
+    def close(self, final_checkpoint: str | None = None) -> None:
+        """End the bar; name a held-back save unless it is ``final_checkpoint`` (the closing message names that)."""
         if self.bar is not None:
+            if self.by_clock and final_checkpoint is not None:
+                self.bar.update(self.bar.total - self.bar.n)
             self.bar.close()
             self.bar = None
+        if self.pending_save is not None and final_checkpoint is not None \
+                and Path(self.pending_save).resolve() == Path(final_checkpoint).resolve():
+            self.pending_save = None
+        self._flush_save()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -288,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     rank = int(os.environ.get("RANK", "0") or 0)
     control = TrainControl()
-    reporter = _TrainReporter(quiet=args.quiet or rank != 0)
+    reporter = _TrainReporter(quiet=args.quiet or rank != 0, minutes=cfg.train.minutes)
     interrupts = []
 
     def on_sigint(signum, frame):  # first Ctrl+C: stop after this step and save; second: quit now
@@ -300,10 +350,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             reporter.write("stopping after this step and saving a checkpoint (Ctrl+C again to quit at once)")
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
+    finished = None
     try:
         finished = Trainer(cfg, args.out, resume=args.resume).run(control, reporter)
     finally:
-        reporter.close()
+        reporter.close(finished.checkpoint if finished is not None else None)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if rank == 0:
@@ -328,7 +379,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ddpm_studio.sampling.export import make_grid, save_gif, save_grid, save_pngs, upscale_nearest
+    from ddpm_studio.sampling.export import make_grid, save_gif, save_png, save_pngs, upscale_nearest
     from ddpm_studio.sampling.service import generate, load_model, to_uint8
 
     for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
@@ -377,16 +428,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
                     frames.append(make_grid(to_uint8(last.x_t[:64])))
             images = to_uint8(last.x_t)
             images_all.append(images)
-            written += save_pngs(images, out, prefix="sample", start=sum(batches[:b]))
+            big = upscale_nearest(images, args.upscale)  # (n, H*k, W*k, C)
+            written += save_pngs(big, out, prefix="sample", start=sum(batches[:b]))
     finally:
         if bar is not None:
             bar.close()
     _write_sampling_record(out, loaded, sampling, len(written))
-    print(f"wrote {len(written)} image(s) of {images_all[0].shape[2]}x{images_all[0].shape[1]} px to {out} "
-          f"(settings in {out / SAMPLING_RECORD})")
+    h, w = images_all[0].shape[1] * args.upscale, images_all[0].shape[2] * args.upscale
+    print(f"wrote {len(written)} image(s) of {w}x{h} px to {out} (settings in {out / SAMPLING_RECORD})")
     if args.grid:
-        save_grid(np.concatenate(images_all), args.grid)
-        print(f"wrote grid {args.grid}")
+        grid = upscale_nearest(make_grid(np.concatenate(images_all)), args.upscale)
+        save_png(grid, args.grid)
+        print(f"wrote grid {args.grid} ({grid.shape[1]}x{grid.shape[0]} px)")
     if args.gif:
         factor = max(1, math.ceil(GIF_MIN_SIDE / frames[0].shape[1]))
         count = save_gif((upscale_nearest(f, factor) for f in frames), args.gif, fps=args.gif_fps)
@@ -575,7 +628,7 @@ def _launch_gui(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version", "-V")):
         return _launch_gui(argv)  # no command: the window, with its own options (--smoke, --no-dataset)
     parser = build_parser()
     args = parser.parse_args(argv)

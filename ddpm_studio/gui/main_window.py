@@ -21,6 +21,9 @@ from .widgets.drop_zone import local_paths
 from .workers import Task, running_tasks
 
 APP_TITLE = "DDPM Studio"
+# Every panel is laid out to be usable at this size (tests/test_gui_firsthour.py grabs each one there);
+# it fits a 1280 x 720 or 1366 x 768 laptop screen beside a task bar.
+MIN_SIZE = (1024, 640)
 
 
 class MainWindow(QMainWindow):
@@ -38,7 +41,7 @@ class MainWindow(QMainWindow):
 
         self.setWindowTitle(APP_TITLE)
         self.setAcceptDrops(True)
-        self.setMinimumSize(760, 540)
+        self.setMinimumSize(*MIN_SIZE)
         self.resize(1280, 820)
 
         self.dataset_panel = DatasetPanel(self.state)
@@ -65,7 +68,9 @@ class MainWindow(QMainWindow):
 
         quiet_label(self.activity_label)
         self.device_label = QLabel("Device: detecting…")
-        self.device_label.setToolTip("The compute device training and sampling use when set to Automatic.")
+        self.device_label.setToolTip("The compute device training and sampling use when set to Automatic. On a CPU "
+                                     "the window trains with every core but one, so that it stays responsive "
+                                     "(set OMP_NUM_THREADS to choose).")
         sb = self.statusBar()
         sb.addWidget(self.activity_label, 1)
         sb.addPermanentWidget(self.device_label)
@@ -163,11 +168,23 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.sampling_panel)
         self.sampling_panel.generate()
 
+    def about_text(self) -> str:
+        import sys
+
+        import PySide6
+        from PySide6.QtCore import qVersion
+
+        from .. import __version__
+
+        torch = sys.modules.get("torch")  # imported by the device probe; never imported here
+        versions = f"PySide6 {PySide6.__version__} · Qt {qVersion()}" + (f" · torch {torch.__version__}" if torch else "")
+        return (f"<b>DDPM Studio {__version__}</b><p>Train denoising diffusion probabilistic models "
+                "(Ho et al. 2020) on your own images and watch them work.</p>"
+                f"<p>{versions}</p>"
+                f"<p>Settings: {settings_mod.settings_path()}<br>Runs: {paths.default_runs_dir()}</p>")
+
     def _about(self) -> None:
-        QMessageBox.about(self, "About DDPM Studio",
-                          "<b>DDPM Studio</b><p>Train denoising diffusion probabilistic models "
-                          "(Ho et al. 2020) on your own images and watch them work.</p>"
-                          f"<p>Settings: {settings_mod.settings_path()}<br>Runs: {paths.default_runs_dir()}</p>")
+        QMessageBox.about(self, "About DDPM Studio", self.about_text())
 
     def _update_actions(self) -> None:
         self.pause_action.setEnabled(self.state.is_busy("training"))

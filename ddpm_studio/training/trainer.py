@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from ddpm_studio.config import RunConfig
+from ddpm_studio.config import NO_STEP_LIMIT, RunConfig
 from ddpm_studio.training import checkpoints as ckpts
 from ddpm_studio.training import runs
 from ddpm_studio.training.control import TrainControl  # noqa: F401  (re-exported: Trainer.run takes one)
@@ -162,10 +162,9 @@ class _Stats:
 
 
 def _fmt_duration(sec: float) -> str:
-    sec = int(round(sec))
-    h, rem = divmod(sec, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
+    from ddpm_studio.durations import format_duration
+
+    return format_duration(sec)
 
 
 class Trainer:
@@ -494,13 +493,15 @@ class _Loop:
         if self.step > self.last_checkpoint_step:
             if not self._checkpoint():
                 return self._finish_nan()
-        if main and reason in ("completed", "time_limit") and tc.preview_every and self.step > self.start_step:
+        # No closing preview when the clock ended the run: it costs seconds past the time asked for.
+        if main and reason == "completed" and tc.preview_every and self.step > self.start_step:
             self._preview()
         took = _fmt_duration(self.active())
         ck = Path(self.last_checkpoint).name if self.last_checkpoint else "none"
         message = {
             "completed": f"Finished: the run is at step {self.step:,} ({took} in this session). Saved {ck}.",
-            "stopped": f"Stopped at step {self.step:,} of {tc.steps:,}. Saved {ck}; resume to continue.",
+            "stopped": f"Stopped at step {self.step:,}{'' if tc.steps >= NO_STEP_LIMIT else f' of {tc.steps:,}'}. "
+                       f"Saved {ck}; resume to continue.",
             "time_limit": f"Time limit reached at step {self.step:,}. Saved {ck}; resume to continue.",
         }[reason]
         return TrainFinished(self.step, reason, message, self.last_checkpoint)
