@@ -1,4 +1,4 @@
-"""Command line: ``ddpm-studio [train|sample|info]`` (no command opens the window).
+"""Command line: ``ddpm-studio [train|sample|info|export|eval|nearest|timelapse|doctor]`` (no command opens the window).
 
 Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
 was refused (a missing folder, a damaged checkpoint, an invalid setting).
@@ -165,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "folder (its newest good checkpoint) or of a checkpoint file.")
     i.add_argument("path", metavar="RUN_DIR|FILE")
     i.add_argument("--json", action="store_true", help="print the full config as JSON too")
+
+    # -- eval, nearest, timelapse, doctor (issue 17: ddpm_studio/evaluation/cli_commands.py) ----
+    from ddpm_studio.evaluation.cli_commands import add_parsers
+
+    add_parsers(sub, _positive_int, _positive_float)
     return parser
 
 
@@ -578,7 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export}[args.command]
+    from ddpm_studio.evaluation.cli_commands import COMMANDS as EVALUATION_COMMANDS
+
+    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export,
+               **EVALUATION_COMMANDS}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:

@@ -323,3 +323,53 @@ def human_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "unknown"
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+# -- results kept in the run folder -------------------------------------------------------------------
+RESULTS_FILE = "evaluation.jsonl"  # one Readout per line; the GUI plots KID per step from it
+
+
+def save_results(run_dir, readouts: list[Readout]) -> None:
+    """Merge ``readouts`` into RUN/evaluation.jsonl (a new figure for the same step and N replaces the old)."""
+    import json
+    from pathlib import Path
+
+    from ddpm_studio.config import atomic_write_text
+
+    old = read_results(run_dir)
+    new_keys = {(r.step, r.num_samples) for r in readouts}
+    keep = [d for d in old if (d.get("step"), d.get("num_samples")) not in new_keys] + [r.to_dict() for r in readouts]
+    keep.sort(key=lambda d: (d.get("step") or 0, d.get("num_samples") or 0))
+    atomic_write_text(Path(run_dir) / RESULTS_FILE, "".join(json.dumps(d) + "\n" for d in keep))
+
+
+def read_results(run_dir) -> list[dict]:
+    """The saved readouts of a run (a line that does not parse is skipped)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and isinstance(d.get("kid"), (int, float)):
+            out.append(d)
+    return out
+
+
+def load_samples_folder(folder, like) -> np.ndarray:
+    """The images of ``folder`` decoded at the size and channels of the ImageSet ``like``."""
+    from pathlib import Path
+
+    from ddpm_studio.config import DataConfig
+    from ddpm_studio.data import load_images
+
+    if not Path(folder).is_dir():
+        raise ValueError(f"--samples: folder not found: {folder}")
+    cfg = DataConfig(folder=str(Path(folder).resolve()), image_size=like.image_size, channels=str(like.channels))
+    return load_images(cfg, use_cache=False)
