@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
 from training_support import tiny_config
 
 COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 230]], np.uint8)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from evaluation_support import blobs, squares, trained_run, write_pngs
+from PIL import Image
 from training_support import one_thread  # noqa: F401 - fixture
 
 from ddpm_studio.evaluation import doctor, features, memorization, metrics, timelapse
@@ -16,7 +15,7 @@ from ddpm_studio.evaluation import doctor, features, memorization, metrics, time
 def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(5, 3)) + 0.5
-    k = lambda a, b: (a @ b / 3 + 1) ** 3  # noqa: E731
+    k = lambda a, b: (a @ b / 3 + 1) ** 3
     xx = np.mean([k(x[i], x[j]) for i in range(7) for j in range(7) if i != j])
     yy = np.mean([k(y[i], y[j]) for i in range(5) for j in range(5) if i != j])
     xy = np.mean([k(a, b) for a in x for b in y])
@@ -80,7 +79,8 @@ def test_score_images_reports_the_floor_beside_the_model_and_refuses_bad_input()
         metrics.score_images(squares(8, size=16), real)
 
 
-def test_the_metric_ranks_a_trained_model_above_10_steps_and_above_noise(one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_the_metric_ranks_a_trained_model_above_10_steps_and_above_noise():
     from ddpm_studio.sampling.service import load_model
     from ddpm_studio.training.checkpoints import checkpoint_paths
 
@@ -97,7 +97,8 @@ def test_the_metric_ranks_a_trained_model_above_10_steps_and_above_noise(one_thr
     assert "dpmpp-2m" in late.sampling
 
 
-def test_evaluate_checkpoints_goes_through_the_run_oldest_first(one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_checkpoints_goes_through_the_run_oldest_first():
     run = trained_run()
     real = metrics.run_real_images(run).images
     seen = []

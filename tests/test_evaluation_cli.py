@@ -6,14 +6,15 @@ import json
 import shutil
 
 import pytest
-from PIL import Image
-
-from ddpm_studio.cli import main
 from evaluation_support import blobs, trained_run, write_pngs
+from PIL import Image
 from training_support import one_thread  # noqa: F401 - fixture
 
+from ddpm_studio.cli import main
 
-def test_eval_prints_a_table_with_the_floor_and_keeps_the_result(one_thread, capsys):
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_prints_a_table_with_the_floor_and_keeps_the_result(capsys):
     run = trained_run()
     assert main(["eval", "--run", str(run), "--num", "32"]) == 0
     out = capsys.readouterr().out
@@ -24,7 +25,8 @@ def test_eval_prints_a_table_with_the_floor_and_keeps_the_result(one_thread, cap
     assert any(d["step"] == 200 and d["num_samples"] == 32 for d in read_results(run))
 
 
-def test_eval_json_of_one_checkpoint_and_all_checkpoints(one_thread, capsys, tmp_path):
+@pytest.mark.usefixtures("one_thread")
+def test_eval_json_of_one_checkpoint_and_all_checkpoints(capsys, tmp_path):
     run = trained_run()
     ck = run / "checkpoints" / "step_0000020.safetensors"
     assert main(["eval", "--run", str(run), "--checkpoint", str(ck), "--num", "16", "--json"]) == 0
@@ -41,7 +43,8 @@ def test_eval_json_of_one_checkpoint_and_all_checkpoints(one_thread, capsys, tmp
         assert f"{s:>8,}  " in out
 
 
-def test_nearest_finds_a_copied_training_image_among_samples(one_thread, capsys, tmp_path):
+@pytest.mark.usefixtures("one_thread")
+def test_nearest_finds_a_copied_training_image_among_samples(capsys, tmp_path):
     run = trained_run()
     images = run.parent / "images"
     samples = tmp_path / "samples"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from evaluation_support import blobs, trained_run, write_pngs
 
 

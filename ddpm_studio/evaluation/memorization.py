@@ -81,7 +81,6 @@ def _flat(images: np.ndarray) -> np.ndarray:
 def _nearest_pixels(samples: np.ndarray, train: np.ndarray, k: int, should_stop=None) -> tuple[np.ndarray, np.ndarray]:
     """Rows (S, k) of the k nearest training images by RMSE, and their RMSEs (S, k)."""
     s = _flat(samples)  # (S, D)
-    d = s.shape[1]
     s2 = (s * s).sum(1)[:, None]  # (S, 1)
     best_d = np.full((len(s), 0), np.inf, dtype=np.float32)
     best_i = np.zeros((len(s), 0), dtype=np.int64)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -288,9 +288,9 @@ def evaluate_checkpoints(run_dir, real: np.ndarray, num: int = DEFAULT_NUM, *, d
                 progress(i + 1, len(paths), f"skipped {path.name}: {e}")
             continue
 
-        def inner(done, total, message, i=i):
+        def inner(done, total, message, i=i, name=path.name):
             if progress is not None:
-                progress(i * total + done, len(paths) * total, f"{path.name}: {message}")
+                progress(i * total + done, len(paths) * total, f"{name}: {message}")
 
         yield evaluate(loaded, real, num, should_stop=should_stop, progress=inner)
 

@@ -6,8 +6,9 @@ torch is imported here, on the worker thread. Results are numpy arrays and plain
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -113,10 +114,10 @@ class RunSummary:
 def make_open_run(run_dir: str) -> Callable[[TaskState], Any]:
     """Read what the Evaluate tab shows of a run: checkpoints, the loss curve, earlier evaluations."""
     def job(state: TaskState):
+        from ..cli import describe_sampling
         from ..evaluation.metrics import read_results
         from ..evaluation.timelapse import preview_files
         from ..training.checkpoints import list_checkpoints, step_of
-        from ..cli import describe_sampling
         from ..training.runs import is_run_dir, read_config, read_metrics
 
         if not is_run_dir(run_dir):
