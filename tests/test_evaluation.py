@@ -196,3 +196,27 @@ def test_doctor_is_quiet_on_a_clean_set_and_reports_sizes_modes_mirror_large(tmp
     assert str(odd / "wide_big.png") in next(f for f in rep.findings if f.kind == "large_images").files
     with pytest.raises(ValueError, match="does not exist"):
         doctor.diagnose(tmp_path / "nope")
+
+
+def test_bootstrap_resample_means_leave_out_pairs_of_one_image_with_itself():
+    import torch
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(6, 3))
+    k = torch.from_numpy(metrics.polynomial_kernel(x, x))
+    idx = np.array([0, 0, 2, 3, 3, 3])  # one resample: image 0 twice, 3 three times
+    counts = torch.from_numpy(np.bincount(idx, minlength=6).astype(np.float64))[None]
+    pairs = [(a, b) for a in range(6) for b in range(6) if idx[a] != idx[b]]
+    expect = np.mean([k[idx[a], idx[b]].item() for a, b in pairs])
+    assert metrics._within_means(k, counts).item() == pytest.approx(expect, rel=1e-12)
+
+
+def test_training_features_are_computed_once_per_set():
+    imgs = squares(features.CACHE_MIN_IMAGES, seed=13)
+    features._CACHE.clear()
+    a = features.conv_features(imgs)
+    assert len(features._CACHE) == 1
+    b = features.conv_features(imgs.copy())  # same pixels, another array: the cached features
+    assert b is a and not b.flags.writeable
+    c = features.conv_features(255 - imgs)
+    assert not np.array_equal(a, c) and len(features._CACHE) == 2

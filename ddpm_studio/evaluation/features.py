@@ -13,6 +13,9 @@ Images are numpy ``uint8`` arrays (N, H, W, C), C in {1, 3}. Images with a side 
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,8 +57,9 @@ class RandomConvFeatures(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W) in [-1, 1]
         pooled = []
         for conv in self.convs:
-            x = torch.relu(conv(x))  # (B, width, ceil(H/2), ceil(W/2))
-            pooled += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]  # 2 x (B, width)
+            x = torch.relu_(conv(x))  # (B, width, ceil(H/2), ceil(W/2))
+            flat = x.flatten(2)  # (B, width, h*w)
+            pooled += [flat.mean(2), flat.amax(2)]  # 2 x (B, width)
         return torch.cat(pooled, dim=1)  # (B, 224)
 
 
@@ -72,16 +76,46 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     a = np.asarray(images)
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[3] not in (1, 3):
         raise ValueError(f"images must be uint8 of shape (N, H, W, 1 or 3); got {a.dtype} {a.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, C, H, W)
+    x = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().mul_(1 / 127.5).sub_(1.0)  # (N, C, H, W)
     side = max(x.shape[2], x.shape[3])
     if side > MAX_SIDE:
         x = F.adaptive_avg_pool2d(x, (max(1, x.shape[2] * MAX_SIDE // side), max(1, x.shape[3] * MAX_SIDE // side)))
     return x
 
 
+_CACHE: "OrderedDict[bytes, np.ndarray]" = OrderedDict()
+CACHE_ENTRIES = 4  # feature arrays of recent image sets kept (a run's training set is scored again and again)
+CACHE_MIN_IMAGES = 512  # smaller sets are cheaper to recompute than to hash
+
+
+def _key(a: np.ndarray) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(a.shape).encode())
+    h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return h.digest()
+
+
 def conv_features(images: np.ndarray, *, should_stop=None) -> np.ndarray:
-    """(N, H, W, C) uint8 → (N, 224) float64 features of the fixed random conv net."""
+    """(N, H, W, C) uint8 → (N, 224) float64 features of the fixed random conv net.
+
+    The features of the last few large sets are kept in memory, keyed by a hash of the pixels, so
+    scoring many checkpoints against one training set computes its features once.
+    """
     a = np.asarray(images)
+    key = _key(a) if a.ndim == 4 and len(a) >= CACHE_MIN_IMAGES else None
+    if key is not None and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    out = _conv_features(a, should_stop)
+    if key is not None:
+        out.setflags(write=False)
+        _CACHE[key] = out
+        while len(_CACHE) > CACHE_ENTRIES:
+            _CACHE.popitem(last=False)
+    return out
+
+
+def _conv_features(a: np.ndarray, should_stop) -> np.ndarray:
     net = feature_net(int(a.shape[3]) if a.ndim == 4 else 0)
     out = []
     with torch.inference_mode():

@@ -21,7 +21,7 @@ from . import features as feats
 from .metrics import pairwise_distances
 
 NEAR_COPY_RATIO = 1.0 / 3.0
-TYPICAL_PROBE = 500
+TYPICAL_PROBE = 300
 CHUNK = 2048  # training images per distance block
 
 
@@ -74,38 +74,56 @@ class NearestReport:
         }
 
 
-def _flat(images: np.ndarray) -> np.ndarray:
-    return np.asarray(images, dtype=np.float32).reshape(len(images), -1) / 255.0  # (N, H*W*C) in [0, 1]
+SHORTLIST = 32  # candidates per sample from the coarse search, measured exactly at full resolution
 
 
-def _nearest_pixels(samples: np.ndarray, train: np.ndarray, k: int, should_stop=None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows (S, k) of the k nearest training images by RMSE, and their RMSEs (S, k)."""
-    s = _flat(samples)  # (S, D)
-    s2 = (s * s).sum(1)[:, None]  # (S, 1)
-    best_d = np.full((len(s), 0), np.inf, dtype=np.float32)
-    best_i = np.zeros((len(s), 0), dtype=np.int64)
-    for start in range(0, len(train), CHUNK):
+def _coarse(images: np.ndarray):
+    """Images area-averaged to at most 8 x 8 per channel (a float32 tensor (N, d))."""
+    import torch
+
+    return torch.from_numpy(feats.pixel_features(images).astype(np.float32))
+
+
+def _nearest_pixels(samples: np.ndarray, train: np.ndarray, k: int, should_stop=None,
+                    coarse_train=None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (S, k) of the k nearest training images by RMSE, and their RMSEs (S, k).
+
+    Two stages: the SHORTLIST nearest by the 8 x 8 averaged images (a lower bound of the full-size
+    RMSE, up to the averaging: two images equal at full size are equal there too), then the exact
+    RMSE of those candidates at full resolution. A copy is always found; a neighbour outside the
+    shortlist could only be one whose averaged image is farther than 32 others.
+    """
+    import torch
+
+    s = _coarse(samples)  # (S, d)
+    coarse_train = _coarse(train) if coarse_train is None else coarse_train  # (N, d)
+    s2 = (s * s).sum(1, keepdim=True)  # (S, 1)
+    kk = min(len(train), max(k, SHORTLIST))
+    best_d = torch.full((len(s), 0), float("inf"))
+    best_i = torch.zeros((len(s), 0), dtype=torch.long)
+    for start in range(0, len(train), CHUNK * 4):
         if should_stop is not None and should_stop():
             from ddpm_studio.data import Cancelled
 
             raise Cancelled("stopped")
-        t = _flat(train[start:start + CHUNK])  # (c, D)
+        t = coarse_train[start:start + CHUNK * 4]  # (c, d)
         d2 = s2 + (t * t).sum(1)[None, :] - 2.0 * (s @ t.T)  # (S, c) squared distances
-        cand_d = np.concatenate([best_d, d2], axis=1)
-        cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(t)), d2.shape)], axis=1)
-        kk = min(k, cand_d.shape[1])
-        part = np.argpartition(cand_d, kk - 1, axis=1)[:, :kk]
-        best_d = np.take_along_axis(cand_d, part, 1)
-        best_i = np.take_along_axis(cand_i, part, 1)
-    # the expansion above loses the last digits in float32: the k candidates' distances exactly
-    diff = (train[best_i].astype(np.float64).reshape(len(s), best_i.shape[1], -1)
-            - np.asarray(samples, np.float64).reshape(len(s), 1, -1)) / 255.0  # (S, k, D)
-    exact = np.sqrt((diff * diff).mean(2))  # (S, k) RMSE
-    order = np.argsort(exact, axis=1, kind="stable")
-    return np.take_along_axis(best_i, order, 1), np.take_along_axis(exact, order, 1)
+        cand_d = torch.cat([best_d, d2], 1)
+        cand_i = torch.cat([best_i, torch.arange(start, start + len(t)).expand(len(s), -1)], 1)
+        best_d, pos = cand_d.topk(min(kk, cand_d.shape[1]), dim=1, largest=False)
+        best_i = cand_i.gather(1, pos)
+    cand = best_i.numpy()  # (S, kk)
+    exact = np.empty(cand.shape, np.float64)
+    flat_s = np.asarray(samples, np.float32).reshape(len(samples), -1)  # (S, D)
+    for i in range(len(samples)):
+        diff = (train[cand[i]].reshape(cand.shape[1], -1).astype(np.float32) - flat_s[i]) / 255.0  # (kk, D)
+        exact[i] = np.sqrt((diff.astype(np.float64) ** 2).mean(1))
+    order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cand, order, 1), np.take_along_axis(exact, order, 1)
 
 
-def typical_distances(train: np.ndarray, train_features: np.ndarray, seed: int = 0) -> tuple[float, float]:
+def typical_distances(train: np.ndarray, train_features: np.ndarray, seed: int = 0,
+                      coarse_train=None) -> tuple[float, float]:
     """Median nearest-other-training-image distance (pixel RMSE, feature), over up to TYPICAL_PROBE images."""
     n = len(train)
     if n < 2:
@@ -113,7 +131,7 @@ def typical_distances(train: np.ndarray, train_features: np.ndarray, seed: int =
     probe = np.random.default_rng(seed).permutation(n)[:TYPICAL_PROBE]
     # The nearest *distinct* image: the image itself and exact twins inside the training set
     # (distance 0) say nothing about how far apart distinct images are.
-    _, dist = _nearest_pixels(train[probe], train, min(n, 8))  # (P, k), nearest first
+    _, dist = _nearest_pixels(train[probe], train, min(n, 8), coarse_train=coarse_train)  # (P, k), nearest first
     dist = np.where(dist > 1e-9, dist, np.inf)
     pix = dist.min(1)
     fd = pairwise_distances(train_features[probe], train_features)  # (P, N)
@@ -134,8 +152,9 @@ def nearest_training_images(samples: np.ndarray, train: np.ndarray, *, k: int = 
         raise ValueError("no samples to check")
     f_train = feats.conv_features(train, should_stop=should_stop)
     f_train, f_s = feats.standardize(f_train, feats.conv_features(samples))
-    typ_pix, typ_feat = typical_distances(train, f_train)
-    idx, dist = _nearest_pixels(samples, train, k, should_stop)
+    coarse = _coarse(train)
+    typ_pix, typ_feat = typical_distances(train, f_train, coarse_train=coarse)
+    idx, dist = _nearest_pixels(samples, train, k, should_stop, coarse_train=coarse)
     fd = pairwise_distances(f_s, f_train)  # (S, N)
     fi = fd.argmin(1)
     matches = [SampleMatch(index=i, pixel_neighbours=[int(j) for j in idx[i]], pixel_distances=[float(v) for v in dist[i]],

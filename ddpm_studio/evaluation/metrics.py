@@ -3,7 +3,8 @@
 - **KID** (Bińkowski et al. 2018): the unbiased estimate of the squared MMD with the cubic
   polynomial kernel ``k(x, y) = (x·y / d + 1)^3``, unbiased at any N (so usable at N = 256), with a
   95 % bootstrap interval (percentiles of resampled estimates; a resampled pair that is the same
-  image twice is left out of the within-set means, so the resamples stay unbiased).
+  image twice is left out of the within-set means, so the resamples stay unbiased; at most
+  BOOTSTRAP_MAX draws per side).
 - **Fréchet distance** (Heusel et al. 2017) on the same features: biased by N, so it is *comparable
   only at the same N* (the table says so).
 - **Precision / recall** (Kynkäänniemi et al. 2019) and **density / coverage** (Naeem et al. 2020),
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from . import features as feats
 
@@ -38,38 +40,59 @@ DEFAULT_NUM_GPU = 1024
 
 
 # -- the estimators ---------------------------------------------------------------------------------
-def polynomial_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = a.shape[1]
-    return (a @ b.T / d + 1.0) ** 3  # (len(a), len(b))
+# The linear algebra runs in torch (float64): numpy's OpenBLAS with two threads on a busy machine
+# took 1.8 s for one 224 x 224 eigendecomposition that torch does in 20 ms (bench_evaluation.py).
+def _t(a) -> torch.Tensor:
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
 
 
-def _mmd2_unbiased(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> float:
+def polynomial_kernel(a, b) -> np.ndarray:
+    a, b = _t(a), _t(b)
+    return ((a @ b.T) / a.shape[1] + 1.0).pow(3).numpy()  # (len(a), len(b))
+
+
+def _kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a @ b.T) / a.shape[1] + 1.0).pow(3)  # (len(a), len(b))
+
+
+def _mmd2_unbiased(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor) -> float:
     n, m = len(kxx), len(kyy)
-    xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-    yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     return float(xx + yy - 2.0 * kxy.mean())
 
 
-def _within_mean(k: np.ndarray, idx: np.ndarray) -> float:
-    sub = k[np.ix_(idx, idx)]  # (n, n)
-    same = idx[:, None] == idx[None, :]  # pairs of one image with itself (the diagonal and repeats)
-    return float(sub[~same].mean())
+def _within_means(k: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean kernel over pairs of distinct draws, for each resample given by ``counts`` (B, n).
+
+    A resample that draws image i c_i times has sum_ij c_i c_j k_ij over all pairs of draws; pairs
+    of one image with itself (c_i^2 of them for image i) are left out of the sum and the count.
+    """
+    total = ((counts @ k) * counts).sum(1)  # (B,)
+    same = (counts * counts) @ k.diagonal()  # (B,)
+    pairs = counts.sum(1) ** 2 - (counts * counts).sum(1)  # (B,)
+    return (total - same) / pairs
+
+
+def _resample_counts(rng: np.random.Generator, n: int, draws: int, b: int) -> torch.Tensor:
+    return torch.from_numpy(rng.multinomial(draws, np.full(n, 1.0 / n), size=b).astype(np.float64))  # (B, n)
 
 
 def kid(x: np.ndarray, y: np.ndarray, *, bootstrap: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
     """(KID, lower, upper) of feature sets x (N, d) and y (M, d); the bounds are a 95 % bootstrap interval."""
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"KID needs at least 2 images per set; got {len(x)} and {len(y)}")
-    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    tx, ty = _t(x), _t(y)
+    kxx, kyy, kxy = _kernel(tx, tx), _kernel(ty, ty), _kernel(tx, ty)
     value = _mmd2_unbiased(kxx, kyy, kxy)
+    if bootstrap <= 0:
+        return value, value, value
     rng = np.random.default_rng(seed)
-    n, m = min(len(x), BOOTSTRAP_MAX), min(len(y), BOOTSTRAP_MAX)
-    draws = []
-    for _ in range(bootstrap):
-        ix = rng.integers(0, len(x), n)
-        iy = rng.integers(0, len(y), m)
-        draws.append(_within_mean(kxx, ix) + _within_mean(kyy, iy) - 2.0 * float(kxy[np.ix_(ix, iy)].mean()))
-    lo, hi = np.percentile(draws, [2.5, 97.5]) if draws else (value, value)
+    cx = _resample_counts(rng, len(x), min(len(x), BOOTSTRAP_MAX), bootstrap)  # (B, N)
+    cy = _resample_counts(rng, len(y), min(len(y), BOOTSTRAP_MAX), bootstrap)  # (B, M)
+    cross = ((cx @ kxy) * cy).sum(1) / (cx.sum(1) * cy.sum(1))  # (B,)
+    draws = (_within_means(kxx, cx) + _within_means(kyy, cy) - 2.0 * cross).numpy()
+    lo, hi = np.percentile(draws, [2.5, 97.5])
     return value, float(lo), float(hi)
 
 
@@ -79,19 +102,21 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     The matrix square roots come from symmetric eigendecompositions (stable when a covariance is
     singular, as it is when N < d).
     """
-    mu_x, mu_y = x.mean(0), y.mean(0)
-    s_x, s_y = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    w, v = np.linalg.eigh(s_x)
-    root_x = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = np.linalg.eigvalsh(root_x @ s_y @ root_x)
-    value = ((mu_x - mu_y) ** 2).sum() + np.trace(s_x) + np.trace(s_y) - 2.0 * np.sqrt(np.clip(inner, 0, None)).sum()
-    return float(max(value, 0.0))
+    tx, ty = _t(x), _t(y)
+    mu_x, mu_y = tx.mean(0), ty.mean(0)
+    s_x, s_y = torch.cov(tx.T), torch.cov(ty.T)  # (d, d)
+    w, v = torch.linalg.eigh(s_x)
+    root_x = (v * w.clamp(min=0).sqrt()) @ v.T
+    inner = torch.linalg.eigvalsh(root_x @ s_y @ root_x)
+    value = ((mu_x - mu_y) ** 2).sum() + s_x.trace() + s_y.trace() - 2.0 * inner.clamp(min=0).sqrt().sum()
+    return float(max(float(value), 0.0))
 
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distances (len(a), len(b)), from the expansion |a|^2 + |b|^2 - 2 a·b."""
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return np.sqrt(np.clip(d2, 0.0, None))
+    ta, tb = _t(a), _t(b)
+    d2 = (ta * ta).sum(1)[:, None] + (tb * tb).sum(1)[None, :] - 2.0 * (ta @ tb.T)
+    return d2.clamp(min=0).sqrt().numpy()
 
 
 def _knn_radius(d: np.ndarray, k: int) -> np.ndarray:
