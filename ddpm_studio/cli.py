@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints (0 = by time and at the end only)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    from ddpm_studio.evaluation.cli_commands import add_parsers, add_train_flags  # issue 17
+
+    add_train_flags(t, _positive_int)
 
     # -- sample ---------------------------------------------------------------------------------
     s = sub.add_parser("sample", help="generate images from a run or a checkpoint",
@@ -167,8 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the full config as JSON too")
 
     # -- eval, nearest, timelapse, doctor (issue 17: ddpm_studio/evaluation/cli_commands.py) ----
-    from ddpm_studio.evaluation.cli_commands import add_parsers
-
     add_parsers(sub, _positive_int, _positive_float)
     return parser
 
@@ -302,7 +303,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
     try:
-        finished = Trainer(cfg, args.out, resume=args.resume).run(control, reporter)
+        from ddpm_studio.evaluation.cli_commands import train_listener
+
+        listener = train_listener(args, cfg, reporter) if rank == 0 else reporter
+        finished = Trainer(cfg, args.out, resume=args.resume).run(control, listener)
     finally:
         reporter.close()
         if previous is not None:

@@ -93,3 +93,42 @@ def test_refused_input_is_one_line_and_status_1(argv, fragment, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert fragment in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_scoring_checkpoints_while_training_is_a_listener_the_trainer_calls(tmp_path):
+    import dataclasses
+
+    from ddpm_studio.evaluation.during_training import ScoreCheckpoints, estimate_seconds
+    from ddpm_studio.evaluation.metrics import read_results
+    from ddpm_studio.training.trainer import Trainer
+    from training_support import tiny_config
+
+    cfg = tiny_config(steps=40, checkpoint_every=10, keep_checkpoints=10)
+    cfg.data = dataclasses.replace(cfg.data, folder=str(trained_run().parent / "images"))
+    seen = []
+    scorer = ScoreCheckpoints(tmp_path / "r", every=20, num=16, then=seen.append, report=seen.append)
+    assert Trainer(cfg, tmp_path / "r").run(on_event=scorer).reason == "completed"
+    assert [r.step for r in scorer.readouts] == [20, 40]
+    assert [d["step"] for d in read_results(tmp_path / "r")] == [20, 40]
+    assert any(isinstance(s, str) and s.startswith("quality: step 40") for s in seen)
+    assert {"TrainStarted", "StepMetrics", "CheckpointSaved"} <= {type(s).__name__ for s in seen}  # all passed on
+    assert 0 < estimate_seconds(cfg, 16) < 60
+    with pytest.raises(ValueError, match="at least 1 step"):
+        ScoreCheckpoints(tmp_path, every=0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_eval_every_prints_the_cost_first_and_scores(tmp_path, capsys):
+    images = trained_run().parent / "images"
+    argv = ["train", "--out", str(tmp_path / "r"), "--data", str(images), "--image-size", "8", "--steps", "20",
+            "--checkpoint-every", "10", "--batch-size", "4", "--timesteps", "20", "--device", "cpu", "--quiet",
+            "--eval-every", "20", "--eval-num", "16"]
+    # the tiny preset at 8 px with T=20 trains in a few seconds
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "quality every 20 steps: 16 samples, about" in err
+    assert "quality: step 20: KID" in err
+    from ddpm_studio.evaluation.metrics import read_results
+
+    assert [d["step"] for d in read_results(tmp_path / "r")] == [20]

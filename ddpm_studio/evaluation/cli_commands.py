@@ -57,6 +57,34 @@ def add_parsers(sub, positive_int, positive_float) -> None:
     d.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def add_train_flags(t, positive_int) -> None:
+    """``train --eval-every K [--eval-num N]``: score checkpoints while training (off by default)."""
+    t.add_argument("--eval-every", type=positive_int, metavar="K",
+                   help="score the checkpoint saved every K steps (KID against the training images, kept in "
+                   "RUN/evaluation.jsonl); training waits while it scores, the cost is printed first. Off by default")
+    t.add_argument("--eval-num", type=positive_int, default=None, metavar="N",
+                   help="samples per scoring with --eval-every (default 256 on a CPU, 1024 on CUDA)")
+
+
+def train_listener(args: argparse.Namespace, cfg, reporter):
+    """The ``on_event`` for ``train``: the reporter, and the checkpoint scorer when --eval-every is given."""
+    if not getattr(args, "eval_every", None):
+        return reporter
+    from ddpm_studio.engine.devices import select_device
+    from ddpm_studio.evaluation import metrics
+    from ddpm_studio.evaluation.during_training import ScoreCheckpoints, estimate_seconds
+
+    device = select_device(cfg.train.device)
+    num = args.eval_num or metrics.default_num(device)
+    if cfg.train.checkpoint_every == 0 or args.eval_every % cfg.train.checkpoint_every:
+        reporter.write(f"note: checkpoints are saved every {cfg.train.checkpoint_every or 'few minutes'} "
+                       f"steps; each is scored once {args.eval_every} steps have passed since the last")
+    cost = estimate_seconds(cfg, num, device=str(device))
+    reporter.write(f"quality every {args.eval_every} steps: {num} samples, about {metrics.human_seconds(cost)} "
+                   "each (training waits meanwhile)")
+    return ScoreCheckpoints(args.out, args.eval_every, num, device=device, then=reporter, report=reporter.write)
+
+
 def _progress(quiet: bool):
     if quiet or not sys.stderr.isatty():
         return None
