@@ -99,10 +99,14 @@ def test_refused_input_is_one_line_and_status_1(argv, fragment, capsys):
 def test_scoring_checkpoints_while_training_is_a_listener_the_trainer_calls(tmp_path):
     import dataclasses
 
-    from ddpm_studio.evaluation.during_training import ScoreCheckpoints, estimate_seconds
+    from training_support import tiny_config
+
+    from ddpm_studio.evaluation.during_training import (
+        ScoreCheckpoints,
+        estimate_seconds,
+    )
     from ddpm_studio.evaluation.metrics import read_results
     from ddpm_studio.training.trainer import Trainer
-    from training_support import tiny_config
 
     cfg = tiny_config(steps=40, checkpoint_every=10, keep_checkpoints=10)
     cfg.data = dataclasses.replace(cfg.data, folder=str(trained_run().parent / "images"))

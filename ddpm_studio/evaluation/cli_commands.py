@@ -72,7 +72,10 @@ def train_listener(args: argparse.Namespace, cfg, reporter):
         return reporter
     from ddpm_studio.engine.devices import select_device
     from ddpm_studio.evaluation import metrics
-    from ddpm_studio.evaluation.during_training import ScoreCheckpoints, estimate_seconds
+    from ddpm_studio.evaluation.during_training import (
+        ScoreCheckpoints,
+        estimate_seconds,
+    )
 
     device = select_device(cfg.train.device)
     num = args.eval_num or metrics.default_num(device)

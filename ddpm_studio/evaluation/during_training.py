@@ -11,7 +11,7 @@ Evaluate tab plots KID per step beside the loss. Off unless asked for (``train -
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import metrics
 

@@ -83,7 +83,7 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return x
 
 
-_CACHE: "OrderedDict[bytes, np.ndarray]" = OrderedDict()
+_CACHE: OrderedDict[bytes, np.ndarray] = OrderedDict()
 CACHE_ENTRIES = 4  # feature arrays of recent image sets kept (a run's training set is scored again and again)
 CACHE_MIN_IMAGES = 512  # smaller sets are cheaper to recompute than to hash
 
