@@ -70,6 +70,8 @@ def test_every_checkpoint_plots_kid_per_step(qtbot, panel):
     x, y = panel.kid_points()
     assert list(x) == [10, 100, 200] and y[-1] < y[0]
     assert panel.floor_line.isVisible()
+    box = panel.kid_bars.boundingRect()  # the interval bars are drawable (pyqtgraph raised here once)
+    assert box.width() >= 190 and box.height() > 0
 
 
 def test_a_chosen_checkpoint_is_the_one_scored(qtbot, panel):

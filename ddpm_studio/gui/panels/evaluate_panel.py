@@ -129,7 +129,8 @@ class EvaluatePanel(QWidget):
         self.kid_plot.setXLink(self.loss_plot)
         self.kid_curve = self.kid_plot.plot([], [], pen=pg.mkPen(plotting.VERMILION, width=2), symbol="o",
                                             symbolSize=6, symbolBrush=plotting.VERMILION)
-        self.kid_bars = pg.ErrorBarItem(x=np.zeros(0), y=np.zeros(0), height=np.zeros(0), pen=pg.mkPen(plotting.VERMILION))
+        self.kid_bars = pg.ErrorBarItem(x=np.zeros(0), y=np.zeros(0), top=np.zeros(0), bottom=np.zeros(0),
+                                        beam=0, pen=pg.mkPen(plotting.VERMILION))
         self.kid_plot.addItem(self.kid_bars)
         self.floor_line = pg.InfiniteLine(angle=0, pen=pg.mkPen(plotting.GREEN, width=1, style=Qt.PenStyle.DashLine),
                                           label="floor", labelOpts={"position": 0.05, "color": plotting.GREEN})
@@ -237,7 +238,7 @@ class EvaluatePanel(QWidget):
         n = {d.get("num_samples") for d in history}
         if not history:
             self.kid_curve.setData([], [])
-            self.kid_bars.setData(x=np.zeros(0), y=np.zeros(0), height=np.zeros(0))
+            self.kid_bars.setData(x=np.zeros(0), y=np.zeros(0), top=np.zeros(0), bottom=np.zeros(0))
             self.floor_line.setVisible(False)
             return
         num = max(n, key=lambda k: sum(d.get("num_samples") == k for d in history))  # the N used most
@@ -247,7 +248,7 @@ class EvaluatePanel(QWidget):
         lo = np.array([d["kid_lo"] for d in pts], float)
         hi = np.array([d["kid_hi"] for d in pts], float)
         self.kid_curve.setData(x, y)
-        self.kid_bars.setData(x=x, y=y, top=hi - y, bottom=y - lo, beam=0)
+        self.kid_bars.setData(x=x, y=y, top=hi - y, bottom=y - lo)
         self.floor_line.setValue(float(np.median([d["floor_kid"] for d in pts])))
         self.floor_line.setVisible(True)
         self.kid_plot.getPlotItem().setTitle(f"KID per step, N = {num}", size="9pt")
