@@ -128,7 +128,7 @@ def test_without_a_run_the_buttons_explain_and_start_nothing(qtbot, window):
 
 def test_dataset_doctor_finds_duplicates_and_excludes_them(qtbot, window, tmp_path):
     files = write_pngs(blobs(40, seed=11), tmp_path / "d")
-    shutil.copy(files[5], tmp_path / "d" / "z_dup.png")
+    shutil.copy(files[5], tmp_path / "d" / "img_0005 copy.png")
     dp = window.dataset_panel
     with qtbot.waitSignal(dp.loaded, timeout=30_000):
         dp.load_paths([str(tmp_path / "d")])
@@ -142,14 +142,15 @@ def test_dataset_doctor_finds_duplicates_and_excludes_them(qtbot, window, tmp_pa
     titles = [doc.tree.topLevelItem(i).text(0) for i in range(doc.tree.topLevelItemCount())]
     assert any("1 exact duplicate file(s)" in t for t in titles)
     dup = next(doc.tree.topLevelItem(i) for i in range(doc.tree.topLevelItemCount()) if "exact" in doc.tree.topLevelItem(i).text(0))
-    assert "z_dup.png" in dup.child(0).text(0)
+    assert dup.child(0).text(0) == "img_0005.png  =  img_0005 copy.png"  # the one kept first
     doc.tree.setCurrentItem(dup)
     assert "first file of each group" in doc.advice.text()
     assert doc.fix_button.isEnabled() and doc.fix_button.text() == "Exclude 1 Duplicate(s)"
     with qtbot.waitSignal(dp.loaded, timeout=30_000):
         doc.fix_button.click()
     assert len(dp.state.images) == 40
-    assert str(tmp_path / "d" / "z_dup.png") not in dp.state.images.paths
+    assert str(tmp_path / "d" / "img_0005 copy.png") not in dp.state.images.paths
+    assert str(files[5]) in dp.state.images.paths
 
 
 def test_doctor_on_the_built_in_set_says_it_needs_none(window):

@@ -6,7 +6,7 @@
 
 - exact duplicates (same bytes, SHA-256) and near duplicates (16 x 16 grayscale thumbnails of the
   whole image within ``NEAR_DUPLICATE_RMSE`` of each other), with a safe fix: exclude all but the
-  first file of each group;
+  first file of each group (the shortest name, so "a.png" stays and "a copy.png" goes);
 - mixed sizes (non-square images lose their edges to the centre crop; small ones are upsampled)
   and mixed modes (grayscale with colour, transparency, palettes);
 - images whose left-right mirror is unlike the set (text, digits, logos, profiles facing one
@@ -182,6 +182,11 @@ def _nearest_other(a: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
     return out
 
 
+def _keeper_first(group: list[int], names: list[str]) -> list[int]:
+    """A duplicate group with the file to keep first: the shortest name ("a.png" before "a copy.png"), then path order."""
+    return sorted(group, key=lambda i: (len(os.path.basename(names[i])), names[i].casefold(), names[i]))
+
+
 def _listed(paths: list[str]) -> list[str]:
     return paths[:MAX_LISTED]
 
@@ -220,13 +225,13 @@ def diagnose(paths, *, image_size: int = 32, flip: bool = False, progress=None, 
     by_sha: dict[str, list[int]] = {}
     for i, x in enumerate(infos):
         by_sha.setdefault(x.sha, []).append(i)
-    exact = [g for g in by_sha.values() if len(g) > 1]
+    exact = [_keeper_first(g, names) for g in by_sha.values() if len(g) > 1]
     if exact:
         extra = [names[i] for g in exact for i in g[1:]]
         findings.append(Finding(
             "exact_duplicates", "warning", f"{len(extra)} exact duplicate file(s) in {len(exact)} group(s)",
             "The same picture more than once weighs it more in training and makes copies of it likelier. "
-            "Excluding the extra copies keeps the first file of each group.",
+            "Excluding the extra copies keeps the first file of each group (the shortest name).",
             files=_listed(extra), groups=[[names[i] for i in g] for g in exact[:MAX_LISTED]], exclude=extra))
     first_of = {i: g[0] for g in exact for i in g}
     uniq = [i for i in range(n) if first_of.get(i, i) == i]
@@ -240,13 +245,13 @@ def diagnose(paths, *, image_size: int = 32, flip: bool = False, progress=None, 
             rmse = np.sqrt(np.clip(d2, 0, None) / g.shape[1])
             a, b = np.nonzero(rmse < NEAR_DUPLICATE_RMSE)
             pairs += [(start + i, j) for i, j in zip(a.tolist(), b.tolist()) if start + i < j]
-        near = [[uniq[i] for i in grp] for grp in _groups(pairs, len(uniq))]
+        near = [_keeper_first([uniq[i] for i in grp], names) for grp in _groups(pairs, len(uniq))]
         if near:
             extra = [names[i] for grp in near for i in grp[1:]]
             findings.append(Finding(
                 "near_duplicates", "warning", f"{len(extra)} near duplicate(s) in {len(near)} group(s)",
                 "These look the same at thumbnail size (a re-save, a resize or a small edit). Look at the groups; "
-                "excluding keeps the first file of each group.",
+                "excluding keeps the first file of each group (the shortest name).",
                 files=_listed(extra), groups=[[names[i] for i in grp] for grp in near[:MAX_LISTED]], exclude=extra))
 
     # -- sizes and modes ------------------------------------------------------------------------------

@@ -195,10 +195,14 @@ class Readout:
         ]
 
     def summary(self) -> str:
-        ratio = "" if self.floor_kid_hi <= 0 else f", {self.kid / max(self.floor_kid_hi, 1e-12):.1f}x the floor's upper bound"
+        if self.kid_lo <= self.floor_kid_hi:
+            verdict = "its interval reaches the floor's: no better is measurable at this N"
+        else:
+            verdict = "above the floor (the intervals do not overlap)"
         at = f"step {self.step:,}: " if self.step is not None else ""
-        return (f"{at}KID {self.kid:.4f} [{self.kid_lo:.4f}, {self.kid_hi:.4f}] against a real-vs-real floor of "
-                f"{self.floor_kid:.4f}{ratio} (N={self.num_samples}, {self.num_reference} reference images)")
+        return (f"{at}KID {self.kid:.4f} [{self.kid_lo:.4f}, {self.kid_hi:.4f}], real-vs-real floor "
+                f"{self.floor_kid:.4f} [{self.floor_kid_lo:.4f}, {self.floor_kid_hi:.4f}]; {verdict} "
+                f"(N={self.num_samples}, {self.num_reference} reference images)")
 
 
 def format_table(r: Readout) -> str:

@@ -145,11 +145,12 @@ class EvaluatePanel(QWidget):
         quality.addWidget(plots)
         quality.setStretchFactor(0, 1)
         quality.setStretchFactor(1, 2)
+        quality.setSizes([270, 430])  # the whole table shows
 
         self.nearest_summary = QLabel("Press Check for Copies.")
         self.nearest_summary.setWordWrap(True)
         self.nearest_table = QTableWidget(0, 5)
-        self.nearest_table.setHorizontalHeaderLabels(["Sample", "Nearest (pixels)", "2nd", "3rd", "Distance / typical"])
+        self.nearest_table.setHorizontalHeaderLabels(["Sample", "Nearest", "2nd", "3rd", "Distance to the nearest / typical distance between training images"])
         self.nearest_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.nearest_table.verticalHeader().setVisible(False)
         self.nearest_table.horizontalHeader().setStretchLastSection(True)
@@ -292,15 +293,15 @@ class EvaluatePanel(QWidget):
             for c, j in enumerate(m.pixel_neighbours[:3]):
                 self.nearest_table.setCellWidget(i, c + 1, self._thumb(res.neighbours[j], scale,
                                                                        rep.train_paths[j] if j < len(rep.train_paths) else ""))
-            text = (f"{m.pixel_ratio:.2f} pixels, {m.feature_ratio:.2f} features"
-                    + ("  — near-copy" if m.near_copy else ""))
+            text = (f"pixels {m.pixel_ratio:.2f}x, features {m.feature_ratio:.2f}x"
+                    + ("  — a near-copy" if m.near_copy else ""))
             item = QTableWidgetItem(text)
             if m.near_copy:
                 item.setForeground(QColor(plotting.VERMILION))
             self.nearest_table.setItem(i, 4, item)
             self.nearest_table.setRowHeight(i, side * scale + 6)
         for c in range(4):
-            self.nearest_table.setColumnWidth(c, side * scale + 12)
+            self.nearest_table.setColumnWidth(c, max(64, side * scale + 12))
         self.nearest_summary.setText(f"<b>Step {res.step:,}: {rep.summary()}.</b> Sorted closest first; "
                                      "a ratio under 1 means closer than two training images usually are.")
         self.views.setCurrentIndex(1)

@@ -9,6 +9,7 @@ list); "Exclude Duplicates" asks the panel to load the same files without the ex
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from PySide6.QtCore import Signal
@@ -52,7 +53,7 @@ class DoctorView(QWidget):
         self.status = QLabel("<b>Dataset check</b> <span style='color:gray'>not run</span>")
         plotting.quiet_label(self.status)
         self.tree = QTreeWidget()
-        self.tree.setHeaderLabels(["Finding", "Files"])
+        self.tree.setHeaderLabels(["Finding", "Files / folder"])
         self.tree.setColumnWidth(0, 420)
         self.tree.currentItemChanged.connect(self._show_advice)
         self.advice = QLabel("")
@@ -110,9 +111,11 @@ class DoctorView(QWidget):
             if f.severity == "warning":
                 item.setForeground(0, QColor(plotting.VERMILION))
             item.setData(0, 256, f.advice)  # Qt.UserRole
-            rows = [", ".join(g) for g in f.groups] if f.groups else f.files
-            for text in rows[:SHOWN_FILES]:
-                child = QTreeWidgetItem([text, ""])
+            rows = f.groups if f.groups else [[p] for p in f.files]
+            for group in rows[:SHOWN_FILES]:
+                text = "  =  ".join(os.path.basename(p) for p in group)
+                child = QTreeWidgetItem([text, os.path.dirname(group[0])])
+                child.setToolTip(0, "\n".join(group))
                 child.setData(0, 256, f.advice)
                 item.addChild(child)
             if len(rows) > SHOWN_FILES:
