@@ -220,3 +220,15 @@ def test_training_features_are_computed_once_per_set():
     assert b is a and not b.flags.writeable
     c = features.conv_features(255 - imgs)
     assert not np.array_equal(a, c) and len(features._CACHE) == 2
+
+
+def test_the_evaluation_package_imports_no_qt():
+    import subprocess
+    import sys
+
+    code = ("import sys; import ddpm_studio.evaluation.cli_commands, ddpm_studio.evaluation.doctor, "
+            "ddpm_studio.evaluation.metrics, ddpm_studio.evaluation.memorization, ddpm_studio.evaluation.timelapse, "
+            "ddpm_studio.evaluation.during_training; "
+            "print(sorted(m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
