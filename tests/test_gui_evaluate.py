@@ -41,7 +41,8 @@ def test_open_run_lists_checkpoints_and_plots_the_loss(panel, window):
     x, y = panel.loss_curve.getData()
     assert len(x) == 200 and y[-1] < y[0]
     assert "3 checkpoint(s), 4 preview grid(s)" in panel.run_label.text()
-    assert "dpmpp-2m" in panel.cost_label.text()
+    assert "dpmpp-2m" in panel.cost_label.text() and "Estimated: about" in panel.cost_label.text()
+    assert panel.run.seconds_per_sample > 0
 
 
 def test_evaluate_fills_the_table_with_the_floor(qtbot, panel):

@@ -109,9 +109,10 @@ class RunSummary:
     history: list  # saved readouts (dicts)
     previews: int  # preview grids on disk (for the time-lapse)
     sampling: str = ""  # the run's sampler, in words (what Evaluate samples with)
+    seconds_per_sample: float | None = None  # timed on an untrained network of the run's shape (the cost shown)
 
 
-def make_open_run(run_dir: str) -> Callable[[TaskState], Any]:
+def make_open_run(run_dir: str, device: str = "auto") -> Callable[[TaskState], Any]:
     """Read what the Evaluate tab shows of a run: checkpoints, the loss curve, earlier evaluations."""
     def job(state: TaskState):
         from ..cli import describe_sampling
@@ -127,7 +128,16 @@ def make_open_run(run_dir: str) -> Callable[[TaskState], Any]:
         steps = np.array([r["step"] for r in recs], dtype=np.float64)
         loss = np.array([r.get("loss_smooth", r["loss"]) for r in recs], dtype=np.float64)
         cfg = read_config(run_dir)
+        per = None
+        try:
+            from ..engine.devices import select_device
+            from ..evaluation.during_training import estimate_seconds
+
+            probe = 8
+            per = (estimate_seconds(cfg, probe, device=str(select_device(device)), probe=probe) - 1.0) / probe
+        except (ValueError, RuntimeError):  # no such device, out of memory: no estimate, nothing fails
+            per = None
         return RunSummary(run_dir, [c for c in cks if c[0] is not None], (steps, loss), read_results(run_dir),
-                          len(preview_files(run_dir)), describe_sampling(cfg.sampling, cfg.diffusion.timesteps))
+                          len(preview_files(run_dir)), describe_sampling(cfg.sampling, cfg.diffusion.timesteps), per)
 
     return job

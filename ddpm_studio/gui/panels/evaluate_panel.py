@@ -184,7 +184,7 @@ class EvaluatePanel(QWidget):
         path = path or self.ask_run_folder()
         if not path or not self._can_start():
             return False
-        return self._start(eval_jobs.make_open_run(str(path)), "evaluate-open", f"Opening {Path(path).name}…",
+        return self._start(eval_jobs.make_open_run(str(path), self.device), "evaluate-open", f"Opening {Path(path).name}…",
                            self._on_run, self.run_opened)
 
     def _on_run(self, summary: eval_jobs.RunSummary) -> None:
@@ -267,6 +267,9 @@ class EvaluatePanel(QWidget):
         if self.results is not None:
             per = self.results.seconds_per_checkpoint * self.num_spin.value() / max(1, self.results.readouts[-1].num_samples)
             text += f" Last time's pace: about {per * k:.0f} s."
+        elif self.run.seconds_per_sample is not None:
+            est = k * (self.run.seconds_per_sample * self.num_spin.value() + 1.0)
+            text += f" Estimated: about {est:.0f} s (timed on this machine)."
         self.cost_label.setText(text)
 
     # -- nearest ------------------------------------------------------------------------------------
