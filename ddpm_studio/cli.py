@@ -1,4 +1,5 @@
-"""Command line: ``ddpm-studio [train|sample|info|export|compare|interpolate|chain|branch]`` (no command opens the window).
+"""Command line: ``ddpm-studio [train|sample|info|export|compare|interpolate|chain|branch|eval|nearest|timelapse|doctor]``
+(no command opens the window).
 
 Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
 was refused (a missing folder, a damaged checkpoint, an invalid setting).
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints (0 = by time and at the end only)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    from ddpm_studio.evaluation.cli_commands import add_parsers, add_train_flags  # issue 17
+
+    add_train_flags(t, _positive_int)
 
     # -- sample ---------------------------------------------------------------------------------
     s = sub.add_parser("sample", help="generate images from a run or a checkpoint",
@@ -183,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ddpm_studio.lab import cli_commands as lab_commands  # compare, interpolate, chain, branch (issue 16)
 
     lab_commands.add_commands(sub, sys.modules[__name__])
+
+    # -- eval, nearest, timelapse, doctor (issue 17: ddpm_studio/evaluation/cli_commands.py) ----
+    add_parsers(sub, _positive_int, _positive_float)
     return parser
 
 
@@ -352,7 +359,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
     finished = None
     try:
-        finished = Trainer(cfg, args.out, resume=args.resume).run(control, reporter)
+        from ddpm_studio.evaluation.cli_commands import train_listener
+
+        listener = train_listener(args, cfg, reporter) if rank == 0 else reporter
+        finished = Trainer(cfg, args.out, resume=args.resume).run(control, listener)
     finally:
         reporter.close(finished.checkpoint if finished is not None else None)
         if previous is not None:
@@ -635,7 +645,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export}.get(args.command)
+    from ddpm_studio.evaluation.cli_commands import COMMANDS as EVALUATION_COMMANDS
+
+    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export,
+               **EVALUATION_COMMANDS}.get(args.command)
     if command is None:  # the lab's commands (issue 16)
         from ddpm_studio.lab.cli_commands import COMMANDS as LAB_COMMANDS
 

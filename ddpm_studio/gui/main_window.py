@@ -12,6 +12,7 @@ from .. import paths
 from ..logs import logger
 from . import jobs, settings as settings_mod
 from .panels.dataset_panel import DatasetPanel
+from .panels.evaluate_panel import EvaluatePanel
 from .panels.forward_panel import ForwardPanel
 from .panels.lab_panel import LabPanel
 from .panels.sampling_panel import SamplingPanel
@@ -49,6 +50,7 @@ class MainWindow(QMainWindow):
         self.sampling_panel = SamplingPanel(self.state)
         self.forward_panel = ForwardPanel(self.state)
         self.lab_panel = LabPanel(self.state)
+        self.evaluate_panel = EvaluatePanel(self.state)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.dataset_panel, "Dataset")
@@ -56,6 +58,11 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.sampling_panel, "Sampling")
         self.tabs.addTab(self.forward_panel, "Forward Process")
         self.tabs.addTab(self.lab_panel, "Lab")
+        self.tabs.addTab(self.evaluate_panel, "Evaluate")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.evaluate_panel),
+                                "Score samples against the training images, find copies, make a time-lapse.")
+        self.training_panel.training_finished.connect(
+            lambda _: self.training_panel.run_dir and self.evaluate_panel.open_run(self.training_panel.run_dir))
         self.tabs.setTabToolTip(0, "Choose the images to learn from.")
         self.tabs.setTabToolTip(1, "Train a denoising network and watch the loss fall.")
         self.tabs.setTabToolTip(2, "Generate images and watch the reverse chain.")

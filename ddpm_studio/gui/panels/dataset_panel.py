@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, Q
 from ...config import DataConfig
 from .. import jobs
 from ..state import StudioState
+from ..widgets.doctor_view import DoctorView
 from ..widgets.drop_zone import DropZone
 from ..widgets.thumbnail_grid import ThumbnailGrid
 from ..workers import Task
@@ -120,6 +121,10 @@ class DatasetPanel(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.grid)
         split.addWidget(skipped_w)
+        self.doctor = DoctorView(state, lambda: list(self.sources),  # issue 17: the dataset doctor
+                                 lambda: (int(self.size_combo.currentData()), self.flip_check.isChecked()))
+        self.doctor.exclude_requested.connect(self.load_paths)
+        split.addWidget(self.doctor)
         split.setStretchFactor(0, 4)
         split.setStretchFactor(1, 1)
         split.setChildrenCollapsible(False)
@@ -308,3 +313,4 @@ class DatasetPanel(QWidget):
 
     def shutdown(self) -> None:
         self.cancel()
+        self.doctor.shutdown()
