@@ -322,7 +322,7 @@ def score(samples_u8: np.ndarray, imgs, labels, classes, out: Path, dataset: str
 
 def sample(model, diffusion, n: int, channels: int, size: int, seed: int = 123, steps: int = 50,
            batch: int = 256) -> np.ndarray:
-    """n DDIM samples (eta 0, ``steps`` steps), ``batch`` at a time."""
+    """n DDIM samples (eta 0, ``steps`` leading-spaced steps, as before the app had spacings), ``batch`` at a time."""
     from ddpm_studio.sampling.service import to_uint8
 
     g = torch.Generator().manual_seed(seed)
@@ -330,7 +330,8 @@ def sample(model, diffusion, n: int, channels: int, size: int, seed: int = 123, 
     for start in range(0, n, batch):
         x = None
         for st in diffusion.ddim_sample_loop_progressive(model, (min(batch, n - start), channels, size, size),
-                                                         steps=steps, eta=0.0, clip_denoised=True, generator=g):
+                                                         steps=steps, eta=0.0, clip_denoised=True, generator=g,
+                                                         spacing="leading"):  # as every figure before spacings
             x = st.x_t
         out.append(to_uint8(x.cpu()))
     return np.concatenate(out)

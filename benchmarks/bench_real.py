@@ -186,6 +186,25 @@ def score(samples_u8: np.ndarray, imgs, labels, out: Path, name: str) -> dict:
 # -- one recipe -------------------------------------------------------------------------------
 
 
+def draw(args, model, diffusion, channels: int, size: int, seed: int = 123) -> np.ndarray:
+    """``args.num`` samples: DDIM-50 (bench_quality's, the default) or ``--sampler NAME:STEPS`` with
+    the app's own samplers, 256 at a time. Every recipe of one table uses the same sampler."""
+    if args.sampler == "ddim50":
+        return sample(model, diffusion, args.num, channels, size, seed=seed)
+    from ddpm_studio.config import SamplingConfig
+    from ddpm_studio.sampling.service import to_uint8
+
+    name, steps = args.sampler.split(":")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, args.num, 256):
+        n = min(256, args.num - start)
+        cfg = SamplingConfig(sampler=name, steps=int(steps), num_images=n, seed=seed)
+        out.append(to_uint8(diffusion.sample(model, (n, channels, size, size), cfg, generator=g).cpu()))
+    return np.concatenate(out)
+
+
+
 def run_one(args, name: str, recipe: str, imgs, labels, data, out: Path) -> dict:
     ns = argparse.Namespace(**vars(args))
     ns.cpu_sec, ns.images = args.budget_sec, 0
@@ -197,14 +216,14 @@ def run_one(args, name: str, recipe: str, imgs, labels, data, out: Path) -> dict
     else:
         raise SystemExit(f"unknown recipe {recipe!r}")
     t = time.perf_counter()
-    samples = sample(model.eval(), diffusion, args.num, imgs.channels, imgs.image_size)
+    samples = draw(args, model.eval(), diffusion, imgs.channels, imgs.image_size)
     sample_sec = time.perf_counter() - t
     res = score(samples, imgs, labels, out, name)
     from ddpm_studio.sampling.export import make_grid, save_png, upscale_nearest
 
     grid = out / f"grid_{name}_{args.size}_{recipe.replace(':', '_')}_{args.tag}.png"
     save_png(upscale_nearest(make_grid(samples[:64], nrow=8), max(1, 128 // args.size)), grid)
-    row = dict(set=name, recipe=recipe, tag=args.tag, px=args.size, clock=args.clock, budget=args.budget_sec,
+    row = dict(set=name, recipe=recipe, tag=args.tag, px=args.size, sampler=args.sampler, clock=args.clock, budget=args.budget_sec,
                steps=info["steps"], images_seen=info["images_seen"], train_sec=info["cpu_sec"],
                img_per_sec=round(info["images_seen"] / max(info["cpu_sec"], 1e-9), 1),
                sample_sec=round(sample_sec, 1), **res, grid=str(grid), load=round(os.getloadavg()[0], 2),
@@ -252,6 +271,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampler", default="ddim50", help="ddim50 (DDIM, 50 leading steps) or NAME:STEPS, e.g. dpmpp-2m:20")
     ap.add_argument("--num", type=int, default=500, help="samples scored per recipe (>= 500 for the table)")
     ap.add_argument("--tag", default="default", help="names this configuration of ours in the results")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "ddpm_real"))
