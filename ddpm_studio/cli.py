@@ -7,23 +7,25 @@ was refused (a missing folder, a damaged checkpoint, an invalid setting).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ddpm_studio.config import (CHANNELS, DEVICES, NO_STEP_LIMIT, PRECISIONS, PRESETS, SAMPLER_INFO, SAMPLERS,
-                                SCHEDULES, SPACINGS, RunConfig, sampler_default_steps)
+from ddpm_studio.config import (DEVICES, PRESETS, SAMPLER_INFO, DataConfig, DiffusionConfig, ModelConfig, RunConfig,
+                                SamplingConfig, Setting, TrainConfig, sampler_default_steps, settings_of)
 
 PROG = "ddpm-studio"
 
 
-def _of_total(steps: int) -> str:
+def _of_total(steps: int | None) -> str:
     """' of N' for a run's total steps, nothing for a run trained by the clock (--minutes only)."""
-    return "" if steps >= NO_STEP_LIMIT else f" of {steps:,}"
+    return "" if steps is None else f" of {steps:,}"
+
 GIF_MIN_SIDE = 256  # the chain GIF is enlarged (whole pixels) to at least this width
 
 
@@ -41,16 +43,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {v}")
     return v
 
 
@@ -74,6 +66,81 @@ def _float(text: str) -> float:
     return v
 
 
+def _parse_int(text: str, lo: float | None) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if lo is not None and lo >= 0 and v < min(lo, 1):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {min(int(lo), 1)}; got {v}")
+    return v
+
+
+def _value_parser(setting: Setting) -> Callable[[str], Any]:
+    """Turn a flag's text into the field's value; the range itself is validate()'s (exit status 1)."""
+    lo = setting.knob.lo
+
+    def parse(text: str) -> Any:
+        if setting.nullable and text.strip().lower() in ("none", "auto", "off"):
+            return None
+        if setting.kind == "int":
+            return _parse_int(text, lo)
+        if setting.kind == "float":
+            return _positive_float(text) if lo is not None and lo > 0 else _float(text)
+        if setting.kind.startswith("tuple["):
+            parts = [p for p in text.replace(" ", ",").split(",") if p]
+            if text.strip().lower() == "none":
+                return ()
+            one = int if setting.kind == "tuple[int, ...]" else float
+            try:
+                return tuple(one(p) for p in parts)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1,2,2; got {text!r}") from None
+        return text
+
+    parse.__name__ = setting.kind  # argparse names the type in its "invalid ... value" message
+    return parse
+
+
+# What the CLI says about a flag besides the field's own help line.
+_EXTRA_HELP = {
+    "sampling.sampler": "; ".join(f"{name}: {info['hint']}" for name, info in SAMPLER_INFO.items()),
+    "sampling.steps": "default: with --sampler, that sampler's own default (ddim 50, dpmpp-* 20); else the run's",
+    "sampling.num_images": "default 16",
+}
+
+
+def add_schema_flags(parser: argparse.ArgumentParser, *sections: type) -> list[tuple[Setting, str]]:
+    """One flag per field of ``sections`` that has one; returns (setting, argparse dest) pairs.
+
+    Every flag defaults to None ("not given": the preset's, the config file's or the run's value stays).
+    Booleans are ``--flip/--no-flip``; ``none`` clears a field that may be empty.
+    """
+    groups: dict[str, Any] = {}
+    out = []
+    for section in sections:
+        for setting in settings_of(section):
+            if setting.flag is None:
+                continue
+            target = parser
+            if setting.knob.exclusive:
+                target = groups.setdefault(setting.knob.exclusive, parser.add_mutually_exclusive_group())
+            words = setting.knob.help + (f" ({_EXTRA_HELP[setting.key]})" if setting.key in _EXTRA_HELP else "")
+            kw: dict[str, Any] = dict(default=None, help=words.replace("%", "%%"))
+            if setting.kind == "bool":
+                kw["action"] = argparse.BooleanOptionalAction
+            elif setting.choices:
+                kw["choices"] = setting.choices
+                kw["type"] = type(setting.choices[0])
+                kw["metavar"] = "|".join(map(str, setting.choices))
+            else:
+                kw["type"] = _value_parser(setting)
+                kw["metavar"] = setting.knob.metavar
+            action = target.add_argument(setting.flag, **kw)
+            out.append((setting, action.dest))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train a denoising diffusion probabilistic model (Ho et al. 2020) "
                      "on your own images and sample from it. With no command, opens the window.")
@@ -86,36 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "torchrun (--nproc_per_node K) training uses DistributedDataParallel and "
                        "--batch-size is the global batch, split evenly across the K processes.")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or to resume)")
-    t.add_argument("--data", metavar="DIR", help="image folder (default: the built-in dataset)")
     t.add_argument("--config", metavar="FILE", help="start from a full config.json (flags still override it)")
     t.add_argument("--preset", choices=tuple(PRESETS), help="model shape and training defaults (default: tiny)")
-    t.add_argument("--image-size", type=_positive_int, metavar="PX", help="square image side in pixels (default: the preset's; tiny: 16)")
-    t.add_argument("--channels", choices=CHANNELS, help="auto (grayscale if every image is), 1 or 3")
-    t.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default linear)")
-    t.add_argument("--timesteps", type=_positive_int, metavar="T", help="diffusion steps T (default 1000)")
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=_positive_int, metavar="N",
-                   help="the run's TOTAL steps; with --resume a larger N extends a finished run")
-    g.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes (this session)")
-    t.add_argument("--batch-size", type=_positive_int, metavar="B", help="global batch size")
-    t.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate")
-    t.add_argument("--ema-decay", type=_float, metavar="D", help="EMA decay of the sampling weights")
-    t.add_argument("--seed", type=_nonneg_int, metavar="S", help="seeds weights, data order, noise and previews")
-    t.add_argument("--device", choices=DEVICES, help="auto = CUDA, then MPS, then CPU")
-    t.add_argument("--precision", choices=PRECISIONS, help="auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or fp16 (CUDA)")
-    t.add_argument("--log-every", type=_positive_int, metavar="N", help="steps between metrics lines")
-    t.add_argument("--preview-every", type=_nonneg_int, metavar="N", help="steps between preview grids (0 = off)")
-    t.add_argument("--checkpoint-every", type=_nonneg_int, metavar="N",
-                   help="steps between checkpoints (0 = by time and at the end only)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(schema_flags=add_schema_flags(t, ModelConfig, DiffusionConfig, DataConfig, TrainConfig))
 
     # -- sample ---------------------------------------------------------------------------------
     s = sub.add_parser("sample", help="generate images from a run or a checkpoint",
                        description="Generate images with the EMA weights of a run's newest good checkpoint "
                        "(or of one checkpoint file). Writes --num PNG files at the model's resolution into "
                        "--out, and optionally a grid and an animated GIF of the reverse chain. Images are "
-                       "made in batches of --batch-size; batch i starts from the noise of seed S+i.")
+                       "made in batches of --batch-size; batch i starts from the noise of seed S+i. Sampling "
+                       "flags left out take the run's own values.")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", metavar="RUN_DIR", help="a run folder (its newest good checkpoint)")
     src.add_argument("--checkpoint", metavar="FILE", help="a .safetensors checkpoint file")
@@ -123,18 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a Hugging Face diffusers model folder (DDPMPipeline/DDIMPipeline, or a UNet2DModel "
                      "folder), already on disk: nothing is ever downloaded")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
-    s.add_argument("--num", type=_positive_int, default=16, metavar="N", help="how many images (default 16)")
-    s.add_argument("--sampler", choices=SAMPLERS, metavar="|".join(SAMPLERS),
-                   help="default: the run's sampling.sampler (dpmpp-2m for new runs). "
-                   + "; ".join(f"{name}: {info['hint']}" for name, info in SAMPLER_INFO.items()))
-    s.add_argument("--sampling-steps", type=_positive_int, metavar="K",
-                   help="network calls for ddim / dpmpp-* (default: with --sampler, that sampler's own "
-                   "default (ddim 50, dpmpp-* 20); else the run's sampling.steps); ddpm always takes all T")
-    s.add_argument("--spacing", choices=SPACINGS, metavar="|".join(SPACINGS),
-                   help="which timesteps ddim / dpmpp-* visit (default: the run's, trailing for new runs): "
-                   "trailing and linspace start from pure noise at t = T-1; leading is diffusers' old default")
-    s.add_argument("--eta", type=_float, metavar="E", help="DDIM eta: 0 deterministic ... 1 ancestral")
-    s.add_argument("--seed", type=_nonneg_int, metavar="S", help="same seed, same images (default 0)")
     s.add_argument("--batch-size", type=_positive_int, default=64, metavar="B", help="images per batch (default 64)")
     s.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     s.add_argument("--grid", metavar="FILE.png", help="also write all images as one grid PNG")
@@ -146,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF (default 60)")
     s.add_argument("--gif-fps", type=_positive_float, default=20.0, metavar="FPS", help="GIF frame rate (default 20)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(schema_flags=add_schema_flags(s, SamplingConfig))
 
     # -- export ---------------------------------------------------------------------------------
     e = sub.add_parser("export", help="write a run or a checkpoint as a diffusers model folder",
@@ -174,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_config(args: argparse.Namespace) -> RunConfig:
     out = Path(args.out)
     if args.resume:
-        from ddpm_studio.training.runs import read_config
+        from ddpm_studio.artifacts.runs import read_config
 
         cfg = read_config(out)
     elif args.config:
@@ -186,31 +225,29 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
             raise ValueError("give either --config or --preset, not both")
     else:
         cfg = RunConfig.from_preset(args.preset or "tiny")
-    sections: dict[str, dict[str, Any]] = {"data": {}, "diffusion": {}, "train": {}}
     if args.resume and args.preset and args.preset != cfg.model.preset:
         raise ValueError(f"--preset {args.preset} differs from the run's preset {cfg.model.preset}; "
                          "a resumed run keeps its model")
-    if args.data is not None:
-        if not Path(args.data).is_dir():
-            raise ValueError(f"--data: folder not found: {args.data}")
-        sections["data"]["folder"] = str(Path(args.data).resolve())
-    for flag, section, key in (("image_size", "data", "image_size"), ("channels", "data", "channels"),
-                               ("schedule", "diffusion", "schedule"), ("timesteps", "diffusion", "timesteps"),
-                               ("steps", "train", "steps"), ("minutes", "train", "minutes"),
-                               ("batch_size", "train", "batch_size"), ("lr", "train", "lr"),
-                               ("ema_decay", "train", "ema_decay"), ("seed", "train", "seed"),
-                               ("device", "train", "device"), ("precision", "train", "precision"),
-                               ("log_every", "train", "log_every"), ("preview_every", "train", "preview_every"),
-                               ("checkpoint_every", "train", "checkpoint_every")):
-        value = getattr(args, flag)
-        if value is not None:
-            sections[section][key] = value
+    sections: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "diffusion": {}, "train": {}}
+    for setting, dest in args.schema_flags:
+        value = getattr(args, dest)
+        if value is None or value == getattr(getattr(cfg, setting.section), setting.name):
+            continue
+        if args.resume and setting.section in ("model", "diffusion"):
+            raise ValueError(f"{setting.flag}: a resumed run keeps its {setting.section} settings "
+                             f"({setting.key} is {getattr(getattr(cfg, setting.section), setting.name)!r})")
+        sections[setting.section][setting.name] = value
+    folder = sections["data"].get("folder")
+    if folder is not None:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--data: folder not found: {folder}")
+        sections["data"]["folder"] = str(Path(folder).resolve())
+    if sections["model"]:
+        sections["model"]["preset"] = "custom"
     if args.minutes is not None and args.steps is None and not args.resume:
-        sections["train"]["steps"] = NO_STEP_LIMIT
+        sections["train"]["steps"] = None  # the clock ends the run
     if args.steps is not None and not args.resume:
         sections["train"]["minutes"] = None
-    import dataclasses
-
     for section, values in sections.items():
         if values:
             setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
@@ -251,8 +288,7 @@ class _TrainReporter:
                 from tqdm import tqdm
 
                 # with --minutes alone the clock decides: no step total to show
-                total = None if event.total_steps >= NO_STEP_LIMIT else event.total_steps
-                self.bar = tqdm(total=total, initial=event.start_step, unit="step", dynamic_ncols=True,
+                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True,
                                 file=sys.stderr, smoothing=0.1)
         elif isinstance(event, StepMetrics):
             if self.bar is not None:
@@ -262,7 +298,7 @@ class _TrainReporter:
             elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
                 self.last_line = time.monotonic()
                 eta = f", ETA {event.eta_sec / 60:.1f} min" if event.eta_sec is not None else ""
-                of = "" if event.total_steps >= NO_STEP_LIMIT else f"/{event.total_steps:,}"
+                of = "" if event.total_steps is None else f"/{event.total_steps:,}"
                 self.write(f"step {event.step:,}{of}  loss {event.loss:.4f} "
                            f"(smoothed {event.loss_smooth:.4f})  {event.images_per_sec:.0f} img/s{eta}")
             self.last_step = event.step
@@ -303,9 +339,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if rank == 0:
-        stream = sys.stderr if finished.reason in ("nan", "error") else sys.stdout
+        stream = sys.stderr if finished.reason.failed else sys.stdout
         print(finished.message, file=stream)
-    if finished.reason in ("nan", "error"):
+    if finished.reason.failed:
         return 1
     return 130 if interrupts else 0
 
@@ -320,8 +356,6 @@ def _in_main_thread() -> bool:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import numpy as np
 
     from ddpm_studio.sampling.export import make_grid, save_gif, save_grid, save_pngs, upscale_nearest
@@ -338,26 +372,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
     loaded = load_model(args.run or args.checkpoint or args.model, device=args.device)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
-    overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.sampling_steps), ("eta", args.eta),
-                                   ("seed", args.seed), ("spacing", args.spacing)) if v is not None}
+    overrides = {setting.name: getattr(args, dest) for setting, dest in args.schema_flags
+                 if getattr(args, dest) is not None}
     T = loaded.diffusion.T
     if args.sampler is not None and args.sampling_steps is None:  # a chosen sampler brings its own step count
         overrides["steps"] = sampler_default_steps(args.sampler, T)
-    sampling = dataclasses.replace(loaded.config.sampling, num_images=args.num, **overrides)
+    overrides.setdefault("num_images", SamplingConfig.num_images)
+    sampling = dataclasses.replace(loaded.config.sampling, **overrides)
     sampling.validate()
     if sampling.sampler != "ddpm" and sampling.steps > T:
         raise ValueError(f"--sampling-steps ({sampling.steps}) cannot exceed the model's T ({T})")
     total_steps = T if sampling.sampler == "ddpm" else sampling.steps
     if not args.quiet:
-        print(f"sampling {args.num} image(s): {describe_sampling(sampling, T)}", file=sys.stderr)
-    batches = [min(args.batch_size, args.num - i) for i in range(0, args.num, args.batch_size)]
+        print(f"sampling {sampling.num_images} image(s): {describe_sampling(sampling, T)}", file=sys.stderr)
+    batches = [min(args.batch_size, sampling.num_images - i) for i in range(0, sampling.num_images, args.batch_size)]
 
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=len(batches) * total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
-                   desc=f"sampling {args.num} image(s)")
+                   desc=f"sampling {sampling.num_images} image(s)")
     out = Path(args.out)
     written: list[Path] = []
     images_all = []
@@ -543,7 +578,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"diffusion:   {sched}, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
     tc = cfg.train
     lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
-                 f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= NO_STEP_LIMIT
+                 f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps is None
                                         else f"steps {tc.steps:,}"))
     lines.append(f"memory:      {footprint.estimate(m, batch_size=tc.batch_size, training=True).describe()}")
     lines.append(f"sampling:    {describe_sampling(cfg.sampling, d.timesteps)} (sample's defaults); "

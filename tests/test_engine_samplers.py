@@ -325,5 +325,5 @@ def test_leading_spacing_above_half_of_T_misses_the_data():
 
 
 def test_bad_spacing_is_refused_with_the_allowed_values():
-    with pytest.raises(ValueError, match="sampling.spacing must be one of leading, trailing, linspace; got 'even'"):
+    with pytest.raises(ValueError, match="sampling.spacing must be one of trailing, linspace, leading; got 'even'"):
         ddim_timesteps(100, 10, "even")

@@ -50,6 +50,7 @@ import numpy as np
 
 from ddpm_studio import paths as _paths
 from ddpm_studio.config import DataConfig, atomic_write, atomic_write_text
+from ddpm_studio.errors import Cancelled
 from ddpm_studio.data.decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Decoded, Settings,
                                      decode_file, luminance)
 
@@ -67,10 +68,6 @@ class DatasetError(ValueError):
     def __init__(self, message: str, skipped: list["SkippedFile"] | None = None):
         super().__init__(message)
         self.skipped = list(skipped or [])
-
-
-class Cancelled(Exception):
-    """``should_stop()`` became true while loading."""
 
 
 @dataclass(frozen=True)

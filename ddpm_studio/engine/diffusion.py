@@ -20,18 +20,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .choices import LossWeighting, Prediction, Spacing, Variance
 from .schedules import NoiseSchedule
 from .types import StepResult
 
 if TYPE_CHECKING:  # config.py has no torch; imported only for annotations
     from ..config import DiffusionConfig, SamplingConfig
 
-PREDICTIONS = ("epsilon", "x0", "v")
-LOSS_WEIGHTINGS = ("none", "min_snr")
-VARIANCES = ("fixed_small", "fixed_large")
+PREDICTIONS = Prediction.values()
+LOSS_WEIGHTINGS = LossWeighting.values()
+VARIANCES = Variance.values()
 # DPM-Solver++ samplers (engine/dpm_solver.py): name -> (solver order, stochastic SDE variant)
 DPM_SAMPLERS = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "dpmpp-2m-sde": (2, True)}
-SPACINGS = ("leading", "trailing", "linspace")  # how a few-step sampler picks its timesteps (diffusers' names)
+SPACINGS = Spacing.values()  # how a few-step sampler picks its timesteps (diffusers' names)
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

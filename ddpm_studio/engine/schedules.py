@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
-SCHEDULE_KINDS = ("linear", "cosine", "quadratic", "sigmoid")
+from .choices import Schedule
+
+SCHEDULE_KINDS = Schedule.values()
 MAX_BETA = 0.999  # betas are clipped here so alpha_t stays > 0 (Nichol & Dhariwal 2021, eq. 17)
 
 

@@ -70,9 +70,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choices import Activation, TimeConditioning
+
 NORM_EPS = 1e-6  # the paper's GroupNorm epsilon (ModelConfig.norm_eps's default)
-ACTIVATIONS = ("silu", "mish", "gelu", "relu")
-TIME_CONDITIONINGS = ("default", "scale_shift")
+ACTIVATIONS = Activation.values()
+TIME_CONDITIONINGS = TimeConditioning.values()
 
 
 @dataclass(frozen=True)

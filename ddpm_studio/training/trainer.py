@@ -32,7 +32,7 @@ from ddpm_studio.config import RunConfig
 from ddpm_studio.training import checkpoints as ckpts
 from ddpm_studio.training import runs
 from ddpm_studio.training.control import TrainControl  # noqa: F401  (re-exported: Trainer.run takes one)
-from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetrics, TrainFinished,
+from ddpm_studio.training.events import (CheckpointSaved, FinishReason, PreviewReady, StepMetrics, TrainFinished,
                                          TrainStarted)
 
 NUM_BUCKETS = 10  # loss is reported per tenth of the timestep range
@@ -261,10 +261,10 @@ class Trainer:
                 raise ckpts.CheckpointError(f"nothing to resume: {self.run_dir} has no checkpoints")
             resumed, resume_notes = ckpts.load_latest(self.run_dir, with_state=True)
             notes += resume_notes
-            if resumed.step >= tc.steps:
+            if tc.steps is not None and resumed.step >= tc.steps:
                 msg = (f"The run is already at step {resumed.step:,}, and train.steps is {tc.steps:,} (the run's "
                        f"total). Ask for more steps to continue it.")
-                return TrainFinished(resumed.step, "already_complete", msg, str(resumed.path))
+                return TrainFinished(resumed.step, FinishReason.ALREADY_COMPLETE, msg, str(resumed.path))
         elif existing:
             raise ValueError(
                 f"{self.run_dir} already holds a run (checkpoints up to {existing[-1].name}); "
@@ -283,7 +283,7 @@ class Trainer:
                 if main:
                     dist.barrier()
             except Cancelled:
-                return TrainFinished(resumed.step if resumed else 0, "stopped", "Stopped while loading the images.",
+                return TrainFinished(resumed.step if resumed else 0, FinishReason.STOPPED, "Stopped while loading the images.",
                                      str(resumed.path) if resumed else None)
         if images.image_size != cfg.data.image_size:
             raise ValueError(f"the images are {images.image_size} px but data.image_size is {cfg.data.image_size}")
@@ -370,11 +370,11 @@ class Trainer:
         try:
             return loop.run()
         except ckpts.CheckpointWriteError as e:
-            return TrainFinished(loop.step, "error", f"Training stopped at step {loop.step:,}: {e}.",
+            return TrainFinished(loop.step, FinishReason.ERROR, f"Training stopped at step {loop.step:,}: {e}.",
                                  loop.last_checkpoint)
         except torch.OutOfMemoryError:
             step = loop.step
-            return TrainFinished(step, "error",
+            return TrainFinished(step, FinishReason.ERROR,
                                  f"Ran out of {device.type.upper()} memory at step {step:,} (batch size "
                                  f"{tc.batch_size}, {cfg.data.image_size} px). Lower the batch size or the image size.",
                                  loop.last_checkpoint)
@@ -449,7 +449,8 @@ class _Loop:
         last_ckpt_time = 0.0  # active() at the last checkpoint
         limit_sec = tc.minutes * 60.0 if tc.minutes else None
         flags = torch.zeros(3, device=self.flag_device)
-        reason = "completed"
+        reason = FinishReason.COMPLETED
+        total = math.inf if tc.steps is None else tc.steps  # None: the clock or a stop ends the run
 
         while True:
             # -- between steps: pause, stop, time limit, checkpoint timer ----------------------
@@ -466,9 +467,9 @@ class _Loop:
                 dist.all_reduce_max(flags)
                 want_stop, over_time, ckpt_due = (bool(v) for v in flags.tolist())
             if want_stop or over_time:
-                reason = "stopped" if want_stop else "time_limit"
+                reason = FinishReason.STOPPED if want_stop else FinishReason.TIME_LIMIT
                 break
-            if self.step >= tc.steps:
+            if self.step >= total:
                 break
             if ckpt_due and self.step > self.last_checkpoint_step:
                 if not self._checkpoint():
@@ -480,12 +481,12 @@ class _Loop:
             self.step += 1
             self.steps_since_log += 1
 
-            if self.step % tc.log_every == 0 or self.step == tc.steps:
+            if self.step % tc.log_every == 0 or self.step == total:
                 if self._log() is not None:
                     return self._finish_nan()
-            if main and tc.preview_every and self.step % tc.preview_every == 0 and self.step < tc.steps:
+            if main and tc.preview_every and self.step % tc.preview_every == 0 and self.step < total:
                 self._preview()
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < total:
                 if not self._checkpoint():
                     return self._finish_nan()
                 last_ckpt_time = self.active()
@@ -500,7 +501,8 @@ class _Loop:
         ck = Path(self.last_checkpoint).name if self.last_checkpoint else "none"
         message = {
             "completed": f"Finished: the run is at step {self.step:,} ({took} in this session). Saved {ck}.",
-            "stopped": f"Stopped at step {self.step:,} of {tc.steps:,}. Saved {ck}; resume to continue.",
+            "stopped": f"Stopped at step {self.step:,}{'' if tc.steps is None else f' of {tc.steps:,}'}. "
+                       f"Saved {ck}; resume to continue.",
             "time_limit": f"Time limit reached at step {self.step:,}. Saved {ck}; resume to continue.",
         }[reason]
         return TrainFinished(self.step, reason, message, self.last_checkpoint)
@@ -579,7 +581,8 @@ class _Loop:
         steps = self.steps_since_log
         self.t_last_log, self.overhead_sec, self.steps_since_log = now, 0.0, 0
         ips = tc.batch_size * steps / interval if interval > 0 and steps else 0.0
-        eta = (tc.steps - self.step) * interval / steps if interval > 0 and steps else None
+        left = None if tc.steps is None else tc.steps - self.step
+        eta = left * interval / steps if left is not None and interval > 0 and steps else None
         if tc.minutes and eta is not None:
             eta = min(eta, max(0.0, tc.minutes * 60.0 - self.active()))
         m = StepMetrics(step=self.step, total_steps=tc.steps, loss=sum(d["losses"]) / len(d["losses"]),
@@ -639,7 +642,7 @@ class _Loop:
             kept = "No checkpoint had been saved yet."
         msg = (f"Training stopped: the loss or the weights became NaN or infinite at step {bad_step:,}. {kept} "
                "Try a lower learning rate (train.lr), more warm-up steps, or fp32 precision.")
-        return TrainFinished(max(self.start_step, bad_step - 1), "nan", msg, kept_path)
+        return TrainFinished(max(self.start_step, bad_step - 1), FinishReason.NAN, msg, kept_path)
 
     def _preview(self) -> None:
         """Sample the EMA model from a FIXED seed, so previews are comparable across steps.
