@@ -24,7 +24,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import diffusers
 
-    from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder
+    from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder
+    from ddpm_studio.artifacts.loading import export_diffusers
     from ddpm_studio.sampling.service import generate
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -178,7 +178,7 @@ def train_diffusers(args, imgs, data_overrides):
     from ddpm_studio.data.loader import make_loader
     from ddpm_studio.engine.diffusion import GaussianDiffusion
     from ddpm_studio.engine.unet import build_model
-    from ddpm_studio.interop.diffusers_format import unet_config_for
+    from ddpm_studio.artifacts.diffusers_format import unet_config_for
 
     cfg = RunConfig.from_preset(args.preset, data=data_overrides, **{k: v for k, v in parse_sets(args.set).items()
                                                                     if k == "model"})

@@ -34,8 +34,8 @@ import torch  # noqa: E402
 
 from ddpm_studio.cli import main as cli  # noqa: E402
 from ddpm_studio.config import RunConfig  # noqa: E402
-from ddpm_studio.training import checkpoints as ck  # noqa: E402
-from ddpm_studio.training import runs  # noqa: E402
+from ddpm_studio.artifacts import checkpoints as ck  # noqa: E402
+from ddpm_studio.artifacts import runs  # noqa: E402
 from ddpm_studio.training.trainer import Trainer  # noqa: E402
 
 ROWS: list[tuple[str, int, int, int, str]] = []
@@ -217,7 +217,7 @@ def dev_zero(base: Path) -> None:
 
 HOLD = """
 import sys, time
-from ddpm_studio.training.runs import RunLock
+from ddpm_studio.artifacts.runs import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)

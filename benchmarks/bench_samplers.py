@@ -132,7 +132,8 @@ def default_chain_seconds(repeats: int = 5) -> tuple[float, str]:
     """16 images of 16 px, the default SamplingConfig, tiny preset (random weights: the time is the same)."""
     from ddpm_studio.config import RunConfig, SamplingConfig
     from ddpm_studio.engine.unet import build_model
-    from ddpm_studio.sampling.service import build_loaded, generate
+    from ddpm_studio.artifacts.loaded import build_loaded
+    from ddpm_studio.sampling.service import generate
 
     cfg = RunConfig.from_preset("tiny")
     torch.manual_seed(0)
@@ -168,7 +169,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from ddpm_studio.data import load_images
-    from ddpm_studio.sampling.service import load_model
+    from ddpm_studio.artifacts.loading import load_model
 
     secs, what = default_chain_seconds()
     print(f"default chain: 16 images of 16 px, tiny preset, {what}: {secs:.3f} s "

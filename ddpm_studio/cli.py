@@ -124,7 +124,9 @@ def add_schema_flags(parser: argparse.ArgumentParser, *sections: type) -> list[t
                 continue
             target = parser
             if setting.knob.exclusive:
-                target = groups.setdefault(setting.knob.exclusive, parser.add_mutually_exclusive_group())
+                if setting.knob.exclusive not in groups:
+                    groups[setting.knob.exclusive] = parser.add_mutually_exclusive_group()
+                target = groups[setting.knob.exclusive]
             words = setting.knob.help + (f" ({_EXTRA_HELP[setting.key]})" if setting.key in _EXTRA_HELP else "")
             kw: dict[str, Any] = dict(default=None, help=words.replace("%", "%%"))
             if setting.kind == "bool":
@@ -359,7 +361,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ddpm_studio.sampling.export import make_grid, save_gif, save_grid, save_pngs, upscale_nearest
-    from ddpm_studio.sampling.service import generate, load_model, to_uint8
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.sampling.service import generate, to_uint8
 
     for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
         if value and Path(value).suffix.lower() != ext:
@@ -490,7 +493,7 @@ def _write_sampling_record(out: Path, loaded, sampling, count: int) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ddpm_studio.interop.diffusers_format import export_diffusers
+    from ddpm_studio.artifacts.loading import export_diffusers
 
     out = export_diffusers(args.run or args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote a diffusers DDPMPipeline folder: {out}")
@@ -502,7 +505,7 @@ def _inspect_checkpoints(path: Path) -> tuple[Any, list[str]]:
 
     Runs the verification they run (both checksums, sizes, shapes, the state file), newest first.
     """
-    from ddpm_studio.training import checkpoints as ckpts
+    from ddpm_studio.artifacts import checkpoints as ckpts
 
     found = ckpts.list_checkpoints(path)
     lines: list[str] = []
@@ -538,8 +541,8 @@ def _inspect_checkpoints(path: Path) -> tuple[Any, list[str]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ddpm_studio import footprint
-    from ddpm_studio.training import checkpoints as ckpts
-    from ddpm_studio.training import runs
+    from ddpm_studio.artifacts import checkpoints as ckpts
+    from ddpm_studio.artifacts import runs
 
     path = Path(args.path)
     if not path.exists():

@@ -10,8 +10,8 @@ import torch
 from ddpm_studio.cli import main
 from ddpm_studio.config import RunConfig
 from ddpm_studio.engine.unet import build_model
-from ddpm_studio.interop.diffusers_format import load_diffusers_folder
-from ddpm_studio.training.checkpoints import save_checkpoint
+from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder
+from ddpm_studio.artifacts.checkpoints import save_checkpoint
 
 
 

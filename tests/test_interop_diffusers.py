@@ -19,9 +19,11 @@ diffusers = pytest.importorskip("diffusers")
 
 from ddpm_studio.config import RunConfig  # noqa: E402
 from ddpm_studio.engine.unet import build_model, count_parameters  # noqa: E402
-from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder  # noqa: E402
-from ddpm_studio.sampling.service import generate, load_model  # noqa: E402
-from ddpm_studio.training.checkpoints import save_checkpoint  # noqa: E402
+from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder  # noqa: E402
+from ddpm_studio.artifacts.loading import export_diffusers  # noqa: E402
+from ddpm_studio.artifacts.loading import load_model  # noqa: E402
+from ddpm_studio.sampling.service import generate  # noqa: E402
+from ddpm_studio.artifacts.checkpoints import save_checkpoint  # noqa: E402
 
 
 
@@ -260,7 +262,7 @@ def _ours_from_scheduler(scheduler):
     """Our process and sampling settings for a diffusers scheduler, through the importer's mapping."""
     from ddpm_studio.config import SamplingConfig
     from ddpm_studio.engine.diffusion import GaussianDiffusion
-    from ddpm_studio.interop.diffusers_format import diffusion_from_scheduler_config
+    from ddpm_studio.artifacts.diffusers_format import diffusion_from_scheduler_config
 
     cfg = {"_class_name": type(scheduler).__name__, **dict(scheduler.config)}
     diffusion_cfg, sampling, notes = diffusion_from_scheduler_config(json.loads(json.dumps(cfg)), "test")

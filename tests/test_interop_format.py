@@ -14,10 +14,9 @@ import torch
 
 from ddpm_studio.config import RunConfig
 from ddpm_studio.engine.unet import build_model
-from ddpm_studio.interop.diffusers_format import (DiffusersFormatError, export_diffusers, load_diffusers_folder,
-                                                  unet_config_for)
-from ddpm_studio.sampling.service import load_model
-from ddpm_studio.training.checkpoints import CheckpointError, save_checkpoint
+from ddpm_studio.artifacts.diffusers_format import DiffusersFormatError, load_diffusers_folder, unet_config_for
+from ddpm_studio.artifacts.loading import export_diffusers, load_model
+from ddpm_studio.artifacts.checkpoints import CheckpointError, save_checkpoint
 
 
 

@@ -12,9 +12,10 @@ from PySide6.QtCore import Qt  # noqa: E402
 
 from ddpm_studio.config import RunConfig  # noqa: E402
 from ddpm_studio.engine.unet import build_model  # noqa: E402
-from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder  # noqa: E402
+from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder  # noqa: E402
+from ddpm_studio.artifacts.loading import export_diffusers  # noqa: E402
 from ddpm_studio.sampling.service import sample_images  # noqa: E402
-from ddpm_studio.training.checkpoints import save_checkpoint  # noqa: E402
+from ddpm_studio.artifacts.checkpoints import save_checkpoint  # noqa: E402
 
 
 

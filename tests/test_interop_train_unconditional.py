@@ -24,9 +24,10 @@ diffusers = pytest.importorskip("diffusers")
 from ddpm_studio.config import RunConfig  # noqa: E402
 from ddpm_studio.engine.diffusion import GaussianDiffusion  # noqa: E402
 from ddpm_studio.engine.unet import build_model  # noqa: E402
-from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder  # noqa: E402
-from ddpm_studio.sampling.service import load_model  # noqa: E402
-from ddpm_studio.training.checkpoints import save_checkpoint  # noqa: E402
+from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder  # noqa: E402
+from ddpm_studio.artifacts.loading import export_diffusers  # noqa: E402
+from ddpm_studio.artifacts.loading import load_model  # noqa: E402
+from ddpm_studio.artifacts.checkpoints import save_checkpoint  # noqa: E402
 
 F64 = torch.float64
 SIZE = 32

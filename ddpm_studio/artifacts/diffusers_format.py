@@ -42,12 +42,12 @@ import numpy as np
 
 from ddpm_studio.config import (DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplingConfig,
                                 atomic_write_bytes, atomic_write_text)
-from ddpm_studio.training.checkpoints import CheckpointError
+from ddpm_studio.artifacts.checkpoints import CheckpointError
 
 if TYPE_CHECKING:  # torch-heavy modules are imported inside the functions that use them
     import torch
 
-    from ddpm_studio.sampling.service import LoadedModel
+    from ddpm_studio.artifacts.loaded import LoadedModel
 
 DIFFUSERS_VERSION_WRITTEN = "0.42.1"  # the diffusers release our export is tested against
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -561,8 +561,8 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
     from ddpm_studio.engine.devices import select_device
     from ddpm_studio.engine.diffusion import GaussianDiffusion
     from ddpm_studio.engine.unet import build_model
-    from ddpm_studio.sampling.service import LoadedModel
-    from ddpm_studio.training.checkpoints import load_weights_into
+    from ddpm_studio.artifacts.loaded import LoadedModel
+    from ddpm_studio.artifacts.checkpoints import load_weights_into
 
     path = Path(folder).expanduser()
     if not path.exists():
@@ -681,26 +681,11 @@ def scheduler_config_for(betas: np.ndarray, kind: str, prediction: str, sampling
     return cfg
 
 
-def export_diffusers(source: "str | os.PathLike | LoadedModel", out_folder: str | os.PathLike, *,
-                     overwrite: bool = False) -> Path:
-    """Write ``source`` (a run folder, a checkpoint, a diffusers folder or a LoadedModel) as a
-    diffusers DDPMPipeline folder; the EMA weights are exported. Returns the folder.
-
-    Refuses a non-empty ``out_folder`` unless ``overwrite`` (then only our four files are replaced).
-    """
+def write_diffusers_folder(loaded: "LoadedModel", out: Path, *, overwrite: bool = False) -> Path:
+    """Write ``loaded`` (its EMA network, schedule and sampling defaults) as a diffusers DDPMPipeline folder."""
     import torch
     from safetensors.torch import save
 
-    from ddpm_studio.sampling.service import LoadedModel, load_model
-
-    out = Path(out_folder).expanduser()
-    if isinstance(source, LoadedModel):
-        loaded = source
-    else:
-        src = Path(source).expanduser()
-        if src.exists() and out.exists() and out.resolve() == src.resolve():
-            raise DiffusersFormatError(f"the export folder {out} is the source itself; choose another folder")
-        loaded = load_model(source, device=torch.device("cpu"))
     if out.exists() and not out.is_dir():
         raise DiffusersFormatError(f"{out} is a file; the export needs a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -29,8 +29,8 @@ from typing import Any, Callable
 import torch
 
 from ddpm_studio.config import RunConfig
-from ddpm_studio.training import checkpoints as ckpts
-from ddpm_studio.training import runs
+from ddpm_studio.artifacts import checkpoints as ckpts
+from ddpm_studio.artifacts import runs
 from ddpm_studio.training.control import TrainControl  # noqa: F401  (re-exported: Trainer.run takes one)
 from ddpm_studio.training.events import (CheckpointSaved, FinishReason, PreviewReady, StepMetrics, TrainFinished,
                                          TrainStarted)
@@ -188,7 +188,7 @@ class Trainer:
 
     def snapshot(self):
         """A CPU copy of the current EMA model as a sampling.service.LoadedModel (thread-safe)."""
-        from ddpm_studio.sampling.service import build_loaded
+        from ddpm_studio.artifacts.loaded import build_loaded
 
         with self._lock:
             if self._ema is None:

@@ -335,7 +335,7 @@ class SamplingPanel(QWidget):
             path = self.model_path
 
             def load():
-                from ...sampling.service import load_model
+                from ...artifacts.loading import load_model
 
                 return load_model(path)
 

@@ -451,7 +451,7 @@ class TrainingPanel(QWidget):
                 self.run_label.setText(f"Run folder: {self.run_dir} · last checkpoint at step {it.step:,}")
 
     def _load_history(self, run_dir: str) -> None:
-        from ...training.runs import read_metrics
+        from ...artifacts.runs import read_metrics
 
         recs = [r for r in read_metrics(run_dir) if "step" in r and "loss" in r]
         if recs:
@@ -477,7 +477,7 @@ class TrainingPanel(QWidget):
             if self.run_dir:  # the run can be continued with Start
                 self.resume_dir = self.run_dir
                 try:
-                    from ...training.runs import read_config
+                    from ...artifacts.runs import read_config
 
                     self.resume_config = read_config(self.run_dir)
                 except (ValueError, OSError):
@@ -513,7 +513,7 @@ class TrainingPanel(QWidget):
         path = path or self.ask_run_folder()
         if not path:
             return False
-        from ...training.runs import read_config
+        from ...artifacts.runs import read_config
 
         try:
             if not (Path(path) / "config.json").is_file():
