@@ -282,6 +282,10 @@ class _TrainReporter:
             what = "Resuming" if event.resumed else "Training"
             for note in event.notes:
                 self.write(f"note: {note}")
+            from ddpm_studio.data.report import describe_skipped
+
+            for line in describe_skipped(event.skipped, where=str(Path(event.run_dir) / "run.json")):
+                self.write(line)
             of = _of_total(event.total_steps)
             self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
                        f"on {event.device} ({event.precision}), step {event.start_step:,}{of}")

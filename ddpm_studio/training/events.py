@@ -39,6 +39,7 @@ class TrainStarted:
     resumed: bool
     notes: list[str] = field(default_factory=list)  # plain-words remarks, e.g. a damaged newest checkpoint was skipped
     precision: str = "fp32"  # what this session computes in: fp32, or bf16 / fp16 autocast (train.precision resolved)
+    skipped: list = field(default_factory=list)  # data.SkippedFile for every file the image load left out
 
 
 @dataclass

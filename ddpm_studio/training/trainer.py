@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from ddpm_studio.config import RunConfig
+from ddpm_studio.data.report import skipped_records
 from ddpm_studio.artifacts import checkpoints as ckpts
 from ddpm_studio.artifacts import runs
 from ddpm_studio.training.control import TrainControl  # noqa: F401  (re-exported: Trainer.run takes one)
@@ -340,17 +341,17 @@ class Trainer:
             ckpts.remove_stale_temp_files(self.run_dir)
             runs.write_config(self.run_dir, cfg)
             info = runs.read_run_info(self.run_dir) if resumed is not None else {}
+            dataset = runs.dataset_record(cfg, source=images.source, fingerprint=images.fingerprint,
+                                          num_images=len(images), skipped=skipped_records(images.skipped))
             if not info:
-                info = runs.new_run_info(cfg, dataset_source=images.source, dataset_fingerprint=images.fingerprint,
-                                         num_images=len(images), device=str(device), world_size=dist.world_size,
+                info = runs.new_run_info(cfg, dataset=dataset, device=str(device), world_size=dist.world_size,
                                          precision=self.precision)
             else:
                 old_fp = (info.get("dataset") or {}).get("fingerprint")
                 if old_fp and old_fp != images.fingerprint:
                     notes.append("the images differ from the ones this run started with "
                                  f"({(info.get('dataset') or {}).get('source')}); training continues on the new ones")
-                info["dataset"] = {"source": images.source, "fingerprint": images.fingerprint,
-                                   "num_images": len(images), "folder": cfg.data.folder}
+                info["dataset"] = dataset
                 info["versions"] = runs.package_versions()
                 info.setdefault("sessions", []).append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                                         "start_step": start_step, "device": str(device),
@@ -363,7 +364,8 @@ class Trainer:
 
         emit(TrainStarted(run_dir=str(self.run_dir), start_step=start_step, total_steps=tc.steps,
                           device=str(device), num_parameters=count_parameters(model), num_images=len(images),
-                          resumed=resumed is not None, notes=list(notes), precision=self.precision))
+                          resumed=resumed is not None, notes=list(notes), precision=self.precision,
+                          skipped=list(images.skipped)))
         loop = _Loop(self, cfg, dist, device, model, train_model, ema, optimizer, scaler, diffusion, batches,
                      control, emit, start_step, counters,
                      last_checkpoint=str(resumed.path) if resumed is not None else None)
