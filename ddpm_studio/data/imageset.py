@@ -109,18 +109,6 @@ def settings_from_config(cfg: DataConfig, max_pixels: int = DEFAULT_MAX_PIXELS) 
                     min_size=cfg.min_size, max_pixels=max_pixels)
 
 
-def load_images(cfg: DataConfig, *, progress: Progress | None = None, should_stop: ShouldStop | None = None,
-                use_cache: bool = True, workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
-    """The training set ``cfg`` describes: ``cfg.folder``, or the built-in set when it is None."""
-    if cfg.folder is None or str(cfg.folder) == "":
-        from ddpm_studio.data.builtin import load_builtin
-
-        return load_builtin(cfg, progress=progress, should_stop=should_stop)
-    return load_paths([cfg.folder], cfg, progress=progress, should_stop=should_stop,
-                      use_cache=use_cache, workers=workers, max_pixels=max_pixels)
-
-
 def load_paths(paths: Iterable[str | os.PathLike], cfg: DataConfig, *, progress: Progress | None = None,
                should_stop: ShouldStop | None = None, use_cache: bool = True, workers: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .diffusion import _randn, check_spacing, check_steps, clip_x0, trailing_timesteps
+from .steps import _randn, check_spacing, check_steps, clip_x0, trailing_timesteps
 from .types import StepResult
 
 if TYPE_CHECKING:

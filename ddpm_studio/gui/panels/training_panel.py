@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import (DEVICES, LOSS_WEIGHTINGS, NO_STEP_LIMIT, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
+from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
                        DiffusionConfig, RunConfig, TrainConfig)
 from .. import jobs
 from ..state import StudioState
@@ -29,9 +29,9 @@ from .common import add_row, float_spin, human_duration, int_spin, section, sett
 DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 
 
-def _of_total(total: int) -> str:
+def _of_total(total: int | None) -> str:
     """' / N' after a step number, or a note for a run the clock ends (no step total)."""
-    return " (no step limit)" if total >= NO_STEP_LIMIT else f" / {total:,}"
+    return " (no step limit)" if total is None else f" / {total:,}"
 
 
 def schedule_arrays(kind: str, T: int):
@@ -262,7 +262,8 @@ class TrainingPanel(QWidget):
         return cfg.validate()
 
     def _train_fields(self) -> dict:
-        return dict(steps=int(self.steps_spin.value()), batch_size=int(self.batch_spin.value()),
+        steps = int(self.steps_spin.value())
+        return dict(steps=None if steps >= self.steps_spin.maximum() else steps, batch_size=int(self.batch_spin.value()),
                     lr=float(self.lr_spin.value()), warmup_steps=int(self.warmup_spin.value()),
                     ema_decay=float(self.ema_spin.value()), grad_clip=float(self.clip_spin.value()),
                     seed=int(self.seed_spin.value()), device=str(self.device_combo.currentData()),
@@ -281,7 +282,7 @@ class TrainingPanel(QWidget):
         self.prediction_combo.setCurrentText(cfg.diffusion.prediction)
         self.weighting_combo.setCurrentText(cfg.diffusion.loss_weighting)
         t = cfg.train
-        self.steps_spin.setValue(t.steps)
+        self.steps_spin.setValue(self.steps_spin.maximum() if t.steps is None else t.steps)  # max: no limit
         self.batch_spin.setValue(t.batch_size)
         self.lr_spin.setValue(t.lr)
         self.warmup_spin.setValue(t.warmup_steps)
@@ -355,7 +356,7 @@ class TrainingPanel(QWidget):
         task.finished.connect(lambda t=task: self._on_task_finished(t))
         self.task = task
         self._started_at = time.monotonic()
-        self.progress.setRange(0, cfg.train.steps)
+        self._show_progress(0, cfg.train.steps)
         self.stats.setText("Preparing the model…")
         self.run_label.setText(f"Run folder: {run_dir}")
         self.state.begin("training", "Training: starting")
@@ -404,8 +405,8 @@ class TrainingPanel(QWidget):
             self.pause_button.blockSignals(False)
 
     # -- events from the worker -------------------------------------------------------------------
-    def _show_progress(self, step: int, total: int) -> None:
-        if total >= NO_STEP_LIMIT:  # a run the clock ends (trained with --minutes only)
+    def _show_progress(self, step: int, total: int | None) -> None:
+        if total is None:  # a run the clock ends (trained with --minutes only)
             self.progress.setFormat("step %v · no step limit")
             self.progress.setRange(0, max(step, 1))
         else:
@@ -459,6 +460,7 @@ class TrainingPanel(QWidget):
                                       [r.get("loss_smooth", r["loss"]) for r in recs])
             last_step = int(recs[-1]["step"])
             total = self.resume_config.train.steps if self.resume_config is not None else last_step
+            total = last_step if total is None else total
             self.progress.setRange(0, max(total, last_step, 1))
             self.progress.setValue(last_step)
             buckets = recs[-1].get("bucket_loss")
