@@ -75,7 +75,8 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     w, v = np.linalg.eigh(s_a)
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0,
+                                                                                                  None)).sum())
 
 
 def train(minutes: float, run_dir: Path) -> Path:
@@ -114,7 +115,8 @@ def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int) -> tup
     common = dict(num_train_timesteps=loaded.diffusion.T, trained_betas=loaded.diffusion.schedule.betas,
                   prediction_type=pred, timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
                   final_sigmas_type="zero")
-    cls = {"diffusers-dpmpp-2m": diffusers.DPMSolverMultistepScheduler, "diffusers-unipc": diffusers.UniPCMultistepScheduler}[kind]
+    cls = {"diffusers-dpmpp-2m": diffusers.DPMSolverMultistepScheduler,
+           "diffusers-unipc": diffusers.UniPCMultistepScheduler}[kind]
     out, t0 = [], time.perf_counter()
     for b, start in enumerate(range(0, num, batch)):
         n = min(batch, num - start)
@@ -199,7 +201,8 @@ def main() -> int:
     print("|---|" + "---|" * len(nfes))
     for sampler in samplers:
         row = [p for p in results["points"] if p["sampler"] == sampler]
-        print(f"| {sampler} | " + " | ".join(f"{p['frechet']:.2f} ({p['sec_per_image'] * 1000:.1f} ms)" for p in row) + " |")
+        cells = " | ".join(f"{p['frechet']:.2f} ({p['sec_per_image'] * 1000:.1f} ms)" for p in row)
+        print(f"| {sampler} | {cells} |")
     return 0
 
 

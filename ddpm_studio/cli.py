@@ -95,7 +95,8 @@ def _value_parser(setting: Setting) -> Callable[[str], Any]:
             try:
                 return tuple(one(p) for p in parts)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1,2,2; got {text!r}") from None
+                raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1,2,2; got "
+                                                 f"{text!r}") from None
         return text
 
     parse.__name__ = setting.kind  # argparse names the type in its "invalid ... value" message
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "images, as a grid enlarged to >= 256 px wide). It shows every k-th step with "
                    "k = ceil(steps / --gif-frames), plus the last step, so it has at most "
                    "--gif-frames + 1 frames; the final image is held for one second")
-    s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF (default 60)")
+    s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF "
+                                                                                     "(default 60)")
     s.add_argument("--gif-fps", type=_positive_float, default=20.0, metavar="FPS", help="GIF frame rate (default 20)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(schema_flags=add_schema_flags(s, SamplingConfig))
@@ -537,7 +539,8 @@ def _inspect_checkpoints(path: Path) -> tuple[Any, list[str]]:
         return got, lines
     if for_sampling is not None:
         step, cfg, _ = for_sampling[1]
-        lines.append(f"checkpoint:  sample uses {for_sampling[0].name} (step {step:,}); no checkpoint can be resumed from")
+        lines.append(f"checkpoint:  sample uses {for_sampling[0].name} (step {step:,}); no checkpoint can be resumed "
+                     f"from")
         return for_sampling[1], lines
     lines.append("checkpoint:  none usable" + (f" ({len(found)} on disk, all damaged)" if found else " yet"))
     return None, lines
@@ -567,19 +570,21 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = runs.read_run_info(path)
         ds = info.get("dataset") or {}
         if ds:
-            lines.append(f"dataset:     {ds.get('source')} ({ds.get('num_images')} images, fingerprint {ds.get('fingerprint')})")
+            lines.append(f"dataset:     {ds.get('source')} ({ds.get('num_images')} images, fingerprint "
+                         f"{ds.get('fingerprint')})")
         metrics = runs.read_metrics(path)
         if metrics:
-            lines.append(f"last loss:   {metrics[-1].get('loss_smooth', float('nan')):.4f} (smoothed, step {metrics[-1].get('step')})")
+            lines.append(f"last loss:   {metrics[-1].get('loss_smooth', float('nan')):.4f} (smoothed, step "
+                         f"{metrics[-1].get('step')})")
     else:
         has_state = ckpts.state_path_for(path).exists() if path.name.endswith(".safetensors") else False
         step, cfg, _ = ckpts.verify_checkpoint(path, with_state=has_state)
         lines.append(f"checkpoint:  {path} (step {step:,}{_of_total(cfg.train.steps)}, verified)")
     m, d = cfg.model, cfg.diffusion
     n_params = footprint.parameter_count(m)
-    lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), base {m.base_channels}, "
-                 f"mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), attention at {tuple(m.attention_resolutions)} px, "
-                 f"{n_params:,} parameters")
+    lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), "
+                 f"base {m.base_channels}, mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), "
+                 f"attention at {tuple(m.attention_resolutions)} px, {n_params:,} parameters")
     sched = (f"explicit betas ({d.betas[0]:.3g} to {d.betas[-1]:.3g}; closest named schedule {d.schedule})"
              if d.betas is not None else f"{d.schedule} schedule")
     lines.append(f"diffusion:   {sched}, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")

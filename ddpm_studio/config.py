@@ -55,7 +55,8 @@ SAMPLER_INFO: dict[str, dict[str, Any]] = {
                      hint="A second-order solver that reuses the previous step; good images in 10-20 steps "
                      "(Lu et al. 2022)."),
     "dpmpp-3m": dict(label="DPM-Solver++ 3M", default_steps=20, settings=("steps", "spacing"),
-                     hint="Third-order version of 2M; sometimes a little better at 10-20 steps, less steady at very few."),
+                     hint="Third-order version of 2M; sometimes a little better at 10-20 steps, less steady at very "
+                          "few."),
     "dpmpp-2m-sde": dict(label="DPM-Solver++ 2M SDE", default_steps=20, settings=("steps", "spacing"),
                          hint="2M that adds fresh noise at every step; more varied detail, wants ~20 steps or more."),
 }
@@ -140,6 +141,7 @@ class Setting:
 def settings_of(section: Any) -> list[Setting]:
     """The schema of a section (class or instance, e.g. ``TrainConfig``), in declaration order."""
     cls = section if isinstance(section, type) else type(section)
+    name = next(SECTION_NAMES[c] for c in cls.__mro__ if c in SECTION_NAMES)  # a subclass keeps its section
     out = []
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("knob")
@@ -148,7 +150,7 @@ def settings_of(section: Any) -> list[Setting]:
         kinds = [k.strip() for k in str(f.type).split("|")]
         nullable = "None" in kinds
         kind = next(k for k in kinds if k != "None")
-        out.append(Setting(SECTION_NAMES[cls], f.name, kind, nullable, f.default, meta))
+        out.append(Setting(name, f.name, kind, nullable, f.default, meta))
     return out
 
 
@@ -259,9 +261,9 @@ class ModelConfig:
         n = footprint.parameter_count(self)  # closed form, microseconds: nothing is built
         if n > footprint.MAX_PARAMETERS:
             raise ValueError(
-                f"model: base_channels {self.base_channels} with channel_mult {list(self.channel_mult)} makes a network "
-                f"of {n:,} parameters ({n * footprint.BYTES_PER_VALUE / 2**30:,.0f} GB of weights); the most this "
-                f"program builds is {footprint.MAX_PARAMETERS:,}"
+                f"model: base_channels {self.base_channels} with channel_mult {list(self.channel_mult)} makes a "
+                f"network of {n:,} parameters ({n * footprint.BYTES_PER_VALUE / 2**30:,.0f} GB of weights); "
+                f"the most this program builds is {footprint.MAX_PARAMETERS:,}"
             )
 
 
@@ -400,8 +402,8 @@ SECTIONS: dict[str, type] = {name: cls for cls, name in SECTION_NAMES.items()}
 
 
 # Named presets: a model shape plus the diffusion, data and training settings that suit it
-# (sections "diffusion", "data" and "train" are optional; fields left out keep the defaults above). Plain data, so the GUI
-# can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.
+# (sections "diffusion", "data" and "train" are optional; fields left out keep the defaults above). Plain
+# data, so the GUI can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "description": "The quickest: 16 px, 1.1M parameters; recognisable samples on a laptop CPU in minutes.",
@@ -476,7 +478,8 @@ class RunConfig:
         if not isinstance(self.version, int) or isinstance(self.version, bool):
             raise ValueError(f"version must be the number {CONFIG_VERSION} (without quotes); got {_json(self.version)}")
         if self.version != CONFIG_VERSION:
-            raise ValueError(f"config version {self.version} is not supported (this program reads version {CONFIG_VERSION})")
+            raise ValueError(f"config version {self.version} is not supported (this program reads version "
+                             f"{CONFIG_VERSION})")
         for section in (self.model, self.diffusion, self.data, self.train, self.sampling):
             section.validate()
         if self.model.image_size != self.data.image_size:
@@ -518,7 +521,8 @@ class RunConfig:
                 f"model.image_size ({cfg.model.image_size}) differs from data.image_size ({cfg.data.image_size}); "
                 "data.image_size decides the network's size: make them equal or leave model.image_size out"
             )
-        if "in_channels" in given and cfg.data.channels in ("1", "3") and cfg.model.in_channels != int(cfg.data.channels):
+        fixed = cfg.data.channels in ("1", "3")
+        if "in_channels" in given and fixed and cfg.model.in_channels != int(cfg.data.channels):
             raise ValueError(
                 f"model.in_channels ({cfg.model.in_channels}) differs from data.channels ({cfg.data.channels}); "
                 "make them equal, or set data.channels to auto"
@@ -580,7 +584,8 @@ _TYPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (lambda v: isinstance(v, str), "text in quotes"),
     "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool)
                                                                        for x in v), "a list of whole numbers"),
-    "tuple[float, ...]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v), "a list of numbers"),
+    "tuple[float, ...]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v),
+                          "a list of numbers"),
 }
 
 

@@ -238,7 +238,9 @@ def device_memory(device: Any) -> tuple[int | None, str]:
         props = torch.cuda.get_device_properties(device)
         return int(props.total_memory), f"the {_gib(props.total_memory)} of {props.name}"
     total = system_memory_bytes()
-    return total, ("this machine's memory (size unknown)" if total is None else f"this machine's {_gib(total)} of memory")
+    if total is None:
+        return None, "this machine's memory (size unknown)"
+    return total, f"this machine's {_gib(total)} of memory"
 
 
 def check_fits(cfg: Any, *, memory: int | None, where: str, batch_size: int | None = None,

@@ -272,7 +272,8 @@ def test_grid_axis_looks_like_pyqtgraphs_grid_and_lies_beneath_the_data(qtbot):
         img = w.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
         a = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()]
         view = plot.vb.mapRectToScene(plot.vb.boundingRect()).toAlignedRect().adjusted(2, 2, -2, -2)
-        return w, a.reshape(img.height(), img.width(), 3)[view.top():view.bottom(), view.left():view.right()].astype(int)
+        return w, a.reshape(img.height(), img.width(), 3)[view.top():view.bottom(),
+                                                          view.left():view.right()].astype(int)
 
     _, reference = render(None)  # pyqtgraph's own axes: translucent grid lines
     w, ours = render(plotting.grid_axes())

@@ -259,7 +259,8 @@ time.sleep(float(sys.argv[2]))
 
 
 def _holder_process(run: Path, seconds: float) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH",
+                                                                                                      "")]))
     return subprocess.Popen([sys.executable, "-c", _HOLD, str(run), str(seconds)], stdout=subprocess.PIPE,
                             text=True, env=env)
 

@@ -319,7 +319,8 @@ def _open_regular(path: Path) -> tuple[io.BufferedReader, int]:
     try:
         st = os.stat(path)  # follows links: the target is what would be read
     except FileNotFoundError:
-        raise CheckpointError(f"{path.name} does not exist" + (" (a broken link)" if os.path.islink(path) else "")) from None
+        broken = " (a broken link)" if os.path.islink(path) else ""
+        raise CheckpointError(f"{path.name} does not exist{broken}") from None
     except OSError as e:
         raise CheckpointError(f"{path.name} cannot be read ({e.strerror or e})") from None
     if not stat.S_ISREG(st.st_mode):
@@ -367,7 +368,8 @@ def _parse_header(f: io.BufferedReader, size: int, name: str) -> tuple[dict[str,
         except (KeyError, TypeError, ValueError, IndexError):
             raise CheckpointError(f"{name} is not a valid safetensors file (bad entry for {key!r})") from None
     if size != 8 + n + end:
-        raise CheckpointError(f"{name} is truncated or damaged: {size} bytes on disk, the header describes {8 + n + end}")
+        raise CheckpointError(f"{name} is truncated or damaged: {size} bytes on disk, the header describes "
+                              f"{8 + n + end}")
     return header, metadata, n
 
 
@@ -391,7 +393,8 @@ def _check_metadata(path: Path, meta: dict[str, str]) -> None:
                                   "the checksum written with it")
     elif set(meta) != _META_V1 and meta.get("format") == FORMAT:
         odd = sorted(set(meta) ^ _META_V1)
-        raise CheckpointError(f"{path.name} is damaged: its header has no checksum and unexpected entries ({', '.join(odd)})")
+        raise CheckpointError(f"{path.name} is damaged: its header has no checksum and unexpected entries "
+                              f"({', '.join(odd)})")
 
 
 def _metadata_from(path: Path, meta: dict[str, str]) -> tuple[int, RunConfig]:
@@ -525,7 +528,8 @@ def _load_state(weights_path: Path, meta: dict[str, str], map_location, step: in
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{state_path.name} was refused: {first}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{state_path.name} is not a DDPM Studio training state of format version {FORMAT_VERSION}")
+        raise CheckpointError(f"{state_path.name} is not a DDPM Studio training state of format version "
+                              f"{FORMAT_VERSION}")
     if "step" in state and state["step"] != step:
         raise CheckpointError(f"{state_path.name} is from step {state['step']}, its weights from step {step}")
     return state

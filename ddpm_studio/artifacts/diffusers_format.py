@@ -79,11 +79,14 @@ _COMMON_SCHEDULER_DEFAULTS: dict[str, Any] = {
 SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
     "DDPMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "variance_type": "fixed_small", "clip_sample": True,
                       "clip_sample_range": 1.0},
-    "DDIMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True},
+    "DDIMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "clip_sample": True, "clip_sample_range": 1.0,
+                      "set_alpha_to_one": True},
     "DPMSolverMultistepScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "timestep_spacing": "linspace", "variance_type": None,
                                     "clip_sample": False, "clip_sample_range": 1.0, "solver_order": 2,
-                                    "algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True,
-                                    "euler_at_final": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                                    "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
+                                    "lower_order_final": True,
+                                    "euler_at_final": False, "use_karras_sigmas": False,
+                                    "use_exponential_sigmas": False,
                                     "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
                                     "final_sigmas_type": "zero", "lambda_min_clipped": -math.inf,
                                     "use_dynamic_shifting": False},
@@ -97,7 +100,8 @@ _DPM_SAMPLING_KEYS = ("solver_order", "algorithm_type", "solver_type", "lower_or
 # Settings that select a block type or an embedding DDPM Studio does not implement: (key, the only
 # value we build, what that value means). Everything else UNet2DModel has is a ModelConfig field.
 _UNET_FIXED = (
-    ("time_embedding_type", "positional", "the sinusoidal time embedding; Fourier and learned embeddings are not implemented"),
+    ("time_embedding_type", "positional", "the sinusoidal time embedding; Fourier and learned embeddings are not "
+                                          "implemented"),
     ("mid_block_type", "UNetMidBlock2D", "the resnet-attention-resnet middle block"),
     ("class_embed_type", None, "an unconditional network; class embeddings are not implemented"),
     ("num_class_embeds", None, "an unconditional network; class embeddings are not implemented"),
@@ -107,7 +111,8 @@ _TIME_COND_FROM_DIFFUSERS = {"default": "default", "scale_shift": "scale_shift"}
 _PREDICTION_FROM_DIFFUSERS = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
 _PREDICTION_TO_DIFFUSERS = {v: k for k, v in _PREDICTION_FROM_DIFFUSERS.items()}
 # fixed_small_log is fixed_small (diffusers takes exp(0.5 log beta-tilde) as the standard deviation).
-_VARIANCE_FROM_DIFFUSERS = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large"}
+_VARIANCE_FROM_DIFFUSERS = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+                            "fixed_large": "fixed_large"}
 _SPACINGS = ("leading", "trailing", "linspace")
 # Our schedule kind <-> diffusers' beta_schedule name (same formula, see engine/schedules.py).
 _SCHEDULE_TO_DIFFUSERS = {"linear": "linear", "quadratic": "scaled_linear", "cosine": "squaredcos_cap_v2",
@@ -202,7 +207,8 @@ def _locate(folder: Path) -> tuple[Path, Path | None, list[str]]:
         if cls not in PIPELINES:
             raise _refuse(str(index), "_class_name", cls, f"DDPM Studio opens {' and '.join(PIPELINES)} folders: "
                           "an unconditional U-Net with a DDPM/DDIM scheduler")
-        unet_name = next((k for k, v in info.items() if isinstance(v, list) and len(v) == 2 and v[1] == UNET_CLASS), None)
+        unets = [k for k, v in info.items() if isinstance(v, list) and len(v) == 2 and v[1] == UNET_CLASS]
+        unet_name = unets[0] if unets else None
         if unet_name is None:
             raise DiffusersFormatError(f"{index} names no {UNET_CLASS} component")
         sched_name = next((k for k, v in info.items() if isinstance(v, list) and len(v) == 2 and k != unet_name
@@ -253,7 +259,8 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
     cond = c["resnet_time_scale_shift"]
     if cond not in _TIME_COND_FROM_DIFFUSERS:
         raise _refuse(where, "resnet_time_scale_shift", cond, "DDPM Studio's residual blocks add the time embedding "
-                      "('default') or scale and shift by it ('scale_shift'); spatial and ada_group norms are not implemented")
+                      "('default') or scale and shift by it ('scale_shift'); spatial and ada_group norms are not "
+                      "implemented")
 
     size = c["sample_size"]
     if isinstance(size, (list, tuple)):
@@ -277,7 +284,8 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
     base = chans[0]
     if any(w % base for w in chans):
         raise _refuse(where, "block_out_channels", chans,
-                      f"every width must be a multiple of the first ({base}) for DDPM Studio's base_channels x channel_mult")
+                      f"every width must be a multiple of the first ({base}) for DDPM Studio's base_channels x "
+                      f"channel_mult")
     L = len(chans)
     down, up = list(c["down_block_types"]), list(c["up_block_types"])
     if len(down) != L or len(up) != L:
@@ -334,14 +342,18 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
 
     fields = dict(
         preset="custom", image_size=size, in_channels=in_ch, base_channels=base,
-        channel_mult=tuple(w // base for w in chans), num_res_blocks=_as_int(where, "layers_per_block", c["layers_per_block"]),
-        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=_as_float(where, "dropout", c["dropout"]),
+        channel_mult=tuple(w // base for w in chans), num_res_blocks=_as_int(where, "layers_per_block",
+                                                                             c["layers_per_block"]),
+        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=_as_float(where, "dropout",
+                                                                                          c["dropout"]),
         num_heads=heads, attention_head_dim=model_head_dim, norm_groups=groups, downsample_padding=int(pad),
         flip_sin_to_cos=_as_bool(where, "flip_sin_to_cos", c["flip_sin_to_cos"]),
-        freq_shift=_as_float(where, "freq_shift", c["freq_shift"]), norm_eps=_as_float(where, "norm_eps", c["norm_eps"]),
+        freq_shift=_as_float(where, "freq_shift", c["freq_shift"]), norm_eps=_as_float(where, "norm_eps",
+                                                                                       c["norm_eps"]),
         attn_norm_groups=attn_groups, add_attention=add_attention,
         mid_block_scale_factor=_as_float(where, "mid_block_scale_factor", c["mid_block_scale_factor"]),
-        time_embedding_dim=time_dim, center_input_sample=_as_bool(where, "center_input_sample", c["center_input_sample"]),
+        time_embedding_dim=time_dim, center_input_sample=_as_bool(where, "center_input_sample",
+                                                                  c["center_input_sample"]),
         act_fn=_ACT_FROM_DIFFUSERS[act], time_conditioning=_TIME_COND_FROM_DIFFUSERS[cond])
     model = ModelConfig(**fields)
     from ddpm_studio.engine.unet import resolve_spec  # the divisibility checks (groups, heads) live there
@@ -395,7 +407,8 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     if not 10 <= T <= 4000:
         raise _refuse(where, "num_train_timesteps", T, "DDPM Studio supports T from 10 to 4000")
     if _as_bool(where, "rescale_betas_zero_snr", c["rescale_betas_zero_snr"]):
-        raise _refuse(where, "rescale_betas_zero_snr", True, "a zero-SNR last step (beta = 1, alpha-bar = 0) is not supported")
+        raise _refuse(where, "rescale_betas_zero_snr", True, "a zero-SNR last step (beta = 1, alpha-bar = 0) is not "
+                                                             "supported")
     if cls == "DPMSolverMultistepScheduler":
         for key in ("use_flow_sigmas", "use_dynamic_shifting"):
             if c[key]:
@@ -451,7 +464,8 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     var = c.get("variance_type")
     if cls == "DDPMScheduler":
         if var == "fixed_large_log":
-            raise _refuse(where, "variance_type", var, "diffusers' own DDPMScheduler takes the square root of log(beta_t) "
+            raise _refuse(where, "variance_type", var, "diffusers' own DDPMScheduler takes the square root of "
+                                                       "log(beta_t) "
                           "as the noise scale (NaN); use fixed_large")
         if var not in _VARIANCE_FROM_DIFFUSERS:
             raise _refuse(where, "variance_type", var, "DDPM Studio samples with a fixed variance: "
@@ -466,7 +480,8 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
                      + "); DDPM Studio reads its noise schedule, prediction, spacing and thresholding from it")
     if cls == "DDIMScheduler" and not _as_bool(where, "set_alpha_to_one", c["set_alpha_to_one"]):
         notes.append("set_alpha_to_one=false is not supported; the last DDIM step goes to alpha-bar = 1")
-    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred], betas=betas_out)
+    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred],
+                                betas=betas_out)
     return diffusion, sampling, notes
 
 
@@ -484,7 +499,8 @@ def _load_bin(path: Path) -> dict[str, "torch.Tensor"]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DiffusersFormatError(f"{path.name} was refused (a .bin file is only read as plain tensors, because "
                                    f"unpickling arbitrary objects can run code): {first}") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k,
+                                              v in state.items()):
         raise DiffusersFormatError(f"{path.name} is not a state dict of named tensors")
     return state
 
@@ -496,7 +512,8 @@ def _load_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as e:
-        raise DiffusersFormatError(f"{path.name} could not be read (truncated or not a safetensors file): {e}") from None
+        raise DiffusersFormatError(f"{path.name} could not be read (truncated or not a safetensors file): "
+                                   f"{e}") from None
 
 
 def load_unet_weights(unet_dir: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], Path]:
@@ -698,7 +715,8 @@ def write_diffusers_folder(loaded: "LoadedModel", out: Path, *, overwrite: bool 
     schedule = loaded.diffusion.schedule
     sched_cfg = scheduler_config_for(schedule.betas, schedule.kind, loaded.diffusion.prediction, loaded.config.sampling)
 
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in loaded.model.state_dict().items()}
+    state = loaded.model.state_dict()
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
     atomic_write_bytes(out / "unet" / f"{WEIGHTS_NAME}.safetensors", save(tensors, metadata={"format": "pt"}))
     atomic_write_text(out / "unet" / "config.json", json.dumps(unet_cfg, indent=2) + "\n")
     atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(sched_cfg, indent=2) + "\n")

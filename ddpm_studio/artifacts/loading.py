@@ -42,7 +42,8 @@ def load_model(source: str | os.PathLike, device: str | torch.device | None = No
         elif _is_diffusers_folder(path):
             return load_diffusers_folder(path, dev)
         else:
-            raise CheckpointError(f"{path} is neither a DDPM Studio run folder (no checkpoints/) nor a diffusers model folder")
+            raise CheckpointError(f"{path} is neither a DDPM Studio run folder (no checkpoints/) nor a diffusers "
+                                  f"model folder")
     else:
         ckpt, notes = load_checkpoint(path, with_state=False), []
     weights = ckpt.ema_state or ckpt.model_state

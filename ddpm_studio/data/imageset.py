@@ -21,9 +21,10 @@ greyscale images repeated across the three channels. "1" converts colour with IT
 
 The cache (``paths.cache_dir()/datasets``) holds, per (set of roots, preprocessing settings), the
 decoded array as ``.npy`` and a JSON index of every file with its stat key (size, mtime_ns,
-ctime_ns, inode, device) and the blake2b hash of its bytes (unusable files: their reason). Reopening stats every file and reuses an entry only
-when the stat key is unchanged; a changed file (new size, mtime or ctime — writing a file always
-updates its ctime, even when its mtime is set back by hand) is read and hashed again. Added or
+ctime_ns, inode, device) and the blake2b hash of its bytes (unusable files: their reason).
+Reopening stats every file and reuses an entry only when the stat key is unchanged; a changed
+file (new size, mtime or ctime — writing a file always updates its ctime, even when its mtime is
+set back by hand) is read and hashed again. Added or
 changed files are decoded, unchanged ones are copied from the cache. The set's ``fingerprint``
 is computed from the content hashes and the settings, so it identifies the data, not the paths.
 The cache is written atomically (array under a new name, then the index), a corrupt or unreadable

@@ -68,7 +68,8 @@ class GaussianDiffusion:
         betas = getattr(cfg, "betas", None)
         if betas is not None:
             if len(betas) != cfg.timesteps:
-                raise ValueError(f"diffusion.betas must have diffusion.timesteps={cfg.timesteps} values; got {len(betas)}")
+                raise ValueError(f"diffusion.betas must have diffusion.timesteps={cfg.timesteps} values; got "
+                                 f"{len(betas)}")
             schedule = NoiseSchedule(np.asarray(betas, dtype=np.float64), kind="custom")
         else:
             schedule = NoiseSchedule.from_config(cfg.schedule, cfg.timesteps)
@@ -95,7 +96,8 @@ class GaussianDiffusion:
     # -- forward process ------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) = N(sqrt(alpha-bar_t) x_0, (1 - alpha-bar_t) I), eq. (4)."""
-        return self._coef("sqrt_alphas_cumprod", t, x0) * x0 + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * x0
+                + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
 
     def q_step(self, x_prev: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
         """One transition x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), eq. (2)."""
@@ -118,7 +120,8 @@ class GaussianDiffusion:
         """Turn the network's output (epsilon, x_0 or v) into (pred_x0, pred_eps)."""
         if self.prediction == "epsilon":
             eps = model_output
-            x0 = self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+            x0 = (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                  - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
         elif self.prediction == "x0":
             x0 = model_output
             eps = self._eps_from_x0(x0, x_t, t)
@@ -129,7 +132,8 @@ class GaussianDiffusion:
         return x0, eps
 
     def _eps_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        return (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._coef("sqrt_recipm1_alphas_cumprod", t, x_t)
+        return ((self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0)
+                / self._coef("sqrt_recipm1_alphas_cumprod", t, x_t))
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """What the network should output for (x_0, eps, t)."""
@@ -137,7 +141,9 @@ class GaussianDiffusion:
             return noise
         if self.prediction == "x0":
             return x0
-        return self._coef("sqrt_alphas_cumprod", t, x0) * noise - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+        # v = sqrt(alpha-bar_t) eps - sqrt(1 - alpha-bar_t) x_0 (Salimans & Ho 2022)
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * noise
+                - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0)
 
     def loss_weights(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """Per-sample weights (B,) of the squared error, or None for the paper's unweighted L_simple.
@@ -232,7 +238,8 @@ class GaussianDiffusion:
         device = torch.device(device) if device is not None else _model_device(model)
         return _randn(tuple(shape), generator, device, dtype or torch.float32), device
 
-    def p_sample_loop_progressive(self, model: Model, shape, *, variance: str = "fixed_small", clip_denoised: bool = True,
+    def p_sample_loop_progressive(self, model: Model, shape, *, variance: str = "fixed_small",
+                                  clip_denoised: bool = True,
                                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                   device=None, should_stop: Callable[[], bool] | None = None,
                                   dtype: torch.dtype | None = None, **bounds) -> Iterator[StepResult]:
@@ -251,11 +258,12 @@ class GaussianDiffusion:
                     return
                 out = model(x, torch.full((B,), t, dtype=torch.long, device=device))
                 z = _randn(x.shape, generator, device, x.dtype) if t > 0 else None
-                x, pred_x0 = self.p_sample_step(out.to(x.dtype), x, t, variance=variance, clip_denoised=clip_denoised, noise=z,
-                                                **bounds)
+                x, pred_x0 = self.p_sample_step(out.to(x.dtype), x, t, variance=variance, clip_denoised=clip_denoised,
+                                                noise=z, **bounds)
                 yield StepResult(t=t, index=i, total=self.T, x_t=x, pred_x0=pred_x0)
 
-    def ddim_sample_loop_progressive(self, model: Model, shape, *, steps: int, eta: float = 0.0, clip_denoised: bool = True,
+    def ddim_sample_loop_progressive(self, model: Model, shape, *, steps: int, eta: float = 0.0,
+                                     clip_denoised: bool = True,
                                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                      device=None, should_stop: Callable[[], bool] | None = None,
                                      dtype: torch.dtype | None = None, spacing: str = "trailing", steps_offset: int = 0,
@@ -279,12 +287,14 @@ class GaussianDiffusion:
                 t_prev = ts[i + 1] if i + 1 < len(ts) else -1
                 out = model(x, torch.full((B,), t, dtype=torch.long, device=device))
                 z = _randn(x.shape, generator, device, x.dtype) if eta > 0 and t_prev >= 0 else None
-                x, pred_x0 = self.ddim_step(out.to(x.dtype), x, t, t_prev, eta=eta, clip_denoised=clip_denoised, noise=z,
-                                            **bounds)
+                x, pred_x0 = self.ddim_step(out.to(x.dtype), x, t, t_prev, eta=eta, clip_denoised=clip_denoised,
+                                            noise=z, **bounds)
                 yield StepResult(t=t, index=i, total=len(ts), x_t=x, pred_x0=pred_x0)
 
-    def sample_progressive(self, model: Model, shape, sampling: "SamplingConfig", *, generator: torch.Generator | None = None,
-                           device=None, should_stop: Callable[[], bool] | None = None, noise: torch.Tensor | None = None,
+    def sample_progressive(self, model: Model, shape, sampling: "SamplingConfig", *,
+                           generator: torch.Generator | None = None,
+                           device=None, should_stop: Callable[[], bool] | None = None,
+                           noise: torch.Tensor | None = None,
                            dtype: torch.dtype | None = None) -> Iterator[StepResult]:
         """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``.
         ``noise`` (x_T) and ``dtype`` as for the loops."""
@@ -296,7 +306,8 @@ class GaussianDiffusion:
             return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, generator=generator,
                                                   device=device, should_stop=should_stop, **bounds)
         if sampling.sampler == "ddim":
-            return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta, generator=generator,
+            return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta,
+                                                     generator=generator,
                                                      device=device, should_stop=should_stop,
                                                      spacing=getattr(sampling, "spacing", "trailing"),
                                                      steps_offset=getattr(sampling, "steps_offset", 0), **bounds)
@@ -308,7 +319,8 @@ class GaussianDiffusion:
                 self, model, shape, steps=sampling.steps, order=order, sde=sde,
                 spacing=getattr(sampling, "spacing", "trailing"), generator=generator, device=device,
                 should_stop=should_stop, **bounds)
-        raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got {sampling.sampler!r}")
+        raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got "
+                         f"{sampling.sampler!r}")
 
     def sample(self, model: Model, shape, sampling: "SamplingConfig", **kwargs) -> torch.Tensor | None:
         """Drain :meth:`sample_progressive` and return the last x_t: x_0 when the chain ran to the end

@@ -137,7 +137,8 @@ class DPMSolverPP:
     def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor,
              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if i != self._next:
-            raise ValueError(f"DPMSolverPP.step must be called for steps 0, 1, ... in order; expected {self._next}, got {i}")
+            raise ValueError(f"DPMSolverPP.step must be called for steps 0, 1, ... in order; expected {self._next}, "
+                             f"got {i}")
         m0 = self.denoise(model_output, x, i)
         self.history = (self.history + [m0])[-self.order:]
         order = self.order_at(i)

@@ -55,7 +55,8 @@ class StepMetrics:
     images_per_sec: float
     elapsed_sec: float  # training time in this session
     eta_sec: float | None
-    bucket_loss: list[float | None] = field(default_factory=list)  # mean loss per t-bucket (10 buckets of T), None if empty
+    # mean loss per t-bucket (10 buckets of T), None if empty
+    bucket_loss: list[float | None] = field(default_factory=list)
 
 
 @dataclass

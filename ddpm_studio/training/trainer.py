@@ -232,7 +232,8 @@ class Trainer:
             )
         from ddpm_studio.engine.devices import resolve_precision
 
-        self.precision, self._precision_note = resolve_precision(device, tc.precision)  # the config keeps what was asked
+        # the config keeps what was asked
+        self.precision, self._precision_note = resolve_precision(device, tc.precision)
         # The network must fit before anything is built or read (closed form, no allocation).
         from ddpm_studio import footprint
 
@@ -284,7 +285,8 @@ class Trainer:
                 if main:
                     dist.barrier()
             except Cancelled:
-                return TrainFinished(resumed.step if resumed else 0, FinishReason.STOPPED, "Stopped while loading the images.",
+                return TrainFinished(resumed.step if resumed else 0, FinishReason.STOPPED, "Stopped while loading the "
+                                                                                           "images.",
                                      str(resumed.path) if resumed else None)
         if images.image_size != cfg.data.image_size:
             raise ValueError(f"the images are {images.image_size} px but data.image_size is {cfg.data.image_size}")
@@ -388,7 +390,8 @@ class Trainer:
         try:
             optimizer.load_state_dict(st["optimizer"])
         except (KeyError, ValueError, RuntimeError) as e:
-            raise ckpts.CheckpointError(f"{ckpt.path.name}: the optimizer state does not fit this model ({e})") from None
+            raise ckpts.CheckpointError(f"{ckpt.path.name}: the optimizer state does not fit this model "
+                                        f"({e})") from None
         if st.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(st["scaler"])
         rng = st.get("rng") or {}
