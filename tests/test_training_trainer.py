@@ -183,7 +183,8 @@ def test_previews_use_dpm_solver_with_20_steps_from_a_fixed_seed(tmp_path):
     from ddpm_studio.config import SamplingConfig, TrainConfig
     from ddpm_studio.artifacts.loading import load_model
     from ddpm_studio.sampling.service import to_uint8
-    from ddpm_studio.training.trainer import _STREAM_PREVIEW, _mix
+    from ddpm_studio.training.dist import STREAM_PREVIEW as _STREAM_PREVIEW
+    from ddpm_studio.training.dist import mix as _mix
 
     assert (TrainConfig().preview_sampler, TrainConfig().preview_sampling_steps) == ("dpmpp-2m", 20)
     cfg = tiny_config(steps=4, preview_every=2, preview_count=3)
