@@ -249,7 +249,55 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
     unknown = sorted(k for k in cfg if not k.startswith("_") and k not in UNET_DEFAULTS)
     if unknown:  # as diffusers itself does; a setting that changed the layout would fail the weight check
         notes.append(f"{where}: ignored setting(s) unknown to DDPM Studio: {', '.join(unknown)}")
+    act, cond = _unet_kinds(c, where)
+    size, in_ch = _unet_size_and_channels(c, where)
+    chans, attn_levels = _unet_levels(c, where)
+    base = chans[0]
+    time_dim = _optional_int(c, where, "time_embedding_dim")
+    if time_dim == 4 * base:
+        time_dim = None  # our default
+    add_attention = _as_bool(where, "add_attention", c["add_attention"])
+    attn_widths = sorted({chans[i] for i in attn_levels} | ({chans[-1]} if add_attention else set()))
+    heads, model_head_dim = _unet_heads(c, where, attn_widths)
+    attn_groups = _optional_int(c, where, "attn_norm_num_groups")
+    pad = c["downsample_padding"]
+    if pad not in (0, 1) or isinstance(pad, bool):
+        raise _refuse(where, "downsample_padding", pad, "only 0 (the paper's TensorFlow SAME) and 1 exist")
 
+    def number(key: str) -> float:
+        return _as_float(where, key, c[key])
+
+    def switch(key: str) -> bool:
+        return _as_bool(where, key, c[key])
+
+    model = ModelConfig(
+        preset="custom", image_size=size, in_channels=in_ch, base_channels=base,
+        channel_mult=tuple(w // base for w in chans), num_res_blocks=_as_int(where, "layers_per_block",
+                                                                             c["layers_per_block"]),
+        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=number("dropout"),
+        num_heads=heads, attention_head_dim=model_head_dim,
+        norm_groups=_as_int(where, "norm_num_groups", c["norm_num_groups"]), downsample_padding=int(pad),
+        flip_sin_to_cos=switch("flip_sin_to_cos"), freq_shift=number("freq_shift"), norm_eps=number("norm_eps"),
+        attn_norm_groups=attn_groups, add_attention=add_attention,
+        mid_block_scale_factor=number("mid_block_scale_factor"), time_embedding_dim=time_dim,
+        center_input_sample=switch("center_input_sample"), act_fn=_ACT_FROM_DIFFUSERS[act],
+        time_conditioning=_TIME_COND_FROM_DIFFUSERS[cond])
+    from ddpm_studio.engine.unet import resolve_spec  # the divisibility checks (groups, heads) live there
+
+    try:
+        model.validate()
+        resolve_spec(model)
+    except ValueError as e:
+        raise DiffusersFormatError(f"{where} describes a network DDPM Studio cannot hold: {e}") from None
+    if not attn_widths:
+        notes.append("this network has no self-attention")
+    elif not attn_levels:
+        notes.append("this network has self-attention only in its middle block")
+    return model, notes
+
+
+def _unet_kinds(c: dict[str, Any], where: str) -> tuple[str, str]:
+    """Refuse block types and embeddings we do not build; (act_fn, resnet_time_scale_shift)."""
     for key, wanted, meaning in _UNET_FIXED:
         if c[key] != wanted:
             raise _refuse(where, key, c[key], f"DDPM Studio's U-Net supports only {wanted!r}: {meaning}")
@@ -262,6 +310,11 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
                       "('default') or scale and shift by it ('scale_shift'); spatial and ada_group norms are not "
                       "implemented")
 
+    return act, cond
+
+
+def _unet_size_and_channels(c: dict[str, Any], where: str) -> tuple[int, int]:
+    """(image side, channels): square images, 1 or 3 channels in and out."""
     size = c["sample_size"]
     if isinstance(size, (list, tuple)):
         if len(size) != 2 or size[0] != size[1]:
@@ -278,6 +331,11 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
         raise _refuse(where, "out_channels", out_ch, f"must equal in_channels={in_ch}; a network that also "
                       "predicts its variance (out_channels = 2 x in_channels) is not supported")
 
+    return size, in_ch
+
+
+def _unet_levels(c: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
+    """(width per level, the levels with attention), the block types checked."""
     chans = [_as_int(where, "block_out_channels[]", w) for w in c["block_out_channels"]]
     if not chans:
         raise DiffusersFormatError(f"{where}: block_out_channels is empty")
@@ -308,16 +366,13 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
             raise _refuse(where, key, c[key], "DDPM Studio re-samples with strided / nearest-neighbour convs ('conv'); "
                           "residual-block re-sampling is not implemented")
 
-    time_dim = c["time_embedding_dim"]
-    if time_dim is not None:
-        time_dim = _as_int(where, "time_embedding_dim", time_dim)
-        if time_dim == 4 * base:
-            time_dim = None  # our default
+    return chans, attn_levels
 
+
+def _unet_heads(c: dict[str, Any], where: str, attn_widths: list[int]) -> tuple[int, int | None]:
+    """(num_heads, attention_head_dim) for ModelConfig from diffusers' attention_head_dim."""
     # Heads: diffusers gives each attention layer width // attention_head_dim heads of attention_head_dim
     # channels (one head when attention_head_dim is null).
-    add_attention = _as_bool(where, "add_attention", c["add_attention"])
-    attn_widths = sorted({chans[i] for i in attn_levels} | ({chans[-1]} if add_attention else set()))
     head_dim = c["attention_head_dim"]
     heads, model_head_dim = 1, None
     if head_dim is not None:
@@ -330,44 +385,11 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
             heads = counts.pop()
         elif attn_widths:
             model_head_dim = head_dim
+    return heads, model_head_dim
 
-    groups = c["norm_num_groups"]
-    groups = _as_int(where, "norm_num_groups", groups)
-    attn_groups = c["attn_norm_num_groups"]
-    if attn_groups is not None:
-        attn_groups = _as_int(where, "attn_norm_num_groups", attn_groups)
-    pad = c["downsample_padding"]
-    if pad not in (0, 1) or isinstance(pad, bool):
-        raise _refuse(where, "downsample_padding", pad, "only 0 (the paper's TensorFlow SAME) and 1 exist")
 
-    fields = dict(
-        preset="custom", image_size=size, in_channels=in_ch, base_channels=base,
-        channel_mult=tuple(w // base for w in chans), num_res_blocks=_as_int(where, "layers_per_block",
-                                                                             c["layers_per_block"]),
-        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=_as_float(where, "dropout",
-                                                                                          c["dropout"]),
-        num_heads=heads, attention_head_dim=model_head_dim, norm_groups=groups, downsample_padding=int(pad),
-        flip_sin_to_cos=_as_bool(where, "flip_sin_to_cos", c["flip_sin_to_cos"]),
-        freq_shift=_as_float(where, "freq_shift", c["freq_shift"]), norm_eps=_as_float(where, "norm_eps",
-                                                                                       c["norm_eps"]),
-        attn_norm_groups=attn_groups, add_attention=add_attention,
-        mid_block_scale_factor=_as_float(where, "mid_block_scale_factor", c["mid_block_scale_factor"]),
-        time_embedding_dim=time_dim, center_input_sample=_as_bool(where, "center_input_sample",
-                                                                  c["center_input_sample"]),
-        act_fn=_ACT_FROM_DIFFUSERS[act], time_conditioning=_TIME_COND_FROM_DIFFUSERS[cond])
-    model = ModelConfig(**fields)
-    from ddpm_studio.engine.unet import resolve_spec  # the divisibility checks (groups, heads) live there
-
-    try:
-        model.validate()
-        resolve_spec(model)
-    except ValueError as e:
-        raise DiffusersFormatError(f"{where} describes a network DDPM Studio cannot hold: {e}") from None
-    if not attn_widths:
-        notes.append("this network has no self-attention")
-    elif not attn_levels:
-        notes.append("this network has self-attention only in its middle block")
-    return model, notes
+def _optional_int(c: dict[str, Any], where: str, key: str) -> int | None:
+    return None if c[key] is None else _as_int(where, key, c[key])
 
 
 # -- the noise schedule -------------------------------------------------------------------------
@@ -396,8 +418,6 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     ``GaussianDiffusion.from_config`` alone rebuilds the process. Every key listed in
     ``SCHEDULER_DEFAULTS`` is honoured or refused by name.
     """
-    from ddpm_studio.engine.schedules import SCHEDULE_KINDS, get_betas
-
     cls = cfg.get("_class_name", "DDPMScheduler")
     if cls not in SCHEDULERS:
         raise _refuse(where, "_class_name", cls, f"DDPM Studio reads {', '.join(SCHEDULERS)} configs")
@@ -407,12 +427,27 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     if not 10 <= T <= 4000:
         raise _refuse(where, "num_train_timesteps", T, "DDPM Studio supports T from 10 to 4000")
     if _as_bool(where, "rescale_betas_zero_snr", c["rescale_betas_zero_snr"]):
-        raise _refuse(where, "rescale_betas_zero_snr", True, "a zero-SNR last step (beta = 1, alpha-bar = 0) is not "
-                                                             "supported")
+        raise _refuse(where, "rescale_betas_zero_snr", True,
+                      "a zero-SNR last step (beta = 1, alpha-bar = 0) is not supported")
     if cls == "DPMSolverMultistepScheduler":
         for key in ("use_flow_sigmas", "use_dynamic_shifting"):
             if c[key]:
                 raise _refuse(where, key, c[key], "flow-matching sigmas are not a DDPM noise schedule")
+
+    family, betas_out = _scheduler_betas(c, where, T, notes)
+    pred = c["prediction_type"]
+    if pred not in _PREDICTION_FROM_DIFFUSERS:
+        raise _refuse(where, "prediction_type", pred, f"supported: {', '.join(_PREDICTION_FROM_DIFFUSERS)}")
+
+    sampling = _scheduler_sampling(c, cfg, cls, where, T, notes)
+    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred],
+                                betas=betas_out)
+    return diffusion, sampling, notes
+
+
+def _scheduler_betas(c: dict[str, Any], where: str, T: int, notes: list[str]) -> tuple[str, tuple[float, ...] | None]:
+    """(schedule family, explicit betas or None when they are exactly that named schedule)."""
+    from ddpm_studio.engine.schedules import SCHEDULE_KINDS, get_betas
 
     family = "linear"
     if c["trained_betas"] is not None:
@@ -443,10 +478,12 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
                      f"these exact betas are kept in the run config (diffusion.betas; diffusion.schedule names the "
                      f"closest family, {family!r})")
 
-    pred = c["prediction_type"]
-    if pred not in _PREDICTION_FROM_DIFFUSERS:
-        raise _refuse(where, "prediction_type", pred, f"supported: {', '.join(_PREDICTION_FROM_DIFFUSERS)}")
+    return family, betas_out
 
+
+def _scheduler_sampling(c: dict[str, Any], cfg: dict[str, Any], cls: str, where: str, T: int,
+                        notes: list[str]) -> dict[str, Any]:
+    """The SamplingConfig fields the scheduler's sampling-time settings set."""
     # Sampling-time settings, each honoured by a SamplingConfig field.
     sampling: dict[str, Any] = {"clip_denoised": _as_bool(where, "clip_sample", c["clip_sample"]),
                                 "steps": min(SamplingConfig.steps, T)}
@@ -465,8 +502,7 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     if cls == "DDPMScheduler":
         if var == "fixed_large_log":
             raise _refuse(where, "variance_type", var, "diffusers' own DDPMScheduler takes the square root of "
-                                                       "log(beta_t) "
-                          "as the noise scale (NaN); use fixed_large")
+                          "log(beta_t) as the noise scale (NaN); use fixed_large")
         if var not in _VARIANCE_FROM_DIFFUSERS:
             raise _refuse(where, "variance_type", var, "DDPM Studio samples with a fixed variance: "
                           f"{', '.join(_VARIANCE_FROM_DIFFUSERS)}")
@@ -480,9 +516,7 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
                      + "); DDPM Studio reads its noise schedule, prediction, spacing and thresholding from it")
     if cls == "DDIMScheduler" and not _as_bool(where, "set_alpha_to_one", c["set_alpha_to_one"]):
         notes.append("set_alpha_to_one=false is not supported; the last DDIM step goes to alpha-bar = 1")
-    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred],
-                                betas=betas_out)
-    return diffusion, sampling, notes
+    return sampling
 
 
 # -- weights ------------------------------------------------------------------------------------
