@@ -149,7 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "on your own images and sample from it. With no command, opens the window.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    # -- train ----------------------------------------------------------------------------------
+    _add_train(sub)
+    _add_sample(sub)
+    _add_export(sub)
+    _add_info(sub)
+    return parser
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model (a new run, or --resume one)",
                        description="Train a model on an image folder (or the built-in set). Flags left out "
                        "take the preset's values; with --resume they keep the run's own values. Under "
@@ -162,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(schema_flags=add_schema_flags(t, ModelConfig, DiffusionConfig, DataConfig, TrainConfig))
 
-    # -- sample ---------------------------------------------------------------------------------
+
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="generate images from a run or a checkpoint",
                        description="Generate images with the EMA weights of a run's newest good checkpoint "
                        "(or of one checkpoint file). Writes --num PNG files at the model's resolution into "
@@ -190,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(schema_flags=add_schema_flags(s, SamplingConfig))
 
-    # -- export ---------------------------------------------------------------------------------
+
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="write a run or a checkpoint as a diffusers model folder",
                        description="Write the EMA weights of a run's newest good checkpoint (or of one checkpoint "
                        "file) as a Hugging Face diffusers DDPMPipeline folder: model_index.json, unet/ and "
@@ -202,13 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="FOLDER", help="folder to create (must be empty or new)")
     e.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
 
-    # -- info -----------------------------------------------------------------------------------
+
+def _add_info(sub) -> None:
     i = sub.add_parser("info", help="show a run's or a checkpoint's config, step and size",
                        description="Print the config, the step count and the parameter count of a run "
                        "folder (its newest good checkpoint) or of a checkpoint file.")
     i.add_argument("path", metavar="RUN_DIR|FILE")
     i.add_argument("--json", action="store_true", help="print the full config as JSON too")
-    return parser
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -366,9 +375,8 @@ def _in_main_thread() -> bool:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ddpm_studio.sampling.export import make_grid, save_gif, save_grid, save_pngs, upscale_nearest
     from ddpm_studio.artifacts.loading import load_model
-    from ddpm_studio.sampling.service import generate, to_uint8
+    from ddpm_studio.sampling.export import save_gif, save_grid, upscale_nearest
 
     for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
         if value and Path(value).suffix.lower() != ext:
@@ -381,32 +389,58 @@ def cmd_sample(args: argparse.Namespace) -> int:
     loaded = load_model(args.run or args.checkpoint or args.model, device=args.device)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
+    sampling = _sampling_from_flags(args, loaded)
+    T = loaded.diffusion.T
+    total_steps = T if sampling.sampler == "ddpm" else sampling.steps
+    if not args.quiet:
+        print(f"sampling {sampling.num_images} image(s): {describe_sampling(sampling, T)}", file=sys.stderr)
+    out = Path(args.out)
+    stride = max(1, math.ceil(total_steps / args.gif_frames))
+    images_all, frames, written = _sample_batches(args, loaded, sampling, out, total_steps, stride)
+    _write_sampling_record(out, loaded, sampling, len(written))
+    print(f"wrote {len(written)} image(s) of {images_all[0].shape[2]}x{images_all[0].shape[1]} px to {out} "
+          f"(settings in {out / SAMPLING_RECORD})")
+    if args.grid:
+        save_grid(np.concatenate(images_all), args.grid)
+        print(f"wrote grid {args.grid}")
+    if args.gif:
+        factor = max(1, math.ceil(GIF_MIN_SIDE / frames[0].shape[1]))
+        count = save_gif((upscale_nearest(f, factor) for f in frames), args.gif, fps=args.gif_fps)
+        print(f"wrote GIF {args.gif} ({count} frames, every {stride} step(s) of {total_steps})")
+    return 0
+
+
+def _sampling_from_flags(args: argparse.Namespace, loaded) -> SamplingConfig:
+    """The run's sampling settings with the flags given on top (a chosen sampler brings its step count)."""
     overrides = {setting.name: getattr(args, dest) for setting, dest in args.schema_flags
                  if getattr(args, dest) is not None}
     T = loaded.diffusion.T
-    if args.sampler is not None and args.sampling_steps is None:  # a chosen sampler brings its own step count
+    if args.sampler is not None and args.sampling_steps is None:
         overrides["steps"] = sampler_default_steps(args.sampler, T)
     overrides.setdefault("num_images", SamplingConfig.num_images)
     sampling = dataclasses.replace(loaded.config.sampling, **overrides)
     sampling.validate()
     if sampling.sampler != "ddpm" and sampling.steps > T:
         raise ValueError(f"--sampling-steps ({sampling.steps}) cannot exceed the model's T ({T})")
-    total_steps = T if sampling.sampler == "ddpm" else sampling.steps
-    if not args.quiet:
-        print(f"sampling {sampling.num_images} image(s): {describe_sampling(sampling, T)}", file=sys.stderr)
-    batches = [min(args.batch_size, sampling.num_images - i) for i in range(0, sampling.num_images, args.batch_size)]
+    return sampling
 
+
+def _sample_batches(args: argparse.Namespace, loaded, sampling: SamplingConfig, out: Path, total_steps: int,
+                    stride: int) -> tuple[list, list, list[Path]]:
+    """Generate and save the images batch by batch: (images per batch, GIF frames, files written)."""
+    from ddpm_studio.sampling.export import make_grid, save_pngs
+    from ddpm_studio.sampling.service import generate, to_uint8
+
+    n_all = sampling.num_images
+    batches = [min(args.batch_size, n_all - i) for i in range(0, n_all, args.batch_size)]
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=len(batches) * total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
-                   desc=f"sampling {sampling.num_images} image(s)")
-    out = Path(args.out)
+                   desc=f"sampling {n_all} image(s)")
     written: list[Path] = []
-    images_all = []
-    frames: list[np.ndarray] = []
-    stride = max(1, math.ceil(total_steps / args.gif_frames))
+    images_all, frames = [], []
     try:
         for b, n in enumerate(batches):
             last = None
@@ -421,17 +455,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _write_sampling_record(out, loaded, sampling, len(written))
-    print(f"wrote {len(written)} image(s) of {images_all[0].shape[2]}x{images_all[0].shape[1]} px to {out} "
-          f"(settings in {out / SAMPLING_RECORD})")
-    if args.grid:
-        save_grid(np.concatenate(images_all), args.grid)
-        print(f"wrote grid {args.grid}")
-    if args.gif:
-        factor = max(1, math.ceil(GIF_MIN_SIDE / frames[0].shape[1]))
-        count = save_gif((upscale_nearest(f, factor) for f in frames), args.gif, fps=args.gif_fps)
-        print(f"wrote GIF {args.gif} ({count} frames, every {stride} step(s) of {total_steps})")
-    return 0
+    return images_all, frames, written
 
 
 def _check_writable(flag: str, path: str, *, folder: bool) -> None:

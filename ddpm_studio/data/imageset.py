@@ -448,29 +448,9 @@ def _assemble(files: list[_File], s: Settings, cached: "_Cached | None", stop: S
                 return _Result(images, cached.paths, cached.stats, cached.digests, cached.gray,
                                [SkippedFile(paths[i], reasons[i]) for i in bad], [stats[i] for i in bad], True)
 
-    row_of = cached.row_index() if cached else {}
     buf = _Buffers(n, s.size)
     digests: list[str] = [""] * n
-    from_cache: list[tuple[int, int]] = []
-    todo: list[int] = []
-    for i, path in enumerate(paths):
-        if i in reasons:
-            continue
-        r = row_of.get(path)
-        if r is not None and cached.stats[r] == stats[i]:
-            from_cache.append((i, r))
-        else:
-            todo.append(i)
-    if from_cache:
-        old = cached.load_images(mmap=True)
-        if old is None:  # the cached array is unreadable: decode everything
-            todo = sorted(todo + [i for i, _ in from_cache])
-        else:
-            for i, r in from_cache:
-                buf.put(i, old[r], cached.gray[r])
-                digests[i] = cached.digests[r]
-            del old
-
+    todo = _copy_unchanged(paths, stats, cached, reasons, buf, digests)
     done = n - len(todo)
     report(done, n, f"Decoding {len(todo):,} images")
     todo_files = [files[i] for i in todo]
@@ -495,6 +475,32 @@ def _assemble(files: list[_File], s: Settings, cached: "_Cached | None", stop: S
     images = buf.finish(s.channels)
     return _Result(images, [paths[i] for i in keep], [stats[i] for i in keep], [digests[i] for i in keep],
                    gray, skipped, skipped_stats, False)
+
+
+def _copy_unchanged(paths: list[str], stats: list, cached: "_Cached | None", reasons: dict[int, str],
+                    buf: "_Buffers", digests: list[str]) -> list[int]:
+    """Copy the rows of files unchanged since the cache was written; returns the rows still to decode."""
+    row_of = cached.row_index() if cached else {}
+    from_cache: list[tuple[int, int]] = []
+    todo: list[int] = []
+    for i, path in enumerate(paths):
+        if i in reasons:
+            continue
+        r = row_of.get(path)
+        if r is not None and cached.stats[r] == stats[i]:
+            from_cache.append((i, r))
+        else:
+            todo.append(i)
+    if from_cache:
+        old = cached.load_images(mmap=True)
+        if old is None:  # the cached array is unreadable: decode everything
+            todo = sorted(todo + [i for i, _ in from_cache])
+        else:
+            for i, r in from_cache:
+                buf.put(i, old[r], cached.gray[r])
+                digests[i] = cached.digests[r]
+            del old
+    return todo
 
 
 def _fingerprint(s: Settings, channels: int, digests: list[str]) -> str:
