@@ -2,6 +2,9 @@
 
 Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
 was refused (a missing folder, a damaged checkpoint, an invalid setting).
+
+Length (over 500 lines, on purpose): every subcommand with its usage text, messages and exit statuses
+in one place, as ``--help`` shows them; the flags of the settings themselves come from the config schema.
 """
 
 from __future__ import annotations

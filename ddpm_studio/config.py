@@ -9,6 +9,9 @@ its GUI label and its CLI flag. :func:`settings_of` reads those declarations bac
 CLI's flags (``cli.py``), the GUI's tooltips and settings persistence are generated from them, so a
 new hyperparameter is one line here.
 
+Length (over 500 lines, on purpose): it is the declaration of every setting of the program (some 80
+fields, each with its range, help, label and flag), the presets and the JSON boundary, read top to bottom.
+
 No torch and no Qt here: importing this module must stay instant.
 """
 

@@ -1,5 +1,8 @@
 """Checkpoints that can be opened without trusting them.
 
+Length (over 500 lines, on purpose): the checkpoint format with every check made before a byte
+is trusted (sizes, checksums, shapes, the state file), read and written in one place.
+
 A checkpoint of step k is two files in ``RUN_DIR/checkpoints/``:
 
 - ``step_XXXXXXX.safetensors`` — the weights: ``model.<name>`` and ``ema.<name>`` tensors. Its

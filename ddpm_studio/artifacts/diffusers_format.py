@@ -1,5 +1,8 @@
 """Open diffusers-format DDPM models, and write ours in that format (issue 7).
 
+Length (over 500 lines, on purpose): one file format, read and written here, with the table of every
+UNet2DModel and scheduler key it honours or refuses by name; split, the two directions would drift.
+
 The DDPM paper's released models (google/ddpm-cifar10-32, -celebahq-256, -church-256, ...) are
 folders in Hugging Face diffusers' layout::
 

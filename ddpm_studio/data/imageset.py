@@ -5,6 +5,9 @@ needs. They never raise for a bad file (each becomes a :class:`SkippedFile` with
 they raise :class:`DatasetError` when there is nothing usable at all (or a path does not exist)
 and :class:`Cancelled` when ``should_stop()`` turns true.
 
+Length (over 500 lines, on purpose): indexing, parallel decoding and the disk cache share one
+file-identity key (the stat key) and one row order; kept together so they cannot disagree.
+
 Indexing walks each folder recursively, following symlinked folders but never entering the same
 folder twice (so symlink loops end), and ignores names starting with "." (``.DS_Store``,
 ``._photo.jpg``, ``.git``) and special files (pipes, sockets). Files whose extension is not an image
