@@ -99,6 +99,7 @@ def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control:
     def job(state: TaskState):
         from ..sampling.export import make_grid
         from ..training.events import PreviewReady, StepMetrics
+        from ..training.session import finish_job
         from ..training.trainer import Trainer
 
         trainer = Trainer(cfg, run_dir, images=images, resume=resume)
@@ -112,7 +113,8 @@ def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control:
             else:
                 state.emit(ev, flush=True)
 
-        return trainer.run(control=control, on_event=on_event)
+        result = trainer.run(control=control, on_event=on_event)
+        return finish_job(result, run_dir)  # the run's config read back here, not on the UI thread
 
     return job
 

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout,
 from ... import paths
 from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
                        DiffusionConfig, RunConfig, TrainConfig)
+from ...training.session import History, TrainingSession, load_history, read_run_config
 from .. import jobs
 from ..state import StudioState
 from ..widgets.chain_canvas import CaptionedView
@@ -50,9 +51,7 @@ class TrainingPanel(QWidget):
         self.state = state
         self.task: Task | None = None
         self.control = None
-        self.run_dir: str | None = None
-        self.resume_dir: str | None = None  # set by Open Run: Start continues this run
-        self.resume_config: RunConfig | None = None
+        self.session = TrainingSession()  # the run decisions; this panel shows them
         self.overrides: dict[str, dict] = {}  # extra config fields (tests, benchmarks)
         self.last_finished = None
         self.metrics_received = 0
@@ -65,6 +64,19 @@ class TrainingPanel(QWidget):
         self._update_buttons()
 
     # -- layout -----------------------------------------------------------------------------------
+    # The session owns the run state; these read it (Open Run / a finished run set it there).
+    @property
+    def run_dir(self) -> str | None:
+        return self.session.run_dir
+
+    @property
+    def resume_dir(self) -> str | None:
+        return self.session.resume_dir
+
+    @property
+    def resume_config(self) -> RunConfig | None:
+        return self.session.resume_config
+
     def _build(self) -> None:
         td = TrainConfig()
         # Preset
@@ -321,33 +333,23 @@ class TrainingPanel(QWidget):
         """Start (or continue) training. False, with a message and no thread, if the input is bad."""
         if self.is_running():
             return False
-        images = self.state.images
         try:
             cfg = self.build_config()
-            if self.resume_dir is None and images is None:
-                raise ValueError("there are no images to train on yet: drop a folder on the Dataset tab first")
-            if images is not None and self.resume_dir is None and int(images.image_size) != cfg.data.image_size:
-                raise ValueError(f"the dataset is {images.image_size} px but data.image_size is {cfg.data.image_size}")
+            plan = self.session.plan_start(cfg, self.state.images, self.state.data_config.folder,
+                                           paths.default_runs_dir())
         except ValueError as e:
             self.state.report_error(f"Cannot start training: {e}", "")
             return False
         from ...training.control import TrainControl
 
-        if self.resume_dir is not None:
-            run_dir, resume = self.resume_dir, True
-            same_data = images is not None and cfg.data.folder == self.state.data_config.folder and \
-                cfg.data.image_size == int(images.image_size)
-            run_images = images if same_data else None
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir, resume, run_images = str(paths.default_runs_dir() / f"{stamp}-{cfg.model.preset}"), False, images
+        if plan.fresh:
             self.loss_plot.clear()
             self.bucket_plot.clear()
+        run_dir = plan.run_dir
         self.control = TrainControl()
-        self.run_dir = run_dir
         self.metrics_received = 0
         self.last_finished = None
-        task = Task(jobs.make_train(cfg, run_dir, run_images, resume, self.control), name="training",
+        task = Task(jobs.make_train(cfg, run_dir, plan.images, plan.resume, self.control), name="training",
                     on_cancel=self.control.stop)
         task.items.connect(self._on_items)
         task.succeeded.connect(self._on_finished)
@@ -444,7 +446,7 @@ class TrainingPanel(QWidget):
                 )
                 self._show_progress(it.start_step, it.total_steps)
                 if it.resumed and self.loss_plot.num_points == 0:
-                    self._load_history(it.run_dir)
+                    self._load_history(it.run_dir)  # read on a worker thread
             elif isinstance(it, jobs.PreviewGrid):
                 self.preview.set_image(it.grid)
                 self.preview.caption.setText(f"Preview samples (EMA) · step {it.step:,}")
@@ -452,38 +454,35 @@ class TrainingPanel(QWidget):
                 self.run_label.setText(f"Run folder: {self.run_dir} · last checkpoint at step {it.step:,}")
 
     def _load_history(self, run_dir: str) -> None:
-        from ...artifacts.runs import read_metrics
+        """Read the run's metrics on a worker thread, then plot them."""
+        task = Task(lambda state: load_history(run_dir), name="history")
+        task.succeeded.connect(self._show_history)
+        self._history_task = task  # keep a reference until it ends
+        task.finished.connect(lambda: setattr(self, "_history_task", None))
+        task.start()
 
-        recs = [r for r in read_metrics(run_dir) if "step" in r and "loss" in r]
-        if recs:
-            self.loss_plot.add_points([r["step"] for r in recs], [r["loss"] for r in recs],
-                                      [r.get("loss_smooth", r["loss"]) for r in recs])
-            last_step = int(recs[-1]["step"])
-            total = self.resume_config.train.steps if self.resume_config is not None else last_step
-            total = last_step if total is None else total
-            self.progress.setRange(0, max(total, last_step, 1))
-            self.progress.setValue(last_step)
-            buckets = recs[-1].get("bucket_loss")
-            if isinstance(buckets, list) and buckets:
-                self.bucket_plot.set_buckets(buckets, self.state.schedule[1])
+    def _show_history(self, history: History) -> None:
+        if not history.steps or self.loss_plot.num_points:
+            return
+        self.loss_plot.add_points(history.steps, history.losses, history.smoothed)
+        if not self.is_running():
+            self.progress.setRange(0, self.session.history_total(history))
+            self.progress.setValue(history.last_step)
+        if history.buckets:
+            self.bucket_plot.set_buckets(history.buckets, self.state.schedule[1])
 
-    def _on_finished(self, result) -> None:
+    def _on_finished(self, end) -> None:
+        result = end.result if end is not None else None
         self.last_finished = result
         if result is None:
             self.stats.setText("Stopped.")
         else:
             self.stats.setText(result.message)
             self.progress.setValue(result.step)
-            if result.reason in ("nan", "error"):
-                self.state.report_error(result.message, f"Run folder: {self.run_dir}\nLast good checkpoint: {result.checkpoint}")
-            if self.run_dir:  # the run can be continued with Start
-                self.resume_dir = self.run_dir
-                try:
-                    from ...artifacts.runs import read_config
-
-                    self.resume_config = read_config(self.run_dir)
-                except (ValueError, OSError):
-                    self.resume_dir, self.resume_config = None, None
+            if result.reason.failed:
+                self.state.report_error(result.message,
+                                        f"Run folder: {self.run_dir}\nLast good checkpoint: {result.checkpoint}")
+            self.session.finished(end)  # the run can be continued with Start
         self.state.message.emit(result.message if result is not None else "Training stopped")
         self._outcome = (result,)
 
@@ -515,16 +514,12 @@ class TrainingPanel(QWidget):
         path = path or self.ask_run_folder()
         if not path:
             return False
-        from ...artifacts.runs import read_config
-
         try:
-            if not (Path(path) / "config.json").is_file():
-                raise ValueError(f"{path} is not a run folder (it has no config.json)")
-            cfg = read_config(path)
+            cfg = read_run_config(path)
         except (ValueError, OSError) as e:
             self.state.report_error(f"Cannot open this run: {e}", "")
             return False
-        self.resume_dir, self.resume_config = str(path), cfg
+        self.session.opened(path, cfg)
         self.set_config(cfg)
         self.loss_plot.clear()
         self.bucket_plot.clear()
@@ -561,7 +556,7 @@ class TrainingPanel(QWidget):
 
     def new_run(self) -> None:
         """Forget an opened run: Start makes a new one."""
-        self.resume_dir, self.resume_config = None, None
+        self.session.forget()
         self.run_label.setText("A new run will be created in " + str(paths.default_runs_dir()))
         self._update_buttons()
 
