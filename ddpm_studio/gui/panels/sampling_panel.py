@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, 
                                QVBoxLayout, QWidget)
 
 from ...config import SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, SamplingConfig, sampler_default_steps
+from ...sampling.session import SamplingSession, schedule_of
 from .. import jobs
 from ..state import StudioState
 from ..widgets.chain_canvas import ChainCanvas
@@ -87,8 +88,7 @@ class SamplingPanel(QWidget):
         self.export_task: Task | None = None
         self.frames: list[jobs.ChainFrame] = []
         self.result: jobs.SampleResult | None = None
-        self.model_path: str | None = None
-        self._loaded = None  # cached LoadedModel for model_path
+        self.session = SamplingSession()  # which model Generate uses; this panel shows it
         self._model_config = None
         self.frames_received = 0
         self.follow_live = True
@@ -102,6 +102,10 @@ class SamplingPanel(QWidget):
         self._update_buttons()
 
     # -- layout -----------------------------------------------------------------------------------
+    @property
+    def model_path(self) -> str | None:
+        return self.session.model_path
+
     def _build(self) -> None:
         sd = SamplingConfig()
         mbox, mform = section("Model")
@@ -302,48 +306,21 @@ class SamplingPanel(QWidget):
         path = path or self._ask_model_path()
         if not path:
             return False
-        if not os.path.exists(path):
-            self.state.report_error(f"Cannot open the model: {path} does not exist", "")
+        try:
+            self.session.open(path)
+        except ValueError as e:
+            self.state.report_error(f"Cannot open the model: {e}", "")
             return False
-        self.model_path, self._loaded = str(path), None
         self.src_disk.setChecked(True)
         self._update_model_label()
         return True
 
     def _update_model_label(self) -> None:
-        if self.src_disk.isChecked():
-            if self.model_path:
-                text = f"{self.model_path}"
-                if self._loaded is not None:
-                    m = self._loaded.config.model
-                    text += f"\nstep {self._loaded.step:,} · {m.image_size} px · {'RGB' if m.in_channels == 3 else 'grayscale'}"
-                self.model_label.setText(text)
-            else:
-                self.model_label.setText("No model opened yet.")
-        else:
-            self.model_label.setText("Training is running or has run in this window." if self.state.trainer is not None
-                                     else "Nothing is training yet: start training, or open a run from disk.")
+        self.model_label.setText(self.session.describe(self.src_disk.isChecked(), self.state.trainer is not None))
         self._update_buttons()
 
     def _model_getter(self):
-        if self.src_disk.isChecked():
-            if not self.model_path:
-                raise ValueError("no model is opened: choose a run folder or checkpoint first")
-            if self._loaded is not None:
-                loaded = self._loaded
-                return lambda: loaded
-            path = self.model_path
-
-            def load():
-                from ...artifacts.loading import load_model
-
-                return load_model(path)
-
-            return load
-        trainer = self.state.trainer
-        if trainer is None:
-            raise ValueError("nothing is training yet: start training first, or open a run from disk")
-        return trainer.snapshot
+        return self.session.model_getter(self.src_disk.isChecked(), self.state.trainer)
 
     # -- generation -------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -417,19 +394,10 @@ class SamplingPanel(QWidget):
 
     def _on_model_ready(self, m: jobs.ModelReady) -> None:
         self._model_config = m.config
-        d = m.config.diffusion
-        from ...engine.schedules import NoiseSchedule
-
-        if d.betas is not None:  # an imported model's exact betas (issue 15), not the family it is closest to
-            s = NoiseSchedule(np.asarray(d.betas, dtype=np.float64), kind="custom")
-            label = f"explicit betas (closest: {d.schedule})"
-        else:
-            s = NoiseSchedule.from_config(d.schedule, d.timesteps)
-            label = d.schedule
-        self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=label)
-        if self.src_disk.isChecked() and hasattr(m, "loaded") and m.loaded is not None:
-            first_time = self._loaded is None
-            self._loaded = m.loaded
+        schedule, label = schedule_of(m.config)
+        self.schedule_plot.set_schedule(schedule.betas, schedule.alphas_cumprod, schedule.snr, label=label)
+        if self.src_disk.isChecked() and getattr(m, "loaded", None) is not None:
+            first_time = self.session.model_loaded(m.loaded)
             self._update_model_label()
             if first_time and m.config.sampling.spacing != "trailing":
                 # a model that says how it is to be sampled (an imported scheduler's timestep_spacing):
