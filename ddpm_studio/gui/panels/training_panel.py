@@ -17,9 +17,10 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout,
 
 from ... import paths
 from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
-                       DiffusionConfig, RunConfig, TrainConfig)
+                       DiffusionConfig, RunConfig, TrainConfig, settings_of)
 from ...training.session import History, TrainingSession, load_history, read_run_config
 from .. import jobs
+from ..forms import SchemaForm
 from ..state import StudioState
 from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
@@ -40,6 +41,11 @@ def schedule_arrays(kind: str, T: int):
     from ...engine.schedules import NoiseSchedule
 
     return NoiseSchedule.from_config(kind, T)
+
+
+# TrainConfig fields shown as a form generated from the schema (label, range, tooltip from config.py)
+ADVANCED_TRAIN_FIELDS = ("weight_decay", "ema_warmup", "log_every", "preview_count", "preview_sampler",
+                         "preview_sampling_steps", "checkpoint_minutes", "keep_checkpoints")
 
 
 class TrainingPanel(QWidget):
@@ -146,7 +152,11 @@ class TrainingPanel(QWidget):
         add_row(rform, "Checkpoint every", self.ckpt_spin,
                 f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and at the end.")
 
-        scroll = settings_column([pbox, dbox, obox, rbox])
+        abox, aform = section("More settings")
+        self.advanced = SchemaForm([st for st in settings_of(TrainConfig) if st.name in ADVANCED_TRAIN_FIELDS])
+        aform.addRow(self.advanced)
+
+        scroll = settings_column([pbox, dbox, obox, rbox, abox])
 
         # Buttons and progress
         self.start_button = QPushButton("Start Training")
@@ -280,7 +290,7 @@ class TrainingPanel(QWidget):
                     ema_decay=float(self.ema_spin.value()), grad_clip=float(self.clip_spin.value()),
                     seed=int(self.seed_spin.value()), device=str(self.device_combo.currentData()),
                     precision=self.precision_combo.currentText(), preview_every=int(self.preview_spin.value()),
-                    checkpoint_every=int(self.ckpt_spin.value()))
+                    checkpoint_every=int(self.ckpt_spin.value()), **self.advanced.values())
 
     def set_config(self, cfg: RunConfig) -> None:
         """Show ``cfg`` in the widgets (used by Open Run)."""
@@ -294,6 +304,7 @@ class TrainingPanel(QWidget):
         self.prediction_combo.setCurrentText(cfg.diffusion.prediction)
         self.weighting_combo.setCurrentText(cfg.diffusion.loss_weighting)
         t = cfg.train
+        self.advanced.set_values(t)
         self.steps_spin.setValue(self.steps_spin.maximum() if t.steps is None else t.steps)  # max: no limit
         self.batch_spin.setValue(t.batch_size)
         self.lr_spin.setValue(t.lr)
