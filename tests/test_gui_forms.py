@@ -81,3 +81,11 @@ def test_training_panel_more_settings_reach_the_run_config(qtbot):
     cfg.train.preview_count = 4
     tp.set_config(cfg)
     assert tp.advanced.values()["preview_count"] == 4
+
+
+def test_closing_says_what_it_waits_for():
+    from ddpm_studio.gui.main_window import waiting_message
+
+    assert waiting_message(["training", "sampling", "training"]) == (
+        "Closing: waiting for training to save its checkpoint and sampling to stop…")
+    assert waiting_message(["lab"]) == "Closing: waiting for lab to stop…"

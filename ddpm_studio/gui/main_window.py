@@ -6,7 +6,7 @@ from typing import Callable
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget
+from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from .. import paths
 from ..logs import logger
@@ -278,5 +278,20 @@ class MainWindow(QMainWindow):
             self.device_task.cancel()
         for task in running_tasks():
             task.cancel()
-        for task in running_tasks():
+        waiting = running_tasks()
+        if waiting:  # say what closing waits for (training saves its checkpoint first)
+            self.closing_message = waiting_message([t.name for t in waiting])
+            self.activity_label.setText(self.closing_message)
+            self.setWindowTitle(f"{self.windowTitle().split(' — ')[0]} — {self.closing_message}")
+            QApplication.processEvents()
+        for task in waiting:
             task.wait(timeout_ms)
+
+
+def waiting_message(names: list[str]) -> str:
+    """'Closing: waiting for training to save its checkpoint and sampling to stop…'"""
+    words = {"training": "training to save its checkpoint", "sampling": "sampling to stop",
+             "dataset": "the image load to stop", "export": "the export to finish",
+             "device": "the device check", "history": "the run's history to load", "preview": "a preview to load"}
+    what = [words.get(n, f"{n} to stop") for n in dict.fromkeys(names)]
+    return "Closing: waiting for " + " and ".join(what) + "…"
