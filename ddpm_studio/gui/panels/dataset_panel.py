@@ -48,7 +48,8 @@ class DatasetPanel(QWidget):
             self.size_combo.addItem(f"{s} × {s} px", s)
         self.size_combo.setCurrentIndex(IMAGE_SIZES.index(32))
         add_row(form, "Image size", self.size_combo,
-                "Every image is resized on its short side and center-cropped to this square; small sizes train much faster.")
+                "Every image is resized on its short side and center-cropped to this square; small sizes train much "
+                "faster.")
         self.channels_combo = QComboBox()
         for value, text in CHANNEL_CHOICES:
             self.channels_combo.addItem(text, value)
@@ -71,7 +72,8 @@ class DatasetPanel(QWidget):
         self.apply_button.setToolTip("Decode the current images again with the preprocessing above.")
         self.apply_button.clicked.connect(self.reload)
         self.builtin_button = QPushButton("Use Built-in Dataset")
-        self.builtin_button.setToolTip("The shapes dataset that ships with DDPM Studio; the tiny preset learns it in minutes.")
+        self.builtin_button.setToolTip("The shapes dataset that ships with DDPM Studio; the tiny preset learns it in "
+                                       "minutes.")
         self.builtin_button.clicked.connect(lambda: self.load_paths([]))
         form.addRow(self.apply_button)
         form.addRow(self.builtin_button)
@@ -254,7 +256,8 @@ class DatasetPanel(QWidget):
         items = [QTreeWidgetItem([str(s.path), str(s.reason)]) for s in skipped]
         self.skipped.addTopLevelItems(items)
         self.skipped_label.setText(
-            f"<b>Skipped files ({len(skipped)})</b>" if skipped else "<b>Skipped files</b> <span style='color:gray'>none</span>"
+            f"<b>Skipped files ({len(skipped)})</b>" if skipped
+            else "<b>Skipped files</b> <span style='color:gray'>none</span>"
         )
 
     # -- settings ---------------------------------------------------------------------------------

@@ -154,15 +154,17 @@ class SamplingPanel(QWidget):
         self.spacing_combo = QComboBox()
         for name in SPACINGS:
             self.spacing_combo.addItem(name.capitalize(), name)
-            self.spacing_combo.setItemData(self.spacing_combo.count() - 1, SPACING_HINTS[name], Qt.ItemDataRole.ToolTipRole)
+            self.spacing_combo.setItemData(self.spacing_combo.count() - 1, SPACING_HINTS[name],
+                                           Qt.ItemDataRole.ToolTipRole)
         self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(sd.spacing)))
-        add_row(sform, "Spacing", self.spacing_combo, "Which timesteps the steps visit. Trailing starts from pure noise "
-                "for every step count; leading is diffusers' old default, kept for comparisons.")
+        add_row(sform, "Spacing", self.spacing_combo, "Which timesteps the steps visit. Trailing starts from pure "
+                "noise for every step count; leading is diffusers' old default, kept for comparisons.")
         self.eta_spin = float_spin(0.0, 1.0, sd.eta, 2, 0.1)
         add_row(sform, "η (eta)", self.eta_spin, "0 = deterministic DDIM; 1 adds as much noise as ancestral sampling.")
         self.clip_check = QCheckBox("Clip predicted x₀ to [-1, 1]")
         self.clip_check.setChecked(sd.clip_denoised)
-        add_row(sform, "Clip", self.clip_check, "Keep the model's guess of the clean image inside the valid range at every step.")
+        add_row(sform, "Clip", self.clip_check, "Keep the model's guess of the clean image inside the valid range at "
+                                                "every step.")
         self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
 
         ibox, iform = section("Images")
@@ -193,20 +195,24 @@ class SamplingPanel(QWidget):
 
         ebox, eform = section("Export")
         self.scale_spin = int_spin(1, 16, 4, 1, "×")
-        add_row(eform, "Upscale", self.scale_spin, "Enlarge exported images by this factor with crisp, nearest-neighbour pixels.")
+        add_row(eform, "Upscale", self.scale_spin, "Enlarge exported images by this factor with crisp, "
+                                                   "nearest-neighbour pixels.")
         self.layout_combo = QComboBox()
         self.layout_combo.addItem("One grid image", "grid")
         self.layout_combo.addItem("One file per image", "each")
-        add_row(eform, "Samples as", self.layout_combo, "Save the final samples tiled into one PNG or as separate PNG files.")
+        add_row(eform, "Samples as", self.layout_combo, "Save the final samples tiled into one PNG or as separate PNG "
+                                                        "files.")
         self.gif_stride_spin = int_spin(1, 1000, 1)
-        add_row(eform, "GIF stride", self.gif_stride_spin, "Use every n-th recorded step in the GIF (the last step is always kept).")
+        add_row(eform, "GIF stride", self.gif_stride_spin, "Use every n-th recorded step in the GIF (the last step is "
+                                                           "always kept).")
         self.gif_fps_spin = int_spin(1, 60, 20, 1, " fps")
         add_row(eform, "GIF speed", self.gif_fps_spin, "Frames per second of the animated GIF.")
         self.gif_hold_spin = float_spin(0.0, 30.0, 1.5, 1, 0.5)
         self.gif_hold_spin.setSuffix(" s")
         add_row(eform, "Hold last", self.gif_hold_spin, "How long the GIF lingers on the final samples before looping.")
         self.export_frame_button = QPushButton("Frame…")
-        self.export_frame_button.setToolTip("Save the frame on screen (x_t and predicted x₀ side by side) as PNG (Ctrl+E).")
+        self.export_frame_button.setToolTip("Save the frame on screen (x_t and predicted x₀ side by side) as PNG "
+                                            "(Ctrl+E).")
         self.export_samples_button = QPushButton("Samples…")
         self.export_samples_button.setToolTip("Save the final samples as PNG.")
         self.export_gif_button = QPushButton("GIF…")
@@ -554,7 +560,8 @@ class SamplingPanel(QWidget):
                 self.ask_save_path("Export Samples", "PNG image (*.png)", "samples.png")
         if not path:
             return False
-        return self._start_export(jobs.make_export_samples(self.result.images, path, per_image, self.scale_spin.value()),
+        return self._start_export(jobs.make_export_samples(self.result.images, path, per_image,
+                                                           self.scale_spin.value()),
                                   "Exporting samples")
 
     def export_gif(self, path: str | None = None) -> bool:
@@ -595,7 +602,8 @@ class SamplingPanel(QWidget):
             c = SamplingConfig(sampler=get(s, "sampling/sampler", d.sampler), steps=get(s, "sampling/steps", d.steps),
                                eta=get(s, "sampling/eta", d.eta), variance=get(s, "sampling/variance", d.variance),
                                clip_denoised=get(s, "sampling/clip_denoised", d.clip_denoised),
-                               num_images=get(s, "sampling/num_images", d.num_images), seed=get(s, "sampling/seed", d.seed),
+                               num_images=get(s, "sampling/num_images", d.num_images),
+                               seed=get(s, "sampling/seed", d.seed),
                                spacing=get(s, "sampling/spacing", d.spacing))
             c.validate()
             self.set_sampling_config(c)

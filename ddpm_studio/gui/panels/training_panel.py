@@ -90,7 +90,8 @@ class TrainingPanel(QWidget):
         self.preset_combo = QComboBox()
         for name in PRESETS:
             self.preset_combo.addItem(name, name)
-        add_row(pform, "Model", self.preset_combo, "The network's size; each preset also sets sensible training values below.")
+        add_row(pform, "Model", self.preset_combo, "The network's size; each preset also sets sensible training "
+                                                   "values below.")
         self.preset_desc = QLabel("")
         self.preset_desc.setWordWrap(True)
         self.preset_desc.setStyleSheet("color: palette(mid);")
@@ -119,7 +120,8 @@ class TrainingPanel(QWidget):
         # Optimisation
         obox, oform = section("Optimisation")
         self.steps_spin = int_spin(1, 10_000_000, td.steps, 500)
-        add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to this.")
+        add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to "
+                                                 "this.")
         self.batch_spin = int_spin(1, 4096, td.batch_size, 8)
         add_row(oform, "Batch size", self.batch_spin, "Images per step; larger is smoother but slower per step.")
         self.lr_spin = float_spin(1e-6, 1.0, td.lr, 6, 1e-4)
@@ -139,18 +141,22 @@ class TrainingPanel(QWidget):
         self.device_combo = QComboBox()
         for d in DEVICES:
             self.device_combo.addItem(DEVICE_LABELS[d], d)
-        add_row(rform, "Device", self.device_combo, "Where training runs; Automatic picks CUDA, then Apple MPS, then the CPU.")
+        add_row(rform, "Device", self.device_combo, "Where training runs; Automatic picks CUDA, then Apple MPS, then "
+                                                    "the CPU.")
         self.precision_combo = QComboBox()
         self.precision_combo.addItems(PRECISIONS)
-        add_row(rform, "Precision", self.precision_combo, "Automatic: bf16 mixed precision on CPUs that compute bf16 natively (AVX-512 BF16 / AMX; about 1.4-2.5x "
+        add_row(rform, "Precision", self.precision_combo, "Automatic: bf16 mixed precision on CPUs that compute bf16 "
+                                                          "natively (AVX-512 BF16 / AMX; about 1.4-2.5x "
                 "faster), fp32 elsewhere. bf16/fp16 can be chosen for CUDA GPUs.")
         self.preview_spin = int_spin(0, 1_000_000, td.preview_every, 100)
         self.preview_spin.setSpecialValueText("off")
-        add_row(rform, "Preview every", self.preview_spin, "Steps between preview samples from the EMA model; 0 turns them off.")
+        add_row(rform, "Preview every", self.preview_spin, "Steps between preview samples from the EMA model; 0 turns "
+                                                           "them off.")
         self.ckpt_spin = int_spin(0, 10_000_000, td.checkpoint_every, 500)
         self.ckpt_spin.setSpecialValueText("by time only")
         add_row(rform, "Checkpoint every", self.ckpt_spin,
-                f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and at the end.")
+                f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and "
+                "at the end.")
 
         abox, aform = section("More settings")
         self.advanced = SchemaForm([st for st in settings_of(TrainConfig) if st.name in ADVANCED_TRAIN_FIELDS])
@@ -174,7 +180,8 @@ class TrainingPanel(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.open_run_button.clicked.connect(lambda: self.open_run())
         self.new_run_button = QPushButton("New Run")
-        self.new_run_button.setToolTip("Forget the opened run: the next Start begins a fresh run with the settings above.")
+        self.new_run_button.setToolTip("Forget the opened run: the next Start begins a fresh run with the settings "
+                                       "above.")
         self.new_run_button.clicked.connect(self.new_run)
         brow = QGridLayout()
         brow.addWidget(self.start_button, 0, 0, 1, 2)
@@ -256,8 +263,10 @@ class TrainingPanel(QWidget):
         self.weighting_combo.setCurrentText(d["loss_weighting"])
         m = p["model"]
         self.preset_combo.setToolTip(
-            f"{p['description']}\nbase channels {m['base_channels']}, levels ×{', ×'.join(map(str, m['channel_mult']))}, "
-            f"{m['num_res_blocks']} residual block(s) per level, attention at {', '.join(map(str, m['attention_resolutions']))} px."
+            f"{p['description']}\nbase channels {m['base_channels']}, levels "
+            f"×{', ×'.join(map(str, m['channel_mult']))}, "
+            f"{m['num_res_blocks']} residual block(s) per level, attention at "
+            f"{', '.join(map(str, m['attention_resolutions']))} px."
         )
 
     def build_config(self) -> RunConfig:
@@ -285,7 +294,8 @@ class TrainingPanel(QWidget):
 
     def _train_fields(self) -> dict:
         steps = int(self.steps_spin.value())
-        return dict(steps=None if steps >= self.steps_spin.maximum() else steps, batch_size=int(self.batch_spin.value()),
+        return dict(steps=None if steps >= self.steps_spin.maximum() else steps,
+                    batch_size=int(self.batch_spin.value()),
                     lr=float(self.lr_spin.value()), warmup_steps=int(self.warmup_spin.value()),
                     ema_decay=float(self.ema_spin.value()), grad_clip=float(self.clip_spin.value()),
                     seed=int(self.seed_spin.value()), device=str(self.device_combo.currentData()),
@@ -409,7 +419,8 @@ class TrainingPanel(QWidget):
         self.open_run_button.setEnabled(not running)
         self.new_run_button.setEnabled(not running and self.resume_dir is not None)
         locked = running or self.resume_dir is not None
-        for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo, self.weighting_combo):
+        for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo,
+                  self.weighting_combo):
             w.setEnabled(not locked)
         if not running and self.pause_button.isChecked():
             self.pause_button.blockSignals(True)
@@ -452,7 +463,8 @@ class TrainingPanel(QWidget):
             elif isinstance(it, TrainStarted):
                 what = "Resumed" if it.resumed else "Started"
                 self.stats.setText(
-                    f"{what} at step {it.start_step:,} on {it.device} ({it.precision}) · {it.num_parameters / 1e6:.2f}M parameters · "
+                    f"{what} at step {it.start_step:,} on {it.device} ({it.precision}) · "
+                    f"{it.num_parameters / 1e6:.2f}M parameters · "
                     f"{it.num_images:,} images"
                 )
                 self._show_progress(it.start_step, it.total_steps)

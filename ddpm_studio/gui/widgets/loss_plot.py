@@ -181,7 +181,8 @@ class LossPlot(QWidget):
         self._dirty = True
         if len(self._steps.values):
             self.readout.setText(
-                f"step {int(self._steps.values[-1]):,} · loss {self._raw.values[-1]:.4f} · smoothed {self._smooth.values[-1]:.4f}"
+                f"step {int(self._steps.values[-1]):,} · loss {self._raw.values[-1]:.4f} · smoothed "
+                f"{self._smooth.values[-1]:.4f}"
             )
 
     def clear(self) -> None:
