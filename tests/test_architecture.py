@@ -41,3 +41,33 @@ def test_config_imports_without_torch_or_qt():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _package_modules():
+    return sorted((ROOT / "ddpm_studio").rglob("*.py"))
+
+
+def test_no_function_over_60_lines():
+    import ast
+
+    long = []
+    for path in _package_modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
+
+
+def test_a_module_over_500_lines_says_why_at_its_top():
+    import ast
+
+    unexplained = []
+    for path in _package_modules():
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 500:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Length (over 500 lines" not in doc:
+                unexplained.append(str(path.relative_to(ROOT)))
+    assert unexplained == []

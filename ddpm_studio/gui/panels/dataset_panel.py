@@ -37,11 +37,36 @@ class DatasetPanel(QWidget):
         self._pending_sources: list[str] = []
         self.ask_folder = self._ask_folder  # replaceable (tests)
 
+        left_w = self._build_left()
+        right = self._build_right()
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(right, 1)
+        self._show_skipped([])
+        self._options_changed()
+
+    def _build_left(self) -> QWidget:
+        """The drop zone and the preprocessing settings."""
         # -- left: drop zone and preprocessing -----------------------------------------------
         self.drop_zone = DropZone()
         self.drop_zone.paths_dropped.connect(self.load_paths)
         self.drop_zone.browse_requested.connect(self.open_folder)
 
+        box = self._build_preprocessing()
+        self.progress = ProgressRow()
+        self.progress.cancel_clicked.connect(self.cancel)
+
+        left = QVBoxLayout()
+        left.addWidget(self.drop_zone)
+        left.addWidget(box)
+        left.addStretch(1)
+        left_w = QWidget()
+        left_w.setLayout(left)
+        left_w.setMaximumWidth(380)
+        left_w.setMinimumWidth(300)
+        return left_w
+
+    def _build_preprocessing(self) -> QWidget:
         box, form = section("Preprocessing")
         self.size_combo = QComboBox()
         for s in IMAGE_SIZES:
@@ -81,19 +106,9 @@ class DatasetPanel(QWidget):
             w.currentIndexChanged.connect(self._options_changed)
         self.flip_check.toggled.connect(self._options_changed)
         self.min_size_spin.valueChanged.connect(self._options_changed)
+        return box
 
-        self.progress = ProgressRow()
-        self.progress.cancel_clicked.connect(self.cancel)
-
-        left = QVBoxLayout()
-        left.addWidget(self.drop_zone)
-        left.addWidget(box)
-        left.addStretch(1)
-        left_w = QWidget()
-        left_w.setLayout(left)
-        left_w.setMaximumWidth(380)
-        left_w.setMinimumWidth(300)
-
+    def _build_right(self) -> QVBoxLayout:
         # -- right: summary, thumbnails, skipped files ---------------------------------------------
         self.summary = QLabel("No images loaded")
         f = self.summary.font()
@@ -130,12 +145,7 @@ class DatasetPanel(QWidget):
         right.addWidget(self.source_label)
         right.addWidget(self.progress)
         right.addWidget(split, 1)
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left_w)
-        lay.addLayout(right, 1)
-        self._show_skipped([])
-        self._options_changed()
+        return right
 
     # -- options ----------------------------------------------------------------------------------
     def data_config(self) -> DataConfig:

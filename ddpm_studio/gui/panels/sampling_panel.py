@@ -3,7 +3,10 @@
 The chain runs on a worker thread (:func:`..jobs.make_sample`), which turns the recorded steps into
 ``uint8`` grids and sends them in batches (at most ~30 a second, plus the last). Every step is
 recorded while the chain fits the memory budget, every k-th beyond it. Exports run on worker
-threads too.
+threads too. Which model Generate uses is ``sampling.session.SamplingSession``'s decision (Qt-free).
+
+Length (over 500 lines, on purpose): one module per panel (STYLE.md): the settings, the live chain
+viewer with its playback, and four exports, all widgets and wiring.
 """
 
 from __future__ import annotations
@@ -108,6 +111,16 @@ class SamplingPanel(QWidget):
 
     def _build(self) -> None:
         sd = SamplingConfig()
+        boxes = [self._build_model(), self._build_sampler(sd), self._build_images(sd), self._build_buttons(),
+                 self._build_export()]
+        scroll = settings_column(boxes)
+        scroll.setMinimumWidth(330)
+        scroll.setMaximumWidth(400)
+        lay = QHBoxLayout(self)
+        lay.addWidget(scroll)
+        lay.addLayout(self._build_viewer(), 1)
+
+    def _build_model(self) -> QWidget:
         mbox, mform = section("Model")
         self.src_trained = QRadioButton("The model being trained")
         self.src_trained.setToolTip("Sample from a copy of the current EMA weights of the training run.")
@@ -129,7 +142,9 @@ class SamplingPanel(QWidget):
         mform.addRow(self.open_button)
         mform.addRow(self.model_label)
         self.src_group.buttonToggled.connect(lambda *_: self._update_model_label())
+        return mbox
 
+    def _build_sampler(self, sd: SamplingConfig) -> QWidget:
         sbox, sform = section("Sampler")
         self.sampler_combo = QComboBox()
         for name in SAMPLERS:
@@ -166,7 +181,9 @@ class SamplingPanel(QWidget):
         add_row(sform, "Clip", self.clip_check, "Keep the model's guess of the clean image inside the valid range at "
                                                 "every step.")
         self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
+        return sbox
 
+    def _build_images(self, sd: SamplingConfig) -> QWidget:
         ibox, iform = section("Images")
         self.num_spin = int_spin(1, 1024, sd.num_images)
         add_row(iform, "Number", self.num_spin, "How many images to generate at once; they are shown as a grid.")
@@ -181,7 +198,9 @@ class SamplingPanel(QWidget):
         sr.addWidget(self.dice)
         add_row(iform, "Seed", seed_row, "Same seed and settings, same images.")
         self.seed_spin.setToolTip(seed_row.toolTip())
+        return ibox
 
+    def _build_buttons(self) -> QHBoxLayout:
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
         self.generate_button.setToolTip("Run the reverse chain from pure noise (Ctrl+G).")
@@ -192,7 +211,9 @@ class SamplingPanel(QWidget):
         brow = QHBoxLayout()
         brow.addWidget(self.generate_button, 2)
         brow.addWidget(self.cancel_button, 1)
+        return brow
 
+    def _build_export(self) -> QWidget:
         ebox, eform = section("Export")
         self.scale_spin = int_spin(1, 16, 4, 1, "×")
         add_row(eform, "Upscale", self.scale_spin, "Enlarge exported images by this factor with crisp, "
@@ -225,11 +246,10 @@ class SamplingPanel(QWidget):
         erow.addWidget(self.export_samples_button)
         erow.addWidget(self.export_gif_button)
         eform.addRow(erow)
+        return ebox
 
-        scroll = settings_column([mbox, sbox, ibox, brow, ebox])
-        scroll.setMinimumWidth(330)
-        scroll.setMaximumWidth(400)
-
+    def _build_viewer(self) -> QVBoxLayout:
+        """Progress, the chain viewer and the model's noise schedule."""
         self.progress = ProgressRow()
         self.progress.cancel_clicked.connect(self.cancel)
         self.progress.cancel_button.hide()
@@ -253,9 +273,7 @@ class SamplingPanel(QWidget):
         right = QVBoxLayout()
         right.addWidget(self.progress)
         right.addWidget(vs, 1)
-        lay = QHBoxLayout(self)
-        lay.addWidget(scroll)
-        lay.addLayout(right, 1)
+        return right
 
     # -- options ----------------------------------------------------------------------------------
     def _sampler_changed(self, *_) -> None:

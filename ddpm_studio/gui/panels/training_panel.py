@@ -1,7 +1,12 @@
 """Training panel: presets and hyperparameters, Start / Pause / Stop, live loss, schedule and previews.
 
 The trainer runs on a worker thread (:func:`..jobs.make_train`); pausing and stopping go through
-the trainer's thread-safe ``TrainControl``, called directly from the UI thread.
+the trainer's thread-safe ``TrainControl``, called directly from the UI thread. What Start runs and
+which run stays open are decided by ``training.session.TrainingSession`` (Qt-free, tested without Qt);
+the "More settings" rows are a form generated from the config schema (``gui.forms``).
+
+Length (over 500 lines, on purpose): one module per panel (STYLE.md); it is widgets and their wiring,
+with the decisions in the session.
 """
 
 from __future__ import annotations
@@ -84,8 +89,14 @@ class TrainingPanel(QWidget):
         return self.session.resume_config
 
     def _build(self) -> None:
-        td = TrainConfig()
-        # Preset
+        boxes = [self._build_preset(), self._build_diffusion(), self._build_optimisation(), self._build_run(),
+                 self._build_more()]
+        left_w = self._build_buttons(settings_column(boxes))
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(self._build_plots(), 1)
+
+    def _build_preset(self) -> QWidget:
         pbox, pform = section("Preset")
         self.preset_combo = QComboBox()
         for name in PRESETS:
@@ -97,8 +108,9 @@ class TrainingPanel(QWidget):
         self.preset_desc.setStyleSheet("color: palette(mid);")
         pform.addRow(self.preset_desc)
         self.preset_combo.currentIndexChanged.connect(lambda _: self.apply_preset(self.preset_combo.currentData()))
+        return pbox
 
-        # Diffusion
+    def _build_diffusion(self) -> QWidget:
         dbox, dform = section("Diffusion")
         self.schedule_combo = QComboBox()
         self.schedule_combo.addItems(SCHEDULES)
@@ -116,8 +128,10 @@ class TrainingPanel(QWidget):
                 "none is the paper's L_simple; min_snr down-weights easy low-noise steps (Hang et al. 2023).")
         self.schedule_combo.currentIndexChanged.connect(self._schedule_changed)
         self.timesteps_spin.valueChanged.connect(self._schedule_changed)
+        return dbox
 
-        # Optimisation
+    def _build_optimisation(self) -> QWidget:
+        td = TrainConfig()
         obox, oform = section("Optimisation")
         self.steps_spin = int_spin(1, 10_000_000, td.steps, 500)
         add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to "
@@ -135,8 +149,10 @@ class TrainingPanel(QWidget):
         add_row(oform, "Gradient clip", self.clip_spin, "Limit the gradient's overall size to this; 0 turns it off.")
         self.seed_spin = int_spin(0, 2**31 - 1, td.seed)
         add_row(oform, "Seed", self.seed_spin, "Same seed, same weights, data order and noise.")
+        return obox
 
-        # Run
+    def _build_run(self) -> QWidget:
+        td = TrainConfig()
         rbox, rform = section("Run")
         self.device_combo = QComboBox()
         for d in DEVICES:
@@ -157,14 +173,16 @@ class TrainingPanel(QWidget):
         add_row(rform, "Checkpoint every", self.ckpt_spin,
                 f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and "
                 "at the end.")
+        return rbox
 
+    def _build_more(self) -> QWidget:
         abox, aform = section("More settings")
         self.advanced = SchemaForm([st for st in settings_of(TrainConfig) if st.name in ADVANCED_TRAIN_FIELDS])
         aform.addRow(self.advanced)
+        return abox
 
-        scroll = settings_column([pbox, dbox, obox, rbox, abox])
-
-        # Buttons and progress
+    def _build_buttons(self, scroll: QWidget) -> QWidget:
+        """The settings column with the run buttons under it."""
         self.start_button = QPushButton("Start Training")
         self.start_button.setToolTip("Train a new run with these settings (or continue the opened run).")
         self.start_button.setDefault(True)
@@ -197,7 +215,10 @@ class TrainingPanel(QWidget):
         left_w.setLayout(left)
         left_w.setMinimumWidth(330)
         left_w.setMaximumWidth(400)
+        return left_w
 
+    def _build_plots(self) -> QVBoxLayout:
+        """Progress, the run line, the loss plots, the schedule and the previews."""
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -234,10 +255,7 @@ class TrainingPanel(QWidget):
         right.addLayout(prow)
         right.addWidget(self.run_label)
         right.addWidget(vsplit, 1)
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left_w)
-        lay.addLayout(right, 1)
+        return right
 
     # -- configuration ----------------------------------------------------------------------------
     def apply_preset(self, name: str) -> None:
