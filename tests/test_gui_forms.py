@@ -89,3 +89,35 @@ def test_closing_says_what_it_waits_for():
     assert waiting_message(["training", "sampling", "training"]) == (
         "Closing: waiting for training to save its checkpoint and sampling to stop…")
     assert waiting_message(["lab"]) == "Closing: waiting for lab to stop…"
+
+
+def test_sections_persist_by_the_schema_field_by_field(tmp_path):
+    from ddpm_studio.config import SamplingConfig
+    from ddpm_studio.gui.settings import restore_section, save_section
+
+    s = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    save_section(s, "sampling", SamplingConfig(sampler="ddim", steps=50, clip_denoised=False, eta=0.5))
+    s.setValue("sampling/spacing", "even")  # no longer a choice: left out, the rest is kept
+    s.sync()
+    got = restore_section(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), "sampling",
+                          SamplingConfig())
+    assert (got.sampler, got.steps, got.clip_denoised, got.eta) == ("ddim", 50, False, 0.5)
+    assert got.spacing == "trailing" and got.dynamic_threshold is None
+
+
+def test_the_sampling_panel_keeps_its_settings_by_field_name(qtbot):
+    from ddpm_studio.gui.main_window import MainWindow
+    from ddpm_studio.gui.settings import open_settings
+
+    w = MainWindow(load_on_start=False, probe_device=False)
+    qtbot.addWidget(w)
+    sp = w.sampling_panel
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddim"))
+    sp.steps_spin.setValue(33)
+    s = open_settings()
+    sp.save_settings(s)
+    s.sync()
+    assert s.value("sampling/sampler") == "ddim" and int(s.value("sampling/steps")) == 33
+    sp.steps_spin.setValue(5)
+    sp.restore_settings(s)
+    assert sp.steps_spin.value() == 33 and sp.sampler_combo.currentData() == "ddim"

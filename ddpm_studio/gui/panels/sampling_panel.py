@@ -79,6 +79,10 @@ class ChainViewer(QWidget):
         super().mousePressEvent(e)
 
 
+# The SamplingConfig fields this panel has widgets for (and keeps in the settings file, by the schema).
+PANEL_FIELDS = ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed", "spacing")
+
+
 class SamplingPanel(QWidget):
     generation_finished = Signal(object)  # SampleResult | None
     export_finished = Signal(list)  # paths written
@@ -596,9 +600,9 @@ class SamplingPanel(QWidget):
 
     # -- settings ---------------------------------------------------------------------------------
     def save_settings(self, s) -> None:
-        c = self.sampling_config() if self._valid() else SamplingConfig()
-        for k in ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed", "spacing"):
-            s.setValue(f"sampling/{k}", getattr(c, k))
+        from ..settings import save_section
+
+        save_section(s, "sampling", self.sampling_config() if self._valid() else SamplingConfig(), PANEL_FIELDS)
         s.setValue("sampling/scale", self.scale_spin.value())
         s.setValue("sampling/gif_fps", self.gif_fps_spin.value())
         s.setValue("sampling/gif_stride", self.gif_stride_spin.value())
@@ -613,20 +617,9 @@ class SamplingPanel(QWidget):
             return False
 
     def restore_settings(self, s) -> None:
-        from ..settings import get
+        from ..settings import get, restore_section
 
-        d = SamplingConfig()
-        try:
-            c = SamplingConfig(sampler=get(s, "sampling/sampler", d.sampler), steps=get(s, "sampling/steps", d.steps),
-                               eta=get(s, "sampling/eta", d.eta), variance=get(s, "sampling/variance", d.variance),
-                               clip_denoised=get(s, "sampling/clip_denoised", d.clip_denoised),
-                               num_images=get(s, "sampling/num_images", d.num_images),
-                               seed=get(s, "sampling/seed", d.seed),
-                               spacing=get(s, "sampling/spacing", d.spacing))
-            c.validate()
-            self.set_sampling_config(c)
-        except ValueError:
-            pass
+        self.set_sampling_config(restore_section(s, "sampling", SamplingConfig(), PANEL_FIELDS))
         self.scale_spin.setValue(get(s, "sampling/scale", 4))
         self.gif_fps_spin.setValue(get(s, "sampling/gif_fps", 20))
         self.gif_stride_spin.setValue(get(s, "sampling/gif_stride", 1))
