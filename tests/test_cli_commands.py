@@ -118,16 +118,22 @@ def test_no_command_opens_the_window(monkeypatch):
     assert calls == [[]]
 
 
-def test_train_on_an_image_folder(tmp_path, capsys):
-    import json
-
+def _gray_folder(tmp_path, count: int, seed: int):
+    """A folder of ``count`` random 12 px grayscale PNGs."""
     import numpy as np
 
     folder = tmp_path / "pics"
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
         Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L").save(folder / f"p{i}.png")
+    return folder
+
+
+def test_train_on_an_image_folder(tmp_path, capsys):
+    import json
+
+    folder = _gray_folder(tmp_path, 6, seed=0)
     cfg_file = tmp_path / "tiny.json"
     tiny_config().save(cfg_file)
     run = tmp_path / "run"
@@ -191,13 +197,7 @@ def test_sample_sampler_and_spacing_flags_are_used_and_recorded(tmp_path, capsys
 def test_train_reports_skipped_files_by_count_reason_and_name(tmp_path, capsys):
     import json
 
-    import numpy as np
-
-    folder = tmp_path / "pics"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L").save(folder / f"p{i}.png")
+    folder = _gray_folder(tmp_path, 4, seed=1)
     for i in range(7):
         (folder / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "empty.jpg").write_bytes(b"")

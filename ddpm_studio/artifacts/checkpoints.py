@@ -452,15 +452,9 @@ def check_shapes(path: Path, table: dict[str, Any], config: RunConfig) -> None:
         wrong = [f"{k} {shapes[k]} where the config needs {v}" for k, v in expected.items()
                  if k in shapes and shapes[k] != v]
         if missing or unexpected or wrong:
-            parts = []
-            if wrong:
-                parts.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
-            if missing:
-                parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            parts = _mismatches(("of another shape", wrong), ("missing", missing), ("unexpected", unexpected))
             raise CheckpointError(f"{path.name}: the {what} weights do not match the network its config describes: "
-                                  + ", ".join(parts) + "; refused before reading them")
+                                  + parts + "; refused before reading them")
 
 
 def load_checkpoint(path: str | os.PathLike, *, with_state: bool = True,
@@ -563,13 +557,7 @@ def verify_checkpoint(path: str | os.PathLike, *, with_state: bool = True) -> tu
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint in ``run_dir`` whose header and size are intact, or None."""
-    for p in reversed(list_checkpoints(run_dir)):
-        try:
-            read_metadata(p)
-            return p
-        except CheckpointError:
-            continue
-    return None
+    return _last_good(run_dir)
 
 
 def load_latest(run_dir: str | os.PathLike, *, with_state: bool = True,
@@ -626,12 +614,11 @@ def load_weights_into(module: torch.nn.Module, state: dict[str, torch.Tensor], w
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            parts.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
-        raise CheckpointError(f"the {what} weights do not fit this network: " + ", ".join(parts))
+        parts = _mismatches(("missing", missing), ("unexpected", unexpected), ("of another shape", wrong))
+        raise CheckpointError(f"the {what} weights do not fit this network: " + parts)
     module.load_state_dict(state)
+
+
+def _mismatches(*groups: tuple[str, list[str]]) -> str:
+    """'2 missing (e.g. a), 1 of another shape (e.g. b)' for the non-empty (words, names) groups, in order."""
+    return ", ".join(f"{len(names)} {words} (e.g. {names[0]})" for words, names in groups if names)

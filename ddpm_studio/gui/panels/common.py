@@ -122,3 +122,12 @@ def human_duration(seconds: float | None) -> str:
         return f"{m}:{s:02d}"
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}"
+
+
+def column_widget(layout, min_width: int, max_width: int) -> QWidget:
+    """A widget holding ``layout``, between ``min_width`` and ``max_width`` px wide (a panel's settings column)."""
+    w = QWidget()
+    w.setLayout(layout)
+    w.setMinimumWidth(min_width)
+    w.setMaximumWidth(max_width)
+    return w

@@ -19,7 +19,7 @@ from ..state import StudioState
 from ..widgets.drop_zone import DropZone
 from ..widgets.thumbnail_grid import ThumbnailGrid
 from ..workers import Task
-from .common import ProgressRow, add_row, int_spin, section
+from .common import ProgressRow, add_row, column_widget, int_spin, section
 
 IMAGE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 CHANNEL_CHOICES = (("auto", "Automatic"), ("3", "RGB"), ("1", "Grayscale"))
@@ -60,11 +60,7 @@ class DatasetPanel(QWidget):
         left.addWidget(self.drop_zone)
         left.addWidget(box)
         left.addStretch(1)
-        left_w = QWidget()
-        left_w.setLayout(left)
-        left_w.setMaximumWidth(380)
-        left_w.setMinimumWidth(300)
-        return left_w
+        return column_widget(left, 300, 380)
 
     def _build_preprocessing(self) -> QWidget:
         box, form = section("Preprocessing")

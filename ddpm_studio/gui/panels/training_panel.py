@@ -31,7 +31,7 @@ from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
-from .common import add_row, float_spin, human_duration, int_spin, section, settings_column
+from .common import add_row, column_widget, float_spin, human_duration, int_spin, section, settings_column
 
 DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 
@@ -211,11 +211,7 @@ class TrainingPanel(QWidget):
         left = QVBoxLayout()
         left.addWidget(scroll, 1)
         left.addLayout(brow)
-        left_w = QWidget()
-        left_w.setLayout(left)
-        left_w.setMinimumWidth(330)
-        left_w.setMaximumWidth(400)
-        return left_w
+        return column_widget(left, 330, 400)
 
     def _build_plots(self) -> QVBoxLayout:
         """Progress, the run line, the loss plots, the schedule and the previews."""
