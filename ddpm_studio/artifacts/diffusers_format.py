@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_studio.config import (DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplingConfig,
-                                atomic_write_bytes, atomic_write_text)
 from ddpm_studio.artifacts.checkpoints import CheckpointError
+from ddpm_studio.config import (SPACINGS, DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplingConfig,
+                                atomic_write_bytes, atomic_write_text)
 
 if TYPE_CHECKING:  # torch-heavy modules are imported inside the functions that use them
     import torch
@@ -116,7 +116,6 @@ _PREDICTION_TO_DIFFUSERS = {v: k for k, v in _PREDICTION_FROM_DIFFUSERS.items()}
 # fixed_small_log is fixed_small (diffusers takes exp(0.5 log beta-tilde) as the standard deviation).
 _VARIANCE_FROM_DIFFUSERS = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
                             "fixed_large": "fixed_large"}
-_SPACINGS = ("leading", "trailing", "linspace")
 # Our schedule kind <-> diffusers' beta_schedule name (same formula, see engine/schedules.py).
 _SCHEDULE_TO_DIFFUSERS = {"linear": "linear", "quadratic": "scaled_linear", "cosine": "squaredcos_cap_v2",
                           "sigmoid": "sigmoid"}
@@ -497,8 +496,8 @@ def _scheduler_sampling(c: dict[str, Any], cfg: dict[str, Any], cls: str, where:
         sampling["dynamic_threshold"] = _as_float(where, "dynamic_thresholding_ratio", c["dynamic_thresholding_ratio"])
         sampling["threshold_max"] = _as_float(where, "sample_max_value", c["sample_max_value"])
     spacing = c["timestep_spacing"]
-    if spacing not in _SPACINGS:
-        raise _refuse(where, "timestep_spacing", spacing, f"supported: {', '.join(_SPACINGS)}")
+    if spacing not in SPACINGS:  # diffusers' names are ours
+        raise _refuse(where, "timestep_spacing", spacing, f"supported: {', '.join(SPACINGS)}")
     sampling["spacing"] = spacing
     sampling["steps_offset"] = _as_int(where, "steps_offset", c["steps_offset"])
     var = c.get("variance_type")
