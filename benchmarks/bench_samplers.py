@@ -80,10 +80,10 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train(minutes: float, run_dir: Path) -> Path:
-    from ddpm_studio.config import NO_STEP_LIMIT, RunConfig
+    from ddpm_studio.config import RunConfig
     from ddpm_studio.training.trainer import Trainer
 
-    cfg = RunConfig.from_preset("tiny", train=dict(minutes=minutes, steps=NO_STEP_LIMIT, preview_every=0,
+    cfg = RunConfig.from_preset("tiny", train=dict(minutes=minutes, steps=None, preview_every=0,
                                                    checkpoint_every=0, device="cpu"))
     done = Trainer(cfg, run_dir).run()
     print(f"trained: {done.message}")

@@ -48,9 +48,13 @@ def schedule_arrays(kind: str, T: int):
     return NoiseSchedule.from_config(kind, T)
 
 
-# TrainConfig fields shown as a form generated from the schema (label, range, tooltip from config.py)
-ADVANCED_TRAIN_FIELDS = ("weight_decay", "ema_warmup", "log_every", "preview_count", "preview_sampler",
-                         "preview_sampling_steps", "checkpoint_minutes", "keep_checkpoints")
+# TrainConfig fields with widgets of their own above; every other one (a new one too) is a row of
+# "More settings", generated from the schema (label, range, tooltip from config.py). Fields that may
+# be None (train.minutes) are set from the command line or a config file.
+HAND_TRAIN_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "grad_clip", "seed", "device",
+                     "precision", "preview_every", "checkpoint_every")
+ADVANCED_TRAIN_FIELDS = tuple(s.name for s in settings_of(TrainConfig)
+                              if s.name not in HAND_TRAIN_FIELDS and not s.nullable)
 
 
 class TrainingPanel(QWidget):
