@@ -1,5 +1,8 @@
 """CPU training and sampling speed: fp32 against bf16 autocast, channels_last and torch.compile.
 
+With --threads 1 the rates are per second of this process's CPU time (robust on a shared
+machine); with more threads, per second of wall-clock time (needs a quiet machine).
+
 Run by hand (figures into BENCHMARKS.md with the command and `uptime`):
 
     python benchmarks/bench_cpu_precision.py [--threads 2] [--configs tiny:16:32 tiny:32:32 small:32:64]
@@ -20,6 +23,10 @@ import time
 
 import torch
 
+# With one thread, this process's CPU time measures the work itself whatever else the machine runs
+# (a shared 2-core machine); with more, wall-clock time (OpenMP threads that wait spin on the CPU).
+_clock = time.perf_counter
+
 
 def _setup(preset: str, size: int, batch: int, variant: str):
     from ddpm_studio.config import RunConfig
@@ -33,7 +40,7 @@ def _setup(preset: str, size: int, batch: int, variant: str):
     if "cl" in variant:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    net = torch.compile(model) if "compile" in variant else model
+    net = torch.compile(model, dynamic=False) if "compile" in variant else model
     return cfg, model, net, GaussianDiffusion.from_config(cfg.diffusion), x
 
 
@@ -54,10 +61,10 @@ def train_rate(preset, size, batch, variant, steps):
 
     for _ in range(2):  # warm-up (and compilation)
         step()
-    t = time.perf_counter()
+    t = _clock()
     for _ in range(steps):
         step()
-    return steps * batch / (time.perf_counter() - t)
+    return steps * batch / (_clock() - t)
 
 
 def sample_rate(preset, size, variant, steps):
@@ -70,11 +77,11 @@ def sample_rate(preset, size, variant, steps):
         for _ in range(2):
             with autocast("cpu", precision):
                 net(x, tt)
-        t = time.perf_counter()
+        t = _clock()
         for _ in range(steps):
             with autocast("cpu", precision):
                 net(x, tt).float()
-    return steps / (time.perf_counter() - t)  # network evaluations (of 16 images) per second
+    return steps / (_clock() - t)  # network evaluations (of 16 images) per second
 
 
 def main() -> int:
@@ -84,10 +91,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow to compile)")
     args = ap.parse_args()
+    global _clock
     torch.set_num_threads(args.threads)
+    if args.threads == 1:
+        _clock = time.process_time
     from ddpm_studio.engine.devices import cpu_has_native_bf16
 
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability "
+    clock = 'CPU' if args.threads == 1 else 'wall-clock'
+    print(f"torch {torch.__version__}, {args.threads} thread(s) ({clock} time), CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}")
     variants = ["fp32", "bf16", "fp32_cl", "bf16_cl"] + (["fp32_compile", "bf16_compile"] if args.compile else [])
     for spec in args.configs:

@@ -1,4 +1,5 @@
-"""Command line: ``ddpm-studio [train|sample|info]`` (no command opens the window).
+"""Command line: ``ddpm-studio [train|sample|info|export|compare|interpolate|chain|branch]`` (no command opens
+the window).
 
 Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
 was refused (a missing folder, a damaged checkpoint, an invalid setting).
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ddpm_studio import __version__
 from ddpm_studio.config import (DEVICES, PRESETS, SAMPLER_INFO, DataConfig, DiffusionConfig, ModelConfig, RunConfig,
                                 SamplingConfig, Setting, TrainConfig, sampler_default_steps, settings_of)
 
@@ -49,6 +51,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -69,11 +81,13 @@ def _float(text: str) -> float:
     return v
 
 
-def _parse_int(text: str, lo: float | None) -> int:
+def _parse_int(text: str, lo: float | None, hi: float | None = None) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if hi is not None and lo is not None and not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected a whole number from {int(lo)} to {int(hi)}; got {v}")
     if lo is not None and lo >= 0 and v < min(lo, 1):
         raise argparse.ArgumentTypeError(f"expected a whole number >= {min(int(lo), 1)}; got {v}")
     return v
@@ -81,13 +95,15 @@ def _parse_int(text: str, lo: float | None) -> int:
 
 def _value_parser(setting: Setting) -> Callable[[str], Any]:
     """Turn a flag's text into the field's value; the range itself is validate()'s (exit status 1)."""
-    lo = setting.knob.lo
+    lo, hi = setting.knob.lo, setting.knob.hi
+    # a side no network accepts is bad usage (exit 2), as argparse's own checks; other ranges are validate()'s
+    whole_range = setting.key == "data.image_size"
 
     def parse(text: str) -> Any:
         if setting.nullable and text.strip().lower() in ("none", "auto", "off"):
             return None
         if setting.kind == "int":
-            return _parse_int(text, lo)
+            return _parse_int(text, lo, hi if whole_range else None)
         if setting.kind == "float":
             return _positive_float(text) if lo is not None and lo > 0 else _float(text)
         if setting.kind.startswith("tuple["):
@@ -150,12 +166,16 @@ def add_schema_flags(parser: argparse.ArgumentParser, *sections: type) -> list[t
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train a denoising diffusion probabilistic model (Ho et al. 2020) "
                      "on your own images and sample from it. With no command, opens the window.")
+    parser.add_argument("--version", "-V", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     _add_train(sub)
     _add_sample(sub)
     _add_export(sub)
     _add_info(sub)
+    from ddpm_studio.lab import cli_commands as lab_commands  # compare, interpolate, chain, branch (issue 16)
+
+    lab_commands.add_commands(sub, sys.modules[__name__])
     return parser
 
 
@@ -190,6 +210,9 @@ def _add_sample(sub) -> None:
     s.add_argument("--batch-size", type=_positive_int, default=64, metavar="B", help="images per batch (default 64)")
     s.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     s.add_argument("--grid", metavar="FILE.png", help="also write all images as one grid PNG")
+    s.add_argument("--upscale", type=_positive_int, default=1, metavar="N",
+                   help="enlarge the PNG files and the grid N times with crisp nearest-neighbour pixels "
+                   "(default 1: the model's resolution)")
     s.add_argument("--gif", metavar="FILE.gif",
                    help="also write an animated GIF of the reverse chain of the first batch (at most 64 "
                    "images, as a grid enlarged to >= 256 px wide). It shows every k-th step with "
@@ -255,9 +278,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         sections[setting.section][setting.name] = value
     folder = sections["data"].get("folder")
     if folder is not None:
-        if not Path(folder).is_dir():
-            raise ValueError(f"--data: folder not found: {folder}")
-        sections["data"]["folder"] = str(Path(folder).resolve())
+        sections["data"]["folder"] = _data_path(folder)
     if sections["model"]:
         sections["model"]["preset"] = "custom"
     if args.minutes is not None and args.steps is None and not args.resume:
@@ -272,15 +293,37 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-class _TrainReporter:
-    """Turns trainer events into a tqdm bar (terminal) or occasional plain lines (logs)."""
+def _data_path(folder: str) -> str:
+    """--data resolved: a folder of images, or one image file; anything else is refused."""
+    from ddpm_studio.data.decode import IMAGE_EXTENSIONS
 
-    def __init__(self, quiet: bool) -> None:
+    data = Path(folder)
+    if data.is_file() and data.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"--data: {folder} is a file, not an image; give a folder of images (or one image file)")
+    if not data.exists():
+        raise ValueError(f"--data: folder not found: {folder}")
+    return str(data.resolve())
+
+
+class _TrainReporter:
+    """Turns trainer events into a tqdm bar (terminal) or occasional plain lines (logs).
+
+    The bar runs over the steps, or over the clock for a run that only ``--minutes`` ends, and
+    says the time left in words. A "saved" line is held back until training goes on, so the last
+    checkpoint is named once, by the closing message.
+    """
+
+    BAR_FORMAT = "{percentage:3.0f}%|{bar}| {desc}"
+
+    def __init__(self, quiet: bool, minutes: float | None = None) -> None:
         self.quiet = quiet
+        self.limit_sec = minutes * 60.0 if minutes else None
         self.bar = None
+        self.by_clock = False
         self.tty = sys.stderr.isatty()
         self.last_line = 0.0
         self.last_step = 0
+        self.pending_save: str | None = None
 
     def write(self, text: str) -> None:
         if self.bar is not None:
@@ -288,50 +331,78 @@ class _TrainReporter:
         else:
             print(text, file=sys.stderr)
 
+    def _flush_save(self) -> None:
+        if self.pending_save is not None:
+            self.write(f"saved {self.pending_save}")
+            self.pending_save = None
+
     def __call__(self, event: object) -> None:
         from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetrics,
                                                  TrainStarted)
 
         if isinstance(event, TrainStarted):
-            what = "Resuming" if event.resumed else "Training"
-            for note in event.notes:
-                self.write(f"note: {note}")
-            from ddpm_studio.data.report import describe_skipped
-
-            for line in describe_skipped(event.skipped, where=str(Path(event.run_dir) / "run.json")):
-                self.write(line)
-            of = _of_total(event.total_steps)
-            self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
-                       f"on {event.device} ({event.precision}), step {event.start_step:,}{of}")
-            self.last_step = event.start_step
-            if not self.quiet and self.tty:
-                from tqdm import tqdm
-
-                # with --minutes alone the clock decides: no step total to show
-                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step", dynamic_ncols=True,
-                                file=sys.stderr, smoothing=0.1)
+            self._started(event)
         elif isinstance(event, StepMetrics):
-            if self.bar is not None:
-                self.bar.update(event.step - self.last_step)
-                self.bar.set_postfix(loss=f"{event.loss_smooth:.4f}", img_s=f"{event.images_per_sec:.0f}",
-                                     refresh=False)
-            elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
-                self.last_line = time.monotonic()
-                eta = f", ETA {event.eta_sec / 60:.1f} min" if event.eta_sec is not None else ""
-                of = "" if event.total_steps is None else f"/{event.total_steps:,}"
-                self.write(f"step {event.step:,}{of}  loss {event.loss:.4f} "
-                           f"(smoothed {event.loss_smooth:.4f})  {event.images_per_sec:.0f} img/s{eta}")
-            self.last_step = event.step
+            self._metrics(event)
         elif isinstance(event, CheckpointSaved):
             if not self.quiet:
-                self.write(f"saved {event.path}")
+                self._flush_save()
+                self.pending_save = event.path
         elif isinstance(event, PreviewReady):
             pass  # written to RUN_DIR/samples by the trainer
 
-    def close(self) -> None:
+    def _started(self, event) -> None:
+        from ddpm_studio.data.report import describe_skipped
+
+        what = "Resuming" if event.resumed else "Training"
+        for note in event.notes:
+            self.write(f"note: {note}")
+        for line in describe_skipped(event.skipped, where=str(Path(event.run_dir) / "run.json")):
+            self.write(line)
+        of = _of_total(event.total_steps)
+        limit = f", for {self.limit_sec / 60:g} min" if self.limit_sec else ""
+        self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
+                   f"on {event.device} ({event.precision}), step {event.start_step:,}{of}{limit}")
+        self.last_step = event.start_step
+        if not self.quiet and self.tty:
+            from tqdm import tqdm
+
+            # with --minutes alone the clock decides: the bar runs over the time instead of the steps
+            self.by_clock = self.limit_sec is not None and event.total_steps is None
+            total = self.limit_sec if self.by_clock else event.total_steps
+            self.bar = tqdm(total=total, initial=0 if self.by_clock else event.start_step, dynamic_ncols=True,
+                            file=sys.stderr, bar_format=self.BAR_FORMAT, desc=f"step {event.start_step:,}")
+
+    def _metrics(self, event) -> None:
+        from ddpm_studio.durations import format_time_left
+
+        self._flush_save()
+        of = "" if event.total_steps is None else f"/{event.total_steps:,}"
+        left = format_time_left(event.eta_sec)
+        text = (f"step {event.step:,}{of} · loss {event.loss_smooth:.4f} · {event.images_per_sec:.0f} img/s"
+                + (f" · {left}" if left else ""))
         if self.bar is not None:
+            if self.by_clock:
+                self.bar.update(min(event.elapsed_sec, self.bar.total) - self.bar.n)
+            else:
+                self.bar.update(event.step - self.last_step)
+            self.bar.set_description_str(text, refresh=True)
+        elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
+            self.last_line = time.monotonic()
+            self.write(text)
+        self.last_step = event.step
+
+    def close(self, final_checkpoint: str | None = None) -> None:
+        """End the bar; name a held-back save unless it is ``final_checkpoint`` (the closing message names that)."""
+        if self.bar is not None:
+            if self.by_clock and final_checkpoint is not None:
+                self.bar.update(self.bar.total - self.bar.n)
             self.bar.close()
             self.bar = None
+        if self.pending_save is not None and final_checkpoint is not None \
+                and Path(self.pending_save).resolve() == Path(final_checkpoint).resolve():
+            self.pending_save = None
+        self._flush_save()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -340,7 +411,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     rank = int(os.environ.get("RANK", "0") or 0)
     control = TrainControl()
-    reporter = _TrainReporter(quiet=args.quiet or rank != 0)
+    reporter = _TrainReporter(quiet=args.quiet or rank != 0, minutes=cfg.train.minutes)
     interrupts = []
 
     def on_sigint(signum, frame):  # first Ctrl+C: stop after this step and save; second: quit now
@@ -352,10 +423,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             reporter.write("stopping after this step and saving a checkpoint (Ctrl+C again to quit at once)")
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
+    finished = None
     try:
         finished = Trainer(cfg, args.out, resume=args.resume).run(control, reporter)
     finally:
-        reporter.close()
+        reporter.close(finished.checkpoint if finished is not None else None)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if rank == 0:
@@ -379,7 +451,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ddpm_studio.artifacts.loading import load_model
-    from ddpm_studio.sampling.export import save_gif, save_grid, upscale_nearest
+    from ddpm_studio.sampling.export import make_grid, save_gif, save_png, upscale_nearest
 
     for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
         if value and Path(value).suffix.lower() != ext:
@@ -401,11 +473,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     stride = max(1, math.ceil(total_steps / args.gif_frames))
     images_all, frames, written = _sample_batches(args, loaded, sampling, out, total_steps, stride)
     _write_sampling_record(out, loaded, sampling, len(written))
-    print(f"wrote {len(written)} image(s) of {images_all[0].shape[2]}x{images_all[0].shape[1]} px to {out} "
-          f"(settings in {out / SAMPLING_RECORD})")
+    h, w = images_all[0].shape[1] * args.upscale, images_all[0].shape[2] * args.upscale
+    print(f"wrote {len(written)} image(s) of {w}x{h} px to {out} (settings in {out / SAMPLING_RECORD})")
     if args.grid:
-        save_grid(np.concatenate(images_all), args.grid)
-        print(f"wrote grid {args.grid}")
+        grid = upscale_nearest(make_grid(np.concatenate(images_all)), args.upscale)
+        save_png(grid, args.grid)
+        print(f"wrote grid {args.grid} ({grid.shape[1]}x{grid.shape[0]} px)")
     if args.gif:
         factor = max(1, math.ceil(GIF_MIN_SIDE / frames[0].shape[1]))
         count = save_gif((upscale_nearest(f, factor) for f in frames), args.gif, fps=args.gif_fps)
@@ -431,7 +504,7 @@ def _sampling_from_flags(args: argparse.Namespace, loaded) -> SamplingConfig:
 def _sample_batches(args: argparse.Namespace, loaded, sampling: SamplingConfig, out: Path, total_steps: int,
                     stride: int) -> tuple[list, list, list[Path]]:
     """Generate and save the images batch by batch: (images per batch, GIF frames, files written)."""
-    from ddpm_studio.sampling.export import make_grid, save_pngs
+    from ddpm_studio.sampling.export import make_grid, save_pngs, upscale_nearest
     from ddpm_studio.sampling.service import generate, to_uint8
 
     n_all = sampling.num_images
@@ -454,7 +527,8 @@ def _sample_batches(args: argparse.Namespace, loaded, sampling: SamplingConfig, 
                     frames.append(make_grid(to_uint8(last.x_t[:64])))
             images = to_uint8(last.x_t)
             images_all.append(images)
-            written += save_pngs(images, out, prefix="sample", start=sum(batches[:b]))
+            big = upscale_nearest(images, args.upscale)  # (n, H*k, W*k, C)
+            written += save_pngs(big, out, prefix="sample", start=sum(batches[:b]))
     finally:
         if bar is not None:
             bar.close()
@@ -645,14 +719,18 @@ def _launch_gui(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version", "-V")):
         return _launch_gui(argv)  # no command: the window, with its own options (--smoke, --no-dataset)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export}[args.command]
+    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info, "export": cmd_export}.get(args.command)
+    if command is None:  # the lab's commands (issue 16)
+        from ddpm_studio.lab.cli_commands import COMMANDS as LAB_COMMANDS
+
+        command = lambda a: LAB_COMMANDS[args.command](a, sys.modules[__name__])  # noqa: E731
     try:
         return command(args)
     except KeyboardInterrupt:

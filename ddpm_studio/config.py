@@ -302,7 +302,8 @@ class DataConfig:
     """Which images, and how they are turned into training tensors."""
 
     folder: str | None = knob(None, flag="--data", metavar="DIR", label="Image folder",
-                              help="image folder (default: the built-in dataset)")
+                              help="image folder, searched recursively, or one image file "
+                                   "(default: the built-in dataset)")
     image_size: int = knob(16, lo=8, hi=256, label="Image size", metavar="PX",
                            help="square side after resize-short-side + center-crop (px); tiny: 16, fast on a CPU")
     channels: str = knob("auto", choices=Channels, label="Channels",

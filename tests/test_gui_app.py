@@ -48,7 +48,7 @@ def test_settings_and_geometry_restored(qtbot):
     w = MainWindow(load_on_start=False, probe_device=False)
     qtbot.addWidget(w)
     w.show()
-    w.resize(790, 610)
+    w.resize(1024, 710)  # the minimum width: the offscreen screen is narrower than any larger one
     w.training_panel.steps_spin.setValue(1234)
     w.training_panel.schedule_combo.setCurrentText("cosine")
     w.sampling_panel.steps_spin.setValue(37)
@@ -61,7 +61,7 @@ def test_settings_and_geometry_restored(qtbot):
     w2 = MainWindow(load_on_start=False, probe_device=False)
     qtbot.addWidget(w2)
     w2.show()
-    assert (w2.width(), w2.height()) == (790, 610)
+    assert (w2.width(), w2.height()) == (1024, 710)
     assert w2.training_panel.steps_spin.value() == 1234
     assert w2.training_panel.schedule_combo.currentText() == "cosine"
     assert w2.sampling_panel.steps_spin.value() == 37

@@ -22,8 +22,8 @@ import torch
 
 from .choices import LossWeighting, Prediction, Variance
 from .schedules import NoiseSchedule
-from .steps import (SPACINGS, _bounds, _randn, check_spacing, check_steps, clip_x0, ddim_timesteps,  # noqa: F401
-                    trailing_timesteps)
+from .steps import (SPACINGS, _bounds, _check_start, _randn, check_spacing, check_steps,  # noqa: F401
+                    clip_x0, ddim_timesteps, trailing_timesteps)
 from .types import StepResult
 
 if TYPE_CHECKING:  # config.py has no torch; imported only for annotations
@@ -242,18 +242,24 @@ class GaussianDiffusion:
                                   clip_denoised: bool = True,
                                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                   device=None, should_stop: Callable[[], bool] | None = None,
-                                  dtype: torch.dtype | None = None, **bounds) -> Iterator[StepResult]:
+                                  dtype: torch.dtype | None = None, start_index: int = 0,
+                                  **bounds) -> Iterator[StepResult]:
         """Ancestral sampling, Algorithm 2: yields T steps t = T-1 ... 0; the last x_t is x_0.
 
         ``noise`` is x_T (else drawn from ``generator``); noise for each step with t > 0 is drawn
         from ``generator`` in order. A set ``should_stop`` ends the chain before the next step.
+        ``start_index`` k > 0 resumes a chain: ``noise`` is then the x the chain holds before its
+        step k (the x_t of step k-1's StepResult, at t = T-1-k) and steps k … T-1 are taken.
         """
         if variance not in VARIANCES:
             raise ValueError(f"sampling.variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
+        _check_start(start_index, self.T, noise)
         with torch.inference_mode():
             x, device = self._start(model, shape, noise, device, dtype, generator)
             B = x.shape[0]
             for i, t in enumerate(range(self.T - 1, -1, -1)):
+                if i < start_index:
+                    continue
                 if should_stop is not None and should_stop():
                     return
                 out = model(x, torch.full((B,), t, dtype=torch.long, device=device))
@@ -267,21 +273,25 @@ class GaussianDiffusion:
                                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                      device=None, should_stop: Callable[[], bool] | None = None,
                                      dtype: torch.dtype | None = None, spacing: str = "trailing", steps_offset: int = 0,
-                                     **bounds) -> Iterator[StepResult]:
+                                     start_index: int = 0, **bounds) -> Iterator[StepResult]:
         """DDIM sampling over ``ddim_timesteps(steps, spacing, steps_offset)``; each step goes to the next
         timestep of that list (the last to alpha-bar = 1). Noise is drawn only for steps with sigma > 0.
 
         diffusers' DDIMScheduler steps instead to ``t - T // steps``; the two agree whenever the
         timesteps are evenly spaced by ``T // steps`` (leading at any offset; trailing when steps
         divides T), and otherwise diffusers' chain jumps between timesteps it does not evaluate.
+        ``start_index`` k > 0 resumes at step k: ``noise`` is the x at timestep ``ts[k]``.
         """
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"sampling.eta must be from 0 to 1; got {eta!r}")
         ts = self.ddim_timesteps(steps, spacing, steps_offset)
+        _check_start(start_index, len(ts), noise)
         with torch.inference_mode():
             x, device = self._start(model, shape, noise, device, dtype, generator)
             B = x.shape[0]
             for i, t in enumerate(ts):
+                if i < start_index:
+                    continue
                 if should_stop is not None and should_stop():
                     return
                 t_prev = ts[i + 1] if i + 1 < len(ts) else -1
@@ -295,13 +305,16 @@ class GaussianDiffusion:
                            generator: torch.Generator | None = None,
                            device=None, should_stop: Callable[[], bool] | None = None,
                            noise: torch.Tensor | None = None,
-                           dtype: torch.dtype | None = None) -> Iterator[StepResult]:
+                           dtype: torch.dtype | None = None, start_index: int = 0,
+                           history: list[torch.Tensor] | None = None) -> Iterator[StepResult]:
         """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``.
-        ``noise`` (x_T) and ``dtype`` as for the loops."""
+        ``noise`` (x_T) and ``dtype`` as for the loops. ``start_index`` k > 0 resumes a chain at its
+        step k from ``noise`` = the x it held there; DPM-Solver++ also takes ``history``, the
+        pred_x0 of the steps before k (oldest first; the solver keeps at most its order of them)."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(sampling.seed))
         bounds = _bounds(sampling)
-        bounds.update(noise=noise, dtype=dtype)
+        bounds.update(noise=noise, dtype=dtype, start_index=start_index)
         if sampling.sampler == "ddpm":
             return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, generator=generator,
                                                   device=device, should_stop=should_stop, **bounds)
@@ -318,7 +331,7 @@ class GaussianDiffusion:
             return dpm_solver_sample_loop_progressive(
                 self, model, shape, steps=sampling.steps, order=order, sde=sde,
                 spacing=getattr(sampling, "spacing", "trailing"), generator=generator, device=device,
-                should_stop=should_stop, **bounds)
+                should_stop=should_stop, history=history, **bounds)
         raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got "
                          f"{sampling.sampler!r}")
 

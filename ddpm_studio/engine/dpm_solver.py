@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .steps import _randn, check_spacing, check_steps, clip_x0, trailing_timesteps
+from .steps import _check_start, _randn, check_spacing, check_steps, clip_x0, trailing_timesteps
 from .types import StepResult
 
 if TYPE_CHECKING:
@@ -111,6 +111,14 @@ class DPMSolverPP:
         self.history: list[torch.Tensor] = []  # x_theta of the steps taken so far, newest last (<= order kept)
         self._next = 0
 
+    def resume_at(self, i: int, history: list[torch.Tensor] | None = None) -> None:
+        """Continue a chain at step ``i``: ``history`` holds the x_theta of steps before i, oldest
+        first (the pred_x0 they yielded); with fewer than the order needs, step i warms up again."""
+        if not 0 <= i < len(self.timesteps):
+            raise ValueError(f"start_index must be a whole number from 0 to {len(self.timesteps) - 1}; got {i!r}")
+        self.history = list(history or [])[-self.order:][-i:] if i > 0 else []
+        self._next = i
+
     def __len__(self) -> int:
         return len(self.timesteps)
 
@@ -141,7 +149,7 @@ class DPMSolverPP:
                              f"got {i}")
         m0 = self.denoise(model_output, x, i)
         self.history = (self.history + [m0])[-self.order:]
-        order = self.order_at(i)
+        order = min(self.order_at(i), len(self.history))  # a resumed chain may hold fewer estimates
         a_t, s_t, s_s = self.alpha[i + 1], self.sigma[i + 1], self.sigma[i]
         h = self.lam[i + 1] - self.lam[i]
         if self.needs_noise(i) and noise is None:
@@ -191,22 +199,30 @@ def dpm_solver_sample_loop_progressive(diffusion: "GaussianDiffusion", model: "M
                                        clip_range: float = 1.0, generator: torch.Generator | None = None,
                                        noise: torch.Tensor | None = None, device=None,
                                        should_stop: Callable[[], bool] | None = None,
-                                       dtype: torch.dtype | None = None) -> Iterator[StepResult]:
+                                       dtype: torch.dtype | None = None, start_index: int = 0,
+                                       history: list[torch.Tensor] | None = None) -> Iterator[StepResult]:
     """DPM-Solver++ (order 1-3, ODE or SDE) from x_T: yields one StepResult per network call.
 
     ``noise`` is x_T (else drawn from ``generator``); the SDE variant then draws one noise tensor
     per step from ``generator`` after the network call, as diffusers' pipelines do (the step into
     x_0 draws none: diffusers' draw there is multiplied by sigma = 0). A set ``should_stop`` ends
-    the chain before the next network call.
+    the chain before the next network call. ``start_index`` k > 0 resumes at step k from ``noise``
+    = the x at ``timesteps[k]``, with ``history`` the pred_x0 of the steps before it (oldest first).
     """
     solver = DPMSolverPP(diffusion, steps, order=order, sde=sde, spacing=spacing, lower_order_final=lower_order_final,
                          clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold, threshold_max=threshold_max,
                          clip_range=clip_range)
     n = len(solver)
+    _check_start(start_index, n, noise)
+    if start_index > 0:
+        solver.resume_at(start_index, history)
     with torch.inference_mode():
         x, device = diffusion._start(model, shape, noise, device, dtype, generator)
+        solver.history = [h.to(device=x.device, dtype=x.dtype) for h in solver.history]  # a resumed chain's
         B = x.shape[0]
         for i, t in enumerate(solver.timesteps):
+            if i < start_index:
+                continue
             if should_stop is not None and should_stop():
                 return
             out = model(x, torch.full((B,), t, dtype=torch.long, device=device))

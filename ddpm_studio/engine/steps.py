@@ -87,3 +87,12 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: 
     if steps == 1:
         return [T - 1]
     return np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64).tolist()
+
+
+def _check_start(start_index, n_steps: int, noise) -> None:
+    """A resumed chain (start_index k > 0) starts from a given x; k must name one of its steps."""
+    whole = isinstance(start_index, (int, np.integer)) and not isinstance(start_index, bool)
+    if not whole or not 0 <= start_index < n_steps:
+        raise ValueError(f"start_index must be a whole number from 0 to {n_steps - 1}; got {start_index!r}")
+    if start_index > 0 and noise is None:
+        raise ValueError("resuming a chain (start_index > 0) needs the x it holds there, given as noise=")

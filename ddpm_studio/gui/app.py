@@ -41,10 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def window_problem(qt_args: list[str]) -> str | None:
+    """Why the window cannot open here, in one line (checked before Qt could abort), or None."""
+    from .syslibs import check_window_libraries, uses_xcb
+
+    if not uses_xcb(qt_args=qt_args):
+        return None
+    if not os.environ.get("DISPLAY"):
+        return ("ddpm-studio: the window cannot open: there is no X display (DISPLAY is not set). Run it on a "
+                "desktop, or use a command without the window (ddpm-studio --help)")
+    return check_window_libraries(qt_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, qt_args = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    from PySide6.QtCore import QCoreApplication, QTimer
-    from PySide6.QtWidgets import QApplication
+    problem = window_problem(qt_args)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    try:
+        from PySide6.QtCore import QCoreApplication, QTimer
+        from PySide6.QtWidgets import QApplication
+    except ImportError as e:  # a system library Qt links to is missing (libEGL, libfontconfig, ...)
+        from .syslibs import import_failure_message
+
+        print(import_failure_message(e), file=sys.stderr)
+        return 1
 
     QCoreApplication.setOrganizationName("ddpm-studio")
     QCoreApplication.setApplicationName("DDPM Studio")

@@ -288,6 +288,23 @@ def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
         if mps is not None and mps.is_available():
             available.append("mps")
         device = select_device(pref)
-        return describe_device(device, resolve_precision(device, "auto")[0]), available
+        precision = resolve_precision(device, "auto")[0]
+        if device.type == "cpu":
+            return cpu_device_text(torch.get_num_threads(), precision=precision), available
+        return describe_device(device, precision), available
 
     return job
+
+
+def cpu_device_text(threads: int, cpus: int | None = None, environ=None, precision: str | None = None) -> str:
+    """The status bar's CPU entry, saying why torch uses fewer threads than the machine has cores,
+    and naming the precision when it is not fp32 (e.g. bf16 on a CPU that has it)."""
+    environ = os.environ if environ is None else environ
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    extra = f", {precision}" if precision and precision not in ("fp32", "auto") else ""
+    n = f"{threads} thread{'' if threads == 1 else 's'}"
+    if "OMP_NUM_THREADS" in environ and threads < cpus:
+        return f"CPU ({threads} of {cpus} cores, as OMP_NUM_THREADS says{extra})"
+    if threads < cpus:
+        return f"CPU ({threads} of {cpus} cores, one kept for the window{extra})"
+    return f"CPU ({n}{extra})"

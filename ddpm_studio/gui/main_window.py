@@ -13,6 +13,7 @@ from ..logs import logger
 from . import jobs, settings as settings_mod
 from .panels.dataset_panel import DatasetPanel
 from .panels.forward_panel import ForwardPanel
+from .panels.lab_panel import LabPanel
 from .panels.sampling_panel import SamplingPanel
 from .panels.training_panel import TrainingPanel
 from .state import StudioState
@@ -20,6 +21,9 @@ from .widgets.drop_zone import local_paths
 from .workers import Task, running_tasks
 
 APP_TITLE = "DDPM Studio"
+# Every panel is laid out to be usable at this size (tests/test_gui_firsthour.py grabs each one there);
+# it fits a 1280 x 720 or 1366 x 768 laptop screen beside a task bar.
+MIN_SIZE = (1024, 640)
 
 
 class MainWindow(QMainWindow):
@@ -37,23 +41,26 @@ class MainWindow(QMainWindow):
 
         self.setWindowTitle(APP_TITLE)
         self.setAcceptDrops(True)
-        self.setMinimumSize(760, 540)
+        self.setMinimumSize(*MIN_SIZE)
         self.resize(1280, 820)
 
         self.dataset_panel = DatasetPanel(self.state)
         self.training_panel = TrainingPanel(self.state)
         self.sampling_panel = SamplingPanel(self.state)
         self.forward_panel = ForwardPanel(self.state)
+        self.lab_panel = LabPanel(self.state)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.dataset_panel, "Dataset")
         self.tabs.addTab(self.training_panel, "Training")
         self.tabs.addTab(self.sampling_panel, "Sampling")
         self.tabs.addTab(self.forward_panel, "Forward Process")
+        self.tabs.addTab(self.lab_panel, "Lab")
         self.tabs.setTabToolTip(0, "Choose the images to learn from.")
         self.tabs.setTabToolTip(1, "Train a denoising network and watch the loss fall.")
         self.tabs.setTabToolTip(2, "Generate images and watch the reverse chain.")
         self.tabs.setTabToolTip(3, "See how noise destroys an image step by step.")
+        self.tabs.setTabToolTip(4, "Compare samplers, branch a chain, interpolate: see how a sample is made.")
         self.setCentralWidget(self.tabs)
 
         self.activity_label = QLabel("Ready")
@@ -61,7 +68,9 @@ class MainWindow(QMainWindow):
 
         quiet_label(self.activity_label)
         self.device_label = QLabel("Device: detecting…")
-        self.device_label.setToolTip("The compute device training and sampling use when set to Automatic.")
+        self.device_label.setToolTip("The compute device training and sampling use when set to Automatic. On a CPU "
+                                     "the window trains with every core but one, so that it stays responsive "
+                                     "(set OMP_NUM_THREADS to choose).")
         sb = self.statusBar()
         sb.addWidget(self.activity_label, 1)
         sb.addPermanentWidget(self.device_label)
@@ -164,11 +173,24 @@ class MainWindow(QMainWindow):
         self.tabs.setCurrentWidget(self.sampling_panel)
         self.sampling_panel.generate()
 
+    def about_text(self) -> str:
+        import sys
+
+        import PySide6
+        from PySide6.QtCore import qVersion
+
+        from .. import __version__
+
+        torch = sys.modules.get("torch")  # imported by the device probe; never imported here
+        versions = (f"PySide6 {PySide6.__version__} · Qt {qVersion()}"
+                    + (f" · torch {torch.__version__}" if torch else ""))
+        return (f"<b>DDPM Studio {__version__}</b><p>Train denoising diffusion probabilistic models "
+                "(Ho et al. 2020) on your own images and watch them work.</p>"
+                f"<p>{versions}</p>"
+                f"<p>Settings: {settings_mod.settings_path()}<br>Runs: {paths.default_runs_dir()}</p>")
+
     def _about(self) -> None:
-        QMessageBox.about(self, "About DDPM Studio",
-                          "<b>DDPM Studio</b><p>Train denoising diffusion probabilistic models "
-                          "(Ho et al. 2020) on your own images and watch them work.</p>"
-                          f"<p>Settings: {settings_mod.settings_path()}<br>Runs: {paths.default_runs_dir()}</p>")
+        QMessageBox.about(self, "About DDPM Studio", self.about_text())
 
     def _update_actions(self) -> None:
         self.pause_action.setEnabled(self.state.is_busy("training"))

@@ -61,3 +61,21 @@ def restore_section(settings: QSettings, prefix: str, section, names: tuple[str,
             continue
         section = trial
     return section
+def last_dir(kind: str, default) -> str:
+    """The folder a file dialog of ``kind`` ("runs", "exports", "images") used last, if it still exists."""
+    import os
+
+    value = get(open_settings(), f"dialogs/{kind}", "")
+    return value if value and os.path.isdir(value) else str(default)
+
+
+def remember_dir(kind: str, path) -> None:
+    """Remember the folder of ``path`` (or ``path`` itself when it is a folder) for the next dialog of ``kind``."""
+    import os
+
+    path = str(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if folder:
+        s = open_settings()
+        s.setValue(f"dialogs/{kind}", folder)
+        s.sync()

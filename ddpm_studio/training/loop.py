@@ -418,8 +418,9 @@ class Previews(LoopListener):
             self.preview(loop)
 
     def at_end(self, loop: Loop, reason: FinishReason) -> None:
-        ended_well = reason in (FinishReason.COMPLETED, FinishReason.TIME_LIMIT)
-        if loop.dist.is_main and ended_well and loop.tc.preview_every and loop.state.step > loop.state.start_step:
+        # No closing preview when the clock ended the run: it costs seconds past the time asked for.
+        completed = reason == FinishReason.COMPLETED
+        if loop.dist.is_main and completed and loop.tc.preview_every and loop.state.step > loop.state.start_step:
             self.preview(loop)
 
     def preview(self, loop: Loop) -> None:
@@ -450,7 +451,6 @@ class Previews(LoopListener):
 
 
 def _fmt_duration(sec: float) -> str:
-    sec = int(round(sec))
-    h, rem = divmod(sec, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
+    from ddpm_studio.durations import format_duration
+
+    return format_duration(sec)

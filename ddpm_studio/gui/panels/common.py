@@ -23,6 +23,8 @@ def settings_column(items: list[QWidget | QLayout]) -> QScrollArea:
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    # never narrower than its contents plus the vertical scroll bar: nothing hides under the bar
+    scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 2)
     return scroll
 
 
@@ -109,19 +111,6 @@ class ProgressRow(QWidget):
         self.bar.setVisible(False)
         self.cancel_button.setVisible(False)
         self.label.setText(message)
-
-
-def human_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "–"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}:{s:02d}"
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}"
 
 
 def column_widget(layout, min_width: int, max_width: int) -> QWidget:

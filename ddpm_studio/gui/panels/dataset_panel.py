@@ -44,6 +44,7 @@ class DatasetPanel(QWidget):
         lay.addLayout(right, 1)
         self._show_skipped([])
         self._options_changed()
+        state.activity_changed.connect(self._lock_while_training)
 
     def _build_left(self) -> QWidget:
         """The drop zone and the preprocessing settings."""
@@ -56,7 +57,13 @@ class DatasetPanel(QWidget):
         self.progress = ProgressRow()
         self.progress.cancel_clicked.connect(self.cancel)
 
+        self.training_note = QLabel("Training runs on the images loaded now; stop it to change the dataset.")
+        self.training_note.setWordWrap(True)
+        self.training_note.setStyleSheet("color: palette(mid);")
+        self.training_note.setVisible(False)
+
         left = QVBoxLayout()
+        left.addWidget(self.training_note)
         left.addWidget(self.drop_zone)
         left.addWidget(box)
         left.addStretch(1)
@@ -170,17 +177,31 @@ class DatasetPanel(QWidget):
         loaded = self.state.data_config
         cur = self.data_config()
         differs = self.state.images is not None and dataclasses.replace(loaded, folder=None, flip=cur.flip) != cur
-        self.apply_button.setEnabled(differs and not self.is_loading())
+        self.apply_button.setEnabled(differs and not self.is_loading() and not self.state.is_busy("training"))
         if self.state.images is not None and cur.flip != loaded.flip:
             # flip acts at training time only: no need to decode again
             self.state.set_data_config(dataclasses.replace(loaded, flip=cur.flip))
+
+    def _lock_while_training(self) -> None:
+        """A running trainer has its images already: nothing here would change it, so nothing is editable."""
+        training = self.state.is_busy("training")
+        for w in (self.drop_zone, self.size_combo, self.channels_combo, self.flip_check, self.background_combo,
+                  self.min_size_spin, self.builtin_button):
+            w.setEnabled(not training)
+        self.training_note.setVisible(training)
+        self._options_changed()
 
     # -- loading ----------------------------------------------------------------------------------
     def is_loading(self) -> bool:
         return self.task is not None and self.task.is_running()
 
     def _ask_folder(self) -> str | None:
-        path = QFileDialog.getExistingDirectory(self, "Open Image Folder", os.path.expanduser("~"))
+        from .. import settings as settings_mod
+
+        start = settings_mod.last_dir("images", os.path.expanduser("~"))
+        path = QFileDialog.getExistingDirectory(self, "Open Image Folder", start)
+        if path:
+            settings_mod.remember_dir("images", os.path.dirname(os.path.abspath(path)))  # beside the folder opened
         return path or None
 
     def open_folder(self) -> None:
@@ -194,6 +215,9 @@ class DatasetPanel(QWidget):
     def load_paths(self, paths: list[str]) -> bool:
         """Load ``paths`` (folders and/or image files; [] = built-in). False if nothing started."""
         paths = [str(p) for p in paths]
+        if self.state.is_busy("training"):
+            self.state.report_error("Training runs on the images loaded now: stop it before opening other images.", "")
+            return False
         try:
             cfg = self.data_config()
             cfg.validate()

@@ -41,7 +41,7 @@ class ForwardPanel(QWidget):
 
         self.grid = ThumbnailGrid(icon_size=48)
         self.grid.setToolTip("Pick the image to noise.")
-        self.grid.setMinimumWidth(240)
+        self.grid.setMinimumWidth(200)
         self.grid.setMaximumWidth(360)
         self.grid.clicked.connect(lambda idx: self.select_image(idx.row()))
         pick = QLabel("<b>Dataset image</b>")
@@ -64,6 +64,7 @@ class ForwardPanel(QWidget):
         tl.setContentsMargins(0, 0, 0, 0)
         tl.addLayout(views, 1)
         tl.addLayout(trow)
+        tl.addWidget(self.t_label)
         tl.addWidget(explain)
         vs = QSplitter(Qt.Orientation.Vertical)
         vs.addWidget(top)
@@ -86,7 +87,7 @@ class ForwardPanel(QWidget):
         self.t_slider.setToolTip("The timestep t: how much noise the forward process has added (0 = almost none).")
         self.t_slider.valueChanged.connect(self.set_t)
         self.t_label = QLabel("t = 0")
-        self.t_label.setMinimumWidth(260)
+        self.t_label.setMinimumWidth(0)
         self.seed_spin = int_spin(0, 2**31 - 1, 0)
         self.seed_spin.setPrefix("noise seed ")
         self.seed_spin.setToolTip("The seed of ε; the same seed gives the same noise at every t.")
@@ -96,8 +97,7 @@ class ForwardPanel(QWidget):
         self.resample.clicked.connect(lambda: self.seed_spin.setValue(self.seed_spin.value() + 1))
         trow = QHBoxLayout()
         trow.addWidget(QLabel("t"))
-        trow.addWidget(self.t_slider, 1)
-        trow.addWidget(self.t_label)
+        trow.addWidget(self.t_slider, 1)  # the slider keeps the row's width; the readout has a row of its own
         trow.addWidget(self.seed_spin)
         trow.addWidget(self.resample)
         explain = QLabel("The forward process needs no network: q(x_t | x₀) = N(√ᾱ_t · x₀, (1 − ᾱ_t) I). "

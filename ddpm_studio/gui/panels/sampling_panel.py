@@ -23,9 +23,11 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, 
                                QPushButton, QRadioButton, QSlider, QSplitter, QStyle,
                                QVBoxLayout, QWidget)
 
+from ... import paths
 from ...config import SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, SamplingConfig, sampler_default_steps
 from ...sampling.session import SamplingSession, schedule_of
 from .. import jobs
+from .. import settings as settings_mod
 from ..state import StudioState
 from ..widgets.chain_canvas import ChainCanvas
 from ..widgets.schedule_plot import SchedulePlot
@@ -86,6 +88,7 @@ PANEL_FIELDS = ("sampler", "steps", "eta", "variance", "clip_denoised", "num_ima
 class SamplingPanel(QWidget):
     generation_finished = Signal(object)  # SampleResult | None
     export_finished = Signal(list)  # paths written
+    model_read = Signal(str)  # an opened model's step, size and schedule are shown
 
     def __init__(self, state: StudioState, parent=None, budget_bytes: int = jobs.DEFAULT_CHAIN_BUDGET):
         super().__init__(parent)
@@ -102,6 +105,7 @@ class SamplingPanel(QWidget):
         self._marker_time = 0.0
         self.ask_save_path = self._ask_save_path  # replaceable (tests): (title, filter, default) -> path
         self.ask_folder = self._ask_folder
+        self.info_task: Task | None = None  # reads an opened model (step, size, schedule) before any Generate
         self._build()
         state.trainer_changed.connect(lambda _: self._update_model_label())
         self._update_model_label()
@@ -118,7 +122,7 @@ class SamplingPanel(QWidget):
         boxes = [self._build_model(), self._build_sampler(sd), self._build_images(sd), self._build_buttons(),
                  self._build_export()]
         scroll = settings_column(boxes)
-        scroll.setMinimumWidth(330)
+        scroll.setMinimumWidth(max(330, scroll.minimumWidth()))
         scroll.setMaximumWidth(400)
         lay = QHBoxLayout(self)
         lay.addWidget(scroll)
@@ -133,9 +137,10 @@ class SamplingPanel(QWidget):
         self.src_group = QButtonGroup(self)
         self.src_group.addButton(self.src_trained)
         self.src_group.addButton(self.src_disk)
-        self.src_trained.setChecked(True)
+        self.src_disk.setChecked(True)  # nothing trains in a window that has just opened
         self.open_button = QPushButton("Open Run or Checkpoint…")
-        self.open_button.setToolTip("Pick a run folder or a .safetensors checkpoint to sample from.")
+        self.open_button.setToolTip("Pick a run folder, a .safetensors checkpoint or a diffusers model folder "
+                                    "in one dialog (starts in the runs folder).")
         self.open_button.clicked.connect(lambda: self.open_model())
         self.model_label = QLabel("")
         self.model_label.setWordWrap(True)
@@ -268,7 +273,12 @@ class SamplingPanel(QWidget):
         self.play_button.toggled.connect(self.set_playing)
         self.play_timer = QTimer(self)
         self.play_timer.timeout.connect(self._play_tick)
-        self.schedule_plot = SchedulePlot(title="Noise schedule of this model", compact=True)
+        self._marker_timer = QTimer(self)
+        self._marker_timer.setSingleShot(True)
+        self._marker_timer.setInterval(250)
+        self._marker_timer.timeout.connect(self._catch_up_marker)
+        self.schedule_plot = SchedulePlot(title="Noise schedule of this model", compact=True,
+                                          empty_text="The schedule appears when a model is opened.")
         vs = QSplitter(Qt.Orientation.Vertical)
         vs.addWidget(self.viewer)
         vs.addWidget(self.schedule_plot)
@@ -322,29 +332,65 @@ class SamplingPanel(QWidget):
 
     # -- model ------------------------------------------------------------------------------------
     def _ask_model_path(self) -> str | None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open Checkpoint (or cancel to pick a run folder)",
-                                              os.path.expanduser("~"), "Checkpoints (*.safetensors);;All files (*)")
-        if path:
-            return path
-        path = QFileDialog.getExistingDirectory(self, "Open Run or Model Folder", os.path.expanduser("~"))
-        return path or None
+        from ..widgets.open_model_dialog import ask_model_path
 
-    def open_model(self, path: str | None = None) -> bool:
-        """Use a run folder, checkpoint or model folder for the next Generate."""
-        path = path or self._ask_model_path()
+        runs = paths.default_runs_dir()
+        return ask_model_path(self, settings_mod.last_dir("runs", runs if runs.is_dir() else os.path.expanduser("~")))
+
+    def open_model(self, path: str | None = None, *, quiet: bool = False) -> bool:
+        """Use a run folder, checkpoint or model folder for the next Generate; read its step and size now."""
+        path = path or self._ask_model_path()  # replaceable in tests
         if not path:
             return False
         try:
             self.session.open(path)
         except ValueError as e:
-            self.state.report_error(f"Cannot open the model: {e}", "")
+            if not quiet:
+                self.state.report_error(f"Cannot open the model: {e}", "")
             return False
+        p = Path(path).absolute()
+        # the next dialog starts where this run is listed: beside a run folder, above a run's checkpoints/
+        settings_mod.remember_dir("runs", p.parents[2] if p.parent.name == "checkpoints" and len(p.parents) > 2
+                                  else p.parent)
         self.src_disk.setChecked(True)
         self._update_model_label()
+        self._read_model(self.model_path)
         return True
+
+    def _read_model(self, path: str) -> None:
+        """Load the model on a worker thread (what Generate would do first), so its step, size and
+        schedule show at once and the first Generate starts without loading it again."""
+        if self.info_task is not None:
+            self.info_task.cancel()
+
+        def job(state):
+            from ...artifacts.loading import load_model
+
+            return load_model(path)
+
+        task = Task(job, name="model")
+        task.succeeded.connect(lambda loaded, p=path: self._on_model_read(p, loaded))
+        task.failed.connect(lambda m, d, p=path: self._on_model_unreadable(p, m))
+        task.finished.connect(lambda t=task: setattr(self, "info_task", None) if self.info_task is t else None)
+        self.info_task = task
+        task.start()
+
+    def _on_model_read(self, path: str, loaded) -> None:
+        if path != self.model_path or self.is_running():
+            return  # another model was opened meanwhile, or a chain already loads it
+        self._on_model_ready(jobs.ModelReady(loaded.config, int(loaded.step), str(loaded.source), loaded))
+        self.model_read.emit(path)
+
+    def _on_model_unreadable(self, path: str, message: str) -> None:
+        if path == self.model_path and self.session.loaded is None:
+            self.model_label.setText(f"{path}\ncannot be used: {message}")
 
     def _update_model_label(self) -> None:
         self.model_label.setText(self.session.describe(self.src_disk.isChecked(), self.state.trainer is not None))
+        trained = self.state.trainer is not None
+        self.src_trained.setEnabled(trained)
+        self.src_trained.setToolTip("Sample from a copy of the current EMA weights of the training run."
+                                    if trained else "Nothing has trained in this window yet: start training first.")
         self._update_buttons()
 
     def _model_getter(self):
@@ -384,6 +430,7 @@ class SamplingPanel(QWidget):
         self.state.begin("sampling", "Generating")
         task.start()
         self._update_buttons()
+        self.viewer.setFocus()  # the arrows scrub the chain (the disabled Generate button would pass focus on)
         return True
 
     def cancel(self) -> None:
@@ -406,7 +453,7 @@ class SamplingPanel(QWidget):
         self.frames.extend(new)
         self.frames_received += len(new)
         last = new[-1]
-        self.progress.report(last.index + 1, last.total, f"step {last.index + 1} / {last.total} · t = {last.t}")
+        self.progress.report(last.index + 1, last.total, f"step {last.index + 1} / {last.total}")
         at_end = self.slider.value() >= self.slider.maximum()
         self.slider.blockSignals(True)
         self.slider.setRange(0, len(self.frames) - 1)
@@ -455,12 +502,25 @@ class SamplingPanel(QWidget):
         outcome, self._outcome = getattr(self, "_outcome", None), None
         if self.frames:
             self.schedule_plot.set_marker(self.current_frame().t)
+            self._update_step_label(self.slider.value())
+            focus = self.focusWidget()
+            if focus is None or focus is self.generate_button or not focus.isEnabled() or \
+                    focus is self.scale_spin or not self.isAncestorOf(focus):
+                self.viewer.setFocus()  # ←/→ and Home/End scrub the chain that just ended
         if outcome is not None:
             self.generation_finished.emit(outcome[0])  # after Generate is enabled again
 
+    def source_ready(self) -> bool:
+        """Whether the chosen source can generate: a trainer exists, or a model is opened."""
+        return self.state.trainer is not None if self.src_trained.isChecked() else bool(self.model_path)
+
     def _update_buttons(self) -> None:
         running = self.is_running()
-        self.generate_button.setEnabled(not running)
+        ready = self.source_ready()
+        self.generate_button.setEnabled(not running and ready)
+        self.generate_button.setToolTip("Run the reverse chain from pure noise (Ctrl+G)." if ready else
+                                        "Open a run or checkpoint first (or start training and choose "
+                                        "the model being trained).")
         self.cancel_button.setEnabled(running)
         exporting = self.export_task is not None and self.export_task.is_running()
         for b in (self.export_frame_button, self.export_gif_button):
@@ -476,14 +536,24 @@ class SamplingPanel(QWidget):
         self.canvas.show_frame(f.xt, f.x0)
         # Repainting the schedule plot costs far more than the canvas: while the chain runs live,
         # move its marker at most 4 times a second (and always when the user scrubs or it ends).
+        # The step label beside the slider moves with the marker, so the two always name the same t.
         now = time.monotonic()
         if not (self.is_running() and self.follow_live) or now - self._marker_time >= 0.25:
             self._marker_time = now
             self.schedule_plot.set_marker(f.t)
+            self._update_step_label(i)
+        elif not self._marker_timer.isActive():
+            self._marker_timer.start()  # catch up with the newest frame a quarter second later
         if self.is_running():
             self.follow_live = i == len(self.frames) - 1
-        self._update_step_label(i)
         self._update_buttons()
+
+    def _catch_up_marker(self) -> None:
+        f = self.current_frame()
+        if f is not None:
+            self._marker_time = time.monotonic()
+            self.schedule_plot.set_marker(f.t)
+            self._update_step_label(self.slider.value())
 
     def _update_step_label(self, i: int) -> None:
         if not self.frames:
@@ -523,17 +593,20 @@ class SamplingPanel(QWidget):
 
     # -- export -----------------------------------------------------------------------------------
     def _ask_save_path(self, title: str, filt: str, default: str) -> str | None:
-        path, _ = QFileDialog.getSaveFileName(self, title, os.path.join(os.path.expanduser("~"), default), filt)
+        start = settings_mod.last_dir("exports", os.path.expanduser("~"))
+        path, _ = QFileDialog.getSaveFileName(self, title, os.path.join(start, default), filt)
         return path or None
 
     def _ask_folder(self, title: str) -> str | None:
-        path = QFileDialog.getExistingDirectory(self, title, os.path.expanduser("~"))
+        path = QFileDialog.getExistingDirectory(self, title, settings_mod.last_dir("exports", os.path.expanduser("~")))
         return path or None
 
-    def _start_export(self, job, what: str) -> bool:
+    def _start_export(self, job, what: str, target: str | None = None) -> bool:
         if self.export_task is not None and self.export_task.is_running():
             self.state.report_error("An export is already running; wait for it to finish.", "")
             return False
+        if target:
+            settings_mod.remember_dir("exports", target)
         task = Task(job, name="export")
         task.progress.connect(lambda d, t, m: self.state.begin("export", f"{what}: {m} {d}/{t}"))
         task.succeeded.connect(self._on_exported)
@@ -570,7 +643,7 @@ class SamplingPanel(QWidget):
             return False
         gap = np.full((f.xt.shape[0], 4, f.xt.shape[2]), 255, dtype=np.uint8)  # (H, 4, C) white divider
         image = np.concatenate([f.xt, gap, f.x0], axis=1)  # (H, 2W + 4, C)
-        return self._start_export(jobs.make_export_png(image, path, self.scale_spin.value()), "Exporting frame")
+        return self._start_export(jobs.make_export_png(image, path, self.scale_spin.value()), "Exporting frame", path)
 
     def export_samples(self, path: str | None = None, per_image: bool | None = None) -> bool:
         if self.result is None:
@@ -584,7 +657,7 @@ class SamplingPanel(QWidget):
             return False
         return self._start_export(jobs.make_export_samples(self.result.images, path, per_image,
                                                            self.scale_spin.value()),
-                                  "Exporting samples")
+                                  "Exporting samples", path)
 
     def export_gif(self, path: str | None = None) -> bool:
         if not self.frames:
@@ -596,7 +669,7 @@ class SamplingPanel(QWidget):
         frames = [f.xt for f in self.frames]
         job = jobs.make_export_gif(frames, path, stride=self.gif_stride_spin.value(), fps=self.gif_fps_spin.value(),
                                    hold_last_sec=self.gif_hold_spin.value(), scale=self.scale_spin.value())
-        return self._start_export(job, "Exporting GIF")
+        return self._start_export(job, "Exporting GIF", path)
 
     # -- settings ---------------------------------------------------------------------------------
     def save_settings(self, s) -> None:
@@ -608,6 +681,7 @@ class SamplingPanel(QWidget):
         s.setValue("sampling/gif_stride", self.gif_stride_spin.value())
         s.setValue("sampling/gif_hold", self.gif_hold_spin.value())
         s.setValue("sampling/layout", self.layout_combo.currentData())
+        s.setValue("sampling/model_path", self.model_path or "")
 
     def _valid(self) -> bool:
         try:
@@ -625,3 +699,15 @@ class SamplingPanel(QWidget):
         self.gif_stride_spin.setValue(get(s, "sampling/gif_stride", 1))
         self.gif_hold_spin.setValue(get(s, "sampling/gif_hold", 1.5))
         self.layout_combo.setCurrentIndex(max(0, self.layout_combo.findData(get(s, "sampling/layout", "grid"))))
+        remembered = get(s, "sampling/model_path", "")
+        if remembered and os.path.exists(remembered) and not self.model_path:
+            # the model opened last time; read once torch is imported (the start-up device probe)
+            self.session.model_path = remembered
+            self.src_disk.setChecked(True)
+            self._update_model_label()
+            self.state.device_changed.connect(self._read_remembered_model)
+
+    def _read_remembered_model(self, *_) -> None:
+        self.state.device_changed.disconnect(self._read_remembered_model)
+        if self.model_path and self.session.loaded is None and self.info_task is None:
+            self._read_model(self.model_path)

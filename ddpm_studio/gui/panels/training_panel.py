@@ -31,7 +31,8 @@ from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
-from .common import add_row, column_widget, float_spin, human_duration, int_spin, section, settings_column
+from ...durations import format_time_left
+from .common import add_row, column_widget, float_spin, int_spin, section, settings_column
 
 DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 
@@ -74,9 +75,12 @@ class TrainingPanel(QWidget):
         self._started_at = 0.0
         self._build()
         state.images_changed.connect(lambda _: self._update_buttons())
+        state.images_changed.connect(lambda _: self._show_images_info())
+        state.data_config_changed.connect(lambda _: self._show_images_info())
         self.apply_preset("tiny")
         self._schedule_changed()
         self._update_buttons()
+        self._show_images_info()
 
     # -- layout -----------------------------------------------------------------------------------
     # The session owns the run state; these read it (Open Run / a finished run set it there).
@@ -177,6 +181,10 @@ class TrainingPanel(QWidget):
         add_row(rform, "Checkpoint every", self.ckpt_spin,
                 f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and "
                 "at the end.")
+        self.images_label = QLabel("")
+        self.images_label.setWordWrap(True)
+        add_row(rform, "Images", self.images_label,
+                "What the Dataset tab loaded: the size and channels the network is built for.")
         return rbox
 
     def _build_more(self) -> QWidget:
@@ -187,6 +195,10 @@ class TrainingPanel(QWidget):
 
     def _build_buttons(self, scroll: QWidget) -> QWidget:
         """The settings column with the run buttons under it."""
+        self.lock_note = QLabel("")
+        self.lock_note.setWordWrap(True)
+        self.lock_note.setStyleSheet("color: palette(mid);")
+        self.lock_note.setVisible(False)
         self.start_button = QPushButton("Start Training")
         self.start_button.setToolTip("Train a new run with these settings (or continue the opened run).")
         self.start_button.setDefault(True)
@@ -214,15 +226,17 @@ class TrainingPanel(QWidget):
 
         left = QVBoxLayout()
         left.addWidget(scroll, 1)
+        left.addWidget(self.lock_note)
         left.addLayout(brow)
         return column_widget(left, 330, 400)
 
     def _build_plots(self) -> QVBoxLayout:
         """Progress, the run line, the loss plots, the schedule and the previews."""
         self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
+        self.progress.setRange(0, TrainConfig().steps)
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m steps")
+        self.steps_spin.valueChanged.connect(self._steps_changed)
         self.stats = QLabel("Not started")
         from ..widgets.plotting import quiet_label
 
@@ -241,7 +255,11 @@ class TrainingPanel(QWidget):
         bottom.addWidget(self.bucket_plot)
         bottom.addWidget(self.schedule_plot)
         bottom.addWidget(self.preview)
+        self.bucket_plot.setMinimumWidth(170)
+        self.schedule_plot.setMinimumWidth(210)  # narrower, its t axis labels run together
+        self.preview.setMinimumWidth(170)
         bottom.setSizes([300, 300, 300])
+        bottom.setChildrenCollapsible(False)
         vsplit = QSplitter(Qt.Orientation.Vertical)
         vsplit.addWidget(self.loss_plot)
         vsplit.addWidget(bottom)
@@ -249,10 +267,8 @@ class TrainingPanel(QWidget):
         vsplit.setChildrenCollapsible(False)
 
         right = QVBoxLayout()
-        prow = QHBoxLayout()
-        prow.addWidget(self.progress, 2)
-        prow.addWidget(self.stats, 3)
-        right.addLayout(prow)
+        right.addWidget(self.progress)
+        right.addWidget(self.stats)  # its own row: the whole line fits at the window's minimum width
         right.addWidget(self.run_label)
         right.addWidget(vsplit, 1)
         return right
@@ -265,7 +281,7 @@ class TrainingPanel(QWidget):
             self.preset_combo.setCurrentIndex(self.preset_combo.findData(name))
             return
         p = PRESETS[name]
-        self.preset_desc.setText(p["description"])
+        self._show_images_info()
         t = p["train"]
         self.steps_spin.setValue(t.get("steps", self.steps_spin.value()))
         self.batch_spin.setValue(t.get("batch_size", self.batch_spin.value()))
@@ -286,6 +302,31 @@ class TrainingPanel(QWidget):
             f"{m['num_res_blocks']} residual block(s) per level, attention at "
             f"{', '.join(map(str, m['attention_resolutions']))} px."
         )
+
+    def _show_images_info(self) -> None:
+        """The preset's description and, beside it, the image size this run really uses (the Dataset tab's)."""
+        name = self.preset_combo.currentData()
+        if name not in PRESETS:
+            return
+        p = PRESETS[name]
+        images, data = self.state.images, self.state.data_config
+        size = int(images.image_size) if images is not None else int(data.image_size)
+        tuned = int(p.get("data", {}).get("image_size", size))
+        text = p["description"]
+        if tuned != size:
+            text += f" This run uses {size} px, set on the Dataset tab."
+        self.preset_desc.setText(text)
+        if images is None:
+            self.images_label.setText(f"{size} × {size} px · none loaded yet (Dataset tab)")
+        else:
+            ch = {1: "grayscale", 3: "RGB"}.get(int(images.channels), f"{images.channels} channels")
+            self.images_label.setText(f"{size} × {size} px · {ch} · {len(images):,} images (Dataset tab)")
+
+    def _steps_changed(self, value: int) -> None:
+        """Before a run (or between sessions) the bar shows the run's total as Steps says."""
+        if not self.is_running():
+            self.progress.setFormat("%v / %m steps")
+            self.progress.setRange(0, max(int(value), self.progress.value(), 1))
 
     def build_config(self) -> RunConfig:
         """The RunConfig the widgets describe, validated (raises ValueError naming the field)."""
@@ -310,6 +351,10 @@ class TrainingPanel(QWidget):
         cfg.sync()
         return cfg.validate()
 
+    def _train_widgets(self) -> tuple:
+        return (self.steps_spin, self.batch_spin, self.lr_spin, self.warmup_spin, self.ema_spin, self.clip_spin,
+                self.seed_spin, self.device_combo, self.precision_combo, self.preview_spin, self.ckpt_spin)
+
     def _train_fields(self) -> dict:
         steps = int(self.steps_spin.value())
         return dict(steps=None if steps >= self.steps_spin.maximum() else steps,
@@ -326,7 +371,7 @@ class TrainingPanel(QWidget):
             self.preset_combo.blockSignals(True)
             self.preset_combo.setCurrentIndex(self.preset_combo.findData(cfg.model.preset))
             self.preset_combo.blockSignals(False)
-            self.preset_desc.setText(PRESETS[cfg.model.preset]["description"])
+            self._show_images_info()
         self.schedule_combo.setCurrentText(cfg.diffusion.schedule)
         self.timesteps_spin.setValue(cfg.diffusion.timesteps)
         self.prediction_combo.setCurrentText(cfg.diffusion.prediction)
@@ -397,7 +442,7 @@ class TrainingPanel(QWidget):
         task.finished.connect(lambda t=task: self._on_task_finished(t))
         self.task = task
         self._started_at = time.monotonic()
-        self._show_progress(0, cfg.train.steps)
+        self._show_progress(self.progress.value() if plan.resume else 0, cfg.train.steps)
         self.stats.setText("Preparing the model…")
         self.run_label.setText(f"Run folder: {run_dir}")
         self.state.begin("training", "Training: starting")
@@ -415,10 +460,19 @@ class TrainingPanel(QWidget):
             self.control.pause()
             self.pause_button.setText("Resume")
             self.state.begin("training", "Training paused")
+            self._show_paused()
         else:
             self.control.resume()
             self.pause_button.setText("Pause")
             self.state.begin("training", "Training")
+            self.progress.setFormat(self._progress_format)
+            self.stats.setText(f"Resumed at step {self.progress.value():,}; measuring the speed again…")
+
+    def _show_paused(self) -> None:
+        """Paused: the progress line says so, without a speed or a time left that no longer hold."""
+        step = self.progress.value()
+        self.progress.setFormat("Paused · " + self._progress_format)
+        self.stats.setText(f"Paused at step {step:,}. Press Resume to continue, or Stop to save and end.")
 
     def stop(self) -> None:
         if self.task is not None and self.is_running():
@@ -440,6 +494,17 @@ class TrainingPanel(QWidget):
         for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo,
                   self.weighting_combo):
             w.setEnabled(not locked)
+        # The trainer reads its settings once, at Start: nothing changes a run in flight.
+        for w in self._train_widgets():
+            w.setEnabled(not running)
+        if running:
+            self.lock_note.setText("Settings are locked while training runs. Stop it (a checkpoint is saved) "
+                                   "to change them: a larger Steps then extends the run with Continue Run.")
+        elif self.resume_dir is not None:
+            self.lock_note.setText("Continuing this run keeps its model and diffusion settings. Steps (the "
+                                   "run's total: raise it to extend a finished run), batch size, learning "
+                                   "rate and the settings below them apply when you continue.")
+        self.lock_note.setVisible(locked)
         if not running and self.pause_button.isChecked():
             self.pause_button.blockSignals(True)
             self.pause_button.setChecked(False)
@@ -447,13 +512,16 @@ class TrainingPanel(QWidget):
             self.pause_button.blockSignals(False)
 
     # -- events from the worker -------------------------------------------------------------------
+    _progress_format = "%v / %m steps"
+
     def _show_progress(self, step: int, total: int | None) -> None:
         if total is None:  # a run the clock ends (trained with --minutes only)
-            self.progress.setFormat("step %v · no step limit")
+            self._progress_format = "step %v · no step limit"
             self.progress.setRange(0, max(step, 1))
         else:
-            self.progress.setFormat("%v / %m steps")
+            self._progress_format = "%v / %m steps"
             self.progress.setRange(0, total)
+        self.progress.setFormat(("Paused · " if self.pause_button.isChecked() else "") + self._progress_format)
         self.progress.setValue(step)
 
     def _on_items(self, items: list) -> None:
@@ -467,10 +535,12 @@ class TrainingPanel(QWidget):
             last = metrics[-1]
             self._show_progress(last.step, last.total_steps)
             of = _of_total(last.total_steps)
-            self.stats.setText(
-                f"step {last.step:,}{of} · {last.images_per_sec:,.0f} images/s · "
-                f"lr {last.lr:.2e} · ETA {human_duration(last.eta_sec)}"
-            )
+            if self.pause_button.isChecked():
+                self._show_paused()  # a log that was on its way when Pause was pressed
+            else:
+                left = format_time_left(last.eta_sec)
+                self.stats.setText(f"step {last.step:,}{of} · {last.images_per_sec:,.0f} images/s · "
+                                   f"lr {last.lr:.2e}" + (f" · {left}" if left else ""))
             if last.bucket_loss:
                 self.bucket_plot.set_buckets(last.bucket_loss, self.state.schedule[1])
             if not (self.pause_button.isChecked()):
@@ -544,8 +614,10 @@ class TrainingPanel(QWidget):
 
     # -- runs -------------------------------------------------------------------------------------
     def _ask_run_folder(self) -> str | None:
-        start = str(paths.default_runs_dir()) if paths.default_runs_dir().exists() else os.path.expanduser("~")
-        path = QFileDialog.getExistingDirectory(self, "Open Run Folder", start)
+        from .. import settings as settings_mod
+
+        default = str(paths.default_runs_dir()) if paths.default_runs_dir().exists() else os.path.expanduser("~")
+        path = QFileDialog.getExistingDirectory(self, "Open Run Folder", settings_mod.last_dir("runs", default))
         return path or None
 
     def open_run(self, path: str | None = None) -> bool:
@@ -560,6 +632,9 @@ class TrainingPanel(QWidget):
         except (ValueError, OSError) as e:
             self.state.report_error(f"Cannot open this run: {e}", "")
             return False
+        from .. import settings as settings_mod
+
+        settings_mod.remember_dir("runs", Path(path).absolute().parent)  # the next dialog lists this run
         self.session.opened(path, cfg)
         self.set_config(cfg)
         self.loss_plot.clear()
@@ -599,6 +674,8 @@ class TrainingPanel(QWidget):
         """Forget an opened run: Start makes a new one."""
         self.session.forget()
         self.run_label.setText("A new run will be created in " + str(paths.default_runs_dir()))
+        self.progress.setValue(0)
+        self._steps_changed(self.steps_spin.value())
         self._update_buttons()
 
     # -- settings ---------------------------------------------------------------------------------

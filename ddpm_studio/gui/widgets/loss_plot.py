@@ -164,8 +164,9 @@ class LossPlot(QWidget):
         top.addWidget(self.log_check)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        self.placeholder = plotting.Placeholder(self.plot_widget, "The loss appears here once training starts.")
         lay.addLayout(top)
-        lay.addWidget(self.plot_widget, 1)
+        lay.addWidget(self.placeholder.stack, 1)
 
         self._timer = QTimer(self)
         self._timer.setInterval(int(1000 / redraw_hz))
@@ -180,6 +181,7 @@ class LossPlot(QWidget):
         self._smooth.extend(smooth)
         self._dirty = True
         if len(self._steps.values):
+            self.placeholder.set_empty(False)
             self.readout.setText(
                 f"step {int(self._steps.values[-1]):,} · loss {self._raw.values[-1]:.4f} · smoothed "
                 f"{self._smooth.values[-1]:.4f}"
@@ -192,6 +194,7 @@ class LossPlot(QWidget):
         self._decimate_smooth.reset()
         self._dirty = True
         self.readout.setText("No training yet")
+        self.placeholder.set_empty(True)
         self.x_range, self.y_range, self._follow = None, None, True
         self.redraw()
 
@@ -210,6 +213,7 @@ class LossPlot(QWidget):
         self.plot.setLabel("left", "loss (log)" if on else "loss")
         self._dirty = True
         self.y_range = None
+        self._log_ticks()
         self.redraw()
         self.log_scale_changed.emit(on)
 
@@ -248,6 +252,15 @@ class LossPlot(QWidget):
         pad = (hi - lo) * vb.suggestPadding(1)  # as pyqtgraph's auto-range
         vb.setYRange(lo - pad, hi + pad, padding=0)
         self.y_range = tuple(vb.viewRange()[1])
+        self._log_ticks()
+
+    def _log_ticks(self) -> None:
+        """On a log axis that spans less than a decade pyqtgraph labels no tick at all: give it a few."""
+        axis = self.plot.getAxis("left")
+        if self.log_scale and self.y_range is not None and self.y_range[1] - self.y_range[0] < 1.0:
+            axis.setTicks([plotting.sub_decade_ticks(*self.y_range), []])
+        else:
+            axis.setTicks(None)
 
     def displayed_points(self) -> int:
         """How many points the raw curve currently hands to Qt (after decimation)."""
@@ -282,9 +295,14 @@ class BucketLossPlot(QWidget):
         self._timer.timeout.connect(self._on_timer)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        title = QLabel("<b>Loss per timestep</b> <span style='color:gray'>(small t = little noise)</span>")
+        title = QLabel("<b>Loss per timestep</b>")
+        title.setToolTip("Mean loss in each tenth of the timesteps: small t = little noise, "
+                         "large t = almost pure noise.")
+        self.plot_widget.setToolTip(title.toolTip())
+        self.placeholder = plotting.Placeholder(self.plot_widget, "The loss per timestep appears after the first "
+                                                                  "logged steps.")
         lay.addWidget(title)
-        lay.addWidget(self.plot_widget, 1)
+        lay.addWidget(self.placeholder.stack, 1)
 
     def set_buckets(self, losses: list, timesteps: int) -> None:
         """Show these bucket losses (``None`` = no sample yet) over t = 0 … ``timesteps``."""
@@ -304,6 +322,7 @@ class BucketLossPlot(QWidget):
         h = np.array([np.nan if v is None else float(v) for v in losses], dtype=np.float64)
         self._heights = h
         self.bars.setOpts(x=centres, height=np.nan_to_num(h, nan=0.0), width=width * 0.85)
+        self.placeholder.set_empty(False)
         if timesteps != self._timesteps:
             self._timesteps = timesteps
             self.plot.setXRange(0, timesteps, padding=0.02)
@@ -316,6 +335,7 @@ class BucketLossPlot(QWidget):
         self._timer.stop()
         self._heights = None
         self.bars.setOpts(x=[], height=[])
+        self.placeholder.set_empty(True)
 
     @property
     def heights(self) -> np.ndarray | None:

@@ -125,3 +125,66 @@ def style_plot(plot: pg.PlotItem, *, left: str = "", bottom: str = "") -> None:
         ax = plot.getAxis(name)
         ax.enableAutoSIPrefix(False)  # "β_t" stays "β_t", not "β_t (x0.001)"
         ax.setTextPen(pg.mkPen(ax.pen().color()))
+
+
+class Placeholder:
+    """A plot widget that shows a quiet sentence in its place until it has data (no empty 0-1 axes)."""
+
+    def __init__(self, plot_widget, text: str):
+        from PySide6.QtCore import Qt
+        from PySide6.QtWidgets import QFrame, QLabel, QStackedWidget
+
+        self.stack = QStackedWidget()
+        self.label = QLabel(text)
+        self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.label.setWordWrap(True)
+        self.label.setStyleSheet("color: palette(mid);")
+        self.label.setFrameShape(QFrame.Shape.StyledPanel)
+        self.label.setMinimumHeight(plot_widget.minimumHeight())
+        self.stack.addWidget(self.label)
+        self.stack.addWidget(plot_widget)
+        self.plot_widget = plot_widget
+
+    def set_empty(self, empty: bool) -> None:
+        self.stack.setCurrentIndex(0 if empty else 1)
+
+    @property
+    def empty(self) -> bool:
+        return self.stack.currentIndex() == 0
+
+
+def decade_ticks(lo: float, hi: float, most: int = 4) -> list[tuple[float, str]]:
+    """Labelled ticks for a log axis over log10 values [lo, hi]: at most ``most`` whole decades,
+    evenly spaced, as "10⁻³", "1", "10⁴" (pyqtgraph labels every decade, which overlap on a small plot)."""
+    import math
+
+    a, b = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
+    if b < a:
+        return []
+    step = max(1, math.ceil((b - a + 1) / most))
+    sup = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+    ticks = []
+    for e in range(a, b + 1, step):
+        label = "1" if e == 0 else ("10" if e == 1 else "10" + str(e).translate(sup))
+        ticks.append((float(e), label))
+    return ticks
+
+
+def sub_decade_ticks(lo: float, hi: float, most: int = 4) -> list[tuple[float, str]]:
+    """Ticks for a log axis that spans less than a decade (an early loss): nice linear values between
+    10**lo and 10**hi, placed at their log10, labelled with 3 significant digits."""
+    import math
+
+    a, b = 10.0 ** lo, 10.0 ** hi
+    if not (b > a > 0):
+        return []
+    raw = (b - a) / max(1, most)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(a / step) * step
+    ticks = []
+    v = first
+    while v <= b * (1 + 1e-9) and len(ticks) < most + 2:
+        ticks.append((math.log10(v), f"{v:.3g}"))
+        v += step
+    return ticks

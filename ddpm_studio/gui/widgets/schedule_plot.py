@@ -12,10 +12,12 @@ from . import plotting
 
 
 class SchedulePlot(QWidget):
-    def __init__(self, parent=None, title: str = "Noise schedule", compact: bool = False):
+    def __init__(self, parent=None, title: str = "Noise schedule", compact: bool = False,
+                 empty_text: str = "No schedule yet."):
         super().__init__(parent)
         plotting.configure()
         self.view = pg.GraphicsLayoutWidget()
+        self.compact = compact
         self.view.setMinimumHeight(210 if compact else 270)
         self.view.ci.setSpacing(0)
         self.plots: list[pg.PlotItem] = []
@@ -51,8 +53,9 @@ class SchedulePlot(QWidget):
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        self.placeholder = plotting.Placeholder(self.view, empty_text)
         lay.addWidget(self.title)
-        lay.addWidget(self.view, 1)
+        lay.addWidget(self.placeholder.stack, 1)
         lay.addWidget(self.readout)
         self._betas = self._abar = self._snr = None
         self.marked_t: int | None = None
@@ -75,6 +78,10 @@ class SchedulePlot(QWidget):
         self.curves[1].setData(t, abar)
         self.curves[2].setData(t, np.clip(self._snr, 1e-12, None))
         self.plots[0].setXRange(0, max(1, len(betas) - 1), padding=0.01)
+        log_snr = np.log10(np.clip(self._snr, 1e-12, None))
+        self.plots[2].getAxis("left").setTicks([plotting.decade_ticks(float(log_snr.min()), float(log_snr.max()),
+                                                                      most=3 if self.compact else 5), []])
+        self.placeholder.set_empty(False)
         if self.marked_t is not None and self.marked_t >= len(betas):
             self.marked_t = len(betas) - 1
         self._update_readout()
