@@ -97,7 +97,8 @@ def main() -> int:
         _clock = time.process_time
     from ddpm_studio.engine.devices import cpu_has_native_bf16
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s) ({'CPU' if args.threads == 1 else 'wall-clock'} time), CPU capability "
+    clock = 'CPU' if args.threads == 1 else 'wall-clock'
+    print(f"torch {torch.__version__}, {args.threads} thread(s) ({clock} time), CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}")
     variants = ["fp32", "bf16", "fp32_cl", "bf16_cl"] + (["fp32_compile", "bf16_compile"] if args.compile else [])
     for spec in args.configs:

@@ -62,7 +62,8 @@ def timed(step, n, repeats):
 def sampling_rate(model, diffusion, spec, num, steps):
     shape = (num, spec.in_channels, spec.image_size, spec.image_size)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    run = (lambda: diffusion.ddim_sample_loop_progressive(model, shape, steps=steps, generator=gen)) if steps < diffusion.T \
+    run = (lambda: diffusion.ddim_sample_loop_progressive(model, shape, steps=steps,
+                                                          generator=gen)) if steps < diffusion.T \
         else (lambda: diffusion.p_sample_loop_progressive(model, shape, generator=gen))
     torch.cuda.synchronize()
     t0 = time.perf_counter()

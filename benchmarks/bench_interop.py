@@ -24,7 +24,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import diffusers
 
-    from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder
+    from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder
+    from ddpm_studio.artifacts.loading import export_diffusers
     from ddpm_studio.sampling.service import generate
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -50,7 +51,8 @@ def main() -> int:
             theirs = paper(x, t).sample
             t_theirs = time.perf_counter() - t0
     print(f"paper CIFAR-10 UNet: import {t_import:.2f} s; forward (4x3x32x32) ours {t_ours:.3f} s, "
-          f"diffusers {t_theirs:.3f} s (ratio {t_ours / t_theirs:.2f}); max |diff| {(ours - theirs).abs().max().item():.2e} "
+          f"diffusers {t_theirs:.3f} s (ratio {t_ours / t_theirs:.2f}); max |diff| "
+          f"{(ours - theirs).abs().max().item():.2e} "
           f"(output max |y| {theirs.abs().max().item():.2f})")
     t0 = time.perf_counter()
     export_diffusers(loaded, tmp / "paper_export")
@@ -68,11 +70,13 @@ def main() -> int:
         s = lm.config.sampling
         s.sampler, s.steps, s.eta, s.num_images, s.seed = "ddim", 20, 0.0, 8, 11
         mine = ((list(generate(lm, s))[-1].x_t + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        pipe = diffusers.DDIMPipeline(unet=small, scheduler=diffusers.DDIMScheduler.from_pretrained(folder, subfolder="scheduler"))
+        pipe = diffusers.DDIMPipeline(unet=small, scheduler=diffusers.DDIMScheduler.from_pretrained(folder,
+                                                                                                    subfolder="scheduler"))
         pipe.set_progress_bar_config(disable=True)
         ref = pipe(batch_size=8, generator=torch.Generator().manual_seed(11), eta=0.0, num_inference_steps=20,
                    use_clipped_model_output=True, output_type="np").images
-        print(f"small UNet, DDIM 20 steps, 8 images, {sched}: max |diff| vs DDIMPipeline {np.abs(mine - ref).max():.2e}")
+        print(f"small UNet, DDIM 20 steps, 8 images, {sched}: max |diff| vs DDIMPipeline "
+              f"{np.abs(mine - ref).max():.2e}")
     return 0
 
 

@@ -178,7 +178,7 @@ def train_diffusers(args, imgs, data_overrides):
     from ddpm_studio.data.loader import make_loader
     from ddpm_studio.engine.diffusion import GaussianDiffusion
     from ddpm_studio.engine.unet import build_model
-    from ddpm_studio.interop.diffusers_format import unet_config_for
+    from ddpm_studio.artifacts.diffusers_format import unet_config_for
 
     cfg = RunConfig.from_preset(args.preset, data=data_overrides, **{k: v for k, v in parse_sets(args.set).items()
                                                                     if k == "model"})
@@ -222,7 +222,8 @@ def train_diffusers(args, imgs, data_overrides):
     ema.copy_to(ema_model.parameters())
     cfg.diffusion.schedule, cfg.diffusion.prediction, cfg.diffusion.loss_weighting = "linear", "epsilon", "none"
     info = dict(steps=step, images_seen=step * batch, cpu_sec=round(cpu, 1), wall_sec=round(wall, 1),
-                loss_smooth=round(float(torch.stack(losses[-100:]).float().mean()), 4), parameters=sum(p.numel() for p in model.parameters()),
+                loss_smooth=round(float(torch.stack(losses[-100:]).float().mean()), 4),
+                parameters=sum(p.numel() for p in model.parameters()),
                 config=dict(recipe="diffusers train_unconditional", lr=lr, network=conf))
     return _Sample(ema_model.cpu()).eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, info
 
@@ -297,8 +298,13 @@ def score(samples_u8: np.ndarray, imgs, labels, classes, out: Path, dataset: str
     perm = rng.permutation(len(real))
     ref, ref2 = real[perm[:n]], real[perm[n:2 * n]]
     net = _feature_net(real.shape[1])
-    feat = lambda x: net(x).numpy().astype(np.float64)
-    pix = lambda x: F.avg_pool2d(x, x.shape[-1] // 4).flatten(1).numpy().astype(np.float64)
+
+    def feat(x):
+        return net(x).numpy().astype(np.float64)
+
+    def pix(x):
+        return F.avg_pool2d(x, x.shape[-1] // 4).flatten(1).numpy().astype(np.float64)
+
     res = dict(fd_feat=frechet(feat(fake), feat(ref)), fd_feat_floor=frechet(feat(ref2), feat(ref)),
                fd_pix=frechet(pix(fake), pix(ref)), fd_pix_floor=frechet(pix(ref2), pix(ref)))
     clf, acc = train_classifier(real, labels, len(classes), out / f"clf_{dataset}_{imgs.image_size}.pt")
@@ -338,7 +344,7 @@ def sample(model, diffusion, n: int, channels: int, size: int, seed: int = 123, 
 
 
 def summary(out: Path) -> None:
-    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     keys = ["dataset", "tag", "px", "steps", "images_seen", "cpu_sec", "img_per_cpu_sec", "loss_smooth", "fd_feat",
             "fd_feat_floor", "fd_pix", "fd_pix_floor", "confident", "confident_real", "entropy", "nn_rmse",
             "nn_rmse_real"]
@@ -376,7 +382,8 @@ def main() -> int:
     tag = args.tag or (args.recipe + "_" + "_".join(args.set))
     imgs, labels, classes, data_overrides = load_dataset(args.data, args.size, out)
     if args.recipe == "ours":
-        model, diffusion, cfg, info = train_ours(args, imgs, data_overrides, out / "runs" / f"{args.data}_{args.size}_{tag}")
+        model, diffusion, cfg, info = train_ours(args, imgs, data_overrides,
+                                                 out / "runs" / f"{args.data}_{args.size}_{tag}")
     else:
         model, diffusion, cfg, info = train_diffusers(args, imgs, data_overrides)
     t = time.process_time()

@@ -34,8 +34,8 @@ import torch  # noqa: E402
 
 from ddpm_studio.cli import main as cli  # noqa: E402
 from ddpm_studio.config import RunConfig  # noqa: E402
-from ddpm_studio.training import checkpoints as ck  # noqa: E402
-from ddpm_studio.training import runs  # noqa: E402
+from ddpm_studio.artifacts import checkpoints as ck  # noqa: E402
+from ddpm_studio.artifacts import runs  # noqa: E402
 from ddpm_studio.training.trainer import Trainer  # noqa: E402
 
 ROWS: list[tuple[str, int, int, int, str]] = []
@@ -198,7 +198,8 @@ def dev_zero(base: Path) -> None:
                 box, hung = with_deadline(lambda run=run: ck.load_latest(run))
                 ok = not hung and "value" in box and box["value"][0].step == 5
             else:
-                box, hung = with_deadline(lambda run=run: Trainer(tiny(12), run, images=images(), resume=True).run(), 60)
+                resume = lambda run=run: Trainer(tiny(12), run, images=images(), resume=True).run()  # noqa: E731
+                box, hung = with_deadline(resume, 60)
                 ok = not hung and "value" in box and box["value"].reason == "completed"
             clean += ok
             lost += not ok
@@ -217,7 +218,7 @@ def dev_zero(base: Path) -> None:
 
 HOLD = """
 import sys, time
-from ddpm_studio.training.runs import RunLock
+from ddpm_studio.artifacts.runs import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)
@@ -357,7 +358,8 @@ def hostile_folder(base: Path) -> None:
     folder.mkdir()
     for i in range(4):
         Image.new("RGB", (12, 12), (60 * i, 90, 200)).save(folder / f"ok{i}.png")
-    specials = {"zero.png": "a device", "gone.png": "broken link", "empty.png": "empty", "trunc.png": ("truncated", "not an image"),
+    specials = {"zero.png": "a device", "gone.png": "broken link", "empty.png": "empty", "trunc.png": ("truncated",
+                                                                                                       "not an image"),
                 "dir.png": None}
     (folder / "zero.png").symlink_to("/dev/zero")
     (folder / "gone.png").symlink_to(folder / "nothing.png")

@@ -75,14 +75,15 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     w, v = np.linalg.eigh(s_a)
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(np.clip(inner, 0,
+                                                                                                  None)).sum())
 
 
 def train(minutes: float, run_dir: Path) -> Path:
-    from ddpm_studio.config import NO_STEP_LIMIT, RunConfig
+    from ddpm_studio.config import RunConfig
     from ddpm_studio.training.trainer import Trainer
 
-    cfg = RunConfig.from_preset("tiny", train=dict(minutes=minutes, steps=NO_STEP_LIMIT, preview_every=0,
+    cfg = RunConfig.from_preset("tiny", train=dict(minutes=minutes, steps=None, preview_every=0,
                                                    checkpoint_every=0, device="cpu"))
     done = Trainer(cfg, run_dir).run()
     print(f"trained: {done.message}")
@@ -114,7 +115,8 @@ def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int) -> tup
     common = dict(num_train_timesteps=loaded.diffusion.T, trained_betas=loaded.diffusion.schedule.betas,
                   prediction_type=pred, timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
                   final_sigmas_type="zero")
-    cls = {"diffusers-dpmpp-2m": diffusers.DPMSolverMultistepScheduler, "diffusers-unipc": diffusers.UniPCMultistepScheduler}[kind]
+    cls = {"diffusers-dpmpp-2m": diffusers.DPMSolverMultistepScheduler,
+           "diffusers-unipc": diffusers.UniPCMultistepScheduler}[kind]
     out, t0 = [], time.perf_counter()
     for b, start in enumerate(range(0, num, batch)):
         n = min(batch, num - start)
@@ -132,7 +134,8 @@ def default_chain_seconds(repeats: int = 5) -> tuple[float, str]:
     """16 images of 16 px, the default SamplingConfig, tiny preset (random weights: the time is the same)."""
     from ddpm_studio.config import RunConfig, SamplingConfig
     from ddpm_studio.engine.unet import build_model
-    from ddpm_studio.sampling.service import build_loaded, generate
+    from ddpm_studio.artifacts.loaded import build_loaded
+    from ddpm_studio.sampling.service import generate
 
     cfg = RunConfig.from_preset("tiny")
     torch.manual_seed(0)
@@ -168,7 +171,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from ddpm_studio.data import load_images
-    from ddpm_studio.sampling.service import load_model
+    from ddpm_studio.artifacts.loading import load_model
 
     secs, what = default_chain_seconds()
     print(f"default chain: 16 images of 16 px, tiny preset, {what}: {secs:.3f} s "
@@ -198,7 +201,8 @@ def main() -> int:
     print("|---|" + "---|" * len(nfes))
     for sampler in samplers:
         row = [p for p in results["points"] if p["sampler"] == sampler]
-        print(f"| {sampler} | " + " | ".join(f"{p['frechet']:.2f} ({p['sec_per_image'] * 1000:.1f} ms)" for p in row) + " |")
+        cells = " | ".join(f"{p['frechet']:.2f} ({p['sec_per_image'] * 1000:.1f} ms)" for p in row)
+        print(f"| {sampler} | {cells} |")
     return 0
 
 

@@ -42,7 +42,8 @@ def main() -> int:
 
     from ddpm_studio.config import RunConfig, SamplingConfig
     from ddpm_studio.engine.unet import build_model, count_parameters
-    from ddpm_studio.sampling.service import build_loaded, generate
+    from ddpm_studio.artifacts.loaded import build_loaded
+    from ddpm_studio.sampling.service import generate
 
     cfg = RunConfig.from_preset(args.preset, data={"image_size": args.size})
     torch.manual_seed(0)
@@ -68,7 +69,7 @@ def main() -> int:
     except ImportError:
         diffusers = None
     if diffusers is not None:
-        from ddpm_studio.interop.diffusers_format import unet_config_for
+        from ddpm_studio.artifacts.diffusers_format import unet_config_for
 
         conf = {k: v for k, v in unet_config_for(net.spec).items() if not k.startswith("_")}
         unet = diffusers.UNet2DModel(**conf).to(device).eval()

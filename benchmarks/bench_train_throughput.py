@@ -28,9 +28,12 @@ def diffusers_twin(spec):
     return diffusers.UNet2DModel(
         sample_size=spec.image_size, in_channels=spec.in_channels, out_channels=spec.out_channels,
         block_out_channels=spec.block_out_channels, layers_per_block=spec.num_res_blocks, dropout=spec.dropout,
-        down_block_types=tuple("AttnDownBlock2D" if spec.image_size // 2**i in att else "DownBlock2D" for i in range(L)),
-        up_block_types=tuple("AttnUpBlock2D" if spec.image_size // 2 ** (L - 1 - i) in att else "UpBlock2D" for i in range(L)),
-        attention_head_dim=spec.attention_head_dim or (spec.block_out_channels[0] // spec.num_heads if spec.num_heads > 1 else None),
+        down_block_types=tuple("AttnDownBlock2D" if spec.image_size // 2**i in att else "DownBlock2D"
+                               for i in range(L)),
+        up_block_types=tuple("AttnUpBlock2D" if spec.image_size // 2 ** (L - 1 - i) in att else "UpBlock2D"
+                             for i in range(L)),
+        attention_head_dim=spec.attention_head_dim or (spec.block_out_channels[0] // spec.num_heads
+                                                       if spec.num_heads > 1 else None),
         norm_eps=1e-6, norm_num_groups=spec.norm_groups, downsample_padding=spec.downsample_padding,
         flip_sin_to_cos=spec.flip_sin_to_cos, freq_shift=spec.freq_shift)
 
@@ -122,10 +125,12 @@ def main() -> int:
                     best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
             ips = {name: args.batch * n / w for name, (w, _) in best.items()}
             ipc = {name: args.batch * n / c for name, (_, c) in best.items()}
-            diff_ips = f"{ips['diff']:>12.1f}{ips['ours'] / ips['diff']:>7.2f}" if "diff" in ips else f"{'-':>12}{'-':>7}"
+            dash = "-"
+            diff_ips = (f"{ips['diff']:>12.1f}{ips['ours'] / ips['diff']:>7.2f}" if "diff" in ips
+                        else f"{dash:>12}{dash:>7}")
             diff_ipc = f"{ipc['diff']:>16.1f}" if "diff" in ipc else f"{'-':>16}"
-            print(f"{preset:<14}{size:>4}{count_parameters(ours):>14,}{(n_diff or 0):>14,}{ips['ours']:>12.1f}{diff_ips}"
-                  f"{ipc['ours']:>16.1f}{diff_ipc}", flush=True)
+            print(f"{preset:<14}{size:>4}{count_parameters(ours):>14,}{(n_diff or 0):>14,}"
+                  f"{ips['ours']:>12.1f}{diff_ips}{ipc['ours']:>16.1f}{diff_ipc}", flush=True)
     return 0
 
 

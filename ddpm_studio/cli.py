@@ -3,29 +3,35 @@
 
 Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
 was refused (a missing folder, a damaged checkpoint, an invalid setting).
+
+Length (over 500 lines, on purpose): every subcommand with its usage text, messages and exit statuses
+in one place, as ``--help`` shows them; the flags of the settings themselves come from the config schema.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ddpm_studio import __version__
-from ddpm_studio.config import (CHANNELS, DEVICES, NO_STEP_LIMIT, PRECISIONS, PRESETS, SAMPLER_INFO, SAMPLERS,
-                                SCHEDULES, SPACINGS, RunConfig, sampler_default_steps)
+from ddpm_studio.config import (DEVICES, PRESETS, SAMPLER_INFO, DataConfig, DiffusionConfig, ModelConfig, RunConfig,
+                                SamplingConfig, Setting, TrainConfig, describe_sampling, sampler_default_steps,
+                                settings_of)
 
 PROG = "ddpm-studio"
 
 
-def _of_total(steps: int) -> str:
+def _of_total(steps: int | None) -> str:
     """' of N' for a run's total steps, nothing for a run trained by the clock (--minutes only)."""
-    return "" if steps >= NO_STEP_LIMIT else f" of {steps:,}"
+    return "" if steps is None else f" of {steps:,}"
+
 GIF_MIN_SIDE = 256  # the chain GIF is enlarged (whole pixels) to at least this width
 
 
@@ -43,13 +49,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {v}")
-    return v
-
-
-def _image_size(text: str) -> int:
-    v = _positive_int(text)
-    if not 8 <= v <= 256:
-        raise argparse.ArgumentTypeError(f"expected a side of 8 to 256 px; got {v}")
     return v
 
 
@@ -83,54 +82,131 @@ def _float(text: str) -> float:
     return v
 
 
+def _parse_int(text: str, lo: float | None, hi: float | None = None) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
+    if hi is not None and lo is not None and not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected a whole number from {int(lo)} to {int(hi)}; got {v}")
+    if lo is not None and lo >= 0 and v < min(lo, 1):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {min(int(lo), 1)}; got {v}")
+    return v
+
+
+def _value_parser(setting: Setting) -> Callable[[str], Any]:
+    """Turn a flag's text into the field's value; the range itself is validate()'s (exit status 1)."""
+    lo, hi = setting.knob.lo, setting.knob.hi
+    # a side no network accepts is bad usage (exit 2), as argparse's own checks; other ranges are validate()'s
+    whole_range = setting.key == "data.image_size"
+
+    def parse(text: str) -> Any:
+        if setting.nullable and text.strip().lower() in ("none", "auto", "off"):
+            return None
+        if setting.kind == "int":
+            return _parse_int(text, lo, hi if whole_range else None)
+        if setting.kind == "float":
+            return _positive_float(text) if lo is not None and lo > 0 else _float(text)
+        if setting.kind.startswith("tuple["):
+            parts = [p for p in text.replace(" ", ",").split(",") if p]
+            if text.strip().lower() == "none":
+                return ()
+            one = int if setting.kind == "tuple[int, ...]" else float
+            try:
+                return tuple(one(p) for p in parts)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 1,2,2; got "
+                                                 f"{text!r}") from None
+        return text
+
+    parse.__name__ = setting.kind  # argparse names the type in its "invalid ... value" message
+    return parse
+
+
+# What the CLI says about a flag besides the field's own help line.
+_EXTRA_HELP = {
+    "sampling.sampler": "; ".join(f"{name}: {info['hint']}" for name, info in SAMPLER_INFO.items()),
+    "sampling.steps": "default: with --sampler, that sampler's own default (ddim 50, dpmpp-* 20); else the run's",
+    "sampling.num_images": "default 16",
+}
+
+
+def add_schema_flags(parser: argparse.ArgumentParser, *sections: type) -> list[tuple[Setting, str]]:
+    """One flag per field of ``sections`` that has one; returns (setting, argparse dest) pairs.
+
+    Every flag defaults to None ("not given": the preset's, the config file's or the run's value stays).
+    Booleans are ``--flip/--no-flip``; ``none`` clears a field that may be empty.
+    """
+    groups: dict[str, Any] = {}
+    out = []
+    for section in sections:
+        for setting in settings_of(section):
+            if setting.flag is None:
+                continue
+            target = parser
+            if setting.knob.exclusive:
+                if setting.knob.exclusive not in groups:
+                    groups[setting.knob.exclusive] = parser.add_mutually_exclusive_group()
+                target = groups[setting.knob.exclusive]
+            words = setting.knob.help + (f" ({_EXTRA_HELP[setting.key]})" if setting.key in _EXTRA_HELP else "")
+            kw: dict[str, Any] = dict(default=None, help=words.replace("%", "%%"))
+            if setting.kind == "bool":
+                kw["action"] = argparse.BooleanOptionalAction
+            elif setting.choices:
+                kw["choices"] = setting.choices
+                kw["type"] = type(setting.choices[0])
+                kw["metavar"] = "|".join(map(str, setting.choices))
+            else:
+                kw["type"] = _value_parser(setting)
+                kw["metavar"] = setting.knob.metavar
+            action = target.add_argument(setting.flag, **kw)
+            out.append((setting, action.dest))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Train a denoising diffusion probabilistic model (Ho et al. 2020) "
                      "on your own images and sample from it. With no command, opens the window.")
     parser.add_argument("--version", "-V", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    # -- train ----------------------------------------------------------------------------------
+    _add_train(sub)
+    _add_sample(sub)
+    _add_export(sub)
+    _add_info(sub)
+    from ddpm_studio.lab import cli_commands as lab_commands  # compare, interpolate, chain, branch (issue 16)
+
+    lab_commands.add_commands(sub, sys.modules[__name__])
+    from ddpm_studio.evaluation.cli_commands import add_parsers  # eval, nearest, timelapse, doctor (issue 17)
+
+    add_parsers(sub, _positive_int, _positive_float)
+    return parser
+
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model (a new run, or --resume one)",
                        description="Train a model on an image folder (or the built-in set). Flags left out "
                        "take the preset's values; with --resume they keep the run's own values. Under "
                        "torchrun (--nproc_per_node K) training uses DistributedDataParallel and "
                        "--batch-size is the global batch, split evenly across the K processes.")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or to resume)")
-    t.add_argument("--data", metavar="DIR", help="image folder, searched recursively, or one image file "
-                   "(default: the built-in dataset)")
     t.add_argument("--config", metavar="FILE", help="start from a full config.json (flags still override it)")
     t.add_argument("--preset", choices=tuple(PRESETS), help="model shape and training defaults (default: tiny)")
-    t.add_argument("--image-size", type=_image_size, metavar="PX",
-                   help="square image side in pixels, 8 to 256 (default: the preset's; tiny: 16)")
-    t.add_argument("--channels", choices=CHANNELS, help="auto (grayscale if every image is), 1 or 3")
-    t.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default linear)")
-    t.add_argument("--timesteps", type=_positive_int, metavar="T", help="diffusion steps T (default 1000)")
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=_positive_int, metavar="N",
-                   help="the run's TOTAL steps; with --resume a larger N extends a finished run")
-    g.add_argument("--minutes", type=_positive_float, metavar="M", help="train for M minutes (this session)")
-    t.add_argument("--batch-size", type=_positive_int, metavar="B", help="global batch size")
-    t.add_argument("--lr", type=_positive_float, help="peak AdamW learning rate")
-    t.add_argument("--ema-decay", type=_float, metavar="D", help="EMA decay of the sampling weights")
-    t.add_argument("--seed", type=_nonneg_int, metavar="S", help="seeds weights, data order, noise and previews")
-    t.add_argument("--device", choices=DEVICES, help="auto = CUDA, then MPS, then CPU")
-    t.add_argument("--precision", choices=PRECISIONS, help="auto (bf16 on CPUs with native bf16, else fp32), fp32, bf16, or fp16 (CUDA)")
-    t.add_argument("--log-every", type=_positive_int, metavar="N", help="steps between metrics lines")
-    t.add_argument("--preview-every", type=_nonneg_int, metavar="N", help="steps between preview grids (0 = off)")
-    t.add_argument("--checkpoint-every", type=_nonneg_int, metavar="N",
-                   help="steps between checkpoints (0 = by time and at the end only)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    from ddpm_studio.evaluation.cli_commands import add_parsers, add_train_flags  # issue 17
+    t.set_defaults(schema_flags=add_schema_flags(t, ModelConfig, DiffusionConfig, DataConfig, TrainConfig))
+    from ddpm_studio.evaluation.cli_commands import add_train_flags  # --eval-every (issue 17)
 
     add_train_flags(t, _positive_int)
 
-    # -- sample ---------------------------------------------------------------------------------
+
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="generate images from a run or a checkpoint",
                        description="Generate images with the EMA weights of a run's newest good checkpoint "
                        "(or of one checkpoint file). Writes --num PNG files at the model's resolution into "
                        "--out, and optionally a grid and an animated GIF of the reverse chain. Images are "
-                       "made in batches of --batch-size; batch i starts from the noise of seed S+i.")
+                       "made in batches of --batch-size; batch i starts from the noise of seed S+i. Sampling "
+                       "flags left out take the run's own values.")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", metavar="RUN_DIR", help="a run folder (its newest good checkpoint)")
     src.add_argument("--checkpoint", metavar="FILE", help="a .safetensors checkpoint file")
@@ -138,18 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a Hugging Face diffusers model folder (DDPMPipeline/DDIMPipeline, or a UNet2DModel "
                      "folder), already on disk: nothing is ever downloaded")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
-    s.add_argument("--num", type=_positive_int, default=16, metavar="N", help="how many images (default 16)")
-    s.add_argument("--sampler", choices=SAMPLERS, metavar="|".join(SAMPLERS),
-                   help="default: the run's sampling.sampler (dpmpp-2m for new runs). "
-                   + "; ".join(f"{name}: {info['hint']}" for name, info in SAMPLER_INFO.items()))
-    s.add_argument("--sampling-steps", type=_positive_int, metavar="K",
-                   help="network calls for ddim / dpmpp-* (default: with --sampler, that sampler's own "
-                   "default (ddim 50, dpmpp-* 20); else the run's sampling.steps); ddpm always takes all T")
-    s.add_argument("--spacing", choices=SPACINGS, metavar="|".join(SPACINGS),
-                   help="which timesteps ddim / dpmpp-* visit (default: the run's, trailing for new runs): "
-                   "trailing and linspace start from pure noise at t = T-1; leading is diffusers' old default")
-    s.add_argument("--eta", type=_float, metavar="E", help="DDIM eta: 0 deterministic ... 1 ancestral")
-    s.add_argument("--seed", type=_nonneg_int, metavar="S", help="same seed, same images (default 0)")
     s.add_argument("--batch-size", type=_positive_int, default=64, metavar="B", help="images per batch (default 64)")
     s.add_argument("--device", choices=DEVICES, default="auto", help="default auto")
     s.add_argument("--grid", metavar="FILE.png", help="also write all images as one grid PNG")
@@ -161,11 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "images, as a grid enlarged to >= 256 px wide). It shows every k-th step with "
                    "k = ceil(steps / --gif-frames), plus the last step, so it has at most "
                    "--gif-frames + 1 frames; the final image is held for one second")
-    s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF (default 60)")
+    s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF "
+                                                                                     "(default 60)")
     s.add_argument("--gif-fps", type=_positive_float, default=20.0, metavar="FPS", help="GIF frame rate (default 20)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(schema_flags=add_schema_flags(s, SamplingConfig))
 
-    # -- export ---------------------------------------------------------------------------------
+
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="write a run or a checkpoint as a diffusers model folder",
                        description="Write the EMA weights of a run's newest good checkpoint (or of one checkpoint "
                        "file) as a Hugging Face diffusers DDPMPipeline folder: model_index.json, unet/ and "
@@ -177,20 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, metavar="FOLDER", help="folder to create (must be empty or new)")
     e.add_argument("--overwrite", action="store_true", help="replace the files of an existing export in --out")
 
-    # -- info -----------------------------------------------------------------------------------
+
+def _add_info(sub) -> None:
     i = sub.add_parser("info", help="show a run's or a checkpoint's config, step and size",
                        description="Print the config, the step count and the parameter count of a run "
                        "folder (its newest good checkpoint) or of a checkpoint file.")
     i.add_argument("path", metavar="RUN_DIR|FILE")
     i.add_argument("--json", action="store_true", help="print the full config as JSON too")
-
-    from ddpm_studio.lab import cli_commands as lab_commands  # compare, interpolate, chain, branch (issue 16)
-
-    lab_commands.add_commands(sub, sys.modules[__name__])
-
-    # -- eval, nearest, timelapse, doctor (issue 17: ddpm_studio/evaluation/cli_commands.py) ----
-    add_parsers(sub, _positive_int, _positive_float)
-    return parser
 
 
 # -- train --------------------------------------------------------------------------------------
@@ -199,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_config(args: argparse.Namespace) -> RunConfig:
     out = Path(args.out)
     if args.resume:
-        from ddpm_studio.training.runs import read_config
+        from ddpm_studio.artifacts.runs import read_config
 
         cfg = read_config(out)
     elif args.config:
@@ -211,43 +271,45 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
             raise ValueError("give either --config or --preset, not both")
     else:
         cfg = RunConfig.from_preset(args.preset or "tiny")
-    sections: dict[str, dict[str, Any]] = {"data": {}, "diffusion": {}, "train": {}}
     if args.resume and args.preset and args.preset != cfg.model.preset:
         raise ValueError(f"--preset {args.preset} differs from the run's preset {cfg.model.preset}; "
                          "a resumed run keeps its model")
-    if args.data is not None:
-        from ddpm_studio.data.decode import IMAGE_EXTENSIONS
-
-        data = Path(args.data)
-        if data.is_file() and data.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise ValueError(f"--data: {args.data} is a file, not an image; give a folder of images "
-                             "(or one image file)")
-        if not data.exists():
-            raise ValueError(f"--data: folder not found: {args.data}")
-        sections["data"]["folder"] = str(Path(args.data).resolve())
-    for flag, section, key in (("image_size", "data", "image_size"), ("channels", "data", "channels"),
-                               ("schedule", "diffusion", "schedule"), ("timesteps", "diffusion", "timesteps"),
-                               ("steps", "train", "steps"), ("minutes", "train", "minutes"),
-                               ("batch_size", "train", "batch_size"), ("lr", "train", "lr"),
-                               ("ema_decay", "train", "ema_decay"), ("seed", "train", "seed"),
-                               ("device", "train", "device"), ("precision", "train", "precision"),
-                               ("log_every", "train", "log_every"), ("preview_every", "train", "preview_every"),
-                               ("checkpoint_every", "train", "checkpoint_every")):
-        value = getattr(args, flag)
-        if value is not None:
-            sections[section][key] = value
+    sections: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "diffusion": {}, "train": {}}
+    for setting, dest in args.schema_flags:
+        value = getattr(args, dest)
+        if value is None or value == getattr(getattr(cfg, setting.section), setting.name):
+            continue
+        if args.resume and setting.section in ("model", "diffusion"):
+            raise ValueError(f"{setting.flag}: a resumed run keeps its {setting.section} settings "
+                             f"({setting.key} is {getattr(getattr(cfg, setting.section), setting.name)!r})")
+        sections[setting.section][setting.name] = value
+    folder = sections["data"].get("folder")
+    if folder is not None:
+        sections["data"]["folder"] = _data_path(folder)
+    if sections["model"]:
+        sections["model"]["preset"] = "custom"
     if args.minutes is not None and args.steps is None and not args.resume:
-        sections["train"]["steps"] = NO_STEP_LIMIT
+        sections["train"]["steps"] = None  # the clock ends the run
     if args.steps is not None and not args.resume:
         sections["train"]["minutes"] = None
-    import dataclasses
-
     for section, values in sections.items():
         if values:
             setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
     cfg.sync()
     cfg.validate()
     return cfg
+
+
+def _data_path(folder: str) -> str:
+    """--data resolved: a folder of images, or one image file; anything else is refused."""
+    from ddpm_studio.data.decode import IMAGE_EXTENSIONS
+
+    data = Path(folder)
+    if data.is_file() and data.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"--data: {folder} is a file, not an image; give a folder of images (or one image file)")
+    if not data.exists():
+        raise ValueError(f"--data: folder not found: {folder}")
+    return str(data.resolve())
 
 
 class _TrainReporter:
@@ -282,49 +344,60 @@ class _TrainReporter:
             self.pending_save = None
 
     def __call__(self, event: object) -> None:
-        from ddpm_studio.durations import format_time_left
         from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetrics,
                                                  TrainStarted)
 
         if isinstance(event, TrainStarted):
-            what = "Resuming" if event.resumed else "Training"
-            for note in event.notes:
-                self.write(f"note: {note}")
-            of = _of_total(event.total_steps)
-            limit = f", for {self.limit_sec / 60:g} min" if self.limit_sec else ""
-            self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
-                       f"on {event.device} ({event.precision}), step {event.start_step:,}{of}{limit}")
-            self.last_step = event.start_step
-            if not self.quiet and self.tty:
-                from tqdm import tqdm
-
-                # with --minutes alone the clock decides: the bar runs over the time instead of the steps
-                self.by_clock = self.limit_sec is not None and event.total_steps >= NO_STEP_LIMIT
-                total = self.limit_sec if self.by_clock else event.total_steps
-                self.bar = tqdm(total=total, initial=0 if self.by_clock else event.start_step, dynamic_ncols=True,
-                                file=sys.stderr, bar_format=self.BAR_FORMAT, desc=f"step {event.start_step:,}")
+            self._started(event)
         elif isinstance(event, StepMetrics):
-            self._flush_save()
-            of = "" if event.total_steps >= NO_STEP_LIMIT else f"/{event.total_steps:,}"
-            left = format_time_left(event.eta_sec)
-            text = (f"step {event.step:,}{of} · loss {event.loss_smooth:.4f} · {event.images_per_sec:.0f} img/s"
-                    + (f" · {left}" if left else ""))
-            if self.bar is not None:
-                if self.by_clock:
-                    self.bar.update(min(event.elapsed_sec, self.bar.total) - self.bar.n)
-                else:
-                    self.bar.update(event.step - self.last_step)
-                self.bar.set_description_str(text, refresh=True)
-            elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
-                self.last_line = time.monotonic()
-                self.write(text)
-            self.last_step = event.step
+            self._metrics(event)
         elif isinstance(event, CheckpointSaved):
             if not self.quiet:
                 self._flush_save()
                 self.pending_save = event.path
         elif isinstance(event, PreviewReady):
             pass  # written to RUN_DIR/samples by the trainer
+
+    def _started(self, event) -> None:
+        from ddpm_studio.data.report import describe_skipped
+
+        what = "Resuming" if event.resumed else "Training"
+        for note in event.notes:
+            self.write(f"note: {note}")
+        for line in describe_skipped(event.skipped, where=str(Path(event.run_dir) / "run.json")):
+            self.write(line)
+        of = _of_total(event.total_steps)
+        limit = f", for {self.limit_sec / 60:g} min" if self.limit_sec else ""
+        self.write(f"{what} {event.run_dir}: {event.num_parameters:,} parameters, {event.num_images:,} images, "
+                   f"on {event.device} ({event.precision}), step {event.start_step:,}{of}{limit}")
+        self.last_step = event.start_step
+        if not self.quiet and self.tty:
+            from tqdm import tqdm
+
+            # with --minutes alone the clock decides: the bar runs over the time instead of the steps
+            self.by_clock = self.limit_sec is not None and event.total_steps is None
+            total = self.limit_sec if self.by_clock else event.total_steps
+            self.bar = tqdm(total=total, initial=0 if self.by_clock else event.start_step, dynamic_ncols=True,
+                            file=sys.stderr, bar_format=self.BAR_FORMAT, desc=f"step {event.start_step:,}")
+
+    def _metrics(self, event) -> None:
+        from ddpm_studio.durations import format_time_left
+
+        self._flush_save()
+        of = "" if event.total_steps is None else f"/{event.total_steps:,}"
+        left = format_time_left(event.eta_sec)
+        text = (f"step {event.step:,}{of} · loss {event.loss_smooth:.4f} · {event.images_per_sec:.0f} img/s"
+                + (f" · {left}" if left else ""))
+        if self.bar is not None:
+            if self.by_clock:
+                self.bar.update(min(event.elapsed_sec, self.bar.total) - self.bar.n)
+            else:
+                self.bar.update(event.step - self.last_step)
+            self.bar.set_description_str(text, refresh=True)
+        elif not self.quiet and (time.monotonic() - self.last_line > 10 or event.step == event.total_steps):
+            self.last_line = time.monotonic()
+            self.write(text)
+        self.last_step = event.step
 
     def close(self, final_checkpoint: str | None = None) -> None:
         """End the bar; name a held-back save unless it is ``final_checkpoint`` (the closing message names that)."""
@@ -368,9 +441,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if rank == 0:
-        stream = sys.stderr if finished.reason in ("nan", "error") else sys.stdout
+        stream = sys.stderr if finished.reason.failed else sys.stdout
         print(finished.message, file=stream)
-    if finished.reason in ("nan", "error"):
+    if finished.reason.failed:
         return 1
     return 130 if interrupts else 0
 
@@ -385,12 +458,10 @@ def _in_main_thread() -> bool:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import numpy as np
 
-    from ddpm_studio.sampling.export import make_grid, save_gif, save_png, save_pngs, upscale_nearest
-    from ddpm_studio.sampling.service import generate, load_model, to_uint8
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.sampling.export import make_grid, save_gif, save_png, upscale_nearest
 
     for flag, value, ext in (("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
         if value and Path(value).suffix.lower() != ext:
@@ -403,31 +474,59 @@ def cmd_sample(args: argparse.Namespace) -> int:
     loaded = load_model(args.run or args.checkpoint or args.model, device=args.device)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
-    overrides = {k: v for k, v in (("sampler", args.sampler), ("steps", args.sampling_steps), ("eta", args.eta),
-                                   ("seed", args.seed), ("spacing", args.spacing)) if v is not None}
+    sampling = _sampling_from_flags(args, loaded)
     T = loaded.diffusion.T
-    if args.sampler is not None and args.sampling_steps is None:  # a chosen sampler brings its own step count
+    total_steps = T if sampling.sampler == "ddpm" else sampling.steps
+    if not args.quiet:
+        print(f"sampling {sampling.num_images} image(s): {describe_sampling(sampling, T)}", file=sys.stderr)
+    out = Path(args.out)
+    stride = max(1, math.ceil(total_steps / args.gif_frames))
+    images_all, frames, written = _sample_batches(args, loaded, sampling, out, total_steps, stride)
+    _write_sampling_record(out, loaded, sampling, len(written))
+    h, w = images_all[0].shape[1] * args.upscale, images_all[0].shape[2] * args.upscale
+    print(f"wrote {len(written)} image(s) of {w}x{h} px to {out} (settings in {out / SAMPLING_RECORD})")
+    if args.grid:
+        grid = upscale_nearest(make_grid(np.concatenate(images_all)), args.upscale)
+        save_png(grid, args.grid)
+        print(f"wrote grid {args.grid} ({grid.shape[1]}x{grid.shape[0]} px)")
+    if args.gif:
+        factor = max(1, math.ceil(GIF_MIN_SIDE / frames[0].shape[1]))
+        count = save_gif((upscale_nearest(f, factor) for f in frames), args.gif, fps=args.gif_fps)
+        print(f"wrote GIF {args.gif} ({count} frames, every {stride} step(s) of {total_steps})")
+    return 0
+
+
+def _sampling_from_flags(args: argparse.Namespace, loaded) -> SamplingConfig:
+    """The run's sampling settings with the flags given on top (a chosen sampler brings its step count)."""
+    overrides = {setting.name: getattr(args, dest) for setting, dest in args.schema_flags
+                 if getattr(args, dest) is not None}
+    T = loaded.diffusion.T
+    if args.sampler is not None and args.sampling_steps is None:
         overrides["steps"] = sampler_default_steps(args.sampler, T)
-    sampling = dataclasses.replace(loaded.config.sampling, num_images=args.num, **overrides)
+    overrides.setdefault("num_images", SamplingConfig.num_images)
+    sampling = dataclasses.replace(loaded.config.sampling, **overrides)
     sampling.validate()
     if sampling.sampler != "ddpm" and sampling.steps > T:
         raise ValueError(f"--sampling-steps ({sampling.steps}) cannot exceed the model's T ({T})")
-    total_steps = T if sampling.sampler == "ddpm" else sampling.steps
-    if not args.quiet:
-        print(f"sampling {args.num} image(s): {describe_sampling(sampling, T)}", file=sys.stderr)
-    batches = [min(args.batch_size, args.num - i) for i in range(0, args.num, args.batch_size)]
+    return sampling
 
+
+def _sample_batches(args: argparse.Namespace, loaded, sampling: SamplingConfig, out: Path, total_steps: int,
+                    stride: int) -> tuple[list, list, list[Path]]:
+    """Generate and save the images batch by batch: (images per batch, GIF frames, files written)."""
+    from ddpm_studio.sampling.export import make_grid, save_pngs, upscale_nearest
+    from ddpm_studio.sampling.service import generate, to_uint8
+
+    n_all = sampling.num_images
+    batches = [min(args.batch_size, n_all - i) for i in range(0, n_all, args.batch_size)]
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(total=len(batches) * total_steps, unit="step", dynamic_ncols=True, file=sys.stderr,
-                   desc=f"sampling {args.num} image(s)")
-    out = Path(args.out)
+                   desc=f"sampling {n_all} image(s)")
     written: list[Path] = []
-    images_all = []
-    frames: list[np.ndarray] = []
-    stride = max(1, math.ceil(total_steps / args.gif_frames))
+    images_all, frames = [], []
     try:
         for b, n in enumerate(batches):
             last = None
@@ -443,18 +542,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _write_sampling_record(out, loaded, sampling, len(written))
-    h, w = images_all[0].shape[1] * args.upscale, images_all[0].shape[2] * args.upscale
-    print(f"wrote {len(written)} image(s) of {w}x{h} px to {out} (settings in {out / SAMPLING_RECORD})")
-    if args.grid:
-        grid = upscale_nearest(make_grid(np.concatenate(images_all)), args.upscale)
-        save_png(grid, args.grid)
-        print(f"wrote grid {args.grid} ({grid.shape[1]}x{grid.shape[0]} px)")
-    if args.gif:
-        factor = max(1, math.ceil(GIF_MIN_SIDE / frames[0].shape[1]))
-        count = save_gif((upscale_nearest(f, factor) for f in frames), args.gif, fps=args.gif_fps)
-        print(f"wrote GIF {args.gif} ({count} frames, every {stride} step(s) of {total_steps})")
-    return 0
+    return images_all, frames, written
 
 
 def _check_writable(flag: str, path: str, *, folder: bool) -> None:
@@ -492,21 +580,6 @@ def _check_writable(flag: str, path: str, *, folder: bool) -> None:
 SAMPLING_RECORD = "sampling.json"  # written beside the PNGs: what made them
 
 
-def describe_sampling(sampling, T: int) -> str:
-    """One line, e.g. 'dpmpp-2m, 20 steps, trailing spacing, x_0 clipped, seed 0'."""
-    if sampling.sampler == "ddpm":
-        what = f"ddpm, all {T} steps, {sampling.variance} variance"
-    else:
-        what = f"{sampling.sampler}, {sampling.steps} steps, {sampling.spacing} spacing"
-        if sampling.sampler == "ddim":
-            what += f", eta {sampling.eta:g}"
-    if sampling.dynamic_threshold:
-        what += f", dynamic thresholding at {sampling.dynamic_threshold:g}"
-    elif sampling.clip_denoised:
-        what += ", x_0 clipped"
-    return f"{what}, seed {sampling.seed}"
-
-
 def _write_sampling_record(out: Path, loaded, sampling, count: int) -> None:
     import dataclasses
     import json
@@ -522,7 +595,7 @@ def _write_sampling_record(out: Path, loaded, sampling, count: int) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ddpm_studio.interop.diffusers_format import export_diffusers
+    from ddpm_studio.artifacts.loading import export_diffusers
 
     out = export_diffusers(args.run or args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote a diffusers DDPMPipeline folder: {out}")
@@ -534,7 +607,7 @@ def _inspect_checkpoints(path: Path) -> tuple[Any, list[str]]:
 
     Runs the verification they run (both checksums, sizes, shapes, the state file), newest first.
     """
-    from ddpm_studio.training import checkpoints as ckpts
+    from ddpm_studio.artifacts import checkpoints as ckpts
 
     found = ckpts.list_checkpoints(path)
     lines: list[str] = []
@@ -562,7 +635,8 @@ def _inspect_checkpoints(path: Path) -> tuple[Any, list[str]]:
         return got, lines
     if for_sampling is not None:
         step, cfg, _ = for_sampling[1]
-        lines.append(f"checkpoint:  sample uses {for_sampling[0].name} (step {step:,}); no checkpoint can be resumed from")
+        lines.append(f"checkpoint:  sample uses {for_sampling[0].name} (step {step:,}); no checkpoint can be resumed "
+                     f"from")
         return for_sampling[1], lines
     lines.append("checkpoint:  none usable" + (f" ({len(found)} on disk, all damaged)" if found else " yet"))
     return None, lines
@@ -570,8 +644,8 @@ def _inspect_checkpoints(path: Path) -> tuple[Any, list[str]]:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ddpm_studio import footprint
-    from ddpm_studio.training import checkpoints as ckpts
-    from ddpm_studio.training import runs
+    from ddpm_studio.artifacts import checkpoints as ckpts
+    from ddpm_studio.artifacts import runs
 
     path = Path(args.path)
     if not path.exists():
@@ -592,25 +666,27 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = runs.read_run_info(path)
         ds = info.get("dataset") or {}
         if ds:
-            lines.append(f"dataset:     {ds.get('source')} ({ds.get('num_images')} images, fingerprint {ds.get('fingerprint')})")
+            lines.append(f"dataset:     {ds.get('source')} ({ds.get('num_images')} images, fingerprint "
+                         f"{ds.get('fingerprint')})")
         metrics = runs.read_metrics(path)
         if metrics:
-            lines.append(f"last loss:   {metrics[-1].get('loss_smooth', float('nan')):.4f} (smoothed, step {metrics[-1].get('step')})")
+            lines.append(f"last loss:   {metrics[-1].get('loss_smooth', float('nan')):.4f} (smoothed, step "
+                         f"{metrics[-1].get('step')})")
     else:
         has_state = ckpts.state_path_for(path).exists() if path.name.endswith(".safetensors") else False
         step, cfg, _ = ckpts.verify_checkpoint(path, with_state=has_state)
         lines.append(f"checkpoint:  {path} (step {step:,}{_of_total(cfg.train.steps)}, verified)")
     m, d = cfg.model, cfg.diffusion
     n_params = footprint.parameter_count(m)
-    lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), base {m.base_channels}, "
-                 f"mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), attention at {tuple(m.attention_resolutions)} px, "
-                 f"{n_params:,} parameters")
+    lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), "
+                 f"base {m.base_channels}, mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), "
+                 f"attention at {tuple(m.attention_resolutions)} px, {n_params:,} parameters")
     sched = (f"explicit betas ({d.betas[0]:.3g} to {d.betas[-1]:.3g}; closest named schedule {d.schedule})"
              if d.betas is not None else f"{d.schedule} schedule")
     lines.append(f"diffusion:   {sched}, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
     tc = cfg.train
     lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
-                 f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps >= NO_STEP_LIMIT
+                 f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps is None
                                         else f"steps {tc.steps:,}"))
     lines.append(f"memory:      {footprint.estimate(m, batch_size=tc.batch_size, training=True).describe()}")
     lines.append(f"sampling:    {describe_sampling(cfg.sampling, d.timesteps)} (sample's defaults); "

@@ -1,8 +1,16 @@
-"""One config object describes a run.
+"""One config object describes a run, and one schema describes every setting in it.
 
 The GUI, the CLI and checkpoints all read and write :class:`RunConfig`. It is plain data
 (dataclasses of str/int/float/bool/tuple), serialisable to JSON, and validated at the boundary:
 every invalid value raises ``ValueError`` naming the field, what is allowed and what was given.
+
+Every field is declared once with :func:`knob`: its default, its range or choices, a one-line help,
+its GUI label and its CLI flag. :func:`settings_of` reads those declarations back; validation, the
+CLI's flags (``cli.py``), the GUI's tooltips and settings persistence are generated from them, so a
+new hyperparameter is one line here.
+
+Length (over 500 lines, on purpose): it is the declaration of every setting of the program (some 80
+fields, each with its range, help, label and flag), the presets and the JSON boundary, read top to bottom.
 
 No torch and no Qt here: importing this module must stay instant.
 """
@@ -18,25 +26,40 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ddpm_studio import footprint
+from ddpm_studio.engine.choices import (Activation, Background, Channels, Choice, Device, LossWeighting, Precision,
+                                        Prediction, Sampler, Schedule, Spacing, TimeConditioning, Variance,
+                                        check_choice)
 
 CONFIG_VERSION = 1
 
-SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
-PREDICTIONS = ("epsilon", "x0", "v")
-LOSS_WEIGHTINGS = ("none", "min_snr")
-VARIANCES = ("fixed_small", "fixed_large")  # sigma_t^2 = beta-tilde_t  |  sigma_t^2 = beta_t
-SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")
+# The allowed values, as tuples of strings (the enums in engine/choices.py are the declarations).
+SCHEDULES = Schedule.values()
+PREDICTIONS = Prediction.values()
+LOSS_WEIGHTINGS = LossWeighting.values()
+VARIANCES = Variance.values()  # sigma_t^2 = beta-tilde_t  |  sigma_t^2 = beta_t
+SAMPLERS = Sampler.values()
+SPACINGS = Spacing.values()
+ACTIVATIONS = Activation.values()  # residual-block nonlinearity (diffusers' act_fn; "swish" is silu)
+TIME_CONDITIONINGS = TimeConditioning.values()  # how a residual block takes the time embedding
+CHANNELS = Channels.values()
+BACKGROUNDS = Background.values()
+DEVICES = Device.values()
+PRECISIONS = Precision.values()
+
 # Per sampler: a short label, a sensible default step count (None: ddpm always walks all T steps), the
-# SamplingConfig fields it reads besides clip/num_images/seed, and one line in plain words. Shared by the GUI's sampler list and the CLI's help; engine/diffusion.py dispatches.
+# SamplingConfig fields it reads besides clip/num_images/seed, and one line in plain words. Shared by the GUI's
+# sampler list and the CLI's help; engine/diffusion.py dispatches.
 SAMPLER_INFO: dict[str, dict[str, Any]] = {
     "ddpm": dict(label="DDPM (ancestral, all T steps)", default_steps=None, settings=("variance",),
                  hint="The paper's own sampler: one network call per timestep (T of them), slow but the reference."),
     "ddim": dict(label="DDIM", default_steps=50, settings=("steps", "spacing", "eta"),
                  hint="Deterministic shortcut through fewer timesteps; good at 50-100 steps (Song et al. 2021)."),
     "dpmpp-2m": dict(label="DPM-Solver++ 2M (fast, default)", default_steps=20, settings=("steps", "spacing"),
-                     hint="A second-order solver that reuses the previous step; good images in 10-20 steps (Lu et al. 2022)."),
+                     hint="A second-order solver that reuses the previous step; good images in 10-20 steps "
+                     "(Lu et al. 2022)."),
     "dpmpp-3m": dict(label="DPM-Solver++ 3M", default_steps=20, settings=("steps", "spacing"),
-                     hint="Third-order version of 2M; sometimes a little better at 10-20 steps, less steady at very few."),
+                     hint="Third-order version of 2M; sometimes a little better at 10-20 steps, less steady at very "
+                          "few."),
     "dpmpp-2m-sde": dict(label="DPM-Solver++ 2M SDE", default_steps=20, settings=("steps", "spacing"),
                          hint="2M that adds fresh noise at every step; more varied detail, wants ~20 steps or more."),
 }
@@ -44,30 +67,131 @@ SAMPLER_INFO: dict[str, dict[str, Any]] = {
 
 def sampler_default_steps(sampler: str, T: int) -> int:
     """The step count a sampler starts with for a model of T timesteps (ddpm: all T)."""
-    _check_choice("sampling.sampler", sampler, SAMPLERS)
+    check_choice("sampling.sampler", sampler, Sampler)
     default = SAMPLER_INFO[sampler]["default_steps"]
     return T if default is None else min(default, T)
 
 
 # How a few-step sampler spreads its steps over 0..T-1 (diffusers' names; Lin et al. 2024, Table 2):
 # trailing and linspace start every chain at t = T-1; leading (diffusers' old default) does not.
-SPACINGS = ("trailing", "linspace", "leading")
 SPACING_HINTS = {
     "trailing": "Evenly spaced, starting from pure noise at t = T-1 for every step count (recommended).",
     "linspace": "Evenly spaced from T-1 down to 0.",
     "leading": "diffusers' old default; starts below T-1 (far below when steps > T/2). For comparisons.",
 }
-ACTIVATIONS = ("silu", "mish", "gelu", "relu")  # residual-block nonlinearity (diffusers' act_fn; "swish" is silu)
-TIME_CONDITIONINGS = ("default", "scale_shift")  # how a residual block takes the time embedding
-CHANNELS = ("auto", "1", "3")
-BACKGROUNDS = ("white", "black")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# What old configs wrote as train.steps for a run the clock ends (--minutes without --steps). Such a
+# run now has train.steps = None; from_dict maps this number to None so old runs and checkpoints load.
+def describe_sampling(sampling, T: int) -> str:
+    """One line, e.g. 'dpmpp-2m, 20 steps, trailing spacing, x_0 clipped, seed 0'."""
+    if sampling.sampler == "ddpm":
+        what = f"ddpm, all {T} steps, {sampling.variance} variance"
+    else:
+        what = f"{sampling.sampler}, {sampling.steps} steps, {sampling.spacing} spacing"
+        if sampling.sampler == "ddim":
+            what += f", eta {sampling.eta:g}"
+    if sampling.dynamic_threshold:
+        what += f", dynamic thresholding at {sampling.dynamic_threshold:g}"
+    elif sampling.clip_denoised:
+        what += ", x_0 clipped"
+    return f"{what}, seed {sampling.seed}"
+
+
+NO_STEP_LIMIT = 10_000_000
+
+
+# -- the schema -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What one config field declares besides its type and default."""
+
+    help: str  # one line, shown as the CLI's help and the GUI's tooltip
+    label: str  # the GUI's label
+    lo: float | None = None  # the smallest allowed value (of every element, for a tuple)
+    hi: float | None = None  # the largest
+    choices: type[Choice] | tuple | None = None  # the allowed values
+    flag: str | None = None  # the CLI flag; "" = none (set another way, or only in config.json)
+    metavar: str | None = None  # the CLI's name for the value
+    exclusive: str | None = None  # flags with the same key may not be given together
+
+
+def knob(default: Any, *, help: str, label: str | None = None, lo: float | None = None, hi: float | None = None,
+         choices: type[Choice] | tuple | None = None, flag: str | None = None, metavar: str | None = None,
+         exclusive: str | None = None) -> Any:
+    """A dataclass field that declares its range or choices, help, GUI label and CLI flag once."""
+    meta = Knob(help=help, label=label or help.split(";")[0].split(" (")[0], lo=lo, hi=hi, choices=choices,
+                flag=flag, metavar=metavar, exclusive=exclusive)
+    return field(default=default, metadata={"knob": meta})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of one section, as the schema describes it."""
+
+    section: str  # "model", "diffusion", "data", "train" or "sampling"
+    name: str
+    kind: str  # "bool", "int", "float", "str", "tuple[int, ...]" or "tuple[float, ...]"
+    nullable: bool  # None is allowed (and means what the help says)
+    default: Any
+    knob: Knob
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def flag(self) -> str | None:
+        """The CLI flag, e.g. ``--batch-size``; None when the field has none."""
+        if self.knob.flag == "":
+            return None
+        return self.knob.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def choices(self) -> tuple:
+        c = self.knob.choices
+        if c is None:
+            return ()
+        return c.values() if isinstance(c, type) and issubclass(c, Choice) else tuple(c)
+
+
+def settings_of(section: Any) -> list[Setting]:
+    """The schema of a section (class or instance, e.g. ``TrainConfig``), in declaration order."""
+    cls = section if isinstance(section, type) else type(section)
+    name = next(SECTION_NAMES[c] for c in cls.__mro__ if c in SECTION_NAMES)  # a subclass keeps its section
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("knob")
+        if meta is None:
+            continue
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        nullable = "None" in kinds
+        kind = next(k for k in kinds if k != "None")
+        out.append(Setting(name, f.name, kind, nullable, f.default, meta))
+    return out
+
+
+def validate_section(section: Any) -> None:
+    """Check every field of a section against its declaration (range, choices, type)."""
+    for s in settings_of(section):
+        value = getattr(section, s.name)
+        if value is None and s.nullable:
+            continue
+        if s.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{s.key} must be true or false; got {value!r}")
+        elif s.choices:
+            _check_choice(s.key, value, s.choices)
+        elif s.kind in ("int", "float"):
+            _check_range(s.key, value, s.knob.lo, s.knob.hi, integer=s.kind == "int")
+        elif s.kind.startswith("tuple[") and (s.knob.lo is not None or s.knob.hi is not None):
+            for v in value:
+                _check_range(f"{s.key}[]", v, s.knob.lo, s.knob.hi, integer=s.kind == "tuple[int, ...]")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    check_choice(name, value, allowed)
 
 
 def _check_range(name: str, value: Any, lo: float | None, hi: float | None, integer: bool = False) -> None:
@@ -78,82 +202,86 @@ def _check_range(name: str, value: Any, lo: float | None, hi: float | None, inte
     if value != value:  # NaN
         raise ValueError(f"{name} must be a number; got NaN")
     if lo is not None and value < lo or hi is not None and value > hi:
-        span = f"from {lo} to {hi}" if lo is not None and hi is not None else (f"at least {lo}" if lo is not None else f"at most {hi}")
+        if lo is not None and hi is not None:
+            span = f"from {lo} to {hi}"
+        else:
+            span = f"at least {lo}" if lo is not None else f"at most {hi}"
         raise ValueError(f"{name} must be {span}; got {value!r}")
+
+
+# -- the sections ------------------------------------------------------------------------------------
 
 
 @dataclass
 class ModelConfig:
     """The denoising U-Net (Ho et al. 2020, appendix B)."""
 
-    preset: str = "tiny"  # name the shape came from; "custom" once a field is edited by hand
-    image_size: int = 16  # side of the square images the network sees (px); set from DataConfig
-    in_channels: int = 3  # 1 (grayscale) or 3 (RGB); resolved from the dataset when channels=auto
-    base_channels: int = 32  # width of the first level; every level is a multiple of it
-    channel_mult: tuple[int, ...] = (1, 2, 2)  # width multiplier per resolution level
-    num_res_blocks: int = 1  # residual blocks per resolution level (paper: 2)
-    attention_resolutions: tuple[int, ...] = (8,)  # feature-map sides (px) that get self-attention
-    dropout: float = 0.0  # dropout inside residual blocks (paper: 0.1 on CIFAR-10)
-    num_heads: int = 1  # attention heads (paper: 1)
+    preset: str = knob("tiny", flag="", label="Preset",
+                       help="name the shape came from; custom once a field is edited by hand")
+    image_size: int = knob(16, lo=8, hi=256, flag="", label="Image size",
+                           help="side of the square images the network sees (px); set from data.image_size")
+    in_channels: int = knob(3, choices=(1, 3), flag="", label="Channels",
+                            help="1 (grayscale) or 3 (RGB); resolved from the dataset when data.channels=auto")
+    base_channels: int = knob(32, lo=8, hi=512, label="Base width", metavar="C",
+                              help="width of the first level; every level is a multiple of it")
+    channel_mult: tuple[int, ...] = knob((1, 2, 2), label="Width per level", metavar="1,2,2",
+                                         help="width multiplier per resolution level (comma-separated)")
+    num_res_blocks: int = knob(1, lo=1, hi=8, label="Residual blocks", metavar="N",
+                               help="residual blocks per resolution level (paper: 2)")
+    attention_resolutions: tuple[int, ...] = knob((8,), lo=1, hi=256, label="Attention at", metavar="8,16",
+                                                  help="feature-map sides (px) that get self-attention "
+                                                  "(comma-separated; none = no attention)")
+    dropout: float = knob(0.0, lo=0.0, hi=0.9, label="Dropout", metavar="P",
+                          help="dropout inside residual blocks (paper: 0.1 on CIFAR-10)")
+    num_heads: int = knob(1, lo=1, hi=64, label="Attention heads", metavar="H", help="attention heads (paper: 1)")
     # Settings that only imported (diffusers-format) models change; the defaults are the paper's.
-    attention_head_dim: int | None = None  # channels per head; None = width / num_heads
-    norm_groups: int | None = None  # GroupNorm groups; None = largest divisor of every width <= min(32, base/4) (32 for paper models)
-    downsample_padding: int = 0  # 0 = the paper's TF "SAME" stride-2 conv (pad bottom/right), 1 = symmetric
-    flip_sin_to_cos: bool = False  # time embedding order: False = [sin, cos] (paper)
-    freq_shift: float = 1.0  # time embedding frequencies exp(-log(10000) i / (half - freq_shift)); paper: 1
-    norm_eps: float = 1e-6  # epsilon of every GroupNorm (paper: 1e-6; diffusers' UNet2DModel default: 1e-5)
-    attn_norm_groups: int | None = None  # GroupNorm groups of the middle block's attention; None = norm_groups
-    add_attention: bool = True  # self-attention in the middle block (paper: yes)
-    mid_block_scale_factor: float = 1.0  # the middle block's residual sums are divided by this (paper: 1)
-    time_embedding_dim: int | None = None  # width of the time-embedding MLP; None = 4 x base_channels (paper)
-    center_input_sample: bool = False  # map the input x to 2x - 1 before the first conv (paper: no)
-    act_fn: str = "silu"  # nonlinearity inside residual blocks: silu (paper), mish, gelu, relu
-    time_conditioning: str = "default"  # default = temb added after conv1 (paper); scale_shift = norm2 output * (1 + s) + b
+    attention_head_dim: int | None = knob(None, lo=1, hi=4096, label="Channels per head", metavar="D",
+                                          help="channels per attention head; none = width / num_heads")
+    norm_groups: int | None = knob(None, lo=1, hi=512, label="GroupNorm groups", metavar="G",
+                                   help="GroupNorm groups; none = largest divisor of every width <= min(32, base/4)")
+    downsample_padding: int = knob(0, choices=(0, 1), label="Downsample padding",
+                                   help="0 = the paper's TF SAME stride-2 conv (pad bottom/right), 1 = symmetric")
+    flip_sin_to_cos: bool = knob(False, label="Time embedding [cos, sin]",
+                                 help="time embedding order: off = [sin, cos] (paper), on = [cos, sin]")
+    freq_shift: float = knob(1.0, lo=0.0, hi=1.0, label="Frequency shift", metavar="S",
+                             help="time embedding frequencies exp(-log(10000) i / (half - freq_shift)); paper: 1")
+    norm_eps: float = knob(1e-6, lo=1e-12, hi=1.0, label="GroupNorm epsilon", metavar="EPS",
+                           help="epsilon of every GroupNorm (paper: 1e-6; diffusers' UNet2DModel: 1e-5)")
+    attn_norm_groups: int | None = knob(None, lo=1, hi=512, label="Middle attention groups", metavar="G",
+                                        help="GroupNorm groups of the middle block's attention; none = norm_groups")
+    add_attention: bool = knob(True, label="Middle attention", help="self-attention in the middle block (paper: yes)")
+    mid_block_scale_factor: float = knob(1.0, lo=1e-6, hi=1e6, label="Middle block scale", metavar="F",
+                                         help="the middle block's residual sums are divided by this (paper: 1)")
+    time_embedding_dim: int | None = knob(None, lo=1, hi=65536, label="Time embedding width", metavar="D",
+                                          help="width of the time-embedding MLP; none = 4 x base_channels (paper)")
+    center_input_sample: bool = knob(False, label="Centre input",
+                                     help="map the input x to 2x - 1 before the first conv (paper: no)")
+    act_fn: str = knob("silu", choices=Activation, label="Activation",
+                       help="nonlinearity inside residual blocks: silu (paper), mish, gelu, relu")
+    time_conditioning: str = knob("default", choices=TimeConditioning, label="Time conditioning",
+                                  help="default = temb added after conv1 (paper); "
+                                  "scale_shift = norm2 output * (1 + s) + b")
 
     def validate(self) -> None:
-        _check_range("model.image_size", self.image_size, 8, 256, integer=True)
-        _check_choice("model.in_channels", self.in_channels, (1, 3))
-        _check_range("model.base_channels", self.base_channels, 8, 512, integer=True)
-        if not self.channel_mult or any(not isinstance(m, int) or m < 1 for m in self.channel_mult):
-            raise ValueError(f"model.channel_mult must be a non-empty list of whole numbers >= 1; got {self.channel_mult!r}")
+        validate_section(self)
+        if not self.channel_mult or any(not isinstance(m, int) or isinstance(m, bool) or m < 1
+                                        for m in self.channel_mult):
+            raise ValueError(f"model.channel_mult must be a non-empty list of whole numbers >= 1; "
+                             f"got {self.channel_mult!r}")
         levels = len(self.channel_mult)
         if self.image_size % (2 ** (levels - 1)) != 0:
             raise ValueError(
                 f"model.channel_mult has {levels} levels, so model.image_size must be divisible by "
                 f"{2 ** (levels - 1)}; got image_size={self.image_size}"
             )
-        _check_range("model.num_res_blocks", self.num_res_blocks, 1, 8, integer=True)
-        for r in self.attention_resolutions:
-            _check_range("model.attention_resolutions[]", r, 1, 256, integer=True)
-        _check_range("model.dropout", self.dropout, 0.0, 0.9)
-        _check_range("model.num_heads", self.num_heads, 1, 64, integer=True)
-        if self.attention_head_dim is not None:
-            _check_range("model.attention_head_dim", self.attention_head_dim, 1, 4096, integer=True)
-        if self.norm_groups is not None:
-            _check_range("model.norm_groups", self.norm_groups, 1, 512, integer=True)
-        _check_choice("model.downsample_padding", self.downsample_padding, (0, 1))
-        if not isinstance(self.flip_sin_to_cos, bool):
-            raise ValueError(f"model.flip_sin_to_cos must be true or false; got {self.flip_sin_to_cos!r}")
-        _check_range("model.freq_shift", self.freq_shift, 0.0, 1.0)
-        _check_range("model.norm_eps", self.norm_eps, 1e-12, 1.0)
-        if self.attn_norm_groups is not None:
-            _check_range("model.attn_norm_groups", self.attn_norm_groups, 1, 512, integer=True)
-        for name in ("add_attention", "center_input_sample"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"model.{name} must be true or false; got {getattr(self, name)!r}")
-        _check_range("model.mid_block_scale_factor", self.mid_block_scale_factor, 1e-6, 1e6)
-        if self.time_embedding_dim is not None:
-            _check_range("model.time_embedding_dim", self.time_embedding_dim, 1, 65536, integer=True)
-        _check_choice("model.act_fn", self.act_fn, ACTIVATIONS)
-        _check_choice("model.time_conditioning", self.time_conditioning, TIME_CONDITIONINGS)
         if self.base_channels % 8 != 0:
             raise ValueError(f"model.base_channels must be divisible by 8 (GroupNorm); got {self.base_channels}")
         n = footprint.parameter_count(self)  # closed form, microseconds: nothing is built
         if n > footprint.MAX_PARAMETERS:
             raise ValueError(
-                f"model: base_channels {self.base_channels} with channel_mult {list(self.channel_mult)} makes a network "
-                f"of {n:,} parameters ({n * footprint.BYTES_PER_VALUE / 2**30:,.0f} GB of weights); the most this "
-                f"program builds is {footprint.MAX_PARAMETERS:,}"
+                f"model: base_channels {self.base_channels} with channel_mult {list(self.channel_mult)} makes a "
+                f"network of {n:,} parameters ({n * footprint.BYTES_PER_VALUE / 2**30:,.0f} GB of weights); "
+                f"the most this program builds is {footprint.MAX_PARAMETERS:,}"
             )
 
 
@@ -161,22 +289,25 @@ class ModelConfig:
 class DiffusionConfig:
     """The forward process and the training objective."""
 
-    schedule: str = "linear"  # beta schedule: linear (paper), cosine (Nichol & Dhariwal 2021), quadratic, sigmoid
-    timesteps: int = 1000  # T, the number of diffusion steps (paper: 1000)
-    prediction: str = "epsilon"  # what the network predicts: epsilon (paper), x0, or v (Salimans & Ho 2022)
-    loss_weighting: str = "none"  # none = the paper's L_simple; min_snr = Hang et al. 2023
-    min_snr_gamma: float = 5.0  # gamma of min-SNR weighting (used only when loss_weighting=min_snr)
-    betas: tuple[float, ...] | None = None  # explicit beta_1..beta_T (imported models); overrides schedule
+    schedule: str = knob("linear", choices=Schedule, label="Noise schedule",
+                         help="beta schedule: linear (paper), cosine (Nichol & Dhariwal 2021), quadratic, sigmoid")
+    timesteps: int = knob(1000, lo=10, hi=4000, label="Timesteps T", metavar="T",
+                          help="T, the number of diffusion steps (paper: 1000)")
+    prediction: str = knob("epsilon", choices=Prediction, label="Network predicts",
+                           help="what the network predicts: epsilon (paper), x0, or v (Salimans & Ho 2022)")
+    loss_weighting: str = knob("none", choices=LossWeighting, label="Loss weighting",
+                               help="none = the paper's L_simple; min_snr = Hang et al. 2023")
+    min_snr_gamma: float = knob(5.0, lo=0.01, hi=1000.0, label="Min-SNR gamma", metavar="G",
+                                help="gamma of min-SNR weighting (used only when loss_weighting=min_snr)")
+    betas: tuple[float, ...] | None = knob(None, flag="", label="Explicit betas",
+                                           help="explicit beta_1..beta_T (imported models); overrides schedule")
 
     def validate(self) -> None:
-        _check_choice("diffusion.schedule", self.schedule, SCHEDULES)
-        _check_range("diffusion.timesteps", self.timesteps, 10, 4000, integer=True)
-        _check_choice("diffusion.prediction", self.prediction, PREDICTIONS)
-        _check_choice("diffusion.loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
-        _check_range("diffusion.min_snr_gamma", self.min_snr_gamma, 0.01, 1000.0)
+        validate_section(self)
         if self.betas is not None:
             if len(self.betas) != self.timesteps:
-                raise ValueError(f"diffusion.betas must have diffusion.timesteps={self.timesteps} values; got {len(self.betas)}")
+                raise ValueError(f"diffusion.betas must have diffusion.timesteps={self.timesteps} values; "
+                                 f"got {len(self.betas)}")
             if any(not (0.0 < float(b) < 1.0) for b in self.betas):
                 raise ValueError("diffusion.betas must all lie strictly between 0 and 1")
 
@@ -185,112 +316,113 @@ class DiffusionConfig:
 class DataConfig:
     """Which images, and how they are turned into training tensors."""
 
-    folder: str | None = None  # image folder; None = the built-in dataset
-    image_size: int = 16  # square side after resize-short-side + center-crop (px); 16 = the tiny preset's, fast on a CPU
-    channels: str = "auto"  # auto (grayscale if every image is), "1" (grayscale) or "3" (RGB)
-    flip: bool = False  # random horizontal flip at training time: helps left-right symmetric scenes, hurts text, digits, logos
-    background: str = "white"  # what transparent pixels are composited onto
-    min_size: int = 0  # skip images whose short side is smaller than this (px); 0 = keep all
+    folder: str | None = knob(None, flag="--data", metavar="DIR", label="Image folder",
+                              help="image folder, searched recursively, or one image file "
+                                   "(default: the built-in dataset)")
+    image_size: int = knob(16, lo=8, hi=256, label="Image size", metavar="PX",
+                           help="square side after resize-short-side + center-crop (px); tiny: 16, fast on a CPU")
+    channels: str = knob("auto", choices=Channels, label="Channels",
+                         help="auto (grayscale if every image is), 1 (grayscale) or 3 (RGB)")
+    flip: bool = knob(False, label="Random horizontal flip",
+                      help="random horizontal flip at training time: helps symmetric scenes, hurts text, digits, logos")
+    background: str = knob("white", choices=Background, label="Background",
+                           help="what transparent pixels are composited onto")
+    min_size: int = knob(0, lo=0, hi=100000, label="Minimum side", metavar="PX",
+                         help="skip images whose short side is smaller than this (px); 0 = keep all")
 
     def validate(self) -> None:
-        _check_range("data.image_size", self.image_size, 8, 256, integer=True)
-        _check_choice("data.channels", self.channels, CHANNELS)
-        _check_choice("data.background", self.background, BACKGROUNDS)
-        _check_range("data.min_size", self.min_size, 0, 100000, integer=True)
-        if not isinstance(self.flip, bool):
-            raise ValueError(f"data.flip must be true or false; got {self.flip!r}")
+        validate_section(self)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, logging and checkpointing."""
 
-    steps: int = 4000  # total optimisation steps of the run (resume counts from where it stopped)
-    minutes: float | None = None  # optional wall-clock limit for this session of training
-    batch_size: int = 64  # global batch size (split across processes under torchrun)
-    lr: float = 1e-3  # peak AdamW learning rate (paper: 2e-4 for its 35.7M-parameter model)
-    warmup_steps: int = 200  # linear learning-rate warm-up (paper: 5000)
-    weight_decay: float = 0.0  # AdamW weight decay
-    grad_clip: float = 1.0  # clip the global gradient norm to this (paper: 1.0); 0 = off
-    ema_decay: float = 0.999  # EMA of the weights used for previews and sampling (paper: 0.9999)
-    ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step)) so early EMA follows the model
-    seed: int = 0  # seeds weights, data order, noise and previews
-    device: str = "auto"  # auto = CUDA, then Apple MPS, then CPU
-    precision: str = "auto"  # auto = bf16 autocast on CPUs with native bf16, else fp32; or fp32 / bf16 / fp16 (CUDA)
-    log_every: int = 10  # steps between metric events / metrics.jsonl lines
-    preview_every: int = 500  # steps between preview samples from the EMA model; 0 = off
-    preview_count: int = 16  # images per preview
-    preview_sampling_steps: int = 20  # sampler steps per preview (DPM-Solver++ 2M: 20 suffice)
-    checkpoint_every: int = 1000  # steps between checkpoints; 0 = only by time and at the end
-    checkpoint_minutes: float = 2.0  # also checkpoint after this much training time
-    keep_checkpoints: int = 3  # how many recent checkpoints to keep on disk
-    preview_sampler: str = "dpmpp-2m"  # the sampler of the previews (trailing spacing, clipped x_0)
+    steps: int | None = knob(4000, lo=1, hi=10_000_000, label="Steps", metavar="N", exclusive="duration",
+                             help="the run's TOTAL steps (resume counts from where it stopped; a larger N extends "
+                             "a finished run); none = the clock ends the run")
+    minutes: float | None = knob(None, lo=0.01, hi=10_000_000, label="Minutes", metavar="M", exclusive="duration",
+                                 help="optional wall-clock limit for this session of training")
+    batch_size: int = knob(64, lo=1, hi=65536, label="Batch size", metavar="B",
+                           help="global batch size (split across processes under torchrun)")
+    lr: float = knob(1e-3, lo=1e-8, hi=1.0, label="Learning rate", metavar="LR",
+                     help="peak AdamW learning rate (paper: 2e-4 for its 35.7M-parameter model)")
+    warmup_steps: int = knob(200, lo=0, hi=10_000_000, label="Warm-up steps", metavar="N",
+                             help="linear learning-rate warm-up (paper: 5000)")
+    weight_decay: float = knob(0.0, lo=0.0, hi=10.0, label="Weight decay", metavar="W", help="AdamW weight decay")
+    grad_clip: float = knob(1.0, lo=0.0, hi=1e6, label="Gradient clip", metavar="G",
+                            help="clip the global gradient norm to this (paper: 1.0); 0 = off")
+    ema_decay: float = knob(0.999, lo=0.0, hi=0.999999, label="EMA decay", metavar="D",
+                            help="EMA of the weights used for previews and sampling (paper: 0.9999)")
+    ema_warmup: bool = knob(True, label="EMA warm-up",
+                            help="decay = min(ema_decay, (1 + step) / (10 + step)) so early EMA follows the model")
+    seed: int = knob(0, lo=0, hi=2**63 - 1, label="Seed", metavar="S",
+                     help="seeds weights, data order, noise and previews")
+    device: str = knob("auto", choices=Device, label="Device", help="auto = CUDA, then Apple MPS, then CPU")
+    precision: str = knob("auto", choices=Precision, label="Precision",
+                          help="auto = bf16 autocast on CPUs with native bf16, else fp32; or fp32, bf16, fp16 (CUDA)")
+    log_every: int = knob(10, lo=1, hi=1_000_000, label="Log every", metavar="N",
+                          help="steps between metric events / metrics.jsonl lines")
+    preview_every: int = knob(500, lo=0, hi=10_000_000, label="Preview every", metavar="N",
+                              help="steps between preview samples from the EMA model; 0 = off")
+    preview_count: int = knob(16, lo=1, hi=256, label="Preview images", metavar="N", help="images per preview")
+    preview_sampling_steps: int = knob(20, lo=1, hi=4000, label="Preview sampler steps", metavar="K",
+                                       help="sampler steps per preview (DPM-Solver++ 2M: 20 suffice)")
+    checkpoint_every: int = knob(1000, lo=0, hi=10_000_000, label="Checkpoint every", metavar="N",
+                                 help="steps between checkpoints; 0 = only by time and at the end")
+    checkpoint_minutes: float = knob(2.0, lo=0.0, hi=10_000_000, label="Checkpoint minutes", metavar="M",
+                                     help="also checkpoint after this much training time")
+    keep_checkpoints: int = knob(3, lo=1, hi=1000, label="Checkpoints kept", metavar="N",
+                                 help="how many recent checkpoints to keep on disk")
+    preview_sampler: str = knob("dpmpp-2m", choices=Sampler, label="Preview sampler",
+                                help="the sampler of the previews (trailing spacing, clipped x_0)")
 
     def validate(self) -> None:
-        _check_range("train.steps", self.steps, 1, 10_000_000, integer=True)
-        if self.minutes is not None:
-            _check_range("train.minutes", self.minutes, 0.01, 10_000_000)
-        _check_range("train.batch_size", self.batch_size, 1, 65536, integer=True)
-        _check_range("train.lr", self.lr, 1e-8, 1.0)
-        _check_range("train.warmup_steps", self.warmup_steps, 0, 10_000_000, integer=True)
-        _check_range("train.weight_decay", self.weight_decay, 0.0, 10.0)
-        _check_range("train.grad_clip", self.grad_clip, 0.0, 1e6)
-        _check_range("train.ema_decay", self.ema_decay, 0.0, 0.999999)
-        _check_range("train.seed", self.seed, 0, 2**63 - 1, integer=True)
-        _check_choice("train.device", self.device, DEVICES)
-        _check_choice("train.precision", self.precision, PRECISIONS)
-        _check_range("train.log_every", self.log_every, 1, 1_000_000, integer=True)
-        _check_range("train.preview_every", self.preview_every, 0, 10_000_000, integer=True)
-        _check_range("train.preview_count", self.preview_count, 1, 256, integer=True)
-        _check_range("train.preview_sampling_steps", self.preview_sampling_steps, 1, 4000, integer=True)
-        _check_range("train.checkpoint_every", self.checkpoint_every, 0, 10_000_000, integer=True)
-        _check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0.0, 10_000_000)
-        _check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 1000, integer=True)
-        if not isinstance(self.ema_warmup, bool):
-            raise ValueError(f"train.ema_warmup must be true or false; got {self.ema_warmup!r}")
-        _check_choice("train.preview_sampler", self.preview_sampler, SAMPLERS)
+        validate_section(self)
 
 
 @dataclass
 class SamplingConfig:
     """How images are generated from a trained model."""
 
-    sampler: str = "dpmpp-2m"  # one of SAMPLERS (see SAMPLER_INFO); ddpm = the paper's Algorithm 2
-    steps: int = 20  # network calls of ddim / dpmpp-* (ddpm always walks all T steps)
-    eta: float = 0.0  # DDIM stochasticity: 0 = deterministic, 1 = ancestral with beta-tilde
-    variance: str = "fixed_small"  # ancestral sampling: fixed_small = beta-tilde_t, fixed_large = beta_t
-    clip_denoised: bool = True  # clip the predicted x_0 to [-clip_range, clip_range] at every step
-    num_images: int = 16  # how many images per generation (shown as a grid)
-    seed: int = 0  # same seed, same images
-    spacing: str = "trailing"  # which timesteps ddim / dpmpp-* visit (SPACINGS): trailing starts at T-1 for every step count
-    steps_offset: int = 0  # added to every "leading" timestep (diffusers' steps_offset; 1 for Stable-Diffusion-style models)
-    clip_range: float = 1.0  # the bound of clip_denoised (diffusers' clip_sample_range)
-    dynamic_threshold: float | None = None  # Imagen's dynamic thresholding: this quantile of |x_0| per image; None = off
-    threshold_max: float = 1.0  # the largest bound dynamic thresholding may pick (diffusers' sample_max_value)
+    sampler: str = knob("dpmpp-2m", choices=Sampler, label="Sampler",
+                        help="ddpm = the paper's Algorithm 2; ddim; dpmpp-* = DPM-Solver++ (default: the run's)")
+    steps: int = knob(20, lo=1, hi=4000, flag="--sampling-steps", label="Steps", metavar="K",
+                      help="network calls of ddim / dpmpp-* (ddpm always walks all T steps)")
+    eta: float = knob(0.0, lo=0.0, hi=1.0, label="DDIM eta", metavar="E",
+                      help="DDIM stochasticity: 0 = deterministic, 1 = ancestral with beta-tilde")
+    variance: str = knob("fixed_small", choices=Variance, label="Variance",
+                         help="ancestral sampling: fixed_small = beta-tilde_t, fixed_large = beta_t")
+    clip_denoised: bool = knob(True, label="Clip x_0",
+                               help="clip the predicted x_0 to [-clip_range, clip_range] at every step")
+    num_images: int = knob(16, lo=1, hi=1024, flag="--num", label="Images", metavar="N",
+                           help="how many images per generation")
+    seed: int = knob(0, lo=0, hi=2**63 - 1, label="Seed", metavar="S", help="same seed, same images")
+    spacing: str = knob("trailing", choices=Spacing, label="Spacing",
+                        help="which timesteps ddim / dpmpp-* visit: trailing and linspace start from pure noise at "
+                        "t = T-1; leading is diffusers' old default")
+    steps_offset: int = knob(0, lo=0, hi=1000, label="Steps offset", metavar="N",
+                             help="added to every leading timestep (diffusers' steps_offset; 1 for SD-style models)")
+    clip_range: float = knob(1.0, lo=1e-6, hi=1e6, label="Clip range", metavar="R",
+                             help="the bound of clip_denoised (diffusers' clip_sample_range)")
+    dynamic_threshold: float | None = knob(None, lo=0.0, hi=1.0, label="Dynamic threshold", metavar="Q",
+                                           help="Imagen's dynamic thresholding: this quantile of |x_0| per image; "
+                                           "none = off")
+    threshold_max: float = knob(1.0, lo=1.0, hi=1e6, label="Threshold max", metavar="M",
+                                help="the largest bound dynamic thresholding may pick (diffusers' sample_max_value)")
 
     def validate(self) -> None:
-        _check_choice("sampling.sampler", self.sampler, SAMPLERS)
-        _check_range("sampling.steps", self.steps, 1, 4000, integer=True)
-        _check_range("sampling.eta", self.eta, 0.0, 1.0)
-        _check_choice("sampling.variance", self.variance, VARIANCES)
-        _check_range("sampling.num_images", self.num_images, 1, 1024, integer=True)
-        _check_range("sampling.seed", self.seed, 0, 2**63 - 1, integer=True)
-        if not isinstance(self.clip_denoised, bool):
-            raise ValueError(f"sampling.clip_denoised must be true or false; got {self.clip_denoised!r}")
-        _check_choice("sampling.spacing", self.spacing, SPACINGS)
-        _check_range("sampling.steps_offset", self.steps_offset, 0, 1000, integer=True)
-        _check_range("sampling.clip_range", self.clip_range, 1e-6, 1e6)
-        if self.dynamic_threshold is not None:
-            _check_range("sampling.dynamic_threshold", self.dynamic_threshold, 0.0, 1.0)
-        _check_range("sampling.threshold_max", self.threshold_max, 1.0, 1e6)
+        validate_section(self)
 
 
-NO_STEP_LIMIT = 10_000_000  # train.steps of a run the clock ends (CLI --minutes without --steps): shown as no total
+SECTION_NAMES: dict[type, str] = {ModelConfig: "model", DiffusionConfig: "diffusion", DataConfig: "data",
+                                  TrainConfig: "train", SamplingConfig: "sampling"}
+SECTIONS: dict[str, type] = {name: cls for cls, name in SECTION_NAMES.items()}
 
 
 # Named presets: a model shape plus the diffusion, data and training settings that suit it
-# (sections "diffusion", "data" and "train" are optional; fields left out keep the defaults above). Plain data, so the GUI
-# can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.
+# (sections "diffusion", "data" and "train" are optional; fields left out keep the defaults above). Plain
+# data, so the GUI can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "description": "The quickest: 16 px, 1.1M parameters; recognisable samples on a laptop CPU in minutes.",
@@ -365,7 +497,8 @@ class RunConfig:
         if not isinstance(self.version, int) or isinstance(self.version, bool):
             raise ValueError(f"version must be the number {CONFIG_VERSION} (without quotes); got {_json(self.version)}")
         if self.version != CONFIG_VERSION:
-            raise ValueError(f"config version {self.version} is not supported (this program reads version {CONFIG_VERSION})")
+            raise ValueError(f"config version {self.version} is not supported (this program reads version "
+                             f"{CONFIG_VERSION})")
         for section in (self.model, self.diffusion, self.data, self.train, self.sampling):
             section.validate()
         if self.model.image_size != self.data.image_size:
@@ -395,9 +528,9 @@ class RunConfig:
                     raise ValueError(f"version must be the number {CONFIG_VERSION} (without quotes); got {_json(v)}")
                 kwargs["version"] = v
                 continue
-            section_cls = {"model": ModelConfig, "diffusion": DiffusionConfig, "data": DataConfig,
-                           "train": TrainConfig, "sampling": SamplingConfig}[f.name]
-            kwargs[f.name] = _section_from_dict(section_cls, f.name, d[f.name])
+            kwargs[f.name] = _section_from_dict(SECTIONS[f.name], f.name, d[f.name])
+        if "train" in kwargs and kwargs["train"].steps == NO_STEP_LIMIT:  # written before steps could be None
+            kwargs["train"].steps = None
         cfg = cls(**kwargs)
         # data decides the network's image size (and channels, unless "auto"); sync() copies them into
         # model. A model section that says otherwise is an error, not something to overwrite silently.
@@ -407,7 +540,8 @@ class RunConfig:
                 f"model.image_size ({cfg.model.image_size}) differs from data.image_size ({cfg.data.image_size}); "
                 "data.image_size decides the network's size: make them equal or leave model.image_size out"
             )
-        if "in_channels" in given and cfg.data.channels in ("1", "3") and cfg.model.in_channels != int(cfg.data.channels):
+        fixed = cfg.data.channels in ("1", "3")
+        if "in_channels" in given and fixed and cfg.model.in_channels != int(cfg.data.channels):
             raise ValueError(
                 f"model.in_channels ({cfg.model.in_channels}) differs from data.channels ({cfg.data.channels}); "
                 "make them equal, or set data.channels to auto"
@@ -469,7 +603,8 @@ _TYPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (lambda v: isinstance(v, str), "text in quotes"),
     "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool)
                                                                        for x in v), "a list of whole numbers"),
-    "tuple[float, ...]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v), "a list of numbers"),
+    "tuple[float, ...]": (lambda v: isinstance(v, (list, tuple)) and all(_is_number(x) for x in v),
+                          "a list of numbers"),
 }
 
 

@@ -42,39 +42,47 @@ def _mid_attention(cfg: Any) -> bool:
     return bool(getattr(cfg, "add_attention", True))
 
 
+class _Shapes(dict):
+    """name -> shape, filled block by block in the order of the U-Net's state dict."""
+
+    def __init__(self, temb: int) -> None:
+        super().__init__()
+        self.temb = temb
+
+    def conv(self, name: str, cout: int, cin: int, k: int) -> None:
+        self[f"{name}.weight"] = (cout, cin, k, k)
+        self[f"{name}.bias"] = (cout,)
+
+    def linear(self, name: str, cout: int, cin: int) -> None:
+        self[f"{name}.weight"] = (cout, cin)
+        self[f"{name}.bias"] = (cout,)
+
+    def norm(self, name: str, c: int) -> None:
+        self[f"{name}.weight"] = (c,)
+        self[f"{name}.bias"] = (c,)
+
+    def resnet(self, p: str, cin: int, cout: int) -> None:
+        self.norm(f"{p}.norm1", cin)
+        self.conv(f"{p}.conv1", cout, cin, 3)
+        self.linear(f"{p}.time_emb_proj", cout, self.temb)
+        self.norm(f"{p}.norm2", cout)
+        self.conv(f"{p}.conv2", cout, cout, 3)
+        if cin != cout:
+            self.conv(f"{p}.conv_shortcut", cout, cin, 1)
+
+    def attention(self, p: str, c: int) -> None:
+        self.norm(f"{p}.group_norm", c)
+        for q in ("to_q", "to_k", "to_v", "to_out.0"):
+            self.linear(f"{p}.{q}", c, c)
+
+
 def expected_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
     """name -> shape of every tensor in the U-Net's state dict for ModelConfig ``cfg``."""
     chans, temb, out_ch, nres = _levels(cfg)
     L, base = len(chans), chans[0]
     attn_res = {int(r) for r in cfg.attention_resolutions}
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(name: str, cout: int, cin: int, k: int) -> None:
-        shapes[f"{name}.weight"] = (cout, cin, k, k)
-        shapes[f"{name}.bias"] = (cout,)
-
-    def linear(name: str, cout: int, cin: int) -> None:
-        shapes[f"{name}.weight"] = (cout, cin)
-        shapes[f"{name}.bias"] = (cout,)
-
-    def norm(name: str, c: int) -> None:
-        shapes[f"{name}.weight"] = (c,)
-        shapes[f"{name}.bias"] = (c,)
-
-    def resnet(p: str, cin: int, cout: int) -> None:
-        norm(f"{p}.norm1", cin)
-        conv(f"{p}.conv1", cout, cin, 3)
-        linear(f"{p}.time_emb_proj", cout, temb)
-        norm(f"{p}.norm2", cout)
-        conv(f"{p}.conv2", cout, cout, 3)
-        if cin != cout:
-            conv(f"{p}.conv_shortcut", cout, cin, 1)
-
-    def attention(p: str, c: int) -> None:
-        norm(f"{p}.group_norm", c)
-        for q in ("to_q", "to_k", "to_v", "to_out.0"):
-            linear(f"{p}.{q}", c, c)
-
+    shapes = _Shapes(temb)
+    conv, linear, norm, resnet, attention = shapes.conv, shapes.linear, shapes.norm, shapes.resnet, shapes.attention
     conv("conv_in", base, int(cfg.in_channels), 3)
     linear("time_embedding.linear_1", temb, base)
     linear("time_embedding.linear_2", temb, temb)
@@ -107,7 +115,7 @@ def expected_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
             conv(f"up_blocks.{i}.upsamplers.0.conv", c, c, 3)
     norm("conv_norm_out", base)
     conv("conv_out", out_ch, base, 3)
-    return shapes
+    return dict(shapes)
 
 
 def parameter_count(cfg: Any) -> int:
@@ -238,7 +246,9 @@ def device_memory(device: Any) -> tuple[int | None, str]:
         props = torch.cuda.get_device_properties(device)
         return int(props.total_memory), f"the {_gib(props.total_memory)} of {props.name}"
     total = system_memory_bytes()
-    return total, ("this machine's memory (size unknown)" if total is None else f"this machine's {_gib(total)} of memory")
+    if total is None:
+        return None, "this machine's memory (size unknown)"
+    return total, f"this machine's {_gib(total)} of memory"
 
 
 def check_fits(cfg: Any, *, memory: int | None, where: str, batch_size: int | None = None,

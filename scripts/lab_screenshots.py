@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     lab = win.lab_panel
     win.tabs.setCurrentWidget(lab)
     lab.open_model(str(run))
-    idle = lambda: not lab.is_running()
+
+    def idle():
+        return not lab.is_running()
 
     lab.modes.setCurrentIndex(0)
     lab.specs_edit.setText("ddim:10,ddim:50,ddim:50:1,dpmpp-2m:10,dpmpp-2m:20,ddpm")

@@ -118,16 +118,22 @@ def test_no_command_opens_the_window(monkeypatch):
     assert calls == [[]]
 
 
-def test_train_on_an_image_folder(tmp_path, capsys):
-    import json
-
+def _gray_folder(tmp_path, count: int, seed: int):
+    """A folder of ``count`` random 12 px grayscale PNGs."""
     import numpy as np
 
     folder = tmp_path / "pics"
     folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
         Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L").save(folder / f"p{i}.png")
+    return folder
+
+
+def test_train_on_an_image_folder(tmp_path, capsys):
+    import json
+
+    folder = _gray_folder(tmp_path, 6, seed=0)
     cfg_file = tmp_path / "tiny.json"
     tiny_config().save(cfg_file)
     run = tmp_path / "run"
@@ -186,3 +192,63 @@ def test_sample_sampler_and_spacing_flags_are_used_and_recorded(tmp_path, capsys
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'even'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_reports_skipped_files_by_count_reason_and_name(tmp_path, capsys):
+    import json
+
+    folder = _gray_folder(tmp_path, 4, seed=1)
+    for i in range(7):
+        (folder / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    cfg_file, run = tmp_path / "tiny.json", tmp_path / "run"
+    tiny_config().save(cfg_file)
+    assert main(["train", "--data", str(folder), "--out", str(run), "--config", str(cfg_file), "--steps", "1",
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 8 file(s)" in err and "1 empty file" in err
+    named = [line for line in err.splitlines() if line.startswith("  ") and (".png: " in line or ".jpg: " in line)]
+    assert len(named) == 5  # the first few by name, not all eight
+    assert "and 3 more (all of them in" in err and "run.json" in err
+    skipped = json.loads((run / "run.json").read_text())["dataset"]["skipped"]
+    assert len(skipped) == 8 and {"path", "reason"} <= set(skipped[0])
+    assert any(s["path"].endswith("empty.jpg") and "empty" in s["reason"] for s in skipped)
+
+
+def test_train_help_lists_a_flag_for_every_model_diffusion_data_and_train_field(capsys):
+    from ddpm_studio.config import DataConfig, DiffusionConfig, ModelConfig, TrainConfig, settings_of
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    missing = [s.key for cls in (ModelConfig, DiffusionConfig, DataConfig, TrainConfig) for s in settings_of(cls)
+               if s.flag is None or s.flag not in text]
+    # set another way: data decides the network's size and channels, --preset names the shape, betas come
+    # only from a config file or an imported model
+    assert missing == ["model.preset", "model.image_size", "model.in_channels", "diffusion.betas"]
+    assert "--flip, --no-flip" in text and "--ema-warmup, --no-ema-warmup" in text
+
+
+def test_schema_flags_reach_the_config(tmp_path):
+    from ddpm_studio.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--flip", "--prediction", "x0",
+                                      "--loss-weighting", "min_snr", "--min-snr-gamma", "3", "--warmup-steps", "7",
+                                      "--grad-clip", "0.5", "--weight-decay", "0.01", "--base-channels", "16",
+                                      "--channel-mult", "1,2", "--attention-resolutions", "none",
+                                      "--no-ema-warmup", "--minutes", "2"])
+    cfg = _train_config(args)
+    assert cfg.data.flip is True and cfg.diffusion.prediction == "x0" and cfg.diffusion.min_snr_gamma == 3.0
+    assert (cfg.train.warmup_steps, cfg.train.grad_clip, cfg.train.weight_decay) == (7, 0.5, 0.01)
+    assert cfg.model.base_channels == 16 and cfg.model.channel_mult == (1, 2) and cfg.model.attention_resolutions == ()
+    assert cfg.model.preset == "custom" and cfg.train.ema_warmup is False
+    assert cfg.train.steps is None and cfg.train.minutes == 2.0  # the clock ends the run
+
+
+def test_old_no_step_limit_configs_load_as_none():
+    from ddpm_studio.config import NO_STEP_LIMIT, RunConfig
+
+    d = RunConfig().to_dict()
+    d["train"]["steps"] = NO_STEP_LIMIT
+    assert RunConfig.from_dict(d).train.steps is None
+    assert RunConfig.from_json(RunConfig.from_dict(d).to_json()).train.steps is None

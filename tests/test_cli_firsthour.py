@@ -13,7 +13,6 @@ from PIL import Image
 import ddpm_studio
 from ddpm_studio import cli
 from ddpm_studio.cli import main
-from ddpm_studio.config import NO_STEP_LIMIT
 from ddpm_studio.durations import format_duration, format_time_left
 from training_support import one_thread, tiny_config  # noqa: F401
 
@@ -98,10 +97,10 @@ def test_the_bar_of_a_run_the_clock_ends_runs_over_the_time_and_says_what_is_lef
 
     r = cli._TrainReporter(quiet=False, minutes=2.0)
     r.tty = True
-    r(TrainStarted(run_dir="runs/x", start_step=0, total_steps=NO_STEP_LIMIT, device="cpu", num_parameters=10,
+    r(TrainStarted(run_dir="runs/x", start_step=0, total_steps=None, device="cpu", num_parameters=10,
                    num_images=4, resumed=False))
     assert r.bar is not None and r.bar.total == 120
-    r(StepMetrics(step=40, total_steps=NO_STEP_LIMIT, loss=0.2, loss_smooth=0.25, grad_norm=1.0, lr=1e-3,
+    r(StepMetrics(step=40, total_steps=None, loss=0.2, loss_smooth=0.25, grad_norm=1.0, lr=1e-3,
                   images_per_sec=100.0, elapsed_sec=30.0, eta_sec=90.0))
     assert r.bar.n == pytest.approx(30.0)
     assert "step 40 ·" in r.bar.desc and "1 min 30 s left" in r.bar.desc and "10,000,000" not in r.bar.desc

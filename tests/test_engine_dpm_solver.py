@@ -10,7 +10,8 @@ import torch
 
 from ddpm_studio.config import SamplingConfig
 from ddpm_studio.engine.diffusion import GaussianDiffusion
-from ddpm_studio.engine.dpm_solver import DPMSolverPP, dpm_solver_sample_loop_progressive, dpm_solver_timesteps, threshold_x0
+from ddpm_studio.engine.dpm_solver import (DPMSolverPP, dpm_solver_sample_loop_progressive, dpm_solver_timesteps,
+                                           threshold_x0)
 from ddpm_studio.engine.schedules import NoiseSchedule
 
 F64 = torch.float64
@@ -42,7 +43,8 @@ def _scheduler(d, n, *, order, sde, spacing, lower_order_final=True, thresholdin
         num_train_timesteps=d.T, trained_betas=d.schedule.betas, solver_order=order,
         prediction_type=DIFFUSERS_PREDICTION[d.prediction], algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
         solver_type="midpoint", timestep_spacing=spacing, lower_order_final=lower_order_final,
-        final_sigmas_type="zero", thresholding=thresholding, dynamic_thresholding_ratio=ratio, sample_max_value=max_value)
+        final_sigmas_type="zero", thresholding=thresholding, dynamic_thresholding_ratio=ratio,
+                                                  sample_max_value=max_value)
     sched.set_timesteps(n)
     if float64_sigmas:
         ab = d.schedule.alphas_cumprod[sched.timesteps.numpy()]
@@ -99,7 +101,8 @@ def test_steps_equal_diffusers_with_its_own_float32_schedule(prediction):
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
-@pytest.mark.parametrize("clip,dynamic,threshold_max", [(True, 0.0, math.inf), (False, 0.9, 1.5), (False, 0.95, math.inf)])
+@pytest.mark.parametrize("clip,dynamic,threshold_max", [(True, 0.0, math.inf), (False, 0.9, 1.5), (False, 0.95,
+                                                                                                   math.inf)])
 def test_clipping_and_dynamic_thresholding_equal_diffusers_thresholding(prediction, clip, dynamic, threshold_max):
     d = _diffusion("linear", prediction=prediction)
     max_value = 1e9 if threshold_max == math.inf else threshold_max
@@ -184,7 +187,8 @@ def test_first_order_is_ddim(clip):
     d = _diffusion("cosine", prediction="v")
     for spacing in ("trailing", "leading"):
         kw = dict(generator=torch.Generator().manual_seed(2), dtype=F64, clip_denoised=clip)
-        dpm = list(dpm_solver_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=15, order=1, spacing=spacing, **kw))
+        dpm = list(dpm_solver_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=15, order=1, spacing=spacing,
+                                                      **kw))
         # DPM-Solver's "leading" is not DDIM's: hand DDIM the same timesteps through a one-off spacing
         kw["generator"] = torch.Generator().manual_seed(2)
         if spacing == "leading":
@@ -249,7 +253,8 @@ def test_dispatch_same_seed_same_images_and_prompt_stop():
         a = list(d.sample_progressive(toy_model, (2, 3, 8, 8), cfg))
         assert len(a) == 8 and a[0].t == 99
         assert torch.equal(a[-1].x_t, d.sample(toy_model, (2, 3, 8, 8), cfg))
-        assert not torch.equal(a[-1].x_t, d.sample(toy_model, (2, 3, 8, 8), SamplingConfig(sampler=sampler, steps=8, seed=4)))
+        assert not torch.equal(a[-1].x_t, d.sample(toy_model, (2, 3, 8, 8), SamplingConfig(sampler=sampler, steps=8,
+                                                                                           seed=4)))
         calls = []
 
         def counting(x, t):

@@ -146,7 +146,8 @@ def test_should_stop_ends_the_chain_before_the_next_model_call(sampler, kw):
 
     stop_after = 3
     gen = (d.p_sample_loop_progressive if sampler == "ddpm" else d.ddim_sample_loop_progressive)(
-        model, (1, 1, 8, 8), should_stop=lambda: len(calls) >= stop_after, generator=torch.Generator().manual_seed(0), **kw)
+        model, (1, 1, 8, 8), should_stop=lambda: len(calls) >= stop_after, generator=torch.Generator().manual_seed(0),
+                                                                                                 **kw)
     steps = list(gen)  # ends normally, no exception
     assert len(steps) == stop_after and len(calls) == stop_after
 
@@ -166,7 +167,8 @@ def test_step_results_report_progress():
     d = _diffusion(T=30)
     steps = _run(d, _dummy_model, (1, 1, 8, 8), "ddim", dict(steps=10, eta=0.0, spacing="leading"))
     assert [s.t for s in steps] == [27, 24, 21, 18, 15, 12, 9, 6, 3, 0]
-    assert [s.t for s in _run(d, _dummy_model, (1, 1, 8, 8), "ddim", dict(steps=10, eta=0.0))] == list(range(29, -1, -3))
+    assert [s.t for s in _run(d, _dummy_model, (1, 1, 8, 8), "ddim", dict(steps=10, eta=0.0))] == list(range(29, -1,
+                                                                                                             -3))
     assert [s.index for s in steps] == list(range(10)) and {s.total for s in steps} == {10}
     assert all(s.x_t.shape == (1, 1, 8, 8) and s.pred_x0.abs().max() <= 1 for s in steps)
     with pytest.raises(ValueError, match="steps"):
@@ -325,5 +327,5 @@ def test_leading_spacing_above_half_of_T_misses_the_data():
 
 
 def test_bad_spacing_is_refused_with_the_allowed_values():
-    with pytest.raises(ValueError, match="sampling.spacing must be one of leading, trailing, linspace; got 'even'"):
+    with pytest.raises(ValueError, match="sampling.spacing must be one of trailing, linspace, leading; got 'even'"):
         ddim_timesteps(100, 10, "even")

@@ -105,7 +105,8 @@ def test_closed_form_q_equals_composed_transitions_in_samples():
             direct = d.q_sample(x0, torch.full((x0.shape[0],), t), torch.randn(x.shape, generator=g, dtype=F64))
             for a in (x, direct):
                 assert torch.allclose(a.mean(0), x0[0] * math.sqrt(d.schedule.alphas_cumprod[t]), atol=0.025)
-                assert torch.allclose(a.var(0), torch.full((3,), 1 - d.schedule.alphas_cumprod[t], dtype=F64), rtol=0.04)
+                assert torch.allclose(a.var(0), torch.full((3,), 1 - d.schedule.alphas_cumprod[t], dtype=F64),
+                                      rtol=0.04)
 
 
 def test_posterior_equals_gaussian_conditioning():
@@ -157,4 +158,5 @@ def test_schedules_equal_diffusers(kind, dkind, T):
     assert np.allclose(s.betas, sched.betas.double().numpy(), rtol=2e-6, atol=1e-9)
     assert np.allclose(s.alphas_cumprod, sched.alphas_cumprod.double().numpy(), rtol=5e-5, atol=1e-9)
     var = np.array([float(sched._get_variance(t)) for t in (0, 1, T // 2, T - 1)])
-    assert np.allclose(s.posterior_variance[[0, 1, T // 2, T - 1]], var, rtol=1e-3, atol=1e-12)  # diffusers is float32: 1 - alpha-bar loses digits near t=0
+    # diffusers is float32: 1 - alpha-bar loses digits near t=0
+    assert np.allclose(s.posterior_variance[[0, 1, T // 2, T - 1]], var, rtol=1e-3, atol=1e-12)

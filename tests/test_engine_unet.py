@@ -75,14 +75,16 @@ def test_invalid_config_is_refused_with_the_field_name():
 def _diffusers_twin(cfg: ModelConfig, **kw):
     diffusers = pytest.importorskip("diffusers")
     L = len(cfg.channel_mult)
-    down = tuple("AttnDownBlock2D" if cfg.image_size // 2**i in cfg.attention_resolutions else "DownBlock2D" for i in range(L))
-    up = tuple("AttnUpBlock2D" if cfg.image_size // 2 ** (L - 1 - i) in cfg.attention_resolutions else "UpBlock2D" for i in range(L))
+    att = cfg.attention_resolutions
+    down = tuple("AttnDownBlock2D" if cfg.image_size // 2**i in att else "DownBlock2D" for i in range(L))
+    up = tuple("AttnUpBlock2D" if cfg.image_size // 2 ** (L - 1 - i) in att else "UpBlock2D" for i in range(L))
     chans = tuple(cfg.base_channels * m for m in cfg.channel_mult)
     return diffusers.UNet2DModel(
         sample_size=cfg.image_size, in_channels=cfg.in_channels, out_channels=cfg.in_channels, block_out_channels=chans,
         layers_per_block=cfg.num_res_blocks, down_block_types=down, up_block_types=up, dropout=cfg.dropout,
         attention_head_dim=kw.get("attention_head_dim") or (chans[0] // cfg.num_heads if cfg.num_heads > 1 else None),
-        norm_eps=1e-6, norm_num_groups=kw.get("norm_groups") or default_norm_groups(cfg.base_channels, cfg.channel_mult),
+        norm_eps=1e-6, norm_num_groups=kw.get("norm_groups") or default_norm_groups(cfg.base_channels,
+                                                                                    cfg.channel_mult),
         downsample_padding=kw.get("downsample_padding", 0), flip_sin_to_cos=kw.get("flip_sin_to_cos", False),
         freq_shift=kw.get("freq_shift", 1))
 

@@ -81,8 +81,8 @@ def test_score_images_reports_the_floor_beside_the_model_and_refuses_bad_input()
 
 @pytest.mark.usefixtures("one_thread")
 def test_the_metric_ranks_a_trained_model_above_10_steps_and_above_noise():
-    from ddpm_studio.sampling.service import load_model
-    from ddpm_studio.training.checkpoints import checkpoint_paths
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.artifacts.checkpoints import checkpoint_paths
 
     run = trained_run()
     real = metrics.run_real_images(run).images

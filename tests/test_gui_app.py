@@ -185,15 +185,14 @@ def test_random_flip_is_off_until_asked_for_and_says_when_it_hurts(qtbot):
 
 
 def test_a_run_the_clock_ends_shows_no_step_total(qtbot):
-    """A CLI run trained with --minutes only has train.steps = NO_STEP_LIMIT: no '/ 10,000,000'."""
-    from ddpm_studio.config import NO_STEP_LIMIT
+    """A CLI run trained with --minutes only has train.steps = None: no step total is shown."""
     from ddpm_studio.training.events import StepMetrics
 
     w = MainWindow(load_on_start=False, probe_device=False)
     qtbot.addWidget(w)
     tp = w.training_panel
     m = dict(loss=0.1, loss_smooth=0.1, grad_norm=1.0, lr=1e-3, images_per_sec=100.0, elapsed_sec=1.0, eta_sec=None)
-    tp._on_items([StepMetrics(step=1085, total_steps=NO_STEP_LIMIT, **m)])
+    tp._on_items([StepMetrics(step=1085, total_steps=None, **m)])
     assert "no step limit" in tp.progress.text() and "1085" in tp.progress.text()
     assert "no step limit" in tp.stats.text() and "10,000,000" not in tp.stats.text()
     tp._on_items([StepMetrics(step=50, total_steps=200, **m)])

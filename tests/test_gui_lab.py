@@ -48,7 +48,8 @@ def choose(combo, data):
 
 
 def own_samples(run_dir, sampler, steps, seed, num, eta=0.0):
-    from ddpm_studio.sampling.service import load_model, sample_images
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.sampling.service import sample_images
 
     s = dataclasses.replace(SamplingConfig(), sampler=sampler, steps=steps, eta=eta, num_images=num, seed=seed)
     return sample_images(load_model(run_dir, device="cpu"), s)

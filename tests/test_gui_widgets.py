@@ -14,7 +14,8 @@ from ddpm_studio.gui import jobs  # noqa: E402
 from ddpm_studio.gui.panels.forward_panel import q_sample_numpy, to_u8, to_unit  # noqa: E402
 from ddpm_studio.gui.qimage import to_qimage  # noqa: E402
 from ddpm_studio.gui.widgets.loss_plot import LossPlot, decimate_minmax  # noqa: E402
-from ddpm_studio.gui.workers import Task, TaskCancelled, running_tasks  # noqa: E402
+from ddpm_studio.errors import Cancelled  # noqa: E402
+from ddpm_studio.gui.workers import Task, running_tasks  # noqa: E402
 
 
 def test_decimate_minmax_keeps_extremes_and_bounds_size():
@@ -183,7 +184,7 @@ def test_task_cancel_from_ui_thread_stops_a_busy_worker(qtbot):
         started.set()
         while not state.should_stop():
             time.sleep(0.001)  # a busy worker: a queued slot would never run here
-        raise TaskCancelled()
+        raise Cancelled()
 
     task = Task(job, name="busy")
     cancelled = []
@@ -271,7 +272,8 @@ def test_grid_axis_looks_like_pyqtgraphs_grid_and_lies_beneath_the_data(qtbot):
         img = w.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
         a = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()]
         view = plot.vb.mapRectToScene(plot.vb.boundingRect()).toAlignedRect().adjusted(2, 2, -2, -2)
-        return w, a.reshape(img.height(), img.width(), 3)[view.top():view.bottom(), view.left():view.right()].astype(int)
+        return w, a.reshape(img.height(), img.width(), 3)[view.top():view.bottom(),
+                                                          view.left():view.right()].astype(int)
 
     _, reference = render(None)  # pyqtgraph's own axes: translucent grid lines
     w, ours = render(plotting.grid_axes())

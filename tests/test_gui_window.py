@@ -157,4 +157,5 @@ def test_close_during_training_asks_stops_and_keeps_checkpoint(qtbot, tmp_path):
     assert len(asked) == 2 and "training" in asked[-1]
     assert not w.isVisible()
     assert running_tasks() == []
+    assert "waiting for training to save its checkpoint" in w.closing_message  # said what closing waited for
     assert list((run_dir / "checkpoints").glob("step_*.safetensors"))  # the last checkpoint is kept

@@ -10,8 +10,8 @@ import torch
 from ddpm_studio.cli import main
 from ddpm_studio.config import RunConfig
 from ddpm_studio.engine.unet import build_model
-from ddpm_studio.interop.diffusers_format import load_diffusers_folder
-from ddpm_studio.training.checkpoints import save_checkpoint
+from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder
+from ddpm_studio.artifacts.checkpoints import save_checkpoint
 
 
 
@@ -57,7 +57,8 @@ def test_info_names_the_explicit_betas_of_an_imported_config(tmp_path, capsys):
                                 diffusion={"timesteps": 20})
     run = tmp_path / "run"
     model = build_model(cfg.model)
-    ema = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) * 0.1 for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    ema = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in model.state_dict().items()}
     save_checkpoint(run, 2, cfg, ema, ema, {"format_version": 1})
     out = tmp_path / "pipeline"
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0

@@ -19,9 +19,11 @@ diffusers = pytest.importorskip("diffusers")
 
 from ddpm_studio.config import RunConfig  # noqa: E402
 from ddpm_studio.engine.unet import build_model, count_parameters  # noqa: E402
-from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder  # noqa: E402
-from ddpm_studio.sampling.service import generate, load_model  # noqa: E402
-from ddpm_studio.training.checkpoints import save_checkpoint  # noqa: E402
+from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder  # noqa: E402
+from ddpm_studio.artifacts.loading import export_diffusers  # noqa: E402
+from ddpm_studio.artifacts.loading import load_model  # noqa: E402
+from ddpm_studio.sampling.service import generate  # noqa: E402
+from ddpm_studio.artifacts.checkpoints import save_checkpoint  # noqa: E402
 
 
 
@@ -172,7 +174,8 @@ def test_export_opens_in_ddpm_pipeline_with_equal_outputs_and_chain(tmp_path, sc
     sampling.sampler, sampling.num_images, sampling.seed = "ddpm", 2, 9
     last = list(generate(loaded, sampling))[-1]
     ours_img = ((last.x_t + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    theirs_img = pipe(batch_size=2, generator=torch.Generator().manual_seed(9), num_inference_steps=T, output_type="np").images
+    theirs_img = pipe(batch_size=2, generator=torch.Generator().manual_seed(9), num_inference_steps=T,
+                      output_type="np").images
     assert theirs_img.std() > 0.05
     assert np.abs(ours_img - theirs_img).max() < 1e-3
 
@@ -181,7 +184,8 @@ def test_export_opens_in_ddpm_pipeline_with_equal_outputs_and_chain(tmp_path, sc
 # -- every UNet2DModel option that is a number or a switch (issue 15) ---------------------------------
 
 BASE_OPTIONS = dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
-                    down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "AttnUpBlock2D"),
+                    down_block_types=("AttnDownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D",
+                                                                                             "AttnUpBlock2D"),
                     norm_num_groups=8)
 OPTIONS = [
     dict(),  # diffusers' own defaults for everything not in BASE_OPTIONS (norm_eps 1e-5, 8-channel heads, ...)
@@ -248,8 +252,9 @@ def test_every_unet_option_is_honoured_and_written_back(tmp_path, options):
 
 
 def _in_float64(scheduler):
-    """diffusers keeps alpha-bar in float32 (relative error ~1e-7, amplified ~100x by eps = (x - ...) / sqrt(1 - alpha-bar)
-    at small t); the step logic is compared with alpha-bar recomputed in float64 from its own (float32) betas."""
+    """diffusers keeps alpha-bar in float32 (relative error ~1e-7, amplified ~100x by
+    eps = (x - ...) / sqrt(1 - alpha-bar) at small t); the step logic is compared with alpha-bar
+    recomputed in float64 from its own (float32) betas."""
     scheduler.betas = scheduler.betas.double()
     scheduler.alphas = 1.0 - scheduler.betas
     scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, dim=0)
@@ -260,7 +265,7 @@ def _ours_from_scheduler(scheduler):
     """Our process and sampling settings for a diffusers scheduler, through the importer's mapping."""
     from ddpm_studio.config import SamplingConfig
     from ddpm_studio.engine.diffusion import GaussianDiffusion
-    from ddpm_studio.interop.diffusers_format import diffusion_from_scheduler_config
+    from ddpm_studio.artifacts.diffusers_format import diffusion_from_scheduler_config
 
     cfg = {"_class_name": type(scheduler).__name__, **dict(scheduler.config)}
     diffusion_cfg, sampling, notes = diffusion_from_scheduler_config(json.loads(json.dumps(cfg)), "test")
@@ -293,7 +298,8 @@ def test_ddim_scheduler_settings_match_diffusers_step_for_step(settings):
         out = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64) * 2.0  # large: clipping and thresholding act
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
         ours, ours_x0 = diffusion.ddim_step(out, x, t, t_prev, eta=0.0, clip_denoised=sampling.clip_denoised,
-                                            clip_range=sampling.clip_range, dynamic_threshold=sampling.dynamic_threshold,
+                                            clip_range=sampling.clip_range,
+                                            dynamic_threshold=sampling.dynamic_threshold,
                                             threshold_max=sampling.threshold_max)
         step = theirs.step(out, t, x, eta=0.0, use_clipped_model_output=True)
         assert (ours_x0 - step.pred_original_sample).abs().max().item() < 1e-6, t
@@ -315,7 +321,8 @@ def test_ddpm_scheduler_settings_match_diffusers_step_for_step(settings):
         out = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64) * 2.0
         # diffusers draws the step's noise with randn_tensor(shape, generator, dtype): the same as torch.randn
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
-        ours, ours_x0 = diffusion.p_sample_step(out, x, t, variance=sampling.variance, clip_denoised=sampling.clip_denoised,
+        ours, ours_x0 = diffusion.p_sample_step(out, x, t, variance=sampling.variance,
+                                                clip_denoised=sampling.clip_denoised,
                                                 noise=noise if t > 0 else None, clip_range=sampling.clip_range,
                                                 dynamic_threshold=sampling.dynamic_threshold,
                                                 threshold_max=sampling.threshold_max)
@@ -335,7 +342,8 @@ def test_dpm_solver_scheduler_folder_opens_and_its_refusals_name_the_key(small_u
     assert any("DPMSolverMultistepScheduler: solver_order=3" in n for n in loaded.notes)
     sched_path = tmp_path / "dpm" / "scheduler" / "scheduler_config.json"
     original = sched_path.read_text()
-    for key, value in (("prediction_type", "flow_prediction"), ("use_flow_sigmas", True), ("variance_type", "learned_range"),
+    for key, value in (("prediction_type", "flow_prediction"), ("use_flow_sigmas", True), ("variance_type",
+                                                                                           "learned_range"),
                        ("rescale_betas_zero_snr", True), ("timestep_spacing", "karras")):
         sched_path.write_text(json.dumps({**json.loads(original), key: value}))
         with pytest.raises(ValueError) as e:
@@ -363,6 +371,7 @@ def test_our_timesteps_are_diffusers_ddim_timesteps_for_every_spacing(T):
                 assert ours.ddim_timesteps(1, spacing) == [T - 1]
                 continue
             theirs.set_timesteps(steps)
-            assert ours.ddim_timesteps(steps, spacing, offset) == [int(t) for t in theirs.timesteps][:steps], (spacing, steps)
+            assert ours.ddim_timesteps(steps, spacing, offset) == [int(t) for t in theirs.timesteps][:steps], (spacing,
+                                                                                                               steps)
             checked += 1
     assert checked > 150

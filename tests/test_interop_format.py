@@ -14,10 +14,9 @@ import torch
 
 from ddpm_studio.config import RunConfig
 from ddpm_studio.engine.unet import build_model
-from ddpm_studio.interop.diffusers_format import (DiffusersFormatError, export_diffusers, load_diffusers_folder,
-                                                  unet_config_for)
-from ddpm_studio.sampling.service import load_model
-from ddpm_studio.training.checkpoints import CheckpointError, save_checkpoint
+from ddpm_studio.artifacts.diffusers_format import DiffusersFormatError, load_diffusers_folder, unet_config_for
+from ddpm_studio.artifacts.loading import export_diffusers, load_model
+from ddpm_studio.artifacts.checkpoints import CheckpointError, save_checkpoint
 
 
 
@@ -163,7 +162,8 @@ def test_other_pipelines_are_refused(tmp_path):
 # -- round trips ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("schedule,T,prediction", [("cosine", 1000, "v"), ("linear", 20, "x0"), ("sigmoid", 100, "epsilon")])
+@pytest.mark.parametrize("schedule,T,prediction", [("cosine", 1000, "v"), ("linear", 20, "x0"), ("sigmoid", 100,
+                                                                                                 "epsilon")])
 def test_export_then_import_gives_identical_weights_and_config(tmp_path, schedule, T, prediction):
     cfg = small_config(schedule=schedule, timesteps=T, prediction=prediction)
     cfg.sampling.variance = "fixed_large"
@@ -367,7 +367,8 @@ def test_new_unet_fields_change_the_network_only_when_set():
             return m(x, t)
 
     ref = out(base)
-    for change in (dict(norm_eps=1e-2), dict(attn_norm_groups=2), dict(add_attention=False), dict(mid_block_scale_factor=2.0),
+    for change in (dict(norm_eps=1e-2), dict(attn_norm_groups=2), dict(add_attention=False),
+                   dict(mid_block_scale_factor=2.0),
                    dict(center_input_sample=True), dict(act_fn="gelu"), dict(time_conditioning="scale_shift")):
         assert (out(dataclasses.replace(base, **change)) - ref).abs().max() > 1e-4, change
     assert build_model(dataclasses.replace(base, time_embedding_dim=96)).time_embedding.linear_1.out_features == 96

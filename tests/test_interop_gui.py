@@ -12,9 +12,10 @@ from PySide6.QtCore import Qt  # noqa: E402
 
 from ddpm_studio.config import RunConfig  # noqa: E402
 from ddpm_studio.engine.unet import build_model  # noqa: E402
-from ddpm_studio.interop.diffusers_format import export_diffusers, load_diffusers_folder  # noqa: E402
+from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder  # noqa: E402
+from ddpm_studio.artifacts.loading import export_diffusers  # noqa: E402
 from ddpm_studio.sampling.service import sample_images  # noqa: E402
-from ddpm_studio.training.checkpoints import save_checkpoint  # noqa: E402
+from ddpm_studio.artifacts.checkpoints import save_checkpoint  # noqa: E402
 
 
 
@@ -66,7 +67,8 @@ def test_imported_betas_and_sampling_settings_reach_the_plot_and_the_chain(qtbot
     sched_path = diffusers_folder / "scheduler" / "scheduler_config.json"
     sched = json.loads(sched_path.read_text())
     betas = list(np.linspace(3e-4, 0.05, 100) ** 1.1)
-    sched.update(trained_betas=betas, timestep_spacing="leading", steps_offset=1, clip_sample=True, clip_sample_range=0.6)
+    sched.update(trained_betas=betas, timestep_spacing="leading", steps_offset=1, clip_sample=True,
+                 clip_sample_range=0.6)
     sched_path.write_text(json.dumps(sched))
     errors = []
     window.state.error.connect(lambda message, details: errors.append(message))

@@ -64,7 +64,8 @@ def test_chain_sheet_gif_apng_and_branch(run, tmp_path, capsys):
         assert im.is_animated and im.n_frames >= 5
     with Image.open(sheet) as im:
         assert im.size[0] > 5 * 64  # t = 19, 14, 9, 4 and the result
-    assert main(["branch", "--run", str(run), "--at", "5,15", "--branches", "3", "--out", str(br), "--device", "cpu"]) == 0
+    assert main(["branch", "--run", str(run), "--at", "5,15", "--branches", "3", "--out", str(br),
+                 "--device", "cpu"]) == 0
     assert main(["branch", "--run", str(run), "--at", "2", "--branches", "2", "--renoise-t", "8", "--sampler", "ddim",
                  "--sampling-steps", "5", "--out", str(br), "--device", "cpu"]) == 0
     assert "1 branch point(s) × 2" in capsys.readouterr().out

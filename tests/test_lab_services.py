@@ -12,7 +12,8 @@ from training_support import one_thread, tiny_config  # noqa: F401
 
 from ddpm_studio.config import SamplingConfig
 from ddpm_studio.lab import branch, chain, compare, interpolate, views
-from ddpm_studio.sampling.service import LoadedModel, generate
+from ddpm_studio.artifacts.loaded import LoadedModel
+from ddpm_studio.sampling.service import generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +54,9 @@ def test_slerp_keeps_the_norm_of_equal_norm_vectors_and_its_ends():
     mid = interpolate.slerp(a, b, 0.5)
     assert torch.allclose(mid.flatten(1).norm(dim=1), a.flatten(1).norm(dim=1), rtol=1e-5)
     # the angle is split in half: equal angles to both ends
-    cos = lambda u, v: (u.flatten(1) * v.flatten(1)).sum(1) / (u.flatten(1).norm(dim=1) * v.flatten(1).norm(dim=1))
+    def cos(u, v):
+        return (u.flatten(1) * v.flatten(1)).sum(1) / (u.flatten(1).norm(dim=1) * v.flatten(1).norm(dim=1))
+
     assert torch.allclose(cos(mid, a), cos(mid, b), atol=1e-5)
 
 
@@ -146,7 +149,8 @@ def test_predicted_noise_is_the_networks_own_output(prediction):
         out = loaded.model(st.x_in, torch.full((1,), st.t))
         assert torch.allclose(chain.predicted_noise(d, st.x_in, st.pred_x0, st.t), out, atol=1e-4)
     assert steps[0].x_in.shape == (1, *shape)
-    assert torch.equal(steps[1].x_in, list(chain.run_chain(loaded.model, d, s, num=1, image_shape=shape, seed=2))[4].x_out)
+    again = list(chain.run_chain(loaded.model, d, s, num=1, image_shape=shape, seed=2))
+    assert torch.equal(steps[1].x_in, again[4].x_out)
     xt, x0, eps = chain.step_views(d, steps[0])
     assert xt.shape == x0.shape == eps.shape == (1, 8, 8, 3) and xt.dtype == np.uint8
 

@@ -23,8 +23,8 @@ import torch
 from ddpm_studio import footprint
 from ddpm_studio.cli import main
 from ddpm_studio.config import ModelConfig, RunConfig
-from ddpm_studio.training import checkpoints as ck
-from ddpm_studio.training import runs
+from ddpm_studio.artifacts import checkpoints as ck
+from ddpm_studio.artifacts import runs
 from ddpm_studio.training.trainer import Trainer
 from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
 
@@ -247,7 +247,7 @@ def test_refused_fresh_start_leaves_no_folder_behind(tmp_path):
 
 _HOLD = """
 import sys, time
-from ddpm_studio.training.runs import RunLock, RunLockedError
+from ddpm_studio.artifacts.runs import RunLock, RunLockedError
 try:
     lock = RunLock(sys.argv[1]).acquire()
 except RunLockedError as e:
@@ -259,7 +259,8 @@ time.sleep(float(sys.argv[2]))
 
 
 def _holder_process(run: Path, seconds: float) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH",
+                                                                                                      "")]))
     return subprocess.Popen([sys.executable, "-c", _HOLD, str(run), str(seconds)], stdout=subprocess.PIPE,
                             text=True, env=env)
 

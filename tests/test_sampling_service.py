@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from ddpm_studio.config import SamplingConfig
-from ddpm_studio.training.checkpoints import CheckpointError, latest_checkpoint
+from ddpm_studio.artifacts.checkpoints import CheckpointError, latest_checkpoint
 from ddpm_studio.training.trainer import Trainer
-from ddpm_studio.sampling.service import generate, load_model, sample_images, to_uint8
+from ddpm_studio.artifacts.loading import load_model
+from ddpm_studio.sampling.service import generate, sample_images, to_uint8
 from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

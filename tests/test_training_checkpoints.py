@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from ddpm_studio.training import checkpoints as ck
+from ddpm_studio.artifacts import checkpoints as ck
 from ddpm_studio.training.trainer import Trainer
 from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
 
@@ -114,7 +114,7 @@ def test_pickle_that_runs_code_is_refused_without_running(tmp_path):
     pt.write_bytes(pickle.dumps(_Payload(marker)))
     with pytest.raises(ck.CheckpointError, match=r"\.safetensors"):
         ck.load_checkpoint(pt)
-    from ddpm_studio.sampling.service import load_model
+    from ddpm_studio.artifacts.loading import load_model
 
     with pytest.raises(ck.CheckpointError):
         load_model(pt, device="cpu")

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from ddpm_studio.training import checkpoints as ck
-from ddpm_studio.training import runs
+from ddpm_studio.artifacts import checkpoints as ck
+from ddpm_studio.artifacts import runs
 from training_support import tiny_config
 
 

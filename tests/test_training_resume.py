@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_studio.training import checkpoints as ck
-from ddpm_studio.training import runs
+from ddpm_studio.artifacts import checkpoints as ck
+from ddpm_studio.artifacts import runs
 from ddpm_studio.training.events import TrainStarted
 from ddpm_studio.training.trainer import Trainer
 from training_support import one_thread, tiny_config, tiny_images  # noqa: F401

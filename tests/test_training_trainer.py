@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from ddpm_studio.config import RunConfig
-from ddpm_studio.training import checkpoints as ck
-from ddpm_studio.training import runs
+from ddpm_studio.artifacts import checkpoints as ck
+from ddpm_studio.artifacts import runs
 from ddpm_studio.training.events import (CheckpointSaved, PreviewReady, StepMetrics, TrainFinished,
                                          TrainStarted)
 from ddpm_studio.training.trainer import TrainControl, Trainer
@@ -181,8 +181,10 @@ def test_previews_use_dpm_solver_with_20_steps_from_a_fixed_seed(tmp_path):
     """The last preview equals a DPM-Solver++ 2M, 20-step, trailing chain of the final EMA weights
     from the preview seed, and the same run trained again gives the same previews."""
     from ddpm_studio.config import SamplingConfig, TrainConfig
-    from ddpm_studio.sampling.service import load_model, to_uint8
-    from ddpm_studio.training.trainer import _STREAM_PREVIEW, _mix
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.sampling.service import to_uint8
+    from ddpm_studio.training.dist import STREAM_PREVIEW as _STREAM_PREVIEW
+    from ddpm_studio.training.dist import mix as _mix
 
     assert (TrainConfig().preview_sampler, TrainConfig().preview_sampling_steps) == ("dpmpp-2m", 20)
     cfg = tiny_config(steps=4, preview_every=2, preview_count=3)

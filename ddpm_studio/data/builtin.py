@@ -177,7 +177,8 @@ def _read_stored(folder: str) -> tuple[np.ndarray, list[str], str]:
 def load_builtin(cfg: DataConfig, *, progress=None, should_stop=None):
     """The built-in set as an :class:`ImageSet` at ``cfg.image_size`` (source "built-in")."""
     from ddpm_studio.data.decode import Settings, luminance
-    from ddpm_studio.data.imageset import Cancelled, DatasetError, ImageSet, _fingerprint
+    from ddpm_studio.data.imageset import DatasetError, ImageSet, _fingerprint
+    from ddpm_studio.errors import Cancelled
 
     cfg.validate()
     report = progress or (lambda done, total, message: None)

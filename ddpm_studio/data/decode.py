@@ -59,7 +59,8 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # refuse images with more pixels than this
 
     def key(self) -> str:
-        return f"size={self.size};channels={self.channels};bg={self.background};min={self.min_size};max={self.max_pixels}"
+        return (f"size={self.size};channels={self.channels};bg={self.background};min={self.min_size};"
+                f"max={self.max_pixels}")
 
 
 @dataclass
@@ -97,8 +98,12 @@ def decode_file(path: str, settings: Settings) -> Decoded:
     if stat.S_ISDIR(st.st_mode):
         return Decoded(reason="is a folder, not a file")
     if not stat.S_ISREG(st.st_mode):  # never opened: a named pipe would block, a device never ends
-        kind = "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else (
-            "a named pipe; not opened" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "")
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            kind = "a device"
+        elif stat.S_ISFIFO(st.st_mode):
+            kind = "a named pipe; not opened"
+        else:
+            kind = "a socket" if stat.S_ISSOCK(st.st_mode) else ""
         return Decoded(reason=f"not a regular file ({kind})" if kind else "not a regular file")
     if st.st_size == 0:
         return Decoded(reason="empty file (0 bytes)")

@@ -5,6 +5,9 @@ needs. They never raise for a bad file (each becomes a :class:`SkippedFile` with
 they raise :class:`DatasetError` when there is nothing usable at all (or a path does not exist)
 and :class:`Cancelled` when ``should_stop()`` turns true.
 
+Length (over 500 lines, on purpose): indexing, parallel decoding and the disk cache share one
+file-identity key (the stat key) and one row order; kept together so they cannot disagree.
+
 Indexing walks each folder recursively, following symlinked folders but never entering the same
 folder twice (so symlink loops end), and ignores names starting with "." (``.DS_Store``,
 ``._photo.jpg``, ``.git``) and special files (pipes, sockets). Files whose extension is not an image
@@ -21,9 +24,10 @@ greyscale images repeated across the three channels. "1" converts colour with IT
 
 The cache (``paths.cache_dir()/datasets``) holds, per (set of roots, preprocessing settings), the
 decoded array as ``.npy`` and a JSON index of every file with its stat key (size, mtime_ns,
-ctime_ns, inode, device) and the blake2b hash of its bytes (unusable files: their reason). Reopening stats every file and reuses an entry only
-when the stat key is unchanged; a changed file (new size, mtime or ctime — writing a file always
-updates its ctime, even when its mtime is set back by hand) is read and hashed again. Added or
+ctime_ns, inode, device) and the blake2b hash of its bytes (unusable files: their reason).
+Reopening stats every file and reuses an entry only when the stat key is unchanged; a changed
+file (new size, mtime or ctime — writing a file always updates its ctime, even when its mtime is
+set back by hand) is read and hashed again. Added or
 changed files are decoded, unchanged ones are copied from the cache. The set's ``fingerprint``
 is computed from the content hashes and the settings, so it identifies the data, not the paths.
 The cache is written atomically (array under a new name, then the index), a corrupt or unreadable
@@ -50,6 +54,7 @@ import numpy as np
 
 from ddpm_studio import paths as _paths
 from ddpm_studio.config import DataConfig, atomic_write, atomic_write_text
+from ddpm_studio.errors import Cancelled
 from ddpm_studio.data.decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Decoded, Settings,
                                      decode_file, luminance)
 
@@ -67,10 +72,6 @@ class DatasetError(ValueError):
     def __init__(self, message: str, skipped: list["SkippedFile"] | None = None):
         super().__init__(message)
         self.skipped = list(skipped or [])
-
-
-class Cancelled(Exception):
-    """``should_stop()`` became true while loading."""
 
 
 @dataclass(frozen=True)
@@ -110,18 +111,6 @@ def settings_from_config(cfg: DataConfig, max_pixels: int = DEFAULT_MAX_PIXELS) 
     cfg.validate()
     return Settings(size=cfg.image_size, channels=cfg.channels, background=cfg.background,
                     min_size=cfg.min_size, max_pixels=max_pixels)
-
-
-def load_images(cfg: DataConfig, *, progress: Progress | None = None, should_stop: ShouldStop | None = None,
-                use_cache: bool = True, workers: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageSet:
-    """The training set ``cfg`` describes: ``cfg.folder``, or the built-in set when it is None."""
-    if cfg.folder is None or str(cfg.folder) == "":
-        from ddpm_studio.data.builtin import load_builtin
-
-        return load_builtin(cfg, progress=progress, should_stop=should_stop)
-    return load_paths([cfg.folder], cfg, progress=progress, should_stop=should_stop,
-                      use_cache=use_cache, workers=workers, max_pixels=max_pixels)
 
 
 def load_paths(paths: Iterable[str | os.PathLike], cfg: DataConfig, *, progress: Progress | None = None,
@@ -462,29 +451,9 @@ def _assemble(files: list[_File], s: Settings, cached: "_Cached | None", stop: S
                 return _Result(images, cached.paths, cached.stats, cached.digests, cached.gray,
                                [SkippedFile(paths[i], reasons[i]) for i in bad], [stats[i] for i in bad], True)
 
-    row_of = cached.row_index() if cached else {}
     buf = _Buffers(n, s.size)
     digests: list[str] = [""] * n
-    from_cache: list[tuple[int, int]] = []
-    todo: list[int] = []
-    for i, path in enumerate(paths):
-        if i in reasons:
-            continue
-        r = row_of.get(path)
-        if r is not None and cached.stats[r] == stats[i]:
-            from_cache.append((i, r))
-        else:
-            todo.append(i)
-    if from_cache:
-        old = cached.load_images(mmap=True)
-        if old is None:  # the cached array is unreadable: decode everything
-            todo = sorted(todo + [i for i, _ in from_cache])
-        else:
-            for i, r in from_cache:
-                buf.put(i, old[r], cached.gray[r])
-                digests[i] = cached.digests[r]
-            del old
-
+    todo = _copy_unchanged(paths, stats, cached, reasons, buf, digests)
     done = n - len(todo)
     report(done, n, f"Decoding {len(todo):,} images")
     todo_files = [files[i] for i in todo]
@@ -509,6 +478,32 @@ def _assemble(files: list[_File], s: Settings, cached: "_Cached | None", stop: S
     images = buf.finish(s.channels)
     return _Result(images, [paths[i] for i in keep], [stats[i] for i in keep], [digests[i] for i in keep],
                    gray, skipped, skipped_stats, False)
+
+
+def _copy_unchanged(paths: list[str], stats: list, cached: "_Cached | None", reasons: dict[int, str],
+                    buf: "_Buffers", digests: list[str]) -> list[int]:
+    """Copy the rows of files unchanged since the cache was written; returns the rows still to decode."""
+    row_of = cached.row_index() if cached else {}
+    from_cache: list[tuple[int, int]] = []
+    todo: list[int] = []
+    for i, path in enumerate(paths):
+        if i in reasons:
+            continue
+        r = row_of.get(path)
+        if r is not None and cached.stats[r] == stats[i]:
+            from_cache.append((i, r))
+        else:
+            todo.append(i)
+    if from_cache:
+        old = cached.load_images(mmap=True)
+        if old is None:  # the cached array is unreadable: decode everything
+            todo = sorted(todo + [i for i, _ in from_cache])
+        else:
+            for i, r in from_cache:
+                buf.put(i, old[r], cached.gray[r])
+                digests[i] = cached.digests[r]
+            del old
+    return todo
 
 
 def _fingerprint(s: Settings, channels: int, digests: list[str]) -> str:

@@ -9,8 +9,10 @@ import platform
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .choices import Device, Precision
+
+DEVICE_CHOICES = Device.values()
+PRECISIONS = Precision.values()
 
 # CPU features that make bf16 arithmetic native (x86: AVX-512 BF16 or AMX; Arm: the BF16 extension).
 # Without them oneDNN emulates bf16, which measured 10-25x *slower* than fp32.

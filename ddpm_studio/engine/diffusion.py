@@ -20,104 +20,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .choices import LossWeighting, Prediction, Variance
 from .schedules import NoiseSchedule
+from .steps import (SPACINGS, _bounds, _check_start, _randn, check_spacing, check_steps,  # noqa: F401
+                    clip_x0, ddim_timesteps, trailing_timesteps)
 from .types import StepResult
 
 if TYPE_CHECKING:  # config.py has no torch; imported only for annotations
     from ..config import DiffusionConfig, SamplingConfig
 
-PREDICTIONS = ("epsilon", "x0", "v")
-LOSS_WEIGHTINGS = ("none", "min_snr")
-VARIANCES = ("fixed_small", "fixed_large")
+PREDICTIONS = Prediction.values()
+LOSS_WEIGHTINGS = LossWeighting.values()
+VARIANCES = Variance.values()
 # DPM-Solver++ samplers (engine/dpm_solver.py): name -> (solver order, stochastic SDE variant)
 DPM_SAMPLERS = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "dpmpp-2m-sde": (2, True)}
-SPACINGS = ("leading", "trailing", "linspace")  # how a few-step sampler picks its timesteps (diffusers' names)
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _randn(shape, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device, then moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-
-
-def clip_x0(pred_x0: torch.Tensor, *, clip_denoised: bool = True, clip_range: float = 1.0,
-            dynamic_threshold: float | None = None, threshold_max: float = 1.0) -> torch.Tensor:
-    """Bound a predicted x_0 as diffusers' schedulers do: dynamic thresholding when
-    ``dynamic_threshold`` is set (Saharia et al. 2022: s = that quantile of |x_0| per image, clamped to
-    [1, threshold_max]; x_0 -> clamp(x_0, -s, s) / s), else clipping to [-clip_range, clip_range]
-    when ``clip_denoised``, else unchanged."""
-    if dynamic_threshold is not None:
-        B = pred_x0.shape[0]
-        flat = pred_x0.reshape(B, -1)  # (B, C*H*W)
-        mags = flat.abs() if flat.dtype in (torch.float32, torch.float64) else flat.abs().float()
-        s = torch.quantile(mags, float(dynamic_threshold), dim=1).clamp(min=1.0, max=float(threshold_max))
-        s = s.to(flat.dtype)[:, None]
-        return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(pred_x0.shape)
-    if clip_denoised:
-        return pred_x0.clamp(-clip_range, clip_range)
-    return pred_x0
-
-
-def _bounds(sampling) -> dict:
-    """The x_0-bounding keywords of a SamplingConfig (older configs lack some fields)."""
-    return {"clip_denoised": sampling.clip_denoised, "clip_range": getattr(sampling, "clip_range", 1.0),
-            "dynamic_threshold": getattr(sampling, "dynamic_threshold", None),
-            "threshold_max": getattr(sampling, "threshold_max", 1.0)}
-
-
-def check_steps(T: int, steps) -> None:
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= T:
-        raise ValueError(f"sampling.steps must be a whole number from 1 to T={T}; got {steps!r}")
-
-
-def check_spacing(spacing) -> None:
-    if spacing not in SPACINGS:
-        raise ValueError(f"sampling.spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
-
-
-def trailing_timesteps(T: int, steps: int) -> list[int]:
-    """round(T - i T/steps) - 1 for i = 0 .. steps-1: starts at T-1 for every step count.
-
-    The values are diffusers' ``np.round(np.arange(T, 0, -T / steps)) - 1`` bit for bit; only its
-    first ``steps`` are kept, because for some step counts (62 of 1..1000 at T=1000, e.g. 61) that
-    float ``arange`` has one extra element, which would become the timestep -1.
-    """
-    return (np.round(np.arange(T, 0, -T / steps)[:steps]).astype(np.int64) - 1).tolist()
-
-
-def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
-    """The DDIM timesteps, descending, as diffusers' ``DDIMScheduler.set_timesteps`` spaces them.
-
-    - ``leading``: ``range(0, T, T // steps)`` + ``steps_offset`` (diffusers' default). For
-      ``steps > T / 2`` the stride is 1 and the chain starts at t = steps - 1, far from pure noise.
-    - ``trailing``: :func:`trailing_timesteps`, from T - 1 down (Lin et al. 2024, Table 2).
-    - ``linspace``: ``linspace(0, T - 1, steps)`` rounded; one step is [T - 1] (numpy's one-point
-      linspace, and so diffusers, would give [0]: a single step from t = 0, not from noise).
-    """
-    check_steps(T, steps)
-    check_spacing(spacing)
-    if spacing == "leading":
-        stride = T // steps
-        ts = [i * stride + int(steps_offset) for i in range(steps)][::-1]
-        if ts[0] > T - 1:
-            raise ValueError(f"sampling.steps_offset={steps_offset} puts a timestep past T-1={T - 1} "
-                             f"with {steps} leading steps")
-        return ts
-    if spacing == "trailing":
-        return trailing_timesteps(T, steps)
-    if steps == 1:
-        return [T - 1]
-    return np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64).tolist()
-
-
-def _check_start(start_index, n_steps: int, noise) -> None:
-    """A resumed chain (start_index k > 0) starts from a given x; k must name one of its steps."""
-    if not isinstance(start_index, (int, np.integer)) or isinstance(start_index, bool) or not 0 <= start_index < n_steps:
-        raise ValueError(f"start_index must be a whole number from 0 to {n_steps - 1}; got {start_index!r}")
-    if start_index > 0 and noise is None:
-        raise ValueError("resuming a chain (start_index > 0) needs the x it holds there, given as noise=")
 
 
 def _model_device(model) -> torch.device:
@@ -150,7 +68,8 @@ class GaussianDiffusion:
         betas = getattr(cfg, "betas", None)
         if betas is not None:
             if len(betas) != cfg.timesteps:
-                raise ValueError(f"diffusion.betas must have diffusion.timesteps={cfg.timesteps} values; got {len(betas)}")
+                raise ValueError(f"diffusion.betas must have diffusion.timesteps={cfg.timesteps} values; got "
+                                 f"{len(betas)}")
             schedule = NoiseSchedule(np.asarray(betas, dtype=np.float64), kind="custom")
         else:
             schedule = NoiseSchedule.from_config(cfg.schedule, cfg.timesteps)
@@ -177,7 +96,8 @@ class GaussianDiffusion:
     # -- forward process ------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) = N(sqrt(alpha-bar_t) x_0, (1 - alpha-bar_t) I), eq. (4)."""
-        return self._coef("sqrt_alphas_cumprod", t, x0) * x0 + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * x0
+                + self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
 
     def q_step(self, x_prev: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
         """One transition x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), eq. (2)."""
@@ -200,7 +120,8 @@ class GaussianDiffusion:
         """Turn the network's output (epsilon, x_0 or v) into (pred_x0, pred_eps)."""
         if self.prediction == "epsilon":
             eps = model_output
-            x0 = self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
+            x0 = (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                  - self._coef("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
         elif self.prediction == "x0":
             x0 = model_output
             eps = self._eps_from_x0(x0, x_t, t)
@@ -211,7 +132,8 @@ class GaussianDiffusion:
         return x0, eps
 
     def _eps_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        return (self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self._coef("sqrt_recipm1_alphas_cumprod", t, x_t)
+        return ((self._coef("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0)
+                / self._coef("sqrt_recipm1_alphas_cumprod", t, x_t))
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """What the network should output for (x_0, eps, t)."""
@@ -219,7 +141,9 @@ class GaussianDiffusion:
             return noise
         if self.prediction == "x0":
             return x0
-        return self._coef("sqrt_alphas_cumprod", t, x0) * noise - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+        # v = sqrt(alpha-bar_t) eps - sqrt(1 - alpha-bar_t) x_0 (Salimans & Ho 2022)
+        return (self._coef("sqrt_alphas_cumprod", t, x0) * noise
+                - self._coef("sqrt_one_minus_alphas_cumprod", t, x0) * x0)
 
     def loss_weights(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """Per-sample weights (B,) of the squared error, or None for the paper's unweighted L_simple.
@@ -314,7 +238,8 @@ class GaussianDiffusion:
         device = torch.device(device) if device is not None else _model_device(model)
         return _randn(tuple(shape), generator, device, dtype or torch.float32), device
 
-    def p_sample_loop_progressive(self, model: Model, shape, *, variance: str = "fixed_small", clip_denoised: bool = True,
+    def p_sample_loop_progressive(self, model: Model, shape, *, variance: str = "fixed_small",
+                                  clip_denoised: bool = True,
                                   generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                   device=None, should_stop: Callable[[], bool] | None = None,
                                   dtype: torch.dtype | None = None, start_index: int = 0,
@@ -339,11 +264,12 @@ class GaussianDiffusion:
                     return
                 out = model(x, torch.full((B,), t, dtype=torch.long, device=device))
                 z = _randn(x.shape, generator, device, x.dtype) if t > 0 else None
-                x, pred_x0 = self.p_sample_step(out.to(x.dtype), x, t, variance=variance, clip_denoised=clip_denoised, noise=z,
-                                                **bounds)
+                x, pred_x0 = self.p_sample_step(out.to(x.dtype), x, t, variance=variance, clip_denoised=clip_denoised,
+                                                noise=z, **bounds)
                 yield StepResult(t=t, index=i, total=self.T, x_t=x, pred_x0=pred_x0)
 
-    def ddim_sample_loop_progressive(self, model: Model, shape, *, steps: int, eta: float = 0.0, clip_denoised: bool = True,
+    def ddim_sample_loop_progressive(self, model: Model, shape, *, steps: int, eta: float = 0.0,
+                                     clip_denoised: bool = True,
                                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                      device=None, should_stop: Callable[[], bool] | None = None,
                                      dtype: torch.dtype | None = None, spacing: str = "trailing", steps_offset: int = 0,
@@ -371,12 +297,14 @@ class GaussianDiffusion:
                 t_prev = ts[i + 1] if i + 1 < len(ts) else -1
                 out = model(x, torch.full((B,), t, dtype=torch.long, device=device))
                 z = _randn(x.shape, generator, device, x.dtype) if eta > 0 and t_prev >= 0 else None
-                x, pred_x0 = self.ddim_step(out.to(x.dtype), x, t, t_prev, eta=eta, clip_denoised=clip_denoised, noise=z,
-                                            **bounds)
+                x, pred_x0 = self.ddim_step(out.to(x.dtype), x, t, t_prev, eta=eta, clip_denoised=clip_denoised,
+                                            noise=z, **bounds)
                 yield StepResult(t=t, index=i, total=len(ts), x_t=x, pred_x0=pred_x0)
 
-    def sample_progressive(self, model: Model, shape, sampling: "SamplingConfig", *, generator: torch.Generator | None = None,
-                           device=None, should_stop: Callable[[], bool] | None = None, noise: torch.Tensor | None = None,
+    def sample_progressive(self, model: Model, shape, sampling: "SamplingConfig", *,
+                           generator: torch.Generator | None = None,
+                           device=None, should_stop: Callable[[], bool] | None = None,
+                           noise: torch.Tensor | None = None,
                            dtype: torch.dtype | None = None, start_index: int = 0,
                            history: list[torch.Tensor] | None = None) -> Iterator[StepResult]:
         """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``.
@@ -391,7 +319,8 @@ class GaussianDiffusion:
             return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, generator=generator,
                                                   device=device, should_stop=should_stop, **bounds)
         if sampling.sampler == "ddim":
-            return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta, generator=generator,
+            return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta,
+                                                     generator=generator,
                                                      device=device, should_stop=should_stop,
                                                      spacing=getattr(sampling, "spacing", "trailing"),
                                                      steps_offset=getattr(sampling, "steps_offset", 0), **bounds)
@@ -403,7 +332,8 @@ class GaussianDiffusion:
                 self, model, shape, steps=sampling.steps, order=order, sde=sde,
                 spacing=getattr(sampling, "spacing", "trailing"), generator=generator, device=device,
                 should_stop=should_stop, history=history, **bounds)
-        raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got {sampling.sampler!r}")
+        raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got "
+                         f"{sampling.sampler!r}")
 
     def sample(self, model: Model, shape, sampling: "SamplingConfig", **kwargs) -> torch.Tensor | None:
         """Drain :meth:`sample_progressive` and return the last x_t: x_0 when the chain ran to the end

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .diffusion import _check_start, _randn, check_spacing, check_steps, clip_x0, trailing_timesteps
+from .steps import _check_start, _randn, check_spacing, check_steps, clip_x0, trailing_timesteps
 from .types import StepResult
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ class DPMSolverPP:
     def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor,
              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if i != self._next:
-            raise ValueError(f"DPMSolverPP.step must be called for steps 0, 1, ... in order; expected {self._next}, got {i}")
+            raise ValueError(f"DPMSolverPP.step must be called for steps 0, 1, ... in order; expected {self._next}, "
+                             f"got {i}")
         m0 = self.denoise(model_output, x, i)
         self.history = (self.history + [m0])[-self.order:]
         order = min(self.order_at(i), len(self.history))  # a resumed chain may hold fewer estimates

@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
-SCHEDULE_KINDS = ("linear", "cosine", "quadratic", "sigmoid")
+from .choices import Schedule
+
+SCHEDULE_KINDS = Schedule.values()
 MAX_BETA = 0.999  # betas are clipped here so alpha_t stays > 0 (Nichol & Dhariwal 2021, eq. 17)
 
 
@@ -81,12 +83,14 @@ class NoiseSchedule:
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         # log beta-tilde with the t=0 value (log 0) replaced by t=1's, as the paper's code does.
         if self.T > 1:
-            self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1], self.posterior_variance[1:]))
+            self.posterior_log_variance_clipped = np.log(np.append(self.posterior_variance[1],
+                                                                   self.posterior_variance[1:]))
         else:
             self.posterior_log_variance_clipped = np.log(betas.copy())
         # mu-tilde_t(x_t, x_0) = coef1 * x_0 + coef2 * x_t, eq. (7).
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = ((1.0 - self.alphas_cumprod_prev) * np.sqrt(self.alphas)
+                                     / (1.0 - self.alphas_cumprod))
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)  # SNR(t) = alpha-bar / (1 - alpha-bar)
 
     @classmethod

@@ -70,9 +70,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choices import Activation, TimeConditioning
+
 NORM_EPS = 1e-6  # the paper's GroupNorm epsilon (ModelConfig.norm_eps's default)
-ACTIVATIONS = ("silu", "mish", "gelu", "relu")
-TIME_CONDITIONINGS = ("default", "scale_shift")
+ACTIVATIONS = Activation.values()
+TIME_CONDITIONINGS = TimeConditioning.values()
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,8 @@ def resolve_spec(cfg: Any, **overrides: Any) -> UNetSpec:
     groups = opt("norm_groups", 0) or default_norm_groups(base, mult)
     bad = sorted(w for w in _widths(base, mult) if w % groups)
     if bad:
-        raise ValueError(f"norm_groups={groups} must divide every channel count of the network; it does not divide {bad}")
+        raise ValueError(f"norm_groups={groups} must divide every channel count of the network; it does not divide "
+                         f"{bad}")
     act = str(opt("act_fn", "silu"))
     act = "silu" if act == "swish" else act
     if act not in ACTIVATIONS:
@@ -180,8 +183,10 @@ def resolve_spec(cfg: Any, **overrides: Any) -> UNetSpec:
         dropout=float(cfg.dropout), num_heads=int(cfg.num_heads), attention_head_dim=int(opt("attention_head_dim", 0)),
         norm_groups=int(groups), downsample_padding=pad, flip_sin_to_cos=bool(opt("flip_sin_to_cos", False)),
         freq_shift=float(opt("freq_shift", 1)), norm_eps=float(opt("norm_eps", NORM_EPS)), attn_norm_groups=attn_groups,
-        add_attention=bool(opt("add_attention", True)), mid_block_scale_factor=float(opt("mid_block_scale_factor", 1.0)),
-        time_embedding_dim=int(opt("time_embedding_dim", 0)), center_input_sample=bool(opt("center_input_sample", False)),
+        add_attention=bool(opt("add_attention", True)), mid_block_scale_factor=float(opt("mid_block_scale_factor",
+                                                                                         1.0)),
+        time_embedding_dim=int(opt("time_embedding_dim", 0)), center_input_sample=bool(opt("center_input_sample",
+                                                                                           False)),
         act_fn=act, time_conditioning=cond,
     )
     for c in spec.attention_widths():
@@ -242,7 +247,8 @@ class ResnetBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions with a residual connection (diffusers' Attention)."""
 
-    def __init__(self, channels: int, groups: int, heads: int, eps: float = NORM_EPS, output_scale: float = 1.0) -> None:
+    def __init__(self, channels: int, groups: int, heads: int, eps: float = NORM_EPS,
+                 output_scale: float = 1.0) -> None:
         super().__init__()
         self.heads = heads
         self.output_scale = float(output_scale)
@@ -291,7 +297,8 @@ class Upsample(nn.Module):
 class DownBlock(nn.Module):
     """One resolution level going down: resnets (+ attentions), then an optional down-sampler."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, spec: UNetSpec, attention: bool, downsample: bool) -> None:
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, spec: UNetSpec, attention: bool,
+                 downsample: bool) -> None:
         super().__init__()
         g = spec.norm_groups
         self.resnets = nn.ModuleList(
@@ -409,7 +416,8 @@ class UNet(nn.Module):
             prev_ch, out_ch = out_ch, rev[i]
             skip_in_ch = rev[min(i + 1, L - 1)]
             res = spec.image_size // 2 ** (L - 1 - i)
-            self.up_blocks.append(UpBlock(prev_ch, out_ch, skip_in_ch, temb_ch, spec, attention=res in spec.attention_resolutions,
+            self.up_blocks.append(UpBlock(prev_ch, out_ch, skip_in_ch, temb_ch, spec,
+                                          attention=res in spec.attention_resolutions,
                                           upsample=i < L - 1))
         self.conv_norm_out = nn.GroupNorm(spec.norm_groups, base, eps=spec.norm_eps)
         self.conv_out = nn.Conv2d(base, spec.out_channels, 3, padding=1)

@@ -101,8 +101,8 @@ def _progress(quiet: bool):
 def cmd_eval(args: argparse.Namespace) -> int:
     from ddpm_studio.engine.devices import select_device
     from ddpm_studio.evaluation import metrics
-    from ddpm_studio.sampling.service import load_model
-    from ddpm_studio.training.runs import is_run_dir
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.artifacts.runs import is_run_dir
 
     if not Path(args.run).is_dir() or not is_run_dir(args.run):
         raise ValueError(f"--run: {args.run} is not a run folder")

@@ -59,7 +59,7 @@ class ScoreCheckpoints:
             return
         if self.last_step is None and event.step < self.every:
             return
-        from ddpm_studio.sampling.service import load_model
+        from ddpm_studio.artifacts.loading import load_model
 
         if self._real is None:
             self._real = metrics.run_real_images(self.run_dir, self.data_folder).images

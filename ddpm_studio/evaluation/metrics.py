@@ -291,7 +291,7 @@ def evaluate(loaded, real: np.ndarray, num: int = DEFAULT_NUM, *, sampling=None,
                               should_stop=should_stop, progress=progress)
     t_sample = time.perf_counter() - t0
     r = score_images(samples, real, seed=seed, should_stop=should_stop)
-    from ddpm_studio.cli import describe_sampling  # plain text, imports no Qt
+    from ddpm_studio.config import describe_sampling
 
     r.step, r.source, r.seconds_sampling = loaded.step, loaded.source, t_sample
     r.sampling = describe_sampling(sampling or loaded.config.sampling, loaded.diffusion.T)
@@ -301,8 +301,8 @@ def evaluate(loaded, real: np.ndarray, num: int = DEFAULT_NUM, *, sampling=None,
 def evaluate_checkpoints(run_dir, real: np.ndarray, num: int = DEFAULT_NUM, *, device=None, should_stop=None,
                          progress=None) -> Iterator[Readout]:
     """Evaluate every readable checkpoint of a run, oldest first (a damaged one is skipped with a note)."""
-    from ddpm_studio.sampling.service import load_model
-    from ddpm_studio.training.checkpoints import CheckpointError, list_checkpoints
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.artifacts.checkpoints import CheckpointError, list_checkpoints
 
     paths = list_checkpoints(run_dir)
     if not paths:
@@ -329,7 +329,7 @@ def run_real_images(run_dir, data_folder=None, *, should_stop=None, progress=Non
     from pathlib import Path
 
     from ddpm_studio.data import load_images
-    from ddpm_studio.training.runs import read_config
+    from ddpm_studio.artifacts.runs import read_config
 
     cfg = read_config(run_dir)
     data = cfg.data

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .workers import TaskCancelled, TaskState
+from ..errors import Cancelled
+from .workers import TaskState
 
 
 @dataclass
@@ -36,7 +37,7 @@ def make_evaluate(run_dir: str, *, num: int, checkpoint: str | None = None, all_
         import time
 
         from ..evaluation import metrics
-        from ..sampling.service import load_model
+        from ..artifacts.loading import load_model
 
         state.progress(0, 0, "Loading the training images…")
         real = metrics.run_real_images(run_dir, should_stop=state.should_stop)
@@ -53,7 +54,7 @@ def make_evaluate(run_dir: str, *, num: int, checkpoint: str | None = None, all_
         if state.should_stop():
             if readouts:
                 metrics.save_results(run_dir, readouts)
-            raise TaskCancelled()
+            raise Cancelled()
         metrics.save_results(run_dir, readouts)
         per = (time.perf_counter() - t0) / max(1, len(readouts))
         return EvalResults(readouts, metrics.read_results(run_dir), per)
@@ -66,7 +67,7 @@ def make_nearest(run_dir: str, *, num: int = 64, checkpoint: str | None = None, 
     """Sample ``num`` images of the run (newest good checkpoint, or ``checkpoint``) and find their neighbours."""
     def job(state: TaskState):
         from ..evaluation import memorization, metrics
-        from ..sampling.service import load_model
+        from ..artifacts.loading import load_model
 
         state.progress(0, 0, "Loading the training images…")
         real = metrics.run_real_images(run_dir, should_stop=state.should_stop)
@@ -115,11 +116,11 @@ class RunSummary:
 def make_open_run(run_dir: str, device: str = "auto") -> Callable[[TaskState], Any]:
     """Read what the Evaluate tab shows of a run: checkpoints, the loss curve, earlier evaluations."""
     def job(state: TaskState):
-        from ..cli import describe_sampling
+        from ..config import describe_sampling
         from ..evaluation.metrics import read_results
         from ..evaluation.timelapse import preview_files
-        from ..training.checkpoints import list_checkpoints, step_of
-        from ..training.runs import is_run_dir, read_config, read_metrics
+        from ..artifacts.checkpoints import list_checkpoints, step_of
+        from ..artifacts.runs import is_run_dir, read_config, read_metrics
 
         if not is_run_dir(run_dir):
             raise ValueError(f"{run_dir} is not a run folder (no config.json or checkpoints/)")

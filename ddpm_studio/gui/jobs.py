@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..config import DataConfig, RunConfig, SamplingConfig
-from .workers import TaskCancelled, TaskState
+from ..errors import Cancelled
+from .workers import TaskState
 
 DEFAULT_CHAIN_BUDGET = 300 * 1024 * 1024  # bytes of recorded reverse-chain frames per generation
 
@@ -98,6 +99,7 @@ def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control:
     def job(state: TaskState):
         from ..sampling.export import make_grid
         from ..training.events import PreviewReady, StepMetrics
+        from ..training.session import finish_job
         from ..training.trainer import Trainer
 
         trainer = Trainer(cfg, run_dir, images=images, resume=resume)
@@ -111,7 +113,8 @@ def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control:
             else:
                 state.emit(ev, flush=True)
 
-        return trainer.run(control=control, on_event=on_event)
+        result = trainer.run(control=control, on_event=on_event)
+        return finish_job(result, run_dir)  # the run's config read back here, not on the UI thread
 
     return job
 
@@ -140,7 +143,7 @@ def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
         state.emit(ModelReady(loaded.config, int(loaded.step), str(loaded.source), loaded), flush=True)
         sampling_used = model_sampling(sampling, loaded.config.sampling)
         if state.should_stop():
-            raise TaskCancelled()
+            raise Cancelled()
         stride = None
         last = None
         for r in generate(loaded, sampling_used, should_stop=state.should_stop):
@@ -153,7 +156,7 @@ def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
                 stride = chain_stride(r.total, xt.nbytes + x0.nbytes, budget_bytes)
             state.emit(ChainFrame(r.index, int(r.t), r.total, xt, x0))
         if state.should_stop() or last is None or last.index != last.total - 1:
-            raise TaskCancelled()
+            raise Cancelled()
         images = to_uint8(last.x_t)  # the final x_t is x_0
         return SampleResult(images, make_grid(images), stride or 1, last.total)
 
@@ -198,7 +201,7 @@ def make_export_gif(frames: list[np.ndarray], path: str, *, stride: int = 1, fps
         out = []
         for n, i in enumerate(keep):
             if state.should_stop():
-                raise TaskCancelled()
+                raise Cancelled()
             out.append(upscale_nearest(frames[i], scale) if scale > 1 else frames[i])
             state.progress(n + 1, len(keep), "Preparing GIF frames")
         save_gif(out, path, fps=fps, hold_last_sec=hold_last_sec)

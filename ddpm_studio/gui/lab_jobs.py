@@ -16,14 +16,15 @@ import numpy as np
 
 from ..config import SamplingConfig
 from .jobs import model_sampling
-from .workers import TaskCancelled, TaskState
+from ..errors import Cancelled
+from .workers import TaskState
 
 CHAIN_BUDGET = 200 * 1024 * 1024  # bytes of chain tensors kept for branching
 
 
 @dataclass
 class LabModelReady:
-    loaded: Any  # sampling.service.LoadedModel
+    loaded: Any  # artifacts.loaded.LoadedModel
 
 
 @dataclass
@@ -76,7 +77,7 @@ def _model(get_model: Callable[[], Any], state: TaskState):
     loaded = get_model()
     state.emit(LabModelReady(loaded), flush=True)
     if state.should_stop():
-        raise TaskCancelled()
+        raise Cancelled()
     return loaded
 
 
@@ -118,9 +119,10 @@ def make_compare(get_model: Callable[[], Any], specs: str, base: SamplingConfig,
                                        progress=state.progress):
             tiles.append(list(_u8(row.images)))
             labels.append(compare.row_caption(row))
-            state.emit(BoardUpdate(views.board(tiles, row_labels=labels, title=f"seed {seed}"), list(labels)), flush=True)
+            board = views.board(tiles, row_labels=labels, title=f"seed {seed}")
+            state.emit(BoardUpdate(board, list(labels)), flush=True)
         if state.should_stop() or len(tiles) < len(rows):
-            raise TaskCancelled()
+            raise Cancelled()
         return BoardUpdate(views.board(tiles, row_labels=labels, title=f"seed {seed}"), labels)
 
     return job
@@ -147,7 +149,7 @@ def make_chain(get_model: Callable[[], Any], base: SamplingConfig, num: int, see
             state.emit(LabFrame(st.index, st.t, st.total, tuple(views.grid(v) for v in chain.step_views(d, st))))
             state.progress(st.index + 1, st.total, f"t = {st.t}")
         if state.should_stop() or last is None or not last.is_last:
-            raise TaskCancelled()
+            raise Cancelled()
         images = _u8(last.x_out)
         return LabChain(steps, views.grid(images), chain.noise_label(d), sampling, stride, images)
 
@@ -176,7 +178,7 @@ def make_branch(get_model: Callable[[], Any], lab_chain: LabChain, index: int, *
                                should_stop=state.should_stop)
             out, how = r.x0, f"x̂0 re-noised to t = {r.t}"
         if out is None or state.should_stop():
-            raise TaskCancelled()
+            raise Cancelled()
         xt, x0, _ = chain.step_views(d, step)
         n = step.x_out.shape[0]
         u = _u8(out)
@@ -225,8 +227,9 @@ def make_interpolate(get_model: Callable[[], Any], base: SamplingConfig, *, mode
             state.emit(fr, flush=True)
             state.progress(f.index + 1, frames, f"frame {f.index + 1} of {frames}")
         if state.should_stop() or len(result.frames) < frames:
-            raise TaskCancelled()
-        result.strip = views.board([[f.image for f in result.frames]], captions=[[f"{f.weight:.2f}" for f in result.frames]],
+            raise Cancelled()
+        result.strip = views.board([[f.image for f in result.frames]],
+                                   captions=[[f"{f.weight:.2f}" for f in result.frames]],
                                    title=title)
         return result
 

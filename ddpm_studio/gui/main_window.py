@@ -6,7 +6,7 @@ from typing import Callable
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
-from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget
+from PySide6.QtWidgets import QApplication, QLabel, QMainWindow, QMessageBox, QTabWidget
 
 from .. import paths
 from ..logs import logger
@@ -112,12 +112,14 @@ class MainWindow(QMainWindow):
         f = mb.addMenu("&File")
         self.open_folder_action = self._action("Open &Folder…", self.dataset_panel.open_folder, "Ctrl+O",
                                                "Open a folder of images to train on.")
-        self.open_run_action = self._action("Open &Run…", self._open_run, "Ctrl+Shift+O", "Continue a training run saved earlier.")
+        self.open_run_action = self._action("Open &Run…", self._open_run, "Ctrl+Shift+O",
+                                            "Continue a training run saved earlier.")
         self.open_model_action = self._action("Open &Model…", self._open_model, "Ctrl+Shift+M",
                                               "Sample from a run folder, checkpoint or model folder.")
         self.export_frame_action = self._action("&Export Frame as PNG…", lambda: self.sampling_panel.export_frame(),
                                                 "Ctrl+E", "Save the reverse-chain frame on screen.")
-        self.export_samples_action = self._action("Export &Samples as PNG…", lambda: self.sampling_panel.export_samples(),
+        self.export_samples_action = self._action("Export &Samples as PNG…",
+                                                  lambda: self.sampling_panel.export_samples(),
                                                   "Ctrl+Alt+E", "Save the final samples.")
         self.export_gif_action = self._action("Export Chain as &GIF…", lambda: self.sampling_panel.export_gif(),
                                               "Ctrl+Shift+E", "Save the reverse chain as an animated GIF.")
@@ -133,12 +135,14 @@ class MainWindow(QMainWindow):
         f.addAction(self.quit_action)
 
         r = mb.addMenu("&Run")
-        self.start_action = self._action("&Start Training", self._start_training, "Ctrl+T", "Start or continue training.")
+        self.start_action = self._action("&Start Training", self._start_training, "Ctrl+T",
+                                         "Start or continue training.")
         self.pause_action = self._action("&Pause / Resume Training", self.training_panel.pause_button.toggle, "Ctrl+P")
         self.stop_action = self._action("S&top Training", self.training_panel.stop, "Ctrl+.")
         self.new_run_action = self._action("&New Run", self.training_panel.new_run, None,
                                            "Forget the opened run: the next Start begins a new one.")
-        self.generate_action = self._action("&Generate", self._generate, "Ctrl+G", "Generate images with the chosen sampler.")
+        self.generate_action = self._action("&Generate", self._generate, "Ctrl+G",
+                                            "Generate images with the chosen sampler.")
         self.cancel_action = self._action("&Cancel Generation", self.sampling_panel.cancel, "Ctrl+Shift+G")
         for a in (self.start_action, self.pause_action, self.stop_action, self.new_run_action):
             r.addAction(a)
@@ -150,7 +154,8 @@ class MainWindow(QMainWindow):
         for i, name in enumerate(("Dataset", "Training", "Sampling", "Forward Process")):
             v.addAction(self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}"))
         v.addSeparator()
-        self.log_action = self._action("&Log-scale Loss", lambda on: self.training_panel.loss_plot.set_log_scale(on), "Ctrl+L")
+        self.log_action = self._action("&Log-scale Loss", lambda on: self.training_panel.loss_plot.set_log_scale(on),
+                                       "Ctrl+L")
         self.log_action.setCheckable(True)
         self.training_panel.loss_plot.log_scale_changed.connect(self.log_action.setChecked)
         v.addAction(self.log_action)
@@ -184,7 +189,8 @@ class MainWindow(QMainWindow):
         from .. import __version__
 
         torch = sys.modules.get("torch")  # imported by the device probe; never imported here
-        versions = f"PySide6 {PySide6.__version__} · Qt {qVersion()}" + (f" · torch {torch.__version__}" if torch else "")
+        versions = (f"PySide6 {PySide6.__version__} · Qt {qVersion()}"
+                    + (f" · torch {torch.__version__}" if torch else ""))
         return (f"<b>DDPM Studio {__version__}</b><p>Train denoising diffusion probabilistic models "
                 "(Ho et al. 2020) on your own images and watch them work.</p>"
                 f"<p>{versions}</p>"
@@ -306,5 +312,20 @@ class MainWindow(QMainWindow):
             self.device_task.cancel()
         for task in running_tasks():
             task.cancel()
-        for task in running_tasks():
+        waiting = running_tasks()
+        if waiting:  # say what closing waits for (training saves its checkpoint first)
+            self.closing_message = waiting_message([t.name for t in waiting])
+            self.activity_label.setText(self.closing_message)
+            self.setWindowTitle(f"{self.windowTitle().split(' — ')[0]} — {self.closing_message}")
+            QApplication.processEvents()
+        for task in waiting:
             task.wait(timeout_ms)
+
+
+def waiting_message(names: list[str]) -> str:
+    """'Closing: waiting for training to save its checkpoint and sampling to stop…'"""
+    words = {"training": "training to save its checkpoint", "sampling": "sampling to stop",
+             "dataset": "the image load to stop", "export": "the export to finish",
+             "device": "the device check", "history": "the run's history to load", "preview": "a preview to load"}
+    what = [words.get(n, f"{n} to stop") for n in dict.fromkeys(names)]
+    return "Closing: waiting for " + " and ".join(what) + "…"

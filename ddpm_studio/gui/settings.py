@@ -32,6 +32,35 @@ def get(settings: QSettings, key: str, default, kind=None):
     return value
 
 
+def save_section(settings: QSettings, prefix: str, section, names: tuple[str, ...] | None = None) -> None:
+    """Write a config section's fields (all, or ``names``) as ``prefix/<field>``, typed by the schema."""
+    from ..config import settings_of
+
+    for s in settings_of(section):
+        value = getattr(section, s.name)
+        if (names is None or s.name in names) and value is not None and not s.kind.startswith("tuple["):
+            settings.setValue(f"{prefix}/{s.name}", value)
+
+
+def restore_section(settings: QSettings, prefix: str, section, names: tuple[str, ...] | None = None):
+    """``section`` with the saved fields the schema accepts; a saved value that no longer fits is left out."""
+    import dataclasses
+
+    from ..config import settings_of
+
+    kinds = {"bool": bool, "int": int, "float": float, "str": str}
+    for s in settings_of(section):
+        key = f"{prefix}/{s.name}"
+        if (names is not None and s.name not in names) or s.kind not in kinds or not settings.contains(key):
+            continue
+        trial = dataclasses.replace(section, **{s.name: get(settings, key, getattr(section, s.name) or s.default,
+                                                            kind=kinds[s.kind])})
+        try:
+            trial.validate()
+        except ValueError:
+            continue
+        section = trial
+    return section
 def last_dir(kind: str, default) -> str:
     """The folder a file dialog of ``kind`` ("runs", "exports", "images") used last, if it still exists."""
     import os

@@ -25,14 +25,11 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-
-class TaskCancelled(Exception):
-    """Raised by a job function that stopped because ``should_stop()`` became true."""
+from ..errors import Cancelled
 
 
 def _is_cancellation(exc: BaseException) -> bool:
-    # data.Cancelled and our TaskCancelled; matched by name so this module imports no service.
-    return isinstance(exc, TaskCancelled) or type(exc).__name__ == "Cancelled"
+    return isinstance(exc, Cancelled)
 
 
 def plain_message(exc: BaseException) -> str:

@@ -53,10 +53,13 @@ def add_commands(sub, cli) -> None:
                        "§4.4; default sampler ddpm).")
     _source(i)
     i.add_argument("--seeds", type=cli._nonneg_int, nargs=2, metavar=("A", "B"), help="the two seeds")
-    i.add_argument("--images", nargs=2, metavar=("A.png", "B.png"), help="two images (cropped and resized to the model's size)")
-    i.add_argument("--t", type=cli._nonneg_int, metavar="T", help="with --images: the timestep to noise to (default T/2)")
+    i.add_argument("--images", nargs=2, metavar=("A.png", "B.png"),
+                   help="two images (cropped and resized to the model's size)")
+    i.add_argument("--t", type=cli._nonneg_int, metavar="T",
+                   help="with --images: the timestep to noise to (default T/2)")
     i.add_argument("--seed", type=cli._nonneg_int, default=0, metavar="S", help="with --images: the noise (default 0)")
-    i.add_argument("--frames", type=cli._positive_int, default=16, metavar="F", help="frames, ends included (default 16)")
+    i.add_argument("--frames", type=cli._positive_int, default=16, metavar="F",
+                   help="frames, ends included (default 16)")
     _sampler_flags(i, cli, "ddim")
     i.add_argument("--out", metavar="FILE.png", help="the strip of frames")
     i.add_argument("--gif", metavar="FILE.gif", help="an animated walk (there and back)")
@@ -71,12 +74,17 @@ def add_commands(sub, cli) -> None:
     ch.add_argument("--num", type=cli._positive_int, default=1, metavar="N", help="images in the chain (default 1)")
     ch.add_argument("--seed", type=cli._nonneg_int, default=0, metavar="S")
     ch.add_argument("--sheet", metavar="FILE.png", help="contact sheet")
-    ch.add_argument("--every", type=cli._positive_int, metavar="K", help="sheet/animation: every K-th step (default: ~12 columns)")
+    ch.add_argument("--every", type=cli._positive_int, metavar="K",
+                    help="sheet/animation: every K-th step (default: ~12 columns)")
     ch.add_argument("--gif", metavar="FILE.gif", help="animated GIF of the three views")
     ch.add_argument("--apng", metavar="FILE.png", help="animated PNG (lossless) of the three views")
     ch.add_argument("--overlay-t", action="store_true", help="write t on every animation frame")
     ch.add_argument("--fps", type=cli._positive_float, default=10.0)
 
+    _add_branch(sub, cli)
+
+
+def _add_branch(sub, cli) -> None:
     b = sub.add_parser("branch", help="rerun a chain from one of its steps: which features are decided when",
                        description="Run one chain; at each --at step, rerun the rest --branches times with new "
                        "noise (stochastic samplers), or, with --renoise-t, re-noise that step's predicted x_0 to t "
@@ -91,7 +99,7 @@ def add_commands(sub, cli) -> None:
 
 
 def _load(args):
-    from ddpm_studio.sampling.service import load_model
+    from ddpm_studio.artifacts.loading import load_model
 
     loaded = load_model(args.run or args.checkpoint or args.model, device=args.device)
     for note in loaded.notes:

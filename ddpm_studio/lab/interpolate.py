@@ -128,7 +128,10 @@ def image_walk(model, diffusion, sampling: SamplingConfig, x0_a: torch.Tensor, x
         if should_stop is not None and should_stop():
             return
         # the end frames decode the noised images themselves (bit for bit: no arithmetic on them)
-        x = walk.x_t_a.clone() if lam == 0 else walk.x_t_b.clone() if lam == 1 else (1.0 - lam) * walk.x_t_a + lam * walk.x_t_b
+        if lam in (0, 1):
+            x = (walk.x_t_a if lam == 0 else walk.x_t_b).clone()
+        else:
+            x = (1.0 - lam) * walk.x_t_a + lam * walk.x_t_b
         out = _decode(model, diffusion, sampling, x, start_index=walk.start_index, seed=seed + 1, device=device,
                       should_stop=should_stop)
         if out is None:
@@ -161,7 +164,10 @@ def fit_array(image: np.ndarray, image_shape) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.shape[-1] != c:
-        arr = np.repeat(arr, 3, axis=2) if c == 3 else np.round(arr[..., :3] @ [0.299, 0.587, 0.114])[..., None].astype(np.uint8)
+        if c == 3:
+            arr = np.repeat(arr, 3, axis=2)
+        else:
+            arr = np.round(arr[..., :3] @ [0.299, 0.587, 0.114])[..., None].astype(np.uint8)
     if arr.shape[:2] != (h, w):
         im = Image.fromarray(arr[..., 0] if c == 1 else arr).resize((w, h), Image.Resampling.LANCZOS)
         arr = np.asarray(im)

@@ -112,3 +112,11 @@ class ProgressRow(QWidget):
         self.cancel_button.setVisible(False)
         self.label.setText(message)
 
+
+def column_widget(layout, min_width: int, max_width: int) -> QWidget:
+    """A widget holding ``layout``, between ``min_width`` and ``max_width`` px wide (a panel's settings column)."""
+    w = QWidget()
+    w.setLayout(layout)
+    w.setMinimumWidth(min_width)
+    w.setMaximumWidth(max_width)
+    return w

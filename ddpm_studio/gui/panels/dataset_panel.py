@@ -20,7 +20,7 @@ from ..widgets.doctor_view import DoctorView
 from ..widgets.drop_zone import DropZone
 from ..widgets.thumbnail_grid import ThumbnailGrid
 from ..workers import Task
-from .common import ProgressRow, add_row, int_spin, section
+from .common import ProgressRow, add_row, column_widget, int_spin, section
 
 IMAGE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 CHANNEL_CHOICES = (("auto", "Automatic"), ("3", "RGB"), ("1", "Grayscale"))
@@ -38,18 +38,47 @@ class DatasetPanel(QWidget):
         self._pending_sources: list[str] = []
         self.ask_folder = self._ask_folder  # replaceable (tests)
 
+        left_w = self._build_left()
+        right = self._build_right()
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(right, 1)
+        self._show_skipped([])
+        self._options_changed()
+        state.activity_changed.connect(self._lock_while_training)
+
+    def _build_left(self) -> QWidget:
+        """The drop zone and the preprocessing settings."""
         # -- left: drop zone and preprocessing -----------------------------------------------
         self.drop_zone = DropZone()
         self.drop_zone.paths_dropped.connect(self.load_paths)
         self.drop_zone.browse_requested.connect(self.open_folder)
 
+        box = self._build_preprocessing()
+        self.progress = ProgressRow()
+        self.progress.cancel_clicked.connect(self.cancel)
+
+        self.training_note = QLabel("Training runs on the images loaded now; stop it to change the dataset.")
+        self.training_note.setWordWrap(True)
+        self.training_note.setStyleSheet("color: palette(mid);")
+        self.training_note.setVisible(False)
+
+        left = QVBoxLayout()
+        left.addWidget(self.training_note)
+        left.addWidget(self.drop_zone)
+        left.addWidget(box)
+        left.addStretch(1)
+        return column_widget(left, 300, 380)
+
+    def _build_preprocessing(self) -> QWidget:
         box, form = section("Preprocessing")
         self.size_combo = QComboBox()
         for s in IMAGE_SIZES:
             self.size_combo.addItem(f"{s} × {s} px", s)
         self.size_combo.setCurrentIndex(IMAGE_SIZES.index(32))
         add_row(form, "Image size", self.size_combo,
-                "Every image is resized on its short side and center-cropped to this square; small sizes train much faster.")
+                "Every image is resized on its short side and center-cropped to this square; small sizes train much "
+                "faster.")
         self.channels_combo = QComboBox()
         for value, text in CHANNEL_CHOICES:
             self.channels_combo.addItem(text, value)
@@ -72,7 +101,8 @@ class DatasetPanel(QWidget):
         self.apply_button.setToolTip("Decode the current images again with the preprocessing above.")
         self.apply_button.clicked.connect(self.reload)
         self.builtin_button = QPushButton("Use Built-in Dataset")
-        self.builtin_button.setToolTip("The shapes dataset that ships with DDPM Studio; the tiny preset learns it in minutes.")
+        self.builtin_button.setToolTip("The shapes dataset that ships with DDPM Studio; the tiny preset learns it in "
+                                       "minutes.")
         self.builtin_button.clicked.connect(lambda: self.load_paths([]))
         form.addRow(self.apply_button)
         form.addRow(self.builtin_button)
@@ -80,19 +110,9 @@ class DatasetPanel(QWidget):
             w.currentIndexChanged.connect(self._options_changed)
         self.flip_check.toggled.connect(self._options_changed)
         self.min_size_spin.valueChanged.connect(self._options_changed)
+        return box
 
-        self.progress = ProgressRow()
-        self.progress.cancel_clicked.connect(self.cancel)
-
-        left = QVBoxLayout()
-        left.addWidget(self.drop_zone)
-        left.addWidget(box)
-        left.addStretch(1)
-        left_w = QWidget()
-        left_w.setLayout(left)
-        left_w.setMaximumWidth(380)
-        left_w.setMinimumWidth(300)
-
+    def _build_right(self) -> QVBoxLayout:
         # -- right: summary, thumbnails, skipped files ---------------------------------------------
         self.summary = QLabel("No images loaded")
         f = self.summary.font()
@@ -121,7 +141,7 @@ class DatasetPanel(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.grid)
         split.addWidget(skipped_w)
-        self.doctor = DoctorView(state, lambda: list(self.sources),  # issue 17: the dataset doctor
+        self.doctor = DoctorView(self.state, lambda: list(self.sources),  # issue 17: the dataset doctor
                                  lambda: (int(self.size_combo.currentData()), self.flip_check.isChecked()))
         self.doctor.exclude_requested.connect(self.load_paths)
         split.addWidget(self.doctor)
@@ -133,18 +153,7 @@ class DatasetPanel(QWidget):
         right.addWidget(self.source_label)
         right.addWidget(self.progress)
         right.addWidget(split, 1)
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left_w)
-        lay.addLayout(right, 1)
-        self.training_note = QLabel("Training runs on the images loaded now; stop it to change the dataset.")
-        self.training_note.setWordWrap(True)
-        self.training_note.setStyleSheet("color: palette(mid);")
-        self.training_note.setVisible(False)
-        left.insertWidget(0, self.training_note)
-        self._show_skipped([])
-        self._options_changed()
-        state.activity_changed.connect(self._lock_while_training)
+        return right
 
     # -- options ----------------------------------------------------------------------------------
     def data_config(self) -> DataConfig:
@@ -282,7 +291,8 @@ class DatasetPanel(QWidget):
         items = [QTreeWidgetItem([str(s.path), str(s.reason)]) for s in skipped]
         self.skipped.addTopLevelItems(items)
         self.skipped_label.setText(
-            f"<b>Skipped files ({len(skipped)})</b>" if skipped else "<b>Skipped files</b> <span style='color:gray'>none</span>"
+            f"<b>Skipped files ({len(skipped)})</b>" if skipped
+            else "<b>Skipped files</b> <span style='color:gray'>none</span>"
         )
 
     # -- settings ---------------------------------------------------------------------------------

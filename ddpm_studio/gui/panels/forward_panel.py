@@ -56,27 +56,7 @@ class ForwardPanel(QWidget):
         for v in (self.x0_view, self.noise_view, self.xt_view):
             views.addWidget(v, 1)
 
-        self.t_slider = QSlider(Qt.Orientation.Horizontal)
-        self.t_slider.setToolTip("The timestep t: how much noise the forward process has added (0 = almost none).")
-        self.t_slider.valueChanged.connect(self.set_t)
-        self.t_label = QLabel("t = 0")
-        self.t_label.setMinimumWidth(0)
-        self.seed_spin = int_spin(0, 2**31 - 1, 0)
-        self.seed_spin.setPrefix("noise seed ")
-        self.seed_spin.setToolTip("The seed of ε; the same seed gives the same noise at every t.")
-        self.seed_spin.valueChanged.connect(lambda _: self._new_noise())
-        self.resample = QPushButton("New Noise")
-        self.resample.setToolTip("Draw a different ε.")
-        self.resample.clicked.connect(lambda: self.seed_spin.setValue(self.seed_spin.value() + 1))
-        trow = QHBoxLayout()
-        trow.addWidget(QLabel("t"))
-        trow.addWidget(self.t_slider, 1)  # the slider keeps the row's width; the readout has a row of its own
-        trow.addWidget(self.seed_spin)
-        trow.addWidget(self.resample)
-        explain = QLabel("The forward process needs no network: q(x_t | x₀) = N(√ᾱ_t · x₀, (1 − ᾱ_t) I). "
-                         "Training teaches the network to undo it, one t at a time.")
-        explain.setWordWrap(True)
-        explain.setStyleSheet("color: palette(mid);")
+        trow, explain = self._build_controls()
 
         self.schedule_plot = SchedulePlot(title="Noise schedule (from the Training tab)", compact=True)
         top = QWidget()
@@ -100,6 +80,31 @@ class ForwardPanel(QWidget):
         self.set_schedule(*state.schedule)
         if state.images is not None:
             self.set_images(state.images)
+
+    def _build_controls(self) -> tuple[QHBoxLayout, QLabel]:
+        """The t slider, the noise seed and the line explaining the forward process."""
+        self.t_slider = QSlider(Qt.Orientation.Horizontal)
+        self.t_slider.setToolTip("The timestep t: how much noise the forward process has added (0 = almost none).")
+        self.t_slider.valueChanged.connect(self.set_t)
+        self.t_label = QLabel("t = 0")
+        self.t_label.setMinimumWidth(0)
+        self.seed_spin = int_spin(0, 2**31 - 1, 0)
+        self.seed_spin.setPrefix("noise seed ")
+        self.seed_spin.setToolTip("The seed of ε; the same seed gives the same noise at every t.")
+        self.seed_spin.valueChanged.connect(lambda _: self._new_noise())
+        self.resample = QPushButton("New Noise")
+        self.resample.setToolTip("Draw a different ε.")
+        self.resample.clicked.connect(lambda: self.seed_spin.setValue(self.seed_spin.value() + 1))
+        trow = QHBoxLayout()
+        trow.addWidget(QLabel("t"))
+        trow.addWidget(self.t_slider, 1)  # the slider keeps the row's width; the readout has a row of its own
+        trow.addWidget(self.seed_spin)
+        trow.addWidget(self.resample)
+        explain = QLabel("The forward process needs no network: q(x_t | x₀) = N(√ᾱ_t · x₀, (1 − ᾱ_t) I). "
+                         "Training teaches the network to undo it, one t at a time.")
+        explain.setWordWrap(True)
+        explain.setStyleSheet("color: palette(mid);")
+        return trow, explain
 
     def set_schedule(self, kind: str, T: int) -> None:
         from ...engine.schedules import NoiseSchedule

@@ -8,6 +8,10 @@
   re-noise x̂0 to a chosen t with q(x_t | x_0) and denoise again (one strip per branch point);
 - **Interpolate**: slerp between two seeds' x_T (deterministic sampler: the ends are the seeds' own
   samples), or two images noised to t and mixed (Ho et al. 2020, §4.4); the weight on a slider.
+
+Length (over 500 lines, on purpose): one module per panel (STYLE.md), and this panel is three modes'
+widgets, wiring and exports; the work itself is Qt-free in ``ddpm_studio/lab/`` and runs through
+``gui/lab_jobs.py``, so what is left here is only the view.
 """
 
 from __future__ import annotations
@@ -184,13 +188,21 @@ class LabPanel(QWidget):
         srow.addWidget(self.chain_slider, 1)
         srow.addWidget(self.chain_label)
         lay.addLayout(srow)
+        lay.addLayout(self._build_branch_row())
+        self.branch_view = BoardView("Scrub to a step and press Branch Here: which features are already decided?")
+        lay.addWidget(self.branch_view, 2)
+        return w
+
+    def _build_branch_row(self) -> QHBoxLayout:
+        """How to branch the chain at the step on screen, and the strips' export."""
         brow = QHBoxLayout()
         self.branch_mode = QComboBox()
         self.branch_mode.addItem("Rerun the rest with new noise", "rest")
         self.branch_mode.addItem("Re-noise x̂0 to t and denoise", "renoise")
         self.branch_mode.currentIndexChanged.connect(lambda _: self._update_buttons())
-        self.branch_mode.setToolTip("New noise: needs a stochastic sampler (DDPM, DDIM with η > 0, DPM-Solver++ 2M SDE). "
-                                    "Re-noise: x_t ~ q(x_t | x̂0) at the chosen t, then the sampler's remaining steps.")
+        self.branch_mode.setToolTip("New noise: needs a stochastic sampler (DDPM, DDIM with η > 0, "
+                                    "DPM-Solver++ 2M SDE). Re-noise: x_t ~ q(x_t | x̂0) at the chosen t, then the "
+                                    "sampler's remaining steps.")
         self.branch_count = int_spin(1, 16, 6)
         self.branch_count.setPrefix("× ")
         self.branch_t = int_spin(0, 4000, 500)
@@ -204,10 +216,7 @@ class LabPanel(QWidget):
         for x in (self.branch_mode, self.branch_count, self.branch_t, self.branch_button, self.export_strips_button):
             brow.addWidget(x)
         brow.addStretch(1)
-        lay.addLayout(brow)
-        self.branch_view = BoardView("Scrub to a step and press Branch Here: which features are already decided?")
-        lay.addWidget(self.branch_view, 2)
-        return w
+        return brow
 
     def _build_interpolate(self) -> QWidget:
         w = QWidget()
@@ -231,24 +240,7 @@ class LabPanel(QWidget):
             row.addWidget(x)
         row.addStretch(1)
         lay.addLayout(row)
-        irow = QHBoxLayout()
-        self.image_a_button = QPushButton("Image A…")
-        self.image_b_button = QPushButton("Image B…")
-        self.image_a_button.clicked.connect(lambda: self.choose_image(0))
-        self.image_b_button.clicked.connect(lambda: self.choose_image(1))
-        self.generated_button = QPushButton("A, B ← Chain Result")
-        self.generated_button.setToolTip("Use the first two images the Chain & Branch mode generated (run a chain "
-                                         "with 2 or more images first).")
-        self.generated_button.clicked.connect(self.use_generated)
-        self.data_a = int_spin(0, 10**7, 0)
-        self.data_a.setPrefix("dataset #")
-        self.data_b = int_spin(0, 10**7, 1)
-        self.data_b.setPrefix("dataset #")
-        self.images_label = _hint("Images: dataset pictures by number, or files chosen with Image A… / B….")
-        for x in (self.image_a_button, self.data_a, self.image_b_button, self.data_b, self.generated_button):
-            irow.addWidget(x)
-        irow.addWidget(self.images_label, 1)
-        lay.addLayout(irow)
+        lay.addLayout(self._build_interp_images())
         self.interp_view = CaptionedView("weight 0.00", "Press Interpolate")
         lay.addWidget(self.interp_view, 3)
         wrow = QHBoxLayout()
@@ -270,6 +262,27 @@ class LabPanel(QWidget):
         self.strip_view.setMinimumHeight(90)
         lay.addWidget(self.strip_view, 1)
         return w
+
+    def _build_interp_images(self) -> QHBoxLayout:
+        """The row choosing image interpolation's two ends: files, dataset numbers or the chain's result."""
+        irow = QHBoxLayout()
+        self.image_a_button = QPushButton("Image A…")
+        self.image_b_button = QPushButton("Image B…")
+        self.image_a_button.clicked.connect(lambda: self.choose_image(0))
+        self.image_b_button.clicked.connect(lambda: self.choose_image(1))
+        self.generated_button = QPushButton("A, B ← Chain Result")
+        self.generated_button.setToolTip("Use the first two images the Chain & Branch mode generated (run a chain "
+                                         "with 2 or more images first).")
+        self.generated_button.clicked.connect(self.use_generated)
+        self.data_a = int_spin(0, 10**7, 0)
+        self.data_a.setPrefix("dataset #")
+        self.data_b = int_spin(0, 10**7, 1)
+        self.data_b.setPrefix("dataset #")
+        self.images_label = _hint("Images: dataset pictures by number, or files chosen with Image A… / B….")
+        for x in (self.image_a_button, self.data_a, self.image_b_button, self.data_b, self.generated_button):
+            irow.addWidget(x)
+        irow.addWidget(self.images_label, 1)
+        return irow
 
     # -- settings -------------------------------------------------------------------------------
     def _sampler_changed(self) -> None:
@@ -308,7 +321,7 @@ class LabPanel(QWidget):
         def get():
             if cached is not None:
                 return cached
-            from ...sampling.service import load_model
+            from ...artifacts.loading import load_model
 
             return load_model(path)
 
@@ -463,13 +476,14 @@ class LabPanel(QWidget):
         from ...lab.chain import is_stochastic
 
         if mode == "rest" and not is_stochastic(self.chain.sampling):
-            self.state.report_error(f"{self.chain.sampling.sampler} adds no noise after x_T, so every rerun would be the "
-                                    "same image: run the chain with DDPM, DDIM with η > 0 or DPM-Solver++ 2M SDE, or "
-                                    "choose \u201cRe-noise x̂0 to t\u201d.")
+            self.state.report_error(f"{self.chain.sampling.sampler} adds no noise after x_T, so every rerun "
+                                    "would be the same image: run the chain with DDPM, DDIM with η > 0 or "
+                                    "DPM-Solver++ 2M SDE, or choose \u201cRe-noise x̂0 to t\u201d.")
             return False
         seed = self.seed_spin.value() + 1 + len(self.branch_rows)
-        fn = lab_jobs.make_branch(self._get_model(), self.chain, frame.index, mode=mode, count=self.branch_count.value(),
-                                  t=self.branch_t.value(), seed=seed, previous=list(self.branch_rows))
+        fn = lab_jobs.make_branch(self._get_model(), self.chain, frame.index, mode=mode,
+                                  count=self.branch_count.value(), t=self.branch_t.value(), seed=seed,
+                                  previous=list(self.branch_rows))
         return self._start(fn, "lab-branch", f"Branching at t = {frame.t}…", lambda _: None, self._on_branch,
                            self.branch_finished)
 

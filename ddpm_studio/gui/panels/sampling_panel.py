@@ -3,7 +3,10 @@
 The chain runs on a worker thread (:func:`..jobs.make_sample`), which turns the recorded steps into
 ``uint8`` grids and sends them in batches (at most ~30 a second, plus the last). Every step is
 recorded while the chain fits the memory budget, every k-th beyond it. Exports run on worker
-threads too.
+threads too. Which model Generate uses is ``sampling.session.SamplingSession``'s decision (Qt-free).
+
+Length (over 500 lines, on purpose): one module per panel (STYLE.md): the settings, the live chain
+viewer with its playback, and four exports, all widgets and wiring.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, 
 
 from ... import paths
 from ...config import SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, SamplingConfig, sampler_default_steps
+from ...sampling.session import SamplingSession, schedule_of
 from .. import jobs
 from .. import settings as settings_mod
 from ..state import StudioState
@@ -77,6 +81,10 @@ class ChainViewer(QWidget):
         super().mousePressEvent(e)
 
 
+# The SamplingConfig fields this panel has widgets for (and keeps in the settings file, by the schema).
+PANEL_FIELDS = ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed", "spacing")
+
+
 class SamplingPanel(QWidget):
     generation_finished = Signal(object)  # SampleResult | None
     export_finished = Signal(list)  # paths written
@@ -90,8 +98,7 @@ class SamplingPanel(QWidget):
         self.export_task: Task | None = None
         self.frames: list[jobs.ChainFrame] = []
         self.result: jobs.SampleResult | None = None
-        self.model_path: str | None = None
-        self._loaded = None  # cached LoadedModel for model_path
+        self.session = SamplingSession()  # which model Generate uses; this panel shows it
         self._model_config = None
         self.frames_received = 0
         self.follow_live = True
@@ -106,8 +113,22 @@ class SamplingPanel(QWidget):
         self._update_buttons()
 
     # -- layout -----------------------------------------------------------------------------------
+    @property
+    def model_path(self) -> str | None:
+        return self.session.model_path
+
     def _build(self) -> None:
         sd = SamplingConfig()
+        boxes = [self._build_model(), self._build_sampler(sd), self._build_images(sd), self._build_buttons(),
+                 self._build_export()]
+        scroll = settings_column(boxes)
+        scroll.setMinimumWidth(max(330, scroll.minimumWidth()))
+        scroll.setMaximumWidth(400)
+        lay = QHBoxLayout(self)
+        lay.addWidget(scroll)
+        lay.addLayout(self._build_viewer(), 1)
+
+    def _build_model(self) -> QWidget:
         mbox, mform = section("Model")
         self.src_trained = QRadioButton("The model being trained")
         self.src_trained.setToolTip("Sample from a copy of the current EMA weights of the training run.")
@@ -130,7 +151,9 @@ class SamplingPanel(QWidget):
         mform.addRow(self.open_button)
         mform.addRow(self.model_label)
         self.src_group.buttonToggled.connect(lambda *_: self._update_model_label())
+        return mbox
 
+    def _build_sampler(self, sd: SamplingConfig) -> QWidget:
         sbox, sform = section("Sampler")
         self.sampler_combo = QComboBox()
         for name in SAMPLERS:
@@ -155,17 +178,21 @@ class SamplingPanel(QWidget):
         self.spacing_combo = QComboBox()
         for name in SPACINGS:
             self.spacing_combo.addItem(name.capitalize(), name)
-            self.spacing_combo.setItemData(self.spacing_combo.count() - 1, SPACING_HINTS[name], Qt.ItemDataRole.ToolTipRole)
+            self.spacing_combo.setItemData(self.spacing_combo.count() - 1, SPACING_HINTS[name],
+                                           Qt.ItemDataRole.ToolTipRole)
         self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(sd.spacing)))
-        add_row(sform, "Spacing", self.spacing_combo, "Which timesteps the steps visit. Trailing starts from pure noise "
-                "for every step count; leading is diffusers' old default, kept for comparisons.")
+        add_row(sform, "Spacing", self.spacing_combo, "Which timesteps the steps visit. Trailing starts from pure "
+                "noise for every step count; leading is diffusers' old default, kept for comparisons.")
         self.eta_spin = float_spin(0.0, 1.0, sd.eta, 2, 0.1)
         add_row(sform, "η (eta)", self.eta_spin, "0 = deterministic DDIM; 1 adds as much noise as ancestral sampling.")
         self.clip_check = QCheckBox("Clip predicted x₀ to [-1, 1]")
         self.clip_check.setChecked(sd.clip_denoised)
-        add_row(sform, "Clip", self.clip_check, "Keep the model's guess of the clean image inside the valid range at every step.")
+        add_row(sform, "Clip", self.clip_check, "Keep the model's guess of the clean image inside the valid range at "
+                                                "every step.")
         self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
+        return sbox
 
+    def _build_images(self, sd: SamplingConfig) -> QWidget:
         ibox, iform = section("Images")
         self.num_spin = int_spin(1, 1024, sd.num_images)
         add_row(iform, "Number", self.num_spin, "How many images to generate at once; they are shown as a grid.")
@@ -180,7 +207,9 @@ class SamplingPanel(QWidget):
         sr.addWidget(self.dice)
         add_row(iform, "Seed", seed_row, "Same seed and settings, same images.")
         self.seed_spin.setToolTip(seed_row.toolTip())
+        return ibox
 
+    def _build_buttons(self) -> QHBoxLayout:
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
         self.generate_button.setToolTip("Run the reverse chain from pure noise (Ctrl+G).")
@@ -191,23 +220,29 @@ class SamplingPanel(QWidget):
         brow = QHBoxLayout()
         brow.addWidget(self.generate_button, 2)
         brow.addWidget(self.cancel_button, 1)
+        return brow
 
+    def _build_export(self) -> QWidget:
         ebox, eform = section("Export")
         self.scale_spin = int_spin(1, 16, 4, 1, "×")
-        add_row(eform, "Upscale", self.scale_spin, "Enlarge exported images by this factor with crisp, nearest-neighbour pixels.")
+        add_row(eform, "Upscale", self.scale_spin, "Enlarge exported images by this factor with crisp, "
+                                                   "nearest-neighbour pixels.")
         self.layout_combo = QComboBox()
         self.layout_combo.addItem("One grid image", "grid")
         self.layout_combo.addItem("One file per image", "each")
-        add_row(eform, "Samples as", self.layout_combo, "Save the final samples tiled into one PNG or as separate PNG files.")
+        add_row(eform, "Samples as", self.layout_combo, "Save the final samples tiled into one PNG or as separate PNG "
+                                                        "files.")
         self.gif_stride_spin = int_spin(1, 1000, 1)
-        add_row(eform, "GIF stride", self.gif_stride_spin, "Use every n-th recorded step in the GIF (the last step is always kept).")
+        add_row(eform, "GIF stride", self.gif_stride_spin, "Use every n-th recorded step in the GIF (the last step is "
+                                                           "always kept).")
         self.gif_fps_spin = int_spin(1, 60, 20, 1, " fps")
         add_row(eform, "GIF speed", self.gif_fps_spin, "Frames per second of the animated GIF.")
         self.gif_hold_spin = float_spin(0.0, 30.0, 1.5, 1, 0.5)
         self.gif_hold_spin.setSuffix(" s")
         add_row(eform, "Hold last", self.gif_hold_spin, "How long the GIF lingers on the final samples before looping.")
         self.export_frame_button = QPushButton("Frame…")
-        self.export_frame_button.setToolTip("Save the frame on screen (x_t and predicted x₀ side by side) as PNG (Ctrl+E).")
+        self.export_frame_button.setToolTip("Save the frame on screen (x_t and predicted x₀ side by side) as PNG "
+                                            "(Ctrl+E).")
         self.export_samples_button = QPushButton("Samples…")
         self.export_samples_button.setToolTip("Save the final samples as PNG.")
         self.export_gif_button = QPushButton("GIF…")
@@ -220,11 +255,10 @@ class SamplingPanel(QWidget):
         erow.addWidget(self.export_samples_button)
         erow.addWidget(self.export_gif_button)
         eform.addRow(erow)
+        return ebox
 
-        scroll = settings_column([mbox, sbox, ibox, brow, ebox])
-        scroll.setMinimumWidth(max(330, scroll.minimumWidth()))
-        scroll.setMaximumWidth(400)
-
+    def _build_viewer(self) -> QVBoxLayout:
+        """Progress, the chain viewer and the model's noise schedule."""
         self.progress = ProgressRow()
         self.progress.cancel_clicked.connect(self.cancel)
         self.progress.cancel_button.hide()
@@ -253,9 +287,7 @@ class SamplingPanel(QWidget):
         right = QVBoxLayout()
         right.addWidget(self.progress)
         right.addWidget(vs, 1)
-        lay = QHBoxLayout(self)
-        lay.addWidget(scroll)
-        lay.addLayout(right, 1)
+        return right
 
     # -- options ----------------------------------------------------------------------------------
     def _sampler_changed(self, *_) -> None:
@@ -310,11 +342,12 @@ class SamplingPanel(QWidget):
         path = path or self._ask_model_path()  # replaceable in tests
         if not path:
             return False
-        if not os.path.exists(path):
+        try:
+            self.session.open(path)
+        except ValueError as e:
             if not quiet:
-                self.state.report_error(f"Cannot open the model: {path} does not exist", "")
+                self.state.report_error(f"Cannot open the model: {e}", "")
             return False
-        self.model_path, self._loaded = str(path), None
         p = Path(path).absolute()
         # the next dialog starts where this run is listed: beside a run folder, above a run's checkpoints/
         settings_mod.remember_dir("runs", p.parents[2] if p.parent.name == "checkpoints" and len(p.parents) > 2
@@ -331,7 +364,7 @@ class SamplingPanel(QWidget):
             self.info_task.cancel()
 
         def job(state):
-            from ...sampling.service import load_model
+            from ...artifacts.loading import load_model
 
             return load_model(path)
 
@@ -349,22 +382,11 @@ class SamplingPanel(QWidget):
         self.model_read.emit(path)
 
     def _on_model_unreadable(self, path: str, message: str) -> None:
-        if path == self.model_path and self._loaded is None:
+        if path == self.model_path and self.session.loaded is None:
             self.model_label.setText(f"{path}\ncannot be used: {message}")
 
     def _update_model_label(self) -> None:
-        if self.src_disk.isChecked():
-            if self.model_path:
-                text = f"{self.model_path}"
-                if self._loaded is not None:
-                    m = self._loaded.config.model
-                    text += f"\nstep {self._loaded.step:,} · {m.image_size} px · {'RGB' if m.in_channels == 3 else 'grayscale'}"
-                self.model_label.setText(text)
-            else:
-                self.model_label.setText("No model opened yet.")
-        else:
-            self.model_label.setText("Training is running or has run in this window." if self.state.trainer is not None
-                                     else "Nothing is training yet: start training, or open a run from disk.")
+        self.model_label.setText(self.session.describe(self.src_disk.isChecked(), self.state.trainer is not None))
         trained = self.state.trainer is not None
         self.src_trained.setEnabled(trained)
         self.src_trained.setToolTip("Sample from a copy of the current EMA weights of the training run."
@@ -372,24 +394,7 @@ class SamplingPanel(QWidget):
         self._update_buttons()
 
     def _model_getter(self):
-        if self.src_disk.isChecked():
-            if not self.model_path:
-                raise ValueError("no model is opened: choose a run folder or checkpoint first")
-            if self._loaded is not None:
-                loaded = self._loaded
-                return lambda: loaded
-            path = self.model_path
-
-            def load():
-                from ...sampling.service import load_model
-
-                return load_model(path)
-
-            return load
-        trainer = self.state.trainer
-        if trainer is None:
-            raise ValueError("nothing is training yet: start training first, or open a run from disk")
-        return trainer.snapshot
+        return self.session.model_getter(self.src_disk.isChecked(), self.state.trainer)
 
     # -- generation -------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -464,19 +469,10 @@ class SamplingPanel(QWidget):
 
     def _on_model_ready(self, m: jobs.ModelReady) -> None:
         self._model_config = m.config
-        d = m.config.diffusion
-        from ...engine.schedules import NoiseSchedule
-
-        if d.betas is not None:  # an imported model's exact betas (issue 15), not the family it is closest to
-            s = NoiseSchedule(np.asarray(d.betas, dtype=np.float64), kind="custom")
-            label = f"explicit betas (closest: {d.schedule})"
-        else:
-            s = NoiseSchedule.from_config(d.schedule, d.timesteps)
-            label = d.schedule
-        self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=label)
-        if self.src_disk.isChecked() and hasattr(m, "loaded") and m.loaded is not None:
-            first_time = self._loaded is None
-            self._loaded = m.loaded
+        schedule, label = schedule_of(m.config)
+        self.schedule_plot.set_schedule(schedule.betas, schedule.alphas_cumprod, schedule.snr, label=label)
+        if self.src_disk.isChecked() and getattr(m, "loaded", None) is not None:
+            first_time = self.session.model_loaded(m.loaded)
             self._update_model_label()
             if first_time and m.config.sampling.spacing != "trailing":
                 # a model that says how it is to be sampled (an imported scheduler's timestep_spacing):
@@ -659,7 +655,8 @@ class SamplingPanel(QWidget):
                 self.ask_save_path("Export Samples", "PNG image (*.png)", "samples.png")
         if not path:
             return False
-        return self._start_export(jobs.make_export_samples(self.result.images, path, per_image, self.scale_spin.value()),
+        return self._start_export(jobs.make_export_samples(self.result.images, path, per_image,
+                                                           self.scale_spin.value()),
                                   "Exporting samples", path)
 
     def export_gif(self, path: str | None = None) -> bool:
@@ -676,9 +673,9 @@ class SamplingPanel(QWidget):
 
     # -- settings ---------------------------------------------------------------------------------
     def save_settings(self, s) -> None:
-        c = self.sampling_config() if self._valid() else SamplingConfig()
-        for k in ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed", "spacing"):
-            s.setValue(f"sampling/{k}", getattr(c, k))
+        from ..settings import save_section
+
+        save_section(s, "sampling", self.sampling_config() if self._valid() else SamplingConfig(), PANEL_FIELDS)
         s.setValue("sampling/scale", self.scale_spin.value())
         s.setValue("sampling/gif_fps", self.gif_fps_spin.value())
         s.setValue("sampling/gif_stride", self.gif_stride_spin.value())
@@ -694,19 +691,9 @@ class SamplingPanel(QWidget):
             return False
 
     def restore_settings(self, s) -> None:
-        from ..settings import get
+        from ..settings import get, restore_section
 
-        d = SamplingConfig()
-        try:
-            c = SamplingConfig(sampler=get(s, "sampling/sampler", d.sampler), steps=get(s, "sampling/steps", d.steps),
-                               eta=get(s, "sampling/eta", d.eta), variance=get(s, "sampling/variance", d.variance),
-                               clip_denoised=get(s, "sampling/clip_denoised", d.clip_denoised),
-                               num_images=get(s, "sampling/num_images", d.num_images), seed=get(s, "sampling/seed", d.seed),
-                               spacing=get(s, "sampling/spacing", d.spacing))
-            c.validate()
-            self.set_sampling_config(c)
-        except ValueError:
-            pass
+        self.set_sampling_config(restore_section(s, "sampling", SamplingConfig(), PANEL_FIELDS))
         self.scale_spin.setValue(get(s, "sampling/scale", 4))
         self.gif_fps_spin.setValue(get(s, "sampling/gif_fps", 20))
         self.gif_stride_spin.setValue(get(s, "sampling/gif_stride", 1))
@@ -715,12 +702,12 @@ class SamplingPanel(QWidget):
         remembered = get(s, "sampling/model_path", "")
         if remembered and os.path.exists(remembered) and not self.model_path:
             # the model opened last time; read once torch is imported (the start-up device probe)
-            self.model_path = remembered
+            self.session.model_path = remembered
             self.src_disk.setChecked(True)
             self._update_model_label()
             self.state.device_changed.connect(self._read_remembered_model)
 
     def _read_remembered_model(self, *_) -> None:
         self.state.device_changed.disconnect(self._read_remembered_model)
-        if self.model_path and self._loaded is None and self.info_task is None:
+        if self.model_path and self.session.loaded is None and self.info_task is None:
             self._read_model(self.model_path)

@@ -1,7 +1,12 @@
 """Training panel: presets and hyperparameters, Start / Pause / Stop, live loss, schedule and previews.
 
 The trainer runs on a worker thread (:func:`..jobs.make_train`); pausing and stopping go through
-the trainer's thread-safe ``TrainControl``, called directly from the UI thread.
+the trainer's thread-safe ``TrainControl``, called directly from the UI thread. What Start runs and
+which run stays open are decided by ``training.session.TrainingSession`` (Qt-free, tested without Qt);
+the "More settings" rows are a form generated from the config schema (``gui.forms``).
+
+Length (over 500 lines, on purpose): one module per panel (STYLE.md); it is widgets and their wiring,
+with the decisions in the session.
 """
 
 from __future__ import annotations
@@ -16,23 +21,25 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import (DEVICES, LOSS_WEIGHTINGS, NO_STEP_LIMIT, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
-                       DiffusionConfig, RunConfig, TrainConfig)
+from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
+                       DiffusionConfig, RunConfig, TrainConfig, settings_of)
+from ...training.session import History, TrainingSession, load_history, read_run_config
 from .. import jobs
+from ..forms import SchemaForm
 from ..state import StudioState
 from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
 from ...durations import format_time_left
-from .common import add_row, float_spin, int_spin, section, settings_column
+from .common import add_row, column_widget, float_spin, int_spin, section, settings_column
 
 DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 
 
-def _of_total(total: int) -> str:
+def _of_total(total: int | None) -> str:
     """' / N' after a step number, or a note for a run the clock ends (no step total)."""
-    return " (no step limit)" if total >= NO_STEP_LIMIT else f" / {total:,}"
+    return " (no step limit)" if total is None else f" / {total:,}"
 
 
 def schedule_arrays(kind: str, T: int):
@@ -40,6 +47,15 @@ def schedule_arrays(kind: str, T: int):
     from ...engine.schedules import NoiseSchedule
 
     return NoiseSchedule.from_config(kind, T)
+
+
+# TrainConfig fields with widgets of their own above; every other one (a new one too) is a row of
+# "More settings", generated from the schema (label, range, tooltip from config.py). Fields that may
+# be None (train.minutes) are set from the command line or a config file.
+HAND_TRAIN_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "grad_clip", "seed", "device",
+                     "precision", "preview_every", "checkpoint_every")
+ADVANCED_TRAIN_FIELDS = tuple(s.name for s in settings_of(TrainConfig)
+                              if s.name not in HAND_TRAIN_FIELDS and not s.nullable)
 
 
 class TrainingPanel(QWidget):
@@ -51,9 +67,7 @@ class TrainingPanel(QWidget):
         self.state = state
         self.task: Task | None = None
         self.control = None
-        self.run_dir: str | None = None
-        self.resume_dir: str | None = None  # set by Open Run: Start continues this run
-        self.resume_config: RunConfig | None = None
+        self.session = TrainingSession()  # the run decisions; this panel shows them
         self.overrides: dict[str, dict] = {}  # extra config fields (tests, benchmarks)
         self.last_finished = None
         self.metrics_received = 0
@@ -69,21 +83,42 @@ class TrainingPanel(QWidget):
         self._show_images_info()
 
     # -- layout -----------------------------------------------------------------------------------
+    # The session owns the run state; these read it (Open Run / a finished run set it there).
+    @property
+    def run_dir(self) -> str | None:
+        return self.session.run_dir
+
+    @property
+    def resume_dir(self) -> str | None:
+        return self.session.resume_dir
+
+    @property
+    def resume_config(self) -> RunConfig | None:
+        return self.session.resume_config
+
     def _build(self) -> None:
-        td = TrainConfig()
-        # Preset
+        boxes = [self._build_preset(), self._build_diffusion(), self._build_optimisation(), self._build_run(),
+                 self._build_more()]
+        left_w = self._build_buttons(settings_column(boxes))
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(self._build_plots(), 1)
+
+    def _build_preset(self) -> QWidget:
         pbox, pform = section("Preset")
         self.preset_combo = QComboBox()
         for name in PRESETS:
             self.preset_combo.addItem(name, name)
-        add_row(pform, "Model", self.preset_combo, "The network's size; each preset also sets sensible training values below.")
+        add_row(pform, "Model", self.preset_combo, "The network's size; each preset also sets sensible training "
+                                                   "values below.")
         self.preset_desc = QLabel("")
         self.preset_desc.setWordWrap(True)
         self.preset_desc.setStyleSheet("color: palette(mid);")
         pform.addRow(self.preset_desc)
         self.preset_combo.currentIndexChanged.connect(lambda _: self.apply_preset(self.preset_combo.currentData()))
+        return pbox
 
-        # Diffusion
+    def _build_diffusion(self) -> QWidget:
         dbox, dform = section("Diffusion")
         self.schedule_combo = QComboBox()
         self.schedule_combo.addItems(SCHEDULES)
@@ -101,11 +136,14 @@ class TrainingPanel(QWidget):
                 "none is the paper's L_simple; min_snr down-weights easy low-noise steps (Hang et al. 2023).")
         self.schedule_combo.currentIndexChanged.connect(self._schedule_changed)
         self.timesteps_spin.valueChanged.connect(self._schedule_changed)
+        return dbox
 
-        # Optimisation
+    def _build_optimisation(self) -> QWidget:
+        td = TrainConfig()
         obox, oform = section("Optimisation")
         self.steps_spin = int_spin(1, 10_000_000, td.steps, 500)
-        add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to this.")
+        add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to "
+                                                 "this.")
         self.batch_spin = int_spin(1, 4096, td.batch_size, 8)
         add_row(oform, "Batch size", self.batch_spin, "Images per step; larger is smoother but slower per step.")
         self.lr_spin = float_spin(1e-6, 1.0, td.lr, 6, 1e-4)
@@ -119,37 +157,48 @@ class TrainingPanel(QWidget):
         add_row(oform, "Gradient clip", self.clip_spin, "Limit the gradient's overall size to this; 0 turns it off.")
         self.seed_spin = int_spin(0, 2**31 - 1, td.seed)
         add_row(oform, "Seed", self.seed_spin, "Same seed, same weights, data order and noise.")
+        return obox
 
-        # Run
+    def _build_run(self) -> QWidget:
+        td = TrainConfig()
         rbox, rform = section("Run")
         self.device_combo = QComboBox()
         for d in DEVICES:
             self.device_combo.addItem(DEVICE_LABELS[d], d)
-        add_row(rform, "Device", self.device_combo, "Where training runs; Automatic picks CUDA, then Apple MPS, then the CPU.")
+        add_row(rform, "Device", self.device_combo, "Where training runs; Automatic picks CUDA, then Apple MPS, then "
+                                                    "the CPU.")
         self.precision_combo = QComboBox()
         self.precision_combo.addItems(PRECISIONS)
-        add_row(rform, "Precision", self.precision_combo, "Automatic: bf16 mixed precision on CPUs that compute bf16 natively (AVX-512 BF16 / AMX; about 1.4-2.5x "
+        add_row(rform, "Precision", self.precision_combo, "Automatic: bf16 mixed precision on CPUs that compute bf16 "
+                                                          "natively (AVX-512 BF16 / AMX; about 1.4-2.5x "
                 "faster), fp32 elsewhere. bf16/fp16 can be chosen for CUDA GPUs.")
         self.preview_spin = int_spin(0, 1_000_000, td.preview_every, 100)
         self.preview_spin.setSpecialValueText("off")
-        add_row(rform, "Preview every", self.preview_spin, "Steps between preview samples from the EMA model; 0 turns them off.")
+        add_row(rform, "Preview every", self.preview_spin, "Steps between preview samples from the EMA model; 0 turns "
+                                                           "them off.")
         self.ckpt_spin = int_spin(0, 10_000_000, td.checkpoint_every, 500)
         self.ckpt_spin.setSpecialValueText("by time only")
         add_row(rform, "Checkpoint every", self.ckpt_spin,
-                f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and at the end.")
-
+                f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and "
+                "at the end.")
         self.images_label = QLabel("")
         self.images_label.setWordWrap(True)
-        add_row(rform, "Images", self.images_label, "What the Dataset tab loaded: the size and channels the network is built for.")
+        add_row(rform, "Images", self.images_label,
+                "What the Dataset tab loaded: the size and channels the network is built for.")
+        return rbox
 
+    def _build_more(self) -> QWidget:
+        abox, aform = section("More settings")
+        self.advanced = SchemaForm([st for st in settings_of(TrainConfig) if st.name in ADVANCED_TRAIN_FIELDS])
+        aform.addRow(self.advanced)
+        return abox
+
+    def _build_buttons(self, scroll: QWidget) -> QWidget:
+        """The settings column with the run buttons under it."""
         self.lock_note = QLabel("")
         self.lock_note.setWordWrap(True)
         self.lock_note.setStyleSheet("color: palette(mid);")
         self.lock_note.setVisible(False)
-
-        scroll = settings_column([pbox, dbox, obox, rbox])
-
-        # Buttons and progress
         self.start_button = QPushButton("Start Training")
         self.start_button.setToolTip("Train a new run with these settings (or continue the opened run).")
         self.start_button.setDefault(True)
@@ -165,7 +214,8 @@ class TrainingPanel(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.open_run_button.clicked.connect(lambda: self.open_run())
         self.new_run_button = QPushButton("New Run")
-        self.new_run_button.setToolTip("Forget the opened run: the next Start begins a fresh run with the settings above.")
+        self.new_run_button.setToolTip("Forget the opened run: the next Start begins a fresh run with the settings "
+                                       "above.")
         self.new_run_button.clicked.connect(self.new_run)
         brow = QGridLayout()
         brow.addWidget(self.start_button, 0, 0, 1, 2)
@@ -178,13 +228,12 @@ class TrainingPanel(QWidget):
         left.addWidget(scroll, 1)
         left.addWidget(self.lock_note)
         left.addLayout(brow)
-        left_w = QWidget()
-        left_w.setLayout(left)
-        left_w.setMinimumWidth(330)
-        left_w.setMaximumWidth(400)
+        return column_widget(left, 330, 400)
 
+    def _build_plots(self) -> QVBoxLayout:
+        """Progress, the run line, the loss plots, the schedule and the previews."""
         self.progress = QProgressBar()
-        self.progress.setRange(0, td.steps)
+        self.progress.setRange(0, TrainConfig().steps)
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m steps")
         self.steps_spin.valueChanged.connect(self._steps_changed)
@@ -222,10 +271,7 @@ class TrainingPanel(QWidget):
         right.addWidget(self.stats)  # its own row: the whole line fits at the window's minimum width
         right.addWidget(self.run_label)
         right.addWidget(vsplit, 1)
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left_w)
-        lay.addLayout(right, 1)
+        return right
 
     # -- configuration ----------------------------------------------------------------------------
     def apply_preset(self, name: str) -> None:
@@ -251,8 +297,10 @@ class TrainingPanel(QWidget):
         self.weighting_combo.setCurrentText(d["loss_weighting"])
         m = p["model"]
         self.preset_combo.setToolTip(
-            f"{p['description']}\nbase channels {m['base_channels']}, levels ×{', ×'.join(map(str, m['channel_mult']))}, "
-            f"{m['num_res_blocks']} residual block(s) per level, attention at {', '.join(map(str, m['attention_resolutions']))} px."
+            f"{p['description']}\nbase channels {m['base_channels']}, levels "
+            f"×{', ×'.join(map(str, m['channel_mult']))}, "
+            f"{m['num_res_blocks']} residual block(s) per level, attention at "
+            f"{', '.join(map(str, m['attention_resolutions']))} px."
         )
 
     def _show_images_info(self) -> None:
@@ -308,12 +356,14 @@ class TrainingPanel(QWidget):
                 self.seed_spin, self.device_combo, self.precision_combo, self.preview_spin, self.ckpt_spin)
 
     def _train_fields(self) -> dict:
-        return dict(steps=int(self.steps_spin.value()), batch_size=int(self.batch_spin.value()),
+        steps = int(self.steps_spin.value())
+        return dict(steps=None if steps >= self.steps_spin.maximum() else steps,
+                    batch_size=int(self.batch_spin.value()),
                     lr=float(self.lr_spin.value()), warmup_steps=int(self.warmup_spin.value()),
                     ema_decay=float(self.ema_spin.value()), grad_clip=float(self.clip_spin.value()),
                     seed=int(self.seed_spin.value()), device=str(self.device_combo.currentData()),
                     precision=self.precision_combo.currentText(), preview_every=int(self.preview_spin.value()),
-                    checkpoint_every=int(self.ckpt_spin.value()))
+                    checkpoint_every=int(self.ckpt_spin.value()), **self.advanced.values())
 
     def set_config(self, cfg: RunConfig) -> None:
         """Show ``cfg`` in the widgets (used by Open Run)."""
@@ -327,7 +377,8 @@ class TrainingPanel(QWidget):
         self.prediction_combo.setCurrentText(cfg.diffusion.prediction)
         self.weighting_combo.setCurrentText(cfg.diffusion.loss_weighting)
         t = cfg.train
-        self.steps_spin.setValue(t.steps)
+        self.advanced.set_values(t)
+        self.steps_spin.setValue(self.steps_spin.maximum() if t.steps is None else t.steps)  # max: no limit
         self.batch_spin.setValue(t.batch_size)
         self.lr_spin.setValue(t.lr)
         self.warmup_spin.setValue(t.warmup_steps)
@@ -366,33 +417,23 @@ class TrainingPanel(QWidget):
         """Start (or continue) training. False, with a message and no thread, if the input is bad."""
         if self.is_running():
             return False
-        images = self.state.images
         try:
             cfg = self.build_config()
-            if self.resume_dir is None and images is None:
-                raise ValueError("there are no images to train on yet: drop a folder on the Dataset tab first")
-            if images is not None and self.resume_dir is None and int(images.image_size) != cfg.data.image_size:
-                raise ValueError(f"the dataset is {images.image_size} px but data.image_size is {cfg.data.image_size}")
+            plan = self.session.plan_start(cfg, self.state.images, self.state.data_config.folder,
+                                           paths.default_runs_dir())
         except ValueError as e:
             self.state.report_error(f"Cannot start training: {e}", "")
             return False
         from ...training.control import TrainControl
 
-        if self.resume_dir is not None:
-            run_dir, resume = self.resume_dir, True
-            same_data = images is not None and cfg.data.folder == self.state.data_config.folder and \
-                cfg.data.image_size == int(images.image_size)
-            run_images = images if same_data else None
-        else:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir, resume, run_images = str(paths.default_runs_dir() / f"{stamp}-{cfg.model.preset}"), False, images
+        if plan.fresh:
             self.loss_plot.clear()
             self.bucket_plot.clear()
+        run_dir = plan.run_dir
         self.control = TrainControl()
-        self.run_dir = run_dir
         self.metrics_received = 0
         self.last_finished = None
-        task = Task(jobs.make_train(cfg, run_dir, run_images, resume, self.control), name="training",
+        task = Task(jobs.make_train(cfg, run_dir, plan.images, plan.resume, self.control), name="training",
                     on_cancel=self.control.stop)
         task.items.connect(self._on_items)
         task.succeeded.connect(self._on_finished)
@@ -401,7 +442,7 @@ class TrainingPanel(QWidget):
         task.finished.connect(lambda t=task: self._on_task_finished(t))
         self.task = task
         self._started_at = time.monotonic()
-        self._show_progress(0 if not resume else self.progress.value(), cfg.train.steps)
+        self._show_progress(self.progress.value() if plan.resume else 0, cfg.train.steps)
         self.stats.setText("Preparing the model…")
         self.run_label.setText(f"Run folder: {run_dir}")
         self.state.begin("training", "Training: starting")
@@ -450,7 +491,8 @@ class TrainingPanel(QWidget):
         self.open_run_button.setEnabled(not running)
         self.new_run_button.setEnabled(not running and self.resume_dir is not None)
         locked = running or self.resume_dir is not None
-        for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo, self.weighting_combo):
+        for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo,
+                  self.weighting_combo):
             w.setEnabled(not locked)
         # The trainer reads its settings once, at Start: nothing changes a run in flight.
         for w in self._train_widgets():
@@ -472,8 +514,8 @@ class TrainingPanel(QWidget):
     # -- events from the worker -------------------------------------------------------------------
     _progress_format = "%v / %m steps"
 
-    def _show_progress(self, step: int, total: int) -> None:
-        if total >= NO_STEP_LIMIT:  # a run the clock ends (trained with --minutes only)
+    def _show_progress(self, step: int, total: int | None) -> None:
+        if total is None:  # a run the clock ends (trained with --minutes only)
             self._progress_format = "step %v · no step limit"
             self.progress.setRange(0, max(step, 1))
         else:
@@ -509,12 +551,13 @@ class TrainingPanel(QWidget):
             elif isinstance(it, TrainStarted):
                 what = "Resumed" if it.resumed else "Started"
                 self.stats.setText(
-                    f"{what} at step {it.start_step:,} on {it.device} ({it.precision}) · {it.num_parameters / 1e6:.2f}M parameters · "
+                    f"{what} at step {it.start_step:,} on {it.device} ({it.precision}) · "
+                    f"{it.num_parameters / 1e6:.2f}M parameters · "
                     f"{it.num_images:,} images"
                 )
                 self._show_progress(it.start_step, it.total_steps)
                 if it.resumed and self.loss_plot.num_points == 0:
-                    self._load_history(it.run_dir)
+                    self._load_history(it.run_dir)  # read on a worker thread
             elif isinstance(it, jobs.PreviewGrid):
                 self.preview.set_image(it.grid)
                 self.preview.caption.setText(f"Preview samples (EMA) · step {it.step:,}")
@@ -522,37 +565,35 @@ class TrainingPanel(QWidget):
                 self.run_label.setText(f"Run folder: {self.run_dir} · last checkpoint at step {it.step:,}")
 
     def _load_history(self, run_dir: str) -> None:
-        from ...training.runs import read_metrics
+        """Read the run's metrics on a worker thread, then plot them."""
+        task = Task(lambda state: load_history(run_dir), name="history")
+        task.succeeded.connect(self._show_history)
+        self._history_task = task  # keep a reference until it ends
+        task.finished.connect(lambda: setattr(self, "_history_task", None))
+        task.start()
 
-        recs = [r for r in read_metrics(run_dir) if "step" in r and "loss" in r]
-        if recs:
-            self.loss_plot.add_points([r["step"] for r in recs], [r["loss"] for r in recs],
-                                      [r.get("loss_smooth", r["loss"]) for r in recs])
-            last_step = int(recs[-1]["step"])
-            total = self.resume_config.train.steps if self.resume_config is not None else last_step
-            self.progress.setRange(0, max(total, last_step, 1))
-            self.progress.setValue(last_step)
-            buckets = recs[-1].get("bucket_loss")
-            if isinstance(buckets, list) and buckets:
-                self.bucket_plot.set_buckets(buckets, self.state.schedule[1])
+    def _show_history(self, history: History) -> None:
+        if not history.steps or self.loss_plot.num_points:
+            return
+        self.loss_plot.add_points(history.steps, history.losses, history.smoothed)
+        if not self.is_running():
+            self.progress.setRange(0, self.session.history_total(history))
+            self.progress.setValue(history.last_step)
+        if history.buckets:
+            self.bucket_plot.set_buckets(history.buckets, self.state.schedule[1])
 
-    def _on_finished(self, result) -> None:
+    def _on_finished(self, end) -> None:
+        result = end.result if end is not None else None
         self.last_finished = result
         if result is None:
             self.stats.setText("Stopped.")
         else:
             self.stats.setText(result.message)
             self.progress.setValue(result.step)
-            if result.reason in ("nan", "error"):
-                self.state.report_error(result.message, f"Run folder: {self.run_dir}\nLast good checkpoint: {result.checkpoint}")
-            if self.run_dir:  # the run can be continued with Start
-                self.resume_dir = self.run_dir
-                try:
-                    from ...training.runs import read_config
-
-                    self.resume_config = read_config(self.run_dir)
-                except (ValueError, OSError):
-                    self.resume_dir, self.resume_config = None, None
+            if result.reason.failed:
+                self.state.report_error(result.message,
+                                        f"Run folder: {self.run_dir}\nLast good checkpoint: {result.checkpoint}")
+            self.session.finished(end)  # the run can be continued with Start
         self.state.message.emit(result.message if result is not None else "Training stopped")
         self._outcome = (result,)
 
@@ -586,19 +627,15 @@ class TrainingPanel(QWidget):
         path = path or self.ask_run_folder()
         if not path:
             return False
-        from ...training.runs import read_config
-
         try:
-            if not (Path(path) / "config.json").is_file():
-                raise ValueError(f"{path} is not a run folder (it has no config.json)")
-            cfg = read_config(path)
+            cfg = read_run_config(path)
         except (ValueError, OSError) as e:
             self.state.report_error(f"Cannot open this run: {e}", "")
             return False
         from .. import settings as settings_mod
 
         settings_mod.remember_dir("runs", Path(path).absolute().parent)  # the next dialog lists this run
-        self.resume_dir, self.resume_config = str(path), cfg
+        self.session.opened(path, cfg)
         self.set_config(cfg)
         self.loss_plot.clear()
         self.bucket_plot.clear()
@@ -635,7 +672,7 @@ class TrainingPanel(QWidget):
 
     def new_run(self) -> None:
         """Forget an opened run: Start makes a new one."""
-        self.resume_dir, self.resume_config = None, None
+        self.session.forget()
         self.run_label.setText("A new run will be created in " + str(paths.default_runs_dir()))
         self.progress.setValue(0)
         self._steps_changed(self.steps_spin.value())

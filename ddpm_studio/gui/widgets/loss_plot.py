@@ -183,7 +183,8 @@ class LossPlot(QWidget):
         if len(self._steps.values):
             self.placeholder.set_empty(False)
             self.readout.setText(
-                f"step {int(self._steps.values[-1]):,} · loss {self._raw.values[-1]:.4f} · smoothed {self._smooth.values[-1]:.4f}"
+                f"step {int(self._steps.values[-1]):,} · loss {self._raw.values[-1]:.4f} · smoothed "
+                f"{self._smooth.values[-1]:.4f}"
             )
 
     def clear(self) -> None:
@@ -295,7 +296,8 @@ class BucketLossPlot(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         title = QLabel("<b>Loss per timestep</b>")
-        title.setToolTip("Mean loss in each tenth of the timesteps: small t = little noise, large t = almost pure noise.")
+        title.setToolTip("Mean loss in each tenth of the timesteps: small t = little noise, "
+                         "large t = almost pure noise.")
         self.plot_widget.setToolTip(title.toolTip())
         self.placeholder = plotting.Placeholder(self.plot_widget, "The loss per timestep appears after the first "
                                                                   "logged steps.")

@@ -1,5 +1,8 @@
 """Checkpoints that can be opened without trusting them.
 
+Length (over 500 lines, on purpose): the checkpoint format with every check made before a byte
+is trusted (sizes, checksums, shapes, the state file), read and written in one place.
+
 A checkpoint of step k is two files in ``RUN_DIR/checkpoints/``:
 
 - ``step_XXXXXXX.safetensors`` — the weights: ``model.<name>`` and ``ema.<name>`` tensors. Its
@@ -319,7 +322,8 @@ def _open_regular(path: Path) -> tuple[io.BufferedReader, int]:
     try:
         st = os.stat(path)  # follows links: the target is what would be read
     except FileNotFoundError:
-        raise CheckpointError(f"{path.name} does not exist" + (" (a broken link)" if os.path.islink(path) else "")) from None
+        broken = " (a broken link)" if os.path.islink(path) else ""
+        raise CheckpointError(f"{path.name} does not exist{broken}") from None
     except OSError as e:
         raise CheckpointError(f"{path.name} cannot be read ({e.strerror or e})") from None
     if not stat.S_ISREG(st.st_mode):
@@ -367,7 +371,8 @@ def _parse_header(f: io.BufferedReader, size: int, name: str) -> tuple[dict[str,
         except (KeyError, TypeError, ValueError, IndexError):
             raise CheckpointError(f"{name} is not a valid safetensors file (bad entry for {key!r})") from None
     if size != 8 + n + end:
-        raise CheckpointError(f"{name} is truncated or damaged: {size} bytes on disk, the header describes {8 + n + end}")
+        raise CheckpointError(f"{name} is truncated or damaged: {size} bytes on disk, the header describes "
+                              f"{8 + n + end}")
     return header, metadata, n
 
 
@@ -391,7 +396,8 @@ def _check_metadata(path: Path, meta: dict[str, str]) -> None:
                                   "the checksum written with it")
     elif set(meta) != _META_V1 and meta.get("format") == FORMAT:
         odd = sorted(set(meta) ^ _META_V1)
-        raise CheckpointError(f"{path.name} is damaged: its header has no checksum and unexpected entries ({', '.join(odd)})")
+        raise CheckpointError(f"{path.name} is damaged: its header has no checksum and unexpected entries "
+                              f"({', '.join(odd)})")
 
 
 def _metadata_from(path: Path, meta: dict[str, str]) -> tuple[int, RunConfig]:
@@ -446,15 +452,9 @@ def check_shapes(path: Path, table: dict[str, Any], config: RunConfig) -> None:
         wrong = [f"{k} {shapes[k]} where the config needs {v}" for k, v in expected.items()
                  if k in shapes and shapes[k] != v]
         if missing or unexpected or wrong:
-            parts = []
-            if wrong:
-                parts.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
-            if missing:
-                parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            parts = _mismatches(("of another shape", wrong), ("missing", missing), ("unexpected", unexpected))
             raise CheckpointError(f"{path.name}: the {what} weights do not match the network its config describes: "
-                                  + ", ".join(parts) + "; refused before reading them")
+                                  + parts + "; refused before reading them")
 
 
 def load_checkpoint(path: str | os.PathLike, *, with_state: bool = True,
@@ -525,7 +525,8 @@ def _load_state(weights_path: Path, meta: dict[str, str], map_location, step: in
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{state_path.name} was refused: {first}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{state_path.name} is not a DDPM Studio training state of format version {FORMAT_VERSION}")
+        raise CheckpointError(f"{state_path.name} is not a DDPM Studio training state of format version "
+                              f"{FORMAT_VERSION}")
     if "step" in state and state["step"] != step:
         raise CheckpointError(f"{state_path.name} is from step {state['step']}, its weights from step {step}")
     return state
@@ -556,13 +557,7 @@ def verify_checkpoint(path: str | os.PathLike, *, with_state: bool = True) -> tu
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest checkpoint in ``run_dir`` whose header and size are intact, or None."""
-    for p in reversed(list_checkpoints(run_dir)):
-        try:
-            read_metadata(p)
-            return p
-        except CheckpointError:
-            continue
-    return None
+    return _last_good(run_dir)
 
 
 def load_latest(run_dir: str | os.PathLike, *, with_state: bool = True,
@@ -619,12 +614,11 @@ def load_weights_into(module: torch.nn.Module, state: dict[str, torch.Tensor], w
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            parts.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
-        raise CheckpointError(f"the {what} weights do not fit this network: " + ", ".join(parts))
+        parts = _mismatches(("missing", missing), ("unexpected", unexpected), ("of another shape", wrong))
+        raise CheckpointError(f"the {what} weights do not fit this network: " + parts)
     module.load_state_dict(state)
+
+
+def _mismatches(*groups: tuple[str, list[str]]) -> str:
+    """'2 missing (e.g. a), 1 of another shape (e.g. b)' for the non-empty (words, names) groups, in order."""
+    return ", ".join(f"{len(names)} {words} (e.g. {names[0]})" for words, names in groups if names)

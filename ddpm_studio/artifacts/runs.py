@@ -84,12 +84,18 @@ def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
         return {}
 
 
-def new_run_info(cfg: RunConfig, *, dataset_source: str, dataset_fingerprint: str, num_images: int,
-                 device: str, world_size: int, precision: str = "fp32") -> dict[str, Any]:
+def dataset_record(cfg: RunConfig, *, source: str, fingerprint: str, num_images: int,
+                   skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """run.json's "dataset": where the images came from, and every file skipped with its reason."""
+    return {"source": source, "fingerprint": fingerprint, "num_images": num_images, "folder": cfg.data.folder,
+            "skipped": list(skipped or [])}
+
+
+def new_run_info(cfg: RunConfig, *, dataset: dict[str, Any], device: str, world_size: int,
+                 precision: str = "fp32") -> dict[str, Any]:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "dataset": {"source": dataset_source, "fingerprint": dataset_fingerprint, "num_images": num_images,
-                    "folder": cfg.data.folder},
+        "dataset": dataset,
         "seed": cfg.train.seed,
         "versions": package_versions(),
         "platform": f"{platform.system()} {platform.machine()}",

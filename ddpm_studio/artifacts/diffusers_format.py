@@ -1,5 +1,8 @@
 """Open diffusers-format DDPM models, and write ours in that format (issue 7).
 
+Length (over 500 lines, on purpose): one file format, read and written here, with the table of every
+UNet2DModel and scheduler key it honours or refuses by name; split, the two directions would drift.
+
 The DDPM paper's released models (google/ddpm-cifar10-32, -celebahq-256, -church-256, ...) are
 folders in Hugging Face diffusers' layout::
 
@@ -40,14 +43,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ddpm_studio.config import (DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplingConfig,
+from ddpm_studio.artifacts.checkpoints import CheckpointError
+from ddpm_studio.config import (SPACINGS, DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplingConfig,
                                 atomic_write_bytes, atomic_write_text)
-from ddpm_studio.training.checkpoints import CheckpointError
 
 if TYPE_CHECKING:  # torch-heavy modules are imported inside the functions that use them
     import torch
 
-    from ddpm_studio.sampling.service import LoadedModel
+    from ddpm_studio.artifacts.loaded import LoadedModel
 
 DIFFUSERS_VERSION_WRITTEN = "0.42.1"  # the diffusers release our export is tested against
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -79,11 +82,14 @@ _COMMON_SCHEDULER_DEFAULTS: dict[str, Any] = {
 SCHEDULER_DEFAULTS: dict[str, dict[str, Any]] = {
     "DDPMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "variance_type": "fixed_small", "clip_sample": True,
                       "clip_sample_range": 1.0},
-    "DDIMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "clip_sample": True, "clip_sample_range": 1.0, "set_alpha_to_one": True},
+    "DDIMScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "clip_sample": True, "clip_sample_range": 1.0,
+                      "set_alpha_to_one": True},
     "DPMSolverMultistepScheduler": {**_COMMON_SCHEDULER_DEFAULTS, "timestep_spacing": "linspace", "variance_type": None,
                                     "clip_sample": False, "clip_sample_range": 1.0, "solver_order": 2,
-                                    "algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True,
-                                    "euler_at_final": False, "use_karras_sigmas": False, "use_exponential_sigmas": False,
+                                    "algorithm_type": "dpmsolver++", "solver_type": "midpoint",
+                                    "lower_order_final": True,
+                                    "euler_at_final": False, "use_karras_sigmas": False,
+                                    "use_exponential_sigmas": False,
                                     "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
                                     "final_sigmas_type": "zero", "lambda_min_clipped": -math.inf,
                                     "use_dynamic_shifting": False},
@@ -97,7 +103,8 @@ _DPM_SAMPLING_KEYS = ("solver_order", "algorithm_type", "solver_type", "lower_or
 # Settings that select a block type or an embedding DDPM Studio does not implement: (key, the only
 # value we build, what that value means). Everything else UNet2DModel has is a ModelConfig field.
 _UNET_FIXED = (
-    ("time_embedding_type", "positional", "the sinusoidal time embedding; Fourier and learned embeddings are not implemented"),
+    ("time_embedding_type", "positional", "the sinusoidal time embedding; Fourier and learned embeddings are not "
+                                          "implemented"),
     ("mid_block_type", "UNetMidBlock2D", "the resnet-attention-resnet middle block"),
     ("class_embed_type", None, "an unconditional network; class embeddings are not implemented"),
     ("num_class_embeds", None, "an unconditional network; class embeddings are not implemented"),
@@ -107,8 +114,8 @@ _TIME_COND_FROM_DIFFUSERS = {"default": "default", "scale_shift": "scale_shift"}
 _PREDICTION_FROM_DIFFUSERS = {"epsilon": "epsilon", "sample": "x0", "v_prediction": "v"}
 _PREDICTION_TO_DIFFUSERS = {v: k for k, v in _PREDICTION_FROM_DIFFUSERS.items()}
 # fixed_small_log is fixed_small (diffusers takes exp(0.5 log beta-tilde) as the standard deviation).
-_VARIANCE_FROM_DIFFUSERS = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large"}
-_SPACINGS = ("leading", "trailing", "linspace")
+_VARIANCE_FROM_DIFFUSERS = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+                            "fixed_large": "fixed_large"}
 # Our schedule kind <-> diffusers' beta_schedule name (same formula, see engine/schedules.py).
 _SCHEDULE_TO_DIFFUSERS = {"linear": "linear", "quadratic": "scaled_linear", "cosine": "squaredcos_cap_v2",
                           "sigmoid": "sigmoid"}
@@ -202,7 +209,8 @@ def _locate(folder: Path) -> tuple[Path, Path | None, list[str]]:
         if cls not in PIPELINES:
             raise _refuse(str(index), "_class_name", cls, f"DDPM Studio opens {' and '.join(PIPELINES)} folders: "
                           "an unconditional U-Net with a DDPM/DDIM scheduler")
-        unet_name = next((k for k, v in info.items() if isinstance(v, list) and len(v) == 2 and v[1] == UNET_CLASS), None)
+        unets = [k for k, v in info.items() if isinstance(v, list) and len(v) == 2 and v[1] == UNET_CLASS]
+        unet_name = unets[0] if unets else None
         if unet_name is None:
             raise DiffusersFormatError(f"{index} names no {UNET_CLASS} component")
         sched_name = next((k for k, v in info.items() if isinstance(v, list) and len(v) == 2 and k != unet_name
@@ -243,7 +251,55 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
     unknown = sorted(k for k in cfg if not k.startswith("_") and k not in UNET_DEFAULTS)
     if unknown:  # as diffusers itself does; a setting that changed the layout would fail the weight check
         notes.append(f"{where}: ignored setting(s) unknown to DDPM Studio: {', '.join(unknown)}")
+    act, cond = _unet_kinds(c, where)
+    size, in_ch = _unet_size_and_channels(c, where)
+    chans, attn_levels = _unet_levels(c, where)
+    base = chans[0]
+    time_dim = _optional_int(c, where, "time_embedding_dim")
+    if time_dim == 4 * base:
+        time_dim = None  # our default
+    add_attention = _as_bool(where, "add_attention", c["add_attention"])
+    attn_widths = sorted({chans[i] for i in attn_levels} | ({chans[-1]} if add_attention else set()))
+    heads, model_head_dim = _unet_heads(c, where, attn_widths)
+    attn_groups = _optional_int(c, where, "attn_norm_num_groups")
+    pad = c["downsample_padding"]
+    if pad not in (0, 1) or isinstance(pad, bool):
+        raise _refuse(where, "downsample_padding", pad, "only 0 (the paper's TensorFlow SAME) and 1 exist")
 
+    def number(key: str) -> float:
+        return _as_float(where, key, c[key])
+
+    def switch(key: str) -> bool:
+        return _as_bool(where, key, c[key])
+
+    model = ModelConfig(
+        preset="custom", image_size=size, in_channels=in_ch, base_channels=base,
+        channel_mult=tuple(w // base for w in chans), num_res_blocks=_as_int(where, "layers_per_block",
+                                                                             c["layers_per_block"]),
+        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=number("dropout"),
+        num_heads=heads, attention_head_dim=model_head_dim,
+        norm_groups=_as_int(where, "norm_num_groups", c["norm_num_groups"]), downsample_padding=int(pad),
+        flip_sin_to_cos=switch("flip_sin_to_cos"), freq_shift=number("freq_shift"), norm_eps=number("norm_eps"),
+        attn_norm_groups=attn_groups, add_attention=add_attention,
+        mid_block_scale_factor=number("mid_block_scale_factor"), time_embedding_dim=time_dim,
+        center_input_sample=switch("center_input_sample"), act_fn=_ACT_FROM_DIFFUSERS[act],
+        time_conditioning=_TIME_COND_FROM_DIFFUSERS[cond])
+    from ddpm_studio.engine.unet import resolve_spec  # the divisibility checks (groups, heads) live there
+
+    try:
+        model.validate()
+        resolve_spec(model)
+    except ValueError as e:
+        raise DiffusersFormatError(f"{where} describes a network DDPM Studio cannot hold: {e}") from None
+    if not attn_widths:
+        notes.append("this network has no self-attention")
+    elif not attn_levels:
+        notes.append("this network has self-attention only in its middle block")
+    return model, notes
+
+
+def _unet_kinds(c: dict[str, Any], where: str) -> tuple[str, str]:
+    """Refuse block types and embeddings we do not build; (act_fn, resnet_time_scale_shift)."""
     for key, wanted, meaning in _UNET_FIXED:
         if c[key] != wanted:
             raise _refuse(where, key, c[key], f"DDPM Studio's U-Net supports only {wanted!r}: {meaning}")
@@ -253,8 +309,14 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
     cond = c["resnet_time_scale_shift"]
     if cond not in _TIME_COND_FROM_DIFFUSERS:
         raise _refuse(where, "resnet_time_scale_shift", cond, "DDPM Studio's residual blocks add the time embedding "
-                      "('default') or scale and shift by it ('scale_shift'); spatial and ada_group norms are not implemented")
+                      "('default') or scale and shift by it ('scale_shift'); spatial and ada_group norms are not "
+                      "implemented")
 
+    return act, cond
+
+
+def _unet_size_and_channels(c: dict[str, Any], where: str) -> tuple[int, int]:
+    """(image side, channels): square images, 1 or 3 channels in and out."""
     size = c["sample_size"]
     if isinstance(size, (list, tuple)):
         if len(size) != 2 or size[0] != size[1]:
@@ -271,13 +333,19 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
         raise _refuse(where, "out_channels", out_ch, f"must equal in_channels={in_ch}; a network that also "
                       "predicts its variance (out_channels = 2 x in_channels) is not supported")
 
+    return size, in_ch
+
+
+def _unet_levels(c: dict[str, Any], where: str) -> tuple[list[int], list[int]]:
+    """(width per level, the levels with attention), the block types checked."""
     chans = [_as_int(where, "block_out_channels[]", w) for w in c["block_out_channels"]]
     if not chans:
         raise DiffusersFormatError(f"{where}: block_out_channels is empty")
     base = chans[0]
     if any(w % base for w in chans):
         raise _refuse(where, "block_out_channels", chans,
-                      f"every width must be a multiple of the first ({base}) for DDPM Studio's base_channels x channel_mult")
+                      f"every width must be a multiple of the first ({base}) for DDPM Studio's base_channels x "
+                      f"channel_mult")
     L = len(chans)
     down, up = list(c["down_block_types"]), list(c["up_block_types"])
     if len(down) != L or len(up) != L:
@@ -300,16 +368,13 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
             raise _refuse(where, key, c[key], "DDPM Studio re-samples with strided / nearest-neighbour convs ('conv'); "
                           "residual-block re-sampling is not implemented")
 
-    time_dim = c["time_embedding_dim"]
-    if time_dim is not None:
-        time_dim = _as_int(where, "time_embedding_dim", time_dim)
-        if time_dim == 4 * base:
-            time_dim = None  # our default
+    return chans, attn_levels
 
+
+def _unet_heads(c: dict[str, Any], where: str, attn_widths: list[int]) -> tuple[int, int | None]:
+    """(num_heads, attention_head_dim) for ModelConfig from diffusers' attention_head_dim."""
     # Heads: diffusers gives each attention layer width // attention_head_dim heads of attention_head_dim
     # channels (one head when attention_head_dim is null).
-    add_attention = _as_bool(where, "add_attention", c["add_attention"])
-    attn_widths = sorted({chans[i] for i in attn_levels} | ({chans[-1]} if add_attention else set()))
     head_dim = c["attention_head_dim"]
     heads, model_head_dim = 1, None
     if head_dim is not None:
@@ -322,40 +387,11 @@ def model_from_unet_config(cfg: dict[str, Any], where: str = "unet/config.json")
             heads = counts.pop()
         elif attn_widths:
             model_head_dim = head_dim
+    return heads, model_head_dim
 
-    groups = c["norm_num_groups"]
-    groups = _as_int(where, "norm_num_groups", groups)
-    attn_groups = c["attn_norm_num_groups"]
-    if attn_groups is not None:
-        attn_groups = _as_int(where, "attn_norm_num_groups", attn_groups)
-    pad = c["downsample_padding"]
-    if pad not in (0, 1) or isinstance(pad, bool):
-        raise _refuse(where, "downsample_padding", pad, "only 0 (the paper's TensorFlow SAME) and 1 exist")
 
-    fields = dict(
-        preset="custom", image_size=size, in_channels=in_ch, base_channels=base,
-        channel_mult=tuple(w // base for w in chans), num_res_blocks=_as_int(where, "layers_per_block", c["layers_per_block"]),
-        attention_resolutions=tuple(size // 2**i for i in attn_levels), dropout=_as_float(where, "dropout", c["dropout"]),
-        num_heads=heads, attention_head_dim=model_head_dim, norm_groups=groups, downsample_padding=int(pad),
-        flip_sin_to_cos=_as_bool(where, "flip_sin_to_cos", c["flip_sin_to_cos"]),
-        freq_shift=_as_float(where, "freq_shift", c["freq_shift"]), norm_eps=_as_float(where, "norm_eps", c["norm_eps"]),
-        attn_norm_groups=attn_groups, add_attention=add_attention,
-        mid_block_scale_factor=_as_float(where, "mid_block_scale_factor", c["mid_block_scale_factor"]),
-        time_embedding_dim=time_dim, center_input_sample=_as_bool(where, "center_input_sample", c["center_input_sample"]),
-        act_fn=_ACT_FROM_DIFFUSERS[act], time_conditioning=_TIME_COND_FROM_DIFFUSERS[cond])
-    model = ModelConfig(**fields)
-    from ddpm_studio.engine.unet import resolve_spec  # the divisibility checks (groups, heads) live there
-
-    try:
-        model.validate()
-        resolve_spec(model)
-    except ValueError as e:
-        raise DiffusersFormatError(f"{where} describes a network DDPM Studio cannot hold: {e}") from None
-    if not attn_widths:
-        notes.append("this network has no self-attention")
-    elif not attn_levels:
-        notes.append("this network has self-attention only in its middle block")
-    return model, notes
+def _optional_int(c: dict[str, Any], where: str, key: str) -> int | None:
+    return None if c[key] is None else _as_int(where, key, c[key])
 
 
 # -- the noise schedule -------------------------------------------------------------------------
@@ -384,8 +420,6 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     ``GaussianDiffusion.from_config`` alone rebuilds the process. Every key listed in
     ``SCHEDULER_DEFAULTS`` is honoured or refused by name.
     """
-    from ddpm_studio.engine.schedules import SCHEDULE_KINDS, get_betas
-
     cls = cfg.get("_class_name", "DDPMScheduler")
     if cls not in SCHEDULERS:
         raise _refuse(where, "_class_name", cls, f"DDPM Studio reads {', '.join(SCHEDULERS)} configs")
@@ -395,11 +429,27 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
     if not 10 <= T <= 4000:
         raise _refuse(where, "num_train_timesteps", T, "DDPM Studio supports T from 10 to 4000")
     if _as_bool(where, "rescale_betas_zero_snr", c["rescale_betas_zero_snr"]):
-        raise _refuse(where, "rescale_betas_zero_snr", True, "a zero-SNR last step (beta = 1, alpha-bar = 0) is not supported")
+        raise _refuse(where, "rescale_betas_zero_snr", True,
+                      "a zero-SNR last step (beta = 1, alpha-bar = 0) is not supported")
     if cls == "DPMSolverMultistepScheduler":
         for key in ("use_flow_sigmas", "use_dynamic_shifting"):
             if c[key]:
                 raise _refuse(where, key, c[key], "flow-matching sigmas are not a DDPM noise schedule")
+
+    family, betas_out = _scheduler_betas(c, where, T, notes)
+    pred = c["prediction_type"]
+    if pred not in _PREDICTION_FROM_DIFFUSERS:
+        raise _refuse(where, "prediction_type", pred, f"supported: {', '.join(_PREDICTION_FROM_DIFFUSERS)}")
+
+    sampling = _scheduler_sampling(c, cfg, cls, where, T, notes)
+    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred],
+                                betas=betas_out)
+    return diffusion, sampling, notes
+
+
+def _scheduler_betas(c: dict[str, Any], where: str, T: int, notes: list[str]) -> tuple[str, tuple[float, ...] | None]:
+    """(schedule family, explicit betas or None when they are exactly that named schedule)."""
+    from ddpm_studio.engine.schedules import SCHEDULE_KINDS, get_betas
 
     family = "linear"
     if c["trained_betas"] is not None:
@@ -430,10 +480,12 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
                      f"these exact betas are kept in the run config (diffusion.betas; diffusion.schedule names the "
                      f"closest family, {family!r})")
 
-    pred = c["prediction_type"]
-    if pred not in _PREDICTION_FROM_DIFFUSERS:
-        raise _refuse(where, "prediction_type", pred, f"supported: {', '.join(_PREDICTION_FROM_DIFFUSERS)}")
+    return family, betas_out
 
+
+def _scheduler_sampling(c: dict[str, Any], cfg: dict[str, Any], cls: str, where: str, T: int,
+                        notes: list[str]) -> dict[str, Any]:
+    """The SamplingConfig fields the scheduler's sampling-time settings set."""
     # Sampling-time settings, each honoured by a SamplingConfig field.
     sampling: dict[str, Any] = {"clip_denoised": _as_bool(where, "clip_sample", c["clip_sample"]),
                                 "steps": min(SamplingConfig.steps, T)}
@@ -444,15 +496,15 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
         sampling["dynamic_threshold"] = _as_float(where, "dynamic_thresholding_ratio", c["dynamic_thresholding_ratio"])
         sampling["threshold_max"] = _as_float(where, "sample_max_value", c["sample_max_value"])
     spacing = c["timestep_spacing"]
-    if spacing not in _SPACINGS:
-        raise _refuse(where, "timestep_spacing", spacing, f"supported: {', '.join(_SPACINGS)}")
+    if spacing not in SPACINGS:  # diffusers' names are ours
+        raise _refuse(where, "timestep_spacing", spacing, f"supported: {', '.join(SPACINGS)}")
     sampling["spacing"] = spacing
     sampling["steps_offset"] = _as_int(where, "steps_offset", c["steps_offset"])
     var = c.get("variance_type")
     if cls == "DDPMScheduler":
         if var == "fixed_large_log":
-            raise _refuse(where, "variance_type", var, "diffusers' own DDPMScheduler takes the square root of log(beta_t) "
-                          "as the noise scale (NaN); use fixed_large")
+            raise _refuse(where, "variance_type", var, "diffusers' own DDPMScheduler takes the square root of "
+                          "log(beta_t) as the noise scale (NaN); use fixed_large")
         if var not in _VARIANCE_FROM_DIFFUSERS:
             raise _refuse(where, "variance_type", var, "DDPM Studio samples with a fixed variance: "
                           f"{', '.join(_VARIANCE_FROM_DIFFUSERS)}")
@@ -466,8 +518,7 @@ def diffusion_from_scheduler_config(cfg: dict[str, Any], where: str = "scheduler
                      + "); DDPM Studio reads its noise schedule, prediction, spacing and thresholding from it")
     if cls == "DDIMScheduler" and not _as_bool(where, "set_alpha_to_one", c["set_alpha_to_one"]):
         notes.append("set_alpha_to_one=false is not supported; the last DDIM step goes to alpha-bar = 1")
-    diffusion = DiffusionConfig(schedule=family, timesteps=T, prediction=_PREDICTION_FROM_DIFFUSERS[pred], betas=betas_out)
-    return diffusion, sampling, notes
+    return sampling
 
 
 # -- weights ------------------------------------------------------------------------------------
@@ -484,7 +535,8 @@ def _load_bin(path: Path) -> dict[str, "torch.Tensor"]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DiffusersFormatError(f"{path.name} was refused (a .bin file is only read as plain tensors, because "
                                    f"unpickling arbitrary objects can run code): {first}") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k,
+                                              v in state.items()):
         raise DiffusersFormatError(f"{path.name} is not a state dict of named tensors")
     return state
 
@@ -496,7 +548,8 @@ def _load_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as e:
-        raise DiffusersFormatError(f"{path.name} could not be read (truncated or not a safetensors file): {e}") from None
+        raise DiffusersFormatError(f"{path.name} could not be read (truncated or not a safetensors file): "
+                                   f"{e}") from None
 
 
 def load_unet_weights(unet_dir: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], Path]:
@@ -561,8 +614,8 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
     from ddpm_studio.engine.devices import select_device
     from ddpm_studio.engine.diffusion import GaussianDiffusion
     from ddpm_studio.engine.unet import build_model
-    from ddpm_studio.sampling.service import LoadedModel
-    from ddpm_studio.training.checkpoints import load_weights_into
+    from ddpm_studio.artifacts.loaded import LoadedModel
+    from ddpm_studio.artifacts.checkpoints import load_weights_into
 
     path = Path(folder).expanduser()
     if not path.exists():
@@ -681,26 +734,11 @@ def scheduler_config_for(betas: np.ndarray, kind: str, prediction: str, sampling
     return cfg
 
 
-def export_diffusers(source: "str | os.PathLike | LoadedModel", out_folder: str | os.PathLike, *,
-                     overwrite: bool = False) -> Path:
-    """Write ``source`` (a run folder, a checkpoint, a diffusers folder or a LoadedModel) as a
-    diffusers DDPMPipeline folder; the EMA weights are exported. Returns the folder.
-
-    Refuses a non-empty ``out_folder`` unless ``overwrite`` (then only our four files are replaced).
-    """
+def write_diffusers_folder(loaded: "LoadedModel", out: Path, *, overwrite: bool = False) -> Path:
+    """Write ``loaded`` (its EMA network, schedule and sampling defaults) as a diffusers DDPMPipeline folder."""
     import torch
     from safetensors.torch import save
 
-    from ddpm_studio.sampling.service import LoadedModel, load_model
-
-    out = Path(out_folder).expanduser()
-    if isinstance(source, LoadedModel):
-        loaded = source
-    else:
-        src = Path(source).expanduser()
-        if src.exists() and out.exists() and out.resolve() == src.resolve():
-            raise DiffusersFormatError(f"the export folder {out} is the source itself; choose another folder")
-        loaded = load_model(source, device=torch.device("cpu"))
     if out.exists() and not out.is_dir():
         raise DiffusersFormatError(f"{out} is a file; the export needs a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -713,7 +751,8 @@ def export_diffusers(source: "str | os.PathLike | LoadedModel", out_folder: str 
     schedule = loaded.diffusion.schedule
     sched_cfg = scheduler_config_for(schedule.betas, schedule.kind, loaded.diffusion.prediction, loaded.config.sampling)
 
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in loaded.model.state_dict().items()}
+    state = loaded.model.state_dict()
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in state.items()}
     atomic_write_bytes(out / "unet" / f"{WEIGHTS_NAME}.safetensors", save(tensors, metadata={"format": "pt"}))
     atomic_write_text(out / "unet" / "config.json", json.dumps(unet_cfg, indent=2) + "\n")
     atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(sched_cfg, indent=2) + "\n")

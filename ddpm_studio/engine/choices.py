@@ -1,0 +1,104 @@
+"""The allowed values of every setting that is a choice, declared once.
+
+Plain stdlib enums, no torch: ``config.py`` (which must import instantly) and the engine both read
+them. Each is a ``str`` enum, so a member equals its string (``Sampler.DDPM == "ddpm"``), hashes as
+it, and JSON writes it as the bare string; configs keep holding plain strings.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A str-Enum whose str() and format() are the value itself (Python's own differ by version)."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+class Schedule(Choice):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    QUADRATIC = "quadratic"
+    SIGMOID = "sigmoid"
+
+
+class Prediction(Choice):
+    EPSILON = "epsilon"
+    X0 = "x0"
+    V = "v"
+
+
+class LossWeighting(Choice):
+    NONE = "none"
+    MIN_SNR = "min_snr"
+
+
+class Variance(Choice):
+    FIXED_SMALL = "fixed_small"  # sigma_t^2 = beta-tilde_t
+    FIXED_LARGE = "fixed_large"  # sigma_t^2 = beta_t
+
+
+class Sampler(Choice):
+    DDPM = "ddpm"
+    DDIM = "ddim"
+    DPMPP_2M = "dpmpp-2m"
+    DPMPP_3M = "dpmpp-3m"
+    DPMPP_2M_SDE = "dpmpp-2m-sde"
+
+
+class Spacing(Choice):
+    """How a few-step sampler spreads its steps over 0..T-1 (diffusers' names)."""
+
+    TRAILING = "trailing"
+    LINSPACE = "linspace"
+    LEADING = "leading"
+
+
+class Activation(Choice):
+    SILU = "silu"
+    MISH = "mish"
+    GELU = "gelu"
+    RELU = "relu"
+
+
+class TimeConditioning(Choice):
+    DEFAULT = "default"
+    SCALE_SHIFT = "scale_shift"
+
+
+class Channels(Choice):
+    AUTO = "auto"
+    GRAY = "1"
+    RGB = "3"
+
+
+class Background(Choice):
+    WHITE = "white"
+    BLACK = "black"
+
+
+class Device(Choice):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    MPS = "mps"
+
+
+class Precision(Choice):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+def check_choice(name: str, value: object, allowed: type[Choice] | tuple) -> None:
+    """Raise ValueError "<name> must be one of a, b; got 'x'" unless ``value`` is allowed."""
+    values = allowed.values() if isinstance(allowed, type) and issubclass(allowed, Choice) else tuple(allowed)
+    if value not in values:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, values))}; got {value!r}")
