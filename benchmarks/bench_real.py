@@ -223,7 +223,8 @@ def run_one(args, name: str, recipe: str, imgs, labels, data, out: Path) -> dict
 
     grid = out / f"grid_{name}_{args.size}_{recipe.replace(':', '_')}_{args.tag}.png"
     save_png(upscale_nearest(make_grid(samples[:64], nrow=8), max(1, 128 // args.size)), grid)
-    row = dict(set=name, recipe=recipe, tag=args.tag, px=args.size, sampler=args.sampler, clock=args.clock, budget=args.budget_sec,
+    row = dict(set=name, recipe=recipe, tag=args.tag, px=args.size, sampler=args.sampler, clock=args.clock,
+               budget=args.budget_sec,
                steps=info["steps"], images_seen=info["images_seen"], train_sec=info["cpu_sec"],
                img_per_sec=round(info["images_seen"] / max(info["cpu_sec"], 1e-9), 1),
                sample_sec=round(sample_sec, 1), **res, grid=str(grid), load=round(os.getloadavg()[0], 2),
@@ -271,7 +272,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sampler", default="ddim50", help="ddim50 (DDIM, 50 leading steps) or NAME:STEPS, e.g. dpmpp-2m:20")
+    ap.add_argument("--sampler", default="ddim50",
+                    help="ddim50 (DDIM, 50 leading steps) or NAME:STEPS, e.g. dpmpp-2m:20")
     ap.add_argument("--num", type=int, default=500, help="samples scored per recipe (>= 500 for the table)")
     ap.add_argument("--tag", default="default", help="names this configuration of ours in the results")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "ddpm_real"))
