@@ -131,6 +131,23 @@ def test_valid_config_without_weights_fails_on_the_weights(tmp_path):
         load_diffusers_folder(folder, device="cpu")
 
 
+def test_a_diffusers_network_too_large_for_this_machine_is_refused_before_building(tmp_path, monkeypatch):
+    """block_out_channels that validation allows but memory does not: refused from the config alone."""
+    from ddpm_studio import footprint
+    from ddpm_studio.engine import unet
+
+    monkeypatch.setattr(footprint, "system_memory_bytes", lambda: 2**30)  # a 1 GB machine
+    built = []
+    monkeypatch.setattr(unet, "build_model", lambda *a, **k: built.append(1))
+    cfg = _valid_unet_config()
+    cfg["block_out_channels"] = [512, 2048]  # some 10^8 parameters: allowed, but not in 1 GB
+    folder = _pipeline_folder(tmp_path, cfg)
+    with pytest.raises(ValueError) as e:
+        load_diffusers_folder(folder, device="cpu")
+    assert "too large for this machine's 1.0 GB of memory" in str(e.value) and "config.json" in str(e.value)
+    assert not built
+
+
 UNSUPPORTED_SCHEDULER = [
     ("beta_schedule", "laplace"),
     ("variance_type", "learned_range"),

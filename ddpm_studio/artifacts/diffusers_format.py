@@ -640,6 +640,15 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
     except ValueError as e:
         raise DiffusersFormatError(f"{path}: {e}") from None
 
+    # The network must fit before anything is built (closed form, no allocation; issue 15).
+    from ddpm_studio import footprint
+
+    dev = device if isinstance(device, torch.device) else select_device(device or "auto")
+    memory, where = footprint.device_memory(dev)
+    try:
+        footprint.check_fits(model_cfg, memory=memory, where=where)
+    except ValueError as e:
+        raise DiffusersFormatError(f"{unet_dir / 'config.json'}: {e}") from None
     # The config alone rebuilds the network and the process (issue 15): nothing else is passed on.
     try:
         model = build_model(model_cfg)
@@ -647,7 +656,6 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
         raise DiffusersFormatError(f"{unet_dir / 'config.json'}: {e}") from None
     state, weights_file = load_unet_weights(unet_dir)
     load_weights_into(model, state, f"diffusers ({weights_file.name})")
-    dev = device if isinstance(device, torch.device) else select_device(device or "auto")
     model.to(dev).eval().requires_grad_(False)
     diffusion = GaussianDiffusion.from_config(diff_cfg)
     return LoadedModel(model, diffusion, config, 0, str(path), notes)
