@@ -60,7 +60,6 @@ def main() -> int:
     big = load_images(DataConfig(folder=None, image_size=32)).images  # (4096, 32, 32, 3)
     train = np.concatenate([big, big[:, :, ::-1], big[:, ::-1]])[:10000]  # 10,000 distinct 32 px images
     s64 = train[rng.permutation(len(train))[:64]] // 2 + 60  # 64 "samples" unlike any training image
-    from ddpm_studio.evaluation import features
 
     def first_time():
         features._CACHE.clear()  # the training set's features computed afresh

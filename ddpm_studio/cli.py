@@ -1,5 +1,5 @@
-"""Command line: ``ddpm-studio [train|sample|info|export|compare|interpolate|chain|branch|eval|nearest|timelapse|doctor]``
-(no command opens the window).
+"""Command line: ``ddpm-studio COMMAND`` (no command opens the window), with COMMAND one of
+``train|sample|info|export|compare|interpolate|chain|branch|eval|nearest|timelapse|doctor``.
 
 Errors are one line on stderr with no traceback: exit status 2 for bad usage, 1 for input that
 was refused (a missing folder, a damaged checkpoint, an invalid setting).

@@ -15,7 +15,10 @@ from ddpm_studio.evaluation import doctor, features, memorization, metrics, time
 def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(5, 3)) + 0.5
-    k = lambda a, b: (a @ b / 3 + 1) ** 3
+
+    def k(a, b):  # KID's kernel (x.y / d + 1)^3, here d = 3 features
+        return (a @ b / 3 + 1) ** 3
+
     xx = np.mean([k(x[i], x[j]) for i in range(7) for j in range(7) if i != j])
     yy = np.mean([k(y[i], y[j]) for i in range(5) for j in range(5) if i != j])
     xy = np.mean([k(a, b) for a in x for b in y])
@@ -160,7 +163,8 @@ def test_doctor_finds_injected_duplicates_and_fixes_them(tmp_path):
     files = write_pngs(imgs, tmp_path / "d")
     (tmp_path / "d" / "z_copy_of_3.png").write_bytes(files[3].read_bytes())
     # a near duplicate: the same picture saved as a JPEG
-    Image.fromarray(imgs[7]).resize((32, 32), Image.Resampling.NEAREST).save(tmp_path / "d" / "z_resaved_7.jpg", quality=95)
+    Image.fromarray(imgs[7]).resize((32, 32), Image.Resampling.NEAREST).save(tmp_path / "d" / "z_resaved_7.jpg",
+                                                                               quality=95)
     rep = doctor.diagnose(tmp_path / "d", image_size=16)
     exact = next(f for f in rep.findings if f.kind == "exact_duplicates")
     assert exact.groups == [[str(files[3]), str(tmp_path / "d" / "z_copy_of_3.png")]]

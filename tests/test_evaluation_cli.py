@@ -62,7 +62,8 @@ def test_nearest_finds_a_copied_training_image_among_samples(capsys, tmp_path):
 
 def test_timelapse_writes_the_gif_and_sheet(capsys, tmp_path):
     run = trained_run()
-    assert main(["timelapse", "--run", str(run), "--out", str(tmp_path / "t.gif"), "--sheet", str(tmp_path / "s.png")]) == 0
+    assert main(["timelapse", "--run", str(run), "--out", str(tmp_path / "t.gif"),
+                 "--sheet", str(tmp_path / "s.png")]) == 0
     out = capsys.readouterr().out
     assert "4 frames, steps 50 to 200" in out
     with Image.open(tmp_path / "t.gif") as g:

@@ -142,7 +142,8 @@ def test_dataset_doctor_finds_duplicates_and_excludes_them(qtbot, window, tmp_pa
     assert "exact_duplicates" in rep.kinds()
     titles = [doc.tree.topLevelItem(i).text(0) for i in range(doc.tree.topLevelItemCount())]
     assert any("1 exact duplicate file(s)" in t for t in titles)
-    dup = next(doc.tree.topLevelItem(i) for i in range(doc.tree.topLevelItemCount()) if "exact" in doc.tree.topLevelItem(i).text(0))
+    top = [doc.tree.topLevelItem(i) for i in range(doc.tree.topLevelItemCount())]
+    dup = next(item for item in top if "exact" in item.text(0))
     assert dup.child(0).text(0) == "img_0005.png  =  img_0005 copy.png"  # the one kept first
     doc.tree.setCurrentItem(dup)
     assert "first file of each group" in doc.advice.text()

@@ -35,9 +35,11 @@ def add_parsers(sub, positive_int, positive_float) -> None:
                        "by feature distance, with the ratio to the typical distance between two training images; "
                        "a sample under a third of it is counted as a near-copy.")
     n.add_argument("--run", required=True, metavar="RUN_DIR", help="the run folder (its training images and size)")
-    n.add_argument("--samples", required=True, metavar="DIR", help="a folder of generated images (e.g. from sample --out)")
+    n.add_argument("--samples", required=True, metavar="DIR",
+                   help="a folder of generated images (e.g. from sample --out)")
     n.add_argument("--data", metavar="DIR", help="the training images, when the run's folder moved")
-    n.add_argument("--top", type=positive_int, default=3, metavar="K", help="training images listed per sample (default 3)")
+    n.add_argument("--top", type=positive_int, default=3, metavar="K",
+                   help="training images listed per sample (default 3)")
     n.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     t = sub.add_parser("timelapse", help="a run's preview grids as a GIF and a contact sheet",
@@ -128,8 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"{r.step:>8,}  {r.kid:>8.4f}  [{r.kid_lo:>8.4f}, {r.kid_hi:>7.4f}]  {r.fd:>8.3f}  "
                   f"{r.precision:>5.2f}  {r.recall:>6.2f}")
         f = results[-1]
-        print(f"floor (real vs real): KID {f.floor_kid:.4f} [{f.floor_kid_lo:.4f}, {f.floor_kid_hi:.4f}], FD {f.floor_fd:.3f} "
-              f"(N={num}; FD comparable only at the same N)")
+        print(f"floor (real vs real): KID {f.floor_kid:.4f} [{f.floor_kid_lo:.4f}, {f.floor_kid_hi:.4f}], "
+              f"FD {f.floor_fd:.3f} (N={num}; FD comparable only at the same N)")
     else:
         r = results[0]
         print(f"model: {r.source} (step {r.step:,}); {num} samples: {r.sampling}")

@@ -41,7 +41,8 @@ MAX_LISTED = 200  # files kept per finding (the count says how many there are)
 
 @dataclass
 class Finding:
-    kind: str  # exact_duplicates, near_duplicates, mixed_sizes, mixed_modes, mirror, small_set, large_images, unreadable
+    # exact_duplicates, near_duplicates, mixed_sizes, mixed_modes, mirror, small_set, large_images, unreadable
+    kind: str
     severity: str  # "warning" or "info"
     title: str  # one line
     advice: str  # plain words: what it means, what to do
@@ -139,7 +140,8 @@ def _read(path: str) -> _Info:
     with Image.open(io.BytesIO(data)) as im:
         width, height, mode = im.width, im.height, im.mode
         if width * height > DEFAULT_MAX_PIXELS:
-            raise ValueError(f"{width}x{height} is over the {DEFAULT_MAX_PIXELS // (1024 * 1024)} Mpx limit; it is refused when loading")
+            raise ValueError(f"{width}x{height} is over the {DEFAULT_MAX_PIXELS // (1024 * 1024)} Mpx limit; "
+                             "it is refused when loading")
         im.draft("RGB", (THUMB * 4, THUMB * 4))  # JPEG: decode at a fraction of the size
         rgb = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB").convert("RGB")
     g = np.asarray(rgb.convert("L").resize((THUMB, THUMB), Image.Resampling.BOX), np.float32) / 255.0
@@ -183,7 +185,8 @@ def _nearest_other(a: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
 
 
 def _keeper_first(group: list[int], names: list[str]) -> list[int]:
-    """A duplicate group with the file to keep first: the shortest name ("a.png" before "a copy.png"), then path order."""
+    """A duplicate group with the file to keep first: the shortest name ("a.png" before "a copy.png"),
+    then path order."""
     return sorted(group, key=lambda i: (len(os.path.basename(names[i])), names[i].casefold(), names[i]))
 
 
@@ -196,6 +199,28 @@ def diagnose(paths, *, image_size: int = 32, flip: bool = False, progress=None, 
     t0 = time.perf_counter()
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files, bad = image_files(paths)
+    infos = _read_all(files, bad, progress, should_stop)
+    findings = _unreadable(bad)
+    names = [x.path for x in infos]
+    if not infos:
+        if not bad:
+            findings.append(Finding("unreadable", "warning", "no image files found",
+                                    f"Nothing with an image extension ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                                    "is here."))
+        return DoctorReport(findings, names, time.perf_counter() - t0)
+    exact_finding, uniq = _exact_duplicates(infos, names)
+    findings += exact_finding
+    findings += _near_duplicates(infos, names, uniq)
+    findings += _mixed_sizes(infos, names, image_size)
+    findings += _mixed_modes(infos)
+    findings += _mirror(infos, names, uniq, flip)
+    findings += _small_set(len(uniq), flip)
+    findings += _large_images(infos, image_size)
+    return DoctorReport(findings, names, time.perf_counter() - t0)
+
+
+def _read_all(files: list[str], bad: list[tuple[str, str]], progress, should_stop) -> list[_Info]:
+    """Every readable file's :class:`_Info`; an unreadable one is appended to ``bad`` with the reason."""
     infos: list[_Info] = []
     for i, p in enumerate(files):
         if should_stop is not None and should_stop():
@@ -208,112 +233,149 @@ def diagnose(paths, *, image_size: int = 32, flip: bool = False, progress=None, 
             bad.append((p, str(e) or type(e).__name__))
         if progress is not None and (i % 64 == 0 or i == len(files) - 1):
             progress(i + 1, len(files), f"Checking {i + 1:,} of {len(files):,} images")
-    findings: list[Finding] = []
-    if bad:
-        findings.append(Finding("unreadable", "warning", f"{len(bad)} file(s) cannot be used",
-                                "They are skipped when the folder is loaded: " + "; ".join(f"{Path(p).name}: {why}" for p, why in bad[:5]),
-                                files=_listed([p for p, _ in bad])))
-    n = len(infos)
-    names = [x.path for x in infos]
-    if n == 0:
-        if not bad:
-            findings.append(Finding("unreadable", "warning", "no image files found",
-                                    f"Nothing with an image extension ({', '.join(sorted(IMAGE_EXTENSIONS))}) is here."))
-        return DoctorReport(findings, names, time.perf_counter() - t0)
+    return infos
 
-    # -- duplicates -------------------------------------------------------------------------------
+
+def _unreadable(bad: list[tuple[str, str]]) -> list[Finding]:
+    if not bad:
+        return []
+    reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in bad[:5])
+    return [Finding("unreadable", "warning", f"{len(bad)} file(s) cannot be used",
+                    "They are skipped when the folder is loaded: " + reasons,
+                    files=_listed([p for p, _ in bad]))]
+
+
+# -- duplicates -----------------------------------------------------------------------------------
+
+def _exact_duplicates(infos: list[_Info], names: list[str]) -> tuple[list[Finding], list[int]]:
+    """(the exact-duplicates finding, if any; the indices of distinct images, first of each group)."""
     by_sha: dict[str, list[int]] = {}
     for i, x in enumerate(infos):
         by_sha.setdefault(x.sha, []).append(i)
     exact = [_keeper_first(g, names) for g in by_sha.values() if len(g) > 1]
-    if exact:
-        extra = [names[i] for g in exact for i in g[1:]]
-        findings.append(Finding(
-            "exact_duplicates", "warning", f"{len(extra)} exact duplicate file(s) in {len(exact)} group(s)",
-            "The same picture more than once weighs it more in training and makes copies of it likelier. "
-            "Excluding the extra copies keeps the first file of each group (the shortest name).",
-            files=_listed(extra), groups=[[names[i] for i in g] for g in exact[:MAX_LISTED]], exclude=extra))
     first_of = {i: g[0] for g in exact for i in g}
-    uniq = [i for i in range(n) if first_of.get(i, i) == i]
-    if len(uniq) > 1:
-        g = np.stack([infos[i].gray.ravel() for i in uniq]).astype(np.float32)  # (U, 256)
-        pairs = []
-        g2 = (g * g).sum(1)
-        for start in range(0, len(g), 1024):
-            blk = g[start:start + 1024]
-            d2 = (blk * blk).sum(1)[:, None] + g2[None, :] - 2.0 * blk @ g.T  # (blk, U)
-            rmse = np.sqrt(np.clip(d2, 0, None) / g.shape[1])
-            a, b = np.nonzero(rmse < NEAR_DUPLICATE_RMSE)
-            pairs += [(start + i, j) for i, j in zip(a.tolist(), b.tolist()) if start + i < j]
-        near = [_keeper_first([uniq[i] for i in grp], names) for grp in _groups(pairs, len(uniq))]
-        if near:
-            extra = [names[i] for grp in near for i in grp[1:]]
-            findings.append(Finding(
-                "near_duplicates", "warning", f"{len(extra)} near duplicate(s) in {len(near)} group(s)",
-                "These look the same at thumbnail size (a re-save, a resize or a small edit). Look at the groups; "
-                "excluding keeps the first file of each group (the shortest name).",
-                files=_listed(extra), groups=[[names[i] for i in grp] for grp in near[:MAX_LISTED]], exclude=extra))
+    uniq = [i for i in range(len(infos)) if first_of.get(i, i) == i]
+    if not exact:
+        return [], uniq
+    extra = [names[i] for g in exact for i in g[1:]]
+    return [Finding(
+        "exact_duplicates", "warning", f"{len(extra)} exact duplicate file(s) in {len(exact)} group(s)",
+        "The same picture more than once weighs it more in training and makes copies of it likelier. "
+        "Excluding the extra copies keeps the first file of each group (the shortest name).",
+        files=_listed(extra), groups=[[names[i] for i in g] for g in exact[:MAX_LISTED]], exclude=extra)], uniq
 
-    # -- sizes and modes ------------------------------------------------------------------------------
+
+def _near_pairs(g: np.ndarray) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of rows of ``g`` (U, THUMB * THUMB) within ``NEAR_DUPLICATE_RMSE``."""
+    pairs = []
+    g2 = (g * g).sum(1)
+    for start in range(0, len(g), 1024):
+        blk = g[start:start + 1024]
+        d2 = (blk * blk).sum(1)[:, None] + g2[None, :] - 2.0 * blk @ g.T  # (blk, U)
+        rmse = np.sqrt(np.clip(d2, 0, None) / g.shape[1])
+        a, b = np.nonzero(rmse < NEAR_DUPLICATE_RMSE)
+        pairs += [(start + i, j) for i, j in zip(a.tolist(), b.tolist()) if start + i < j]
+    return pairs
+
+
+def _near_duplicates(infos: list[_Info], names: list[str], uniq: list[int]) -> list[Finding]:
+    if len(uniq) <= 1:
+        return []
+    g = np.stack([infos[i].gray.ravel() for i in uniq]).astype(np.float32)  # (U, 256)
+    near = [_keeper_first([uniq[i] for i in grp], names) for grp in _groups(_near_pairs(g), len(uniq))]
+    if not near:
+        return []
+    extra = [names[i] for grp in near for i in grp[1:]]
+    return [Finding(
+        "near_duplicates", "warning", f"{len(extra)} near duplicate(s) in {len(near)} group(s)",
+        "These look the same at thumbnail size (a re-save, a resize or a small edit). Look at the groups; "
+        "excluding keeps the first file of each group (the shortest name).",
+        files=_listed(extra), groups=[[names[i] for i in grp] for grp in near[:MAX_LISTED]], exclude=extra)]
+
+
+# -- sizes and modes ------------------------------------------------------------------------------
+
+def _mixed_sizes(infos: list[_Info], names: list[str], image_size: int) -> list[Finding]:
     sizes = {(x.width, x.height) for x in infos}
-    if len(sizes) > 1:
-        non_square = [x.path for x in infos if max(x.width, x.height) > 1.1 * min(x.width, x.height)]
-        small = [x.path for x in infos if min(x.width, x.height) < image_size]
-        parts = [f"{len(sizes)} different sizes"]
-        if non_square:
-            parts.append(f"{len(non_square)} not square: the centre crop cuts their edges off")
-        if small:
-            parts.append(f"{len(small)} smaller than {image_size} px: they are enlarged and look blurry")
-        findings.append(Finding("mixed_sizes", "warning" if non_square or small else "info", "mixed image sizes",
-                                "; ".join(parts) + ". Crop them the way you want them, or set a Minimum size to skip small ones.",
-                                files=_listed(sorted(set(non_square + small)) or names)))
-    def kind_of(x: _Info) -> str:
-        return {"L": "grayscale", "1": "black and white", "LA": "grayscale with transparency", "RGBA": "colour with transparency",
-                "P": "palette colour", "RGB": "colour", "CMYK": "CMYK colour"}.get(x.mode, x.mode)
+    if len(sizes) <= 1:
+        return []
+    non_square = [x.path for x in infos if max(x.width, x.height) > 1.1 * min(x.width, x.height)]
+    small = [x.path for x in infos if min(x.width, x.height) < image_size]
+    parts = [f"{len(sizes)} different sizes"]
+    if non_square:
+        parts.append(f"{len(non_square)} not square: the centre crop cuts their edges off")
+    if small:
+        parts.append(f"{len(small)} smaller than {image_size} px: they are enlarged and look blurry")
+    return [Finding("mixed_sizes", "warning" if non_square or small else "info", "mixed image sizes",
+                    "; ".join(parts) + ". Crop them the way you want them, or set a Minimum size to skip small ones.",
+                    files=_listed(sorted(set(non_square + small)) or names))]
+
+
+_MODE_WORDS = {"L": "grayscale", "1": "black and white", "LA": "grayscale with transparency",
+               "RGBA": "colour with transparency", "P": "palette colour", "RGB": "colour", "CMYK": "CMYK colour"}
+
+
+def _mixed_modes(infos: list[_Info]) -> list[Finding]:
     modes: dict[str, list[str]] = {}
     for x in infos:
-        modes.setdefault(kind_of(x), []).append(x.path)
-    if len(modes) > 1:
-        desc = ", ".join(f"{len(v)} {k}" for k, v in sorted(modes.items(), key=lambda kv: -len(kv[1])))
-        findings.append(Finding("mixed_modes", "info", "mixed image modes", f"{desc}. With Channels set to Automatic the set trains in "
-                                "colour unless every image is grayscale; transparent pixels are painted onto the background colour.",
-                                files=_listed([p for k, v in modes.items() if k != max(modes, key=lambda m: len(modes[m])) for p in v])))
+        modes.setdefault(_MODE_WORDS.get(x.mode, x.mode), []).append(x.path)
+    if len(modes) <= 1:
+        return []
+    desc = ", ".join(f"{len(v)} {k}" for k, v in sorted(modes.items(), key=lambda kv: -len(kv[1])))
+    commonest = max(modes, key=lambda m: len(modes[m]))
+    return [Finding("mixed_modes", "info", "mixed image modes",
+                    f"{desc}. With Channels set to Automatic the set trains in colour unless every image is "
+                    "grayscale; transparent pixels are painted onto the background colour.",
+                    files=_listed([p for k, v in modes.items() if k != commonest for p in v]))]
 
-    # -- mirror -------------------------------------------------------------------------------------
-    if len(uniq) >= 8:
-        sq = np.stack([infos[i].square for i in uniq]).astype(np.float32)  # (U, T, T, 3)
-        flat = sq.reshape(len(sq), -1)
-        mirrored = sq[:, :, ::-1, :].reshape(len(sq), -1)
-        own = _nearest_other(flat, flat, same=True)
-        mir = _nearest_other(mirrored, flat, same=True)
-        ratio = mir / np.maximum(own, 1e-3)
-        odd = [names[uniq[i]] for i in np.argsort(-ratio) if ratio[i] > MIRROR_RATIO]
-        median = float(np.median(ratio))
-        if median > MIRROR_SET_RATIO or len(odd) > 0.25 * len(uniq):
-            findings.append(Finding(
-                "mirror", "warning" if flip else "info", "mirrored images do not look like this set",
-                f"Flipped left-right, these images are {median:.1f}x farther from the rest than as they are (text, digits, "
-                "logos, things facing one way). " + ("Turn off random horizontal flip: the model would learn mirrored ones."
-                                                    if flip else "Leave random horizontal flip off."),
-                files=_listed(odd)))
 
-    # -- size of the set ------------------------------------------------------------------------------
-    distinct = len(uniq)
-    if distinct < SMALL_SET:
-        findings.append(Finding(
-            "small_set", "warning" if distinct < TINY_SET else "info", f"a small set: {distinct} distinct image(s)",
-            f"With {distinct} images a model learns them by heart: early samples are blends, later ones copies of training "
-            "images (the smaller the set, the sooner). Start from the tiny preset at 16-32 px, "
-            + ("turn on random horizontal flip if mirrored images make sense, " if not flip else "")
-            + "save checkpoints often and watch the memorisation check (Evaluate, or ddpm-studio nearest); "
-            "stop when samples turn into near-copies. More images help more than more steps.",
-            files=[]))
+# -- mirror ---------------------------------------------------------------------------------------
+
+def _mirror(infos: list[_Info], names: list[str], uniq: list[int], flip: bool) -> list[Finding]:
+    if len(uniq) < 8:
+        return []
+    sq = np.stack([infos[i].square for i in uniq]).astype(np.float32)  # (U, T, T, 3)
+    flat = sq.reshape(len(sq), -1)  # (U, T*T*3)
+    mirrored = sq[:, :, ::-1, :].reshape(len(sq), -1)  # (U, T*T*3), each image flipped left-right
+    own = _nearest_other(flat, flat, same=True)
+    mir = _nearest_other(mirrored, flat, same=True)
+    ratio = mir / np.maximum(own, 1e-3)
+    odd = [names[uniq[i]] for i in np.argsort(-ratio) if ratio[i] > MIRROR_RATIO]
+    median = float(np.median(ratio))
+    if not (median > MIRROR_SET_RATIO or len(odd) > 0.25 * len(uniq)):
+        return []
+    advice = ("Turn off random horizontal flip: the model would learn mirrored ones." if flip
+              else "Leave random horizontal flip off.")
+    return [Finding(
+        "mirror", "warning" if flip else "info", "mirrored images do not look like this set",
+        f"Flipped left-right, these images are {median:.1f}x farther from the rest than as they are (text, digits, "
+        "logos, things facing one way). " + advice,
+        files=_listed(odd))]
+
+
+# -- size of the set and of its images ------------------------------------------------------------
+
+def _small_set(distinct: int, flip: bool) -> list[Finding]:
+    if distinct >= SMALL_SET:
+        return []
+    return [Finding(
+        "small_set", "warning" if distinct < TINY_SET else "info", f"a small set: {distinct} distinct image(s)",
+        f"With {distinct} images a model learns them by heart: early samples are blends, later ones copies of "
+        "training images (the smaller the set, the sooner). Start from the tiny preset at 16-32 px, "
+        + ("turn on random horizontal flip if mirrored images make sense, " if not flip else "")
+        + "save checkpoints often and watch the memorisation check (Evaluate, or ddpm-studio nearest); "
+        "stop when samples turn into near-copies. More images help more than more steps.",
+        files=[])]
+
+
+def _large_images(infos: list[_Info], image_size: int) -> list[Finding]:
     large = [x.path for x in infos if min(x.width, x.height) > LARGE_FACTOR * image_size]
-    if large:
-        biggest = max(infos, key=lambda x: x.width * x.height)
-        findings.append(Finding(
-            "large_images", "info", f"{len(large)} image(s) over {LARGE_FACTOR}x the training size",
-            f"They are downscaled to {image_size} px (the largest, {Path(biggest.path).name}, is {biggest.width}x{biggest.height}): "
-            "small details vanish, and decoding them is slow the first time (the result is cached). "
-            "Crop to the part that matters, or train at a larger image size.", files=_listed(large)))
-    return DoctorReport(findings, names, time.perf_counter() - t0)
+    if not large:
+        return []
+    biggest = max(infos, key=lambda x: x.width * x.height)
+    return [Finding(
+        "large_images", "info", f"{len(large)} image(s) over {LARGE_FACTOR}x the training size",
+        f"They are downscaled to {image_size} px (the largest, {Path(biggest.path).name}, is "
+        f"{biggest.width}x{biggest.height}): small details vanish, and decoding them is slow the first time "
+        "(the result is cached). Crop to the part that matters, or train at a larger image size.",
+        files=_listed(large))]

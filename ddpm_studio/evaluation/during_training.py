@@ -30,7 +30,8 @@ def estimate_seconds(cfg, num: int, device: str = "cpu", probe: int = 8) -> floa
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     shape = (probe, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
     t0 = time.perf_counter()
-    diffusion.sample(model, shape, cfg.sampling, generator=torch.Generator().manual_seed(0), device=torch.device(device))
+    diffusion.sample(model, shape, cfg.sampling, generator=torch.Generator().manual_seed(0),
+                     device=torch.device(device))
     return (time.perf_counter() - t0) * num / probe + 1.0
 
 

@@ -4,11 +4,11 @@ For every sample the nearest training images by pixel distance (RMSE on a 0-1 sc
 full-resolution image) and the nearest by feature distance (the fixed conv net of
 :mod:`.features`). Each distance is divided by the *typical* real-to-real nearest distance: the
 median, over up to ``TYPICAL_PROBE`` training images, of the distance from one training image to
-its nearest other training image (exact twins within the set left out). A sample closer to a training image than a third of that
-(``NEAR_COPY_RATIO``) is counted as a near-copy: the model reproduces that image more faithfully
-than any two pictures of the set resemble each other (the rule of thumb of Somepalli et al. 2023
-and Carlini et al. 2023, who call a sample memorised when it is much closer to one training image
-than to the rest).
+its nearest other training image (exact twins within the set left out). A sample closer to a
+training image than a third of that (``NEAR_COPY_RATIO``) is counted as a near-copy: the model
+reproduces that image more faithfully than any two pictures of the set resemble each other (the
+rule of thumb of Somepalli et al. 2023 and Carlini et al. 2023, who call a sample memorised when it
+is much closer to one training image than to the rest).
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def typical_distances(train: np.ndarray, train_features: np.ndarray, seed: int =
     feat = np.where(fd > 1e-9, fd, np.inf).min(1)
     pix, feat = pix[np.isfinite(pix)], feat[np.isfinite(feat)]
     if len(pix) == 0:
-        raise ValueError("every training image has an exact twin in the set; remove the duplicates (ddpm-studio doctor)")
+        raise ValueError("every training image has an exact twin in the set; "
+                         "remove the duplicates (ddpm-studio doctor)")
     return float(np.median(pix)), float(np.median(feat)) if len(feat) else 1.0
 
 
@@ -157,7 +158,8 @@ def nearest_training_images(samples: np.ndarray, train: np.ndarray, *, k: int = 
     idx, dist = _nearest_pixels(samples, train, k, should_stop, coarse_train=coarse)
     fd = pairwise_distances(f_s, f_train)  # (S, N)
     fi = fd.argmin(1)
-    matches = [SampleMatch(index=i, pixel_neighbours=[int(j) for j in idx[i]], pixel_distances=[float(v) for v in dist[i]],
+    matches = [SampleMatch(index=i, pixel_neighbours=[int(j) for j in idx[i]],
+                           pixel_distances=[float(v) for v in dist[i]],
                            feature_neighbour=int(fi[i]), feature_distance=float(fd[i, fi[i]]),
                            pixel_ratio=float(dist[i, 0] / max(typ_pix, 1e-12)),
                            feature_ratio=float(fd[i, fi[i]] / max(typ_feat, 1e-12)))

@@ -186,11 +186,13 @@ class Readout:
         return [
             ("KID (conv features)", iv(self.kid, self.kid_lo, self.kid_hi),
              iv(self.floor_kid, self.floor_kid_lo, self.floor_kid_hi), "lower is better; 95% bootstrap interval"),
-            ("KID (pixels)", f"{self.kid_pixels:.4f}", f"{self.floor_kid_pixels:.4f}", "lower is better; 8x8 averaged pixels"),
+            ("KID (pixels)", f"{self.kid_pixels:.4f}", f"{self.floor_kid_pixels:.4f}",
+             "lower is better; 8x8 averaged pixels"),
             ("Fréchet distance", f"{self.fd:.3f}", f"{self.floor_fd:.3f}", fd_note),
             ("precision", f"{self.precision:.3f}", f"{self.floor_precision:.3f}", "samples that look like real images"),
             ("recall", f"{self.recall:.3f}", f"{self.floor_recall:.3f}", "real images the samples cover"),
-            ("density", f"{self.density:.3f}", f"{self.floor_density:.3f}", "about 1 when samples sit where real images do"),
+            ("density", f"{self.density:.3f}", f"{self.floor_density:.3f}",
+             "about 1 when samples sit where real images do"),
             ("coverage", f"{self.coverage:.3f}", f"{self.floor_coverage:.3f}", "real images with a sample nearby"),
         ]
 
@@ -234,7 +236,8 @@ def score_images(samples: np.ndarray, real: np.ndarray, *, seed: int = EVAL_SEED
         raise ValueError(f"the samples are {samples.shape[1:]} (H, W, C) but the training images are {real.shape[1:]}")
     t0 = time.perf_counter()
     ref, held = split_real(real, len(samples), seed)
-    f_ref, f_held, f_s = feats.standardize(*(feats.conv_features(a, should_stop=should_stop) for a in (ref, held, samples)))
+    f_ref, f_held, f_s = feats.standardize(*(feats.conv_features(a, should_stop=should_stop)
+                                             for a in (ref, held, samples)))
     p_ref, p_held, p_s = feats.standardize(*(feats.pixel_features(a) for a in (ref, held, samples)))
     k, klo, khi = kid(f_s, f_ref, bootstrap=bootstrap, seed=seed)
     fk, fklo, fkhi = kid(f_held, f_ref, bootstrap=bootstrap, seed=seed + 1)

@@ -50,7 +50,8 @@ def make_evaluate(run_dir: str, *, num: int, checkpoint: str | None = None, all_
                 state.emit(r, flush=True)  # the plot grows checkpoint by checkpoint
         else:
             loaded = load_model(checkpoint or run_dir, device=device)
-            readouts = [metrics.evaluate(loaded, real.images, num, should_stop=state.should_stop, progress=state.progress)]
+            readouts = [metrics.evaluate(loaded, real.images, num, should_stop=state.should_stop,
+                                         progress=state.progress)]
         if state.should_stop():
             if readouts:
                 metrics.save_results(run_dir, readouts)

@@ -64,7 +64,27 @@ class EvaluatePanel(QWidget):
         self.ask_run_folder = self._ask_run_folder  # replaceable (tests)
         self.ask_save_path = self._ask_save_path
 
-        # -- left: run, settings, actions ------------------------------------------------------------
+        left = self._build_settings()
+        self.progress = ProgressRow()
+        self.progress.cancel_clicked.connect(self.cancel)
+        self.summary = QLabel("Open a run, then press Evaluate.")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.views = QTabWidget()
+        self.views.addTab(self._build_quality_view(), "Quality")
+        self.views.addTab(self._build_nearest_view(), "Nearest training images")
+        right = QVBoxLayout()
+        right.addWidget(self.summary)
+        right.addWidget(self.progress)
+        right.addWidget(self.views, 1)
+        lay = QHBoxLayout(self)
+        lay.addWidget(left)
+        lay.addLayout(right, 1)
+        self._update_buttons()
+
+    # -- layout ---------------------------------------------------------------------------------------
+    def _build_settings(self) -> QWidget:
+        """The left column: the run, the quality settings and the actions."""
         run_box, run_form = section("Run")
         self.run_label = QLabel("No run opened")
         self.run_label.setWordWrap(True)
@@ -73,7 +93,8 @@ class EvaluatePanel(QWidget):
         run_form.addRow(self.run_label)
         run_form.addRow(self.open_button)
         self.checkpoint_combo = QComboBox()
-        add_row(run_form, "Checkpoint", self.checkpoint_combo, "Which saved weights to judge; the newest good one by default.")
+        add_row(run_form, "Checkpoint", self.checkpoint_combo,
+                "Which saved weights to judge; the newest good one by default.")
 
         box, form = section("Quality")
         self.num_spin = int_spin(16, 50000, 256, 64)
@@ -106,13 +127,10 @@ class EvaluatePanel(QWidget):
         left = settings_column([run_box, box, box2])
         left.setMinimumWidth(300)
         left.setMaximumWidth(380)
+        return left
 
-        # -- right: results, plot, nearest -------------------------------------------------------------
-        self.progress = ProgressRow()
-        self.progress.cancel_clicked.connect(self.cancel)
-        self.summary = QLabel("Open a run, then press Evaluate.")
-        self.summary.setWordWrap(True)
-        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    def _build_quality_view(self) -> QSplitter:
+        """The metrics table above the loss and KID-per-step plots."""
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Metric", "Model", "Floor (real vs real)", "Meaning"])
         self.table.verticalHeader().setVisible(False)
@@ -146,11 +164,15 @@ class EvaluatePanel(QWidget):
         quality.setStretchFactor(0, 1)
         quality.setStretchFactor(1, 2)
         quality.setSizes([270, 430])  # the whole table shows
+        return quality
 
+    def _build_nearest_view(self) -> QWidget:
+        """The copy check's table: each sample beside its three nearest training images."""
         self.nearest_summary = QLabel("Press Check for Copies.")
         self.nearest_summary.setWordWrap(True)
         self.nearest_table = QTableWidget(0, 5)
-        self.nearest_table.setHorizontalHeaderLabels(["Sample", "Nearest", "2nd", "3rd", "Distance to the nearest / typical distance between training images"])
+        self.nearest_table.setHorizontalHeaderLabels(
+            ["Sample", "Nearest", "2nd", "3rd", "Distance to the nearest / typical distance between training images"])
         self.nearest_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.nearest_table.verticalHeader().setVisible(False)
         self.nearest_table.horizontalHeader().setStretchLastSection(True)
@@ -159,18 +181,7 @@ class EvaluatePanel(QWidget):
         nl.setContentsMargins(0, 0, 0, 0)
         nl.addWidget(self.nearest_summary)
         nl.addWidget(self.nearest_table, 1)
-
-        self.views = QTabWidget()
-        self.views.addTab(quality, "Quality")
-        self.views.addTab(nearest_w, "Nearest training images")
-        right = QVBoxLayout()
-        right.addWidget(self.summary)
-        right.addWidget(self.progress)
-        right.addWidget(self.views, 1)
-        lay = QHBoxLayout(self)
-        lay.addWidget(left)
-        lay.addLayout(right, 1)
-        self._update_buttons()
+        return nearest_w
 
     # -- run ----------------------------------------------------------------------------------------
     def _ask_run_folder(self) -> str | None:
@@ -184,12 +195,13 @@ class EvaluatePanel(QWidget):
         path = path or self.ask_run_folder()
         if not path or not self._can_start():
             return False
-        return self._start(eval_jobs.make_open_run(str(path), self.device), "evaluate-open", f"Opening {Path(path).name}…",
-                           self._on_run, self.run_opened)
+        return self._start(eval_jobs.make_open_run(str(path), self.device), "evaluate-open",
+                           f"Opening {Path(path).name}…", self._on_run, self.run_opened)
 
     def _on_run(self, summary: eval_jobs.RunSummary) -> None:
         self.run = summary
-        self.run_label.setText(f"{summary.run_dir}\n{len(summary.checkpoints)} checkpoint(s), {summary.previews} preview grid(s)")
+        self.run_label.setText(f"{summary.run_dir}\n{len(summary.checkpoints)} checkpoint(s), "
+                               f"{summary.previews} preview grid(s)")
         self.checkpoint_combo.clear()
         self.checkpoint_combo.addItem("Newest good checkpoint", None)
         for step, p in reversed(summary.checkpoints):
@@ -197,8 +209,9 @@ class EvaluatePanel(QWidget):
         steps, loss = summary.loss
         self.loss_curve.setData(steps, loss)
         self._plot_history(summary.history)
-        self.summary.setText(f"{Path(summary.run_dir).name}: press Evaluate." if not summary.history
-                             else f"{Path(summary.run_dir).name}: {len(summary.history)} earlier evaluation(s) plotted.")
+        name = Path(summary.run_dir).name
+        self.summary.setText(f"{name}: press Evaluate." if not summary.history
+                             else f"{name}: {len(summary.history)} earlier evaluation(s) plotted.")
         self._update_cost()
 
     # -- evaluate -----------------------------------------------------------------------------------
@@ -243,7 +256,8 @@ class EvaluatePanel(QWidget):
             self.floor_line.setVisible(False)
             return
         num = max(n, key=lambda k: sum(d.get("num_samples") == k for d in history))  # the N used most
-        pts = sorted((d for d in history if d.get("num_samples") == num and d.get("step") is not None), key=lambda d: d["step"])
+        pts = sorted((d for d in history if d.get("num_samples") == num and d.get("step") is not None),
+                     key=lambda d: d["step"])
         x = np.array([d["step"] for d in pts], float)
         y = np.array([d["kid"] for d in pts], float)
         lo = np.array([d["kid_lo"] for d in pts], float)
@@ -265,7 +279,8 @@ class EvaluatePanel(QWidget):
         k = len(self.run.checkpoints) if self.all_check.isChecked() else 1
         text = f"Costs {k} x {self.num_spin.value():,} samples ({self.run.sampling}) plus scoring."
         if self.results is not None:
-            per = self.results.seconds_per_checkpoint * self.num_spin.value() / max(1, self.results.readouts[-1].num_samples)
+            scored = max(1, self.results.readouts[-1].num_samples)
+            per = self.results.seconds_per_checkpoint * self.num_spin.value() / scored
             text += f" Last time's pace: about {per * k:.0f} s."
         elif self.run.seconds_per_sample is not None:
             est = k * (self.run.seconds_per_sample * self.num_spin.value() + 1.0)
@@ -279,8 +294,8 @@ class EvaluatePanel(QWidget):
             return False
         if not self._can_start():
             return False
-        job = eval_jobs.make_nearest(self.run.run_dir, num=NEAREST_SAMPLES, checkpoint=self.checkpoint_combo.currentData(),
-                                     device=self.device)
+        job = eval_jobs.make_nearest(self.run.run_dir, num=NEAREST_SAMPLES,
+                                     checkpoint=self.checkpoint_combo.currentData(), device=self.device)
         return self._start(job, "evaluate-nearest", "Looking for copies of training images…", self._on_nearest,
                            self.nearest_finished)
 
@@ -294,8 +309,8 @@ class EvaluatePanel(QWidget):
         for i, m in enumerate(order):
             self.nearest_table.setCellWidget(i, 0, self._thumb(res.samples[m.index], scale))
             for c, j in enumerate(m.pixel_neighbours[:3]):
-                self.nearest_table.setCellWidget(i, c + 1, self._thumb(res.neighbours[j], scale,
-                                                                       rep.train_paths[j] if j < len(rep.train_paths) else ""))
+                tip = rep.train_paths[j] if j < len(rep.train_paths) else ""
+                self.nearest_table.setCellWidget(i, c + 1, self._thumb(res.neighbours[j], scale, tip))
             text = (f"pixels {m.pixel_ratio:.2f}x, features {m.feature_ratio:.2f}x"
                     + ("  — a near-copy" if m.near_copy else ""))
             item = QTableWidgetItem(text)

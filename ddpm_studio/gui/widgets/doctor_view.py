@@ -124,7 +124,8 @@ class DoctorView(QWidget):
         self.status.setText(f"<b>Dataset check</b> {report.summary()}")
         self.advice.setText(report.findings[0].advice if report.findings else "")
         self.fix_button.setEnabled(bool(report.exclude()))
-        self.fix_button.setText(f"Exclude {len(report.exclude())} Duplicate(s)" if report.exclude() else "Exclude Duplicates")
+        self.fix_button.setText(f"Exclude {len(report.exclude())} Duplicate(s)" if report.exclude()
+                                else "Exclude Duplicates")
         self.finished.emit(report)
 
     def _show_advice(self, current, _previous=None) -> None:
@@ -136,7 +137,8 @@ class DoctorView(QWidget):
             return
         kept = self.report.kept_files()
         self.fix_button.setEnabled(False)
-        self.status.setText(f"<b>Dataset check</b> loading {len(kept):,} files without {len(self.report.exclude())} duplicate(s)")
+        self.status.setText(f"<b>Dataset check</b> loading {len(kept):,} files without "
+                            f"{len(self.report.exclude())} duplicate(s)")
         self.exclude_requested.emit(kept)
 
     def shutdown(self) -> None:
