@@ -45,6 +45,24 @@ class MainWindow(QMainWindow):
         self.setMinimumSize(*MIN_SIZE)
         self.resize(1280, 820)
 
+        self._build_tabs()
+        self._build_status_bar()
+
+        self._build_menus()
+        self.state.error.connect(self.show_error)
+        self.state.activity_changed.connect(self._update_activity)
+        self.state.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
+        self.state.device_changed.connect(lambda d: self.device_label.setText(f"Device: {d}"))
+        self.training_panel.training_finished.connect(lambda _: self._update_actions())
+        self.sampling_panel.generation_finished.connect(lambda _: self._update_actions())
+
+        self._sources = self.restore_settings()
+        if load_on_start:
+            QTimer.singleShot(0, lambda: self.dataset_panel.load_paths(self._sources))
+        if probe_device:
+            QTimer.singleShot(0, self._probe_device)
+
+    def _build_tabs(self) -> None:
         self.dataset_panel = DatasetPanel(self.state)
         self.training_panel = TrainingPanel(self.state)
         self.sampling_panel = SamplingPanel(self.state)
@@ -70,6 +88,7 @@ class MainWindow(QMainWindow):
         self.tabs.setTabToolTip(4, "Compare samplers, branch a chain, interpolate: see how a sample is made.")
         self.setCentralWidget(self.tabs)
 
+    def _build_status_bar(self) -> None:
         self.activity_label = QLabel("Ready")
         from .widgets.plotting import quiet_label
 
@@ -81,20 +100,6 @@ class MainWindow(QMainWindow):
         sb = self.statusBar()
         sb.addWidget(self.activity_label, 1)
         sb.addPermanentWidget(self.device_label)
-
-        self._build_menus()
-        self.state.error.connect(self.show_error)
-        self.state.activity_changed.connect(self._update_activity)
-        self.state.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
-        self.state.device_changed.connect(lambda d: self.device_label.setText(f"Device: {d}"))
-        self.training_panel.training_finished.connect(lambda _: self._update_actions())
-        self.sampling_panel.generation_finished.connect(lambda _: self._update_actions())
-
-        self._sources = self.restore_settings()
-        if load_on_start:
-            QTimer.singleShot(0, lambda: self.dataset_panel.load_paths(self._sources))
-        if probe_device:
-            QTimer.singleShot(0, self._probe_device)
 
     # -- menus ------------------------------------------------------------------------------------
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
