@@ -16,7 +16,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -39,23 +38,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication(["ddpm-studio"])
+    QApplication.instance() or QApplication(["ddpm-studio"])
     from ddpm_studio.gui.main_window import MainWindow
 
     win = MainWindow(load_on_start=False)
     win.resize(args.width, args.height)
     win.show()
 
+    from ddpm_studio.gui.testing import wait_until
+
     def wait(cond, timeout: float, what: str) -> None:
-        t0 = time.monotonic()
-        while not cond():
-            app.processEvents()
-            time.sleep(0.01)
-            if time.monotonic() - t0 > timeout:
-                raise SystemExit(f"timed out waiting for {what}")
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.01)
+        wait_until(cond, timeout, what, settle=20)
 
     def shot(name: str) -> None:
         wait(lambda: True, 1, "")

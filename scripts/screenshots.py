@@ -46,15 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     win.resize(args.width, args.height)
     win.show()
 
+    from ddpm_studio.gui.testing import wait_until
+
     def wait(cond, timeout: float, what: str) -> None:
-        t0 = time.monotonic()
-        while not cond():
-            app.processEvents()
-            time.sleep(0.01)
-            if time.monotonic() - t0 > timeout:
-                raise SystemExit(f"timed out waiting for {what}")
-        for _ in range(10):
-            app.processEvents()
+        wait_until(cond, timeout, what, settle=10)
 
     def shot(name: str) -> None:
         for _ in range(20):

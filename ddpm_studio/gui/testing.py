@@ -64,3 +64,21 @@ def drop_paths(widget: QWidget, paths: list[str | Path]) -> bool:
     drop = QDropEvent(pos, actions, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(widget, drop)
     return drop.isAccepted()
+
+
+def wait_until(cond, timeout: float, what: str, settle: int = 20) -> None:
+    """Run the event loop until ``cond()`` holds (SystemExit naming ``what`` after ``timeout``
+    seconds), then ``settle`` more rounds of ~10 ms so that queued repaints land. For scripts that
+    drive the window without pytest-qt (screenshots, benchmarks)."""
+    import time
+
+    app = QApplication.instance()
+    t0 = time.monotonic()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.01)
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"timed out waiting for {what}")
+    for _ in range(settle):
+        app.processEvents()
+        time.sleep(0.01)
