@@ -8,6 +8,7 @@ Defaults follow each platform's convention (XDG on Linux, ~/Library on macOS, %L
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -69,3 +70,17 @@ def resources_dir() -> Path:
     if getattr(sys, "frozen", False):  # PyInstaller bundle
         return Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "ddpm_studio" / "resources"
     return Path(__file__).resolve().parent.parent / "resources"
+
+
+def file_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is, in words ("a folder", "a device", "a named pipe",
+    "a socket"), from its ``st_mode``; None for a regular file or anything else."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None

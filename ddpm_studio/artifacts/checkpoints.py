@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from ddpm_studio import footprint
+from ddpm_studio.paths import file_kind
 from ddpm_studio.config import RunConfig, atomic_write_bytes
 
 FORMAT = "ddpm-studio-checkpoint"
@@ -303,15 +304,7 @@ def remove_stale_temp_files(run_dir: str | os.PathLike) -> None:
 
 
 def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a plain file"
+    return file_kind(mode) or "not a plain file"
 
 
 def _open_regular(path: Path) -> tuple[io.BufferedReader, int]:

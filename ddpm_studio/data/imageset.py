@@ -266,13 +266,10 @@ def special_file_reason(path: str) -> str:
         return "broken link (its target does not exist)"
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "not a regular file (a device)"
-    if stat.S_ISFIFO(mode):
-        return "not a regular file (a named pipe; not opened)"
-    if stat.S_ISSOCK(mode):
-        return "not a regular file (a socket)"
-    return "not a regular file"
+    kind = _paths.file_kind(mode)
+    if kind in (None, "a folder"):
+        return "not a regular file"
+    return f"not a regular file ({kind}{'; not opened' if kind == 'a named pipe' else ''})"
 
 
 def _raise_empty(roots: list[str], skipped: list[SkippedFile]) -> None:
