@@ -159,3 +159,16 @@ def test_doctor_on_the_built_in_set_says_it_needs_none(window):
     doc = window.dataset_panel.doctor
     assert doc.check() is False and doc.task is None
     assert "built-in dataset needs none" in doc.status.text()
+
+
+def test_a_finished_run_opens_in_evaluate_even_after_a_new_run_began(qtbot, window, tmp_path):
+    """The run the finish belongs to opens, not the Training panel's current (maybe newer) run."""
+    from ddpm_studio.training.events import FinishReason, TrainFinished
+
+    run = run_copy(tmp_path, steps=(200,))
+    window.training_panel.session.forget()  # the panel has moved on: no run, or a newer one
+    done = TrainFinished(200, FinishReason.COMPLETED, "done", str(run / "checkpoints" / "step_0000200.safetensors"))
+    with qtbot.waitSignal(window.evaluate_panel.run_opened, timeout=30_000) as blocker:
+        window.training_panel.training_finished.emit(done)
+    assert blocker.args[0].run_dir == str(run)
+    window.training_panel.training_finished.emit(None)  # a failed run: nothing to open, nothing raised

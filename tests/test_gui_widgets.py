@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -231,8 +232,8 @@ def test_many_void_qt_calls_do_not_exhaust_none():
     assert before - sys.getrefcount(None) < before  # still far from zero
 
 
-def test_training_from_the_window_leaves_a_core_for_the_ui():
-    from ddpm_studio.gui.jobs import leave_a_core_for_the_ui
+def test_window_workers_use_every_core_only_when_they_run_below_the_ui():
+    from ddpm_studio.gui.jobs import threads_for_workers
 
     class FakeTorch:
         def __init__(self, n):
@@ -244,11 +245,38 @@ def test_training_from_the_window_leaves_a_core_for_the_ui():
         def set_num_threads(self, n):
             self.n = n
 
-    assert leave_a_core_for_the_ui(FakeTorch(8), environ={}, cpu_count=8) == 7
-    assert leave_a_core_for_the_ui(FakeTorch(2), environ={}, cpu_count=2) == 1
-    assert leave_a_core_for_the_ui(FakeTorch(1), environ={}, cpu_count=1) == 1  # one core: nothing to leave
-    assert leave_a_core_for_the_ui(FakeTorch(4), environ={"OMP_NUM_THREADS": "4"}, cpu_count=4) == 4  # user's choice
-    assert leave_a_core_for_the_ui(FakeTorch(3), environ={}, cpu_count=8) == 3  # already fewer than the cores
+    assert threads_for_workers(FakeTorch(1), True, environ={}, cpu_count=2) == 2  # below the UI: every core
+    assert threads_for_workers(FakeTorch(8), False, environ={}, cpu_count=8) == 7  # same priority: one left
+    assert threads_for_workers(FakeTorch(2), False, environ={}, cpu_count=2) == 1
+    assert threads_for_workers(FakeTorch(1), False, environ={}, cpu_count=1) == 1  # one core: nothing to leave
+    assert threads_for_workers(FakeTorch(4), False, environ={"OMP_NUM_THREADS": "4"}, cpu_count=4) == 4  # user's
+    assert threads_for_workers(FakeTorch(3), True, environ={"OMP_NUM_THREADS": "3"}, cpu_count=8) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_a_task_runs_on_a_thread_below_the_uis_priority(qtbot):
+    import os
+    import threading
+
+    from ddpm_studio.gui.workers import BACKGROUND_NICE, Task, lower_this_threads_priority, runs_below_the_ui
+
+    def job(state):
+        tid = threading.get_native_id()
+        return os.getpriority(os.PRIO_PROCESS, tid), runs_below_the_ui()
+
+    ui_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    task = Task(job, name="nice")
+    with qtbot.waitSignal(task.succeeded, timeout=10000) as got:
+        task.start()
+    nice, below = got.args[0]
+    assert nice == min(19, ui_nice + BACKGROUND_NICE) and below == (ui_nice < 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ui_nice  # the UI thread is untouched
+    assert not runs_below_the_ui()  # asked on the UI thread itself
+
+    def refuse(*a):
+        raise PermissionError("not allowed")
+
+    assert lower_this_threads_priority(setpriority=refuse, getpriority=lambda *a: 0, tid=1) is False
 
 
 def test_grid_axis_looks_like_pyqtgraphs_grid_and_lies_beneath_the_data(qtbot):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import DataConfig, RunConfig, SamplingConfig
 from ..errors import Cancelled
-from .workers import TaskState
+from .workers import TaskState, runs_below_the_ui
 
 DEFAULT_CHAIN_BUDGET = 300 * 1024 * 1024  # bytes of recorded reverse-chain frames per generation
 
@@ -211,18 +211,19 @@ def make_export_gif(frames: list[np.ndarray], path: str, *, stride: int = 1, fps
 
 
 # -- device ---------------------------------------------------------------------------------------
-def leave_a_core_for_the_ui(torch_module, environ=None, cpu_count=None) -> int:
-    """Let torch use every core but one, so the UI thread always has a core to respond on.
+def threads_for_workers(torch_module, below_the_ui: bool, environ=None, cpu_count=None) -> int:
+    """How many threads torch uses in the window's workers, set once at start-up.
 
-    On a 2-core machine with all cores busy training, the longest UI stall measured 102 ms; with
-    one core left free it was 63 ms (BENCHMARKS.md). An explicit OMP_NUM_THREADS is respected.
-    Returns the thread count torch uses afterwards.
+    Where a worker thread runs below the UI thread's priority (:func:`.workers.lower_this_threads_priority`,
+    Linux), torch gets every core: the UI thread still wins a core the moment it has work. Elsewhere
+    one core is left for the UI: on a 2-core machine with every core training at the UI's own
+    priority, the longest UI stall measured 102 ms, and 63 ms with a core left free (BENCHMARKS.md).
+    An explicit OMP_NUM_THREADS is respected. Returns the thread count torch uses afterwards.
     """
     environ = os.environ if environ is None else environ
     cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
-    threads = torch_module.get_num_threads()
-    if "OMP_NUM_THREADS" not in environ and cpus > 1 and threads >= cpus:
-        torch_module.set_num_threads(cpus - 1)
+    if "OMP_NUM_THREADS" not in environ:
+        torch_module.set_num_threads(cpus if below_the_ui or cpus == 1 else cpus - 1)
     return torch_module.get_num_threads()
 
 
@@ -266,8 +267,8 @@ def warm_up_torch(torch_module) -> None:
 
 
 def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
-    """Import torch (off the UI thread, see :func:`collector_paused_then_frozen`), leave a core for
-    the UI, describe the device ``pref`` resolves to."""
+    """Import torch (off the UI thread, see :func:`collector_paused_then_frozen`), choose its thread
+    count (:func:`threads_for_workers`), describe the device ``pref`` resolves to."""
 
     def job(state: TaskState):
         with collector_paused_then_frozen():
@@ -279,7 +280,7 @@ def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
 
             warm_up_torch(torch)
 
-        leave_a_core_for_the_ui(torch)
+        threads_for_workers(torch, runs_below_the_ui())
 
         available = ["auto", "cpu"]
         if torch.cuda.is_available():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from PySide6.QtCore import QByteArray, Qt, QTimer
@@ -79,14 +80,19 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.evaluate_panel, "Evaluate")
         self.tabs.setTabToolTip(self.tabs.indexOf(self.evaluate_panel),
                                 "Score samples against the training images, find copies, make a time-lapse.")
-        self.training_panel.training_finished.connect(
-            lambda _: self.training_panel.run_dir and self.evaluate_panel.open_run(self.training_panel.run_dir))
+        self.training_panel.training_finished.connect(self._show_finished_run_in_evaluate)
         self.tabs.setTabToolTip(0, "Choose the images to learn from.")
         self.tabs.setTabToolTip(1, "Train a denoising network and watch the loss fall.")
         self.tabs.setTabToolTip(2, "Generate images and watch the reverse chain.")
         self.tabs.setTabToolTip(3, "See how noise destroys an image step by step.")
         self.tabs.setTabToolTip(4, "Compare samplers, branch a chain, interpolate: see how a sample is made.")
         self.setCentralWidget(self.tabs)
+
+    def _show_finished_run_in_evaluate(self, result) -> None:
+        """The Evaluate tab opens the run that just finished: the run its last checkpoint is in (not
+        the Training panel's current run, which may already be a new one by the time this arrives)."""
+        if result is not None and result.checkpoint:
+            self.evaluate_panel.open_run(str(Path(result.checkpoint).parent.parent))
 
     def _build_status_bar(self) -> None:
         self.activity_label = QLabel("Ready")

@@ -18,12 +18,14 @@ Nothing here knows about training or sampling; the job functions live in :mod:`.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
 
 from ..errors import Cancelled
 
@@ -96,6 +98,7 @@ class _Worker(QObject):
 
     @Slot()
     def run(self) -> None:
+        lower_this_threads_priority()
         state = TaskState(self, self._stop, self._max_rate)
         try:
             result = self._fn(state)
@@ -110,6 +113,42 @@ class _Worker(QObject):
             self.succeeded.emit(result)
         finally:
             self.finished.emit()
+
+
+BACKGROUND_NICE = 10  # how far below the UI thread a worker thread's scheduling priority is (Linux)
+
+
+def lower_this_threads_priority(setpriority=None, getpriority=None, tid: int | None = None) -> bool:
+    """Raise the calling thread's nice value by :data:`BACKGROUND_NICE` (Linux: nice is per thread,
+    and the OpenMP threads torch starts from this thread inherit it), so that whenever the UI thread
+    has work it wins a core at once and the worker runs on every core the rest of the time. Elsewhere
+    Qt's LowPriority is asked for, which Windows and macOS honour. True where the Linux priority was
+    lowered (then torch may use every core: :func:`ddpm_studio.gui.jobs.threads_for_workers`).
+    """
+    if not sys.platform.startswith("linux"):
+        thread = QThread.currentThread()
+        if thread is not None and thread is not QCoreApplication.instance().thread():
+            thread.setPriority(QThread.Priority.LowPriority)
+        return False
+    setpriority = setpriority or os.setpriority
+    getpriority = getpriority or os.getpriority
+    tid = threading.get_native_id() if tid is None else tid
+    try:
+        setpriority(os.PRIO_PROCESS, tid, min(19, getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
+    except OSError:
+        return False
+    return True
+
+
+def runs_below_the_ui() -> bool:
+    """Whether the calling (worker) thread's nice value is above the UI thread's (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        main = threading.main_thread().native_id
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) > os.getpriority(os.PRIO_PROCESS, main)
+    except (OSError, TypeError):
+        return False
 
 
 _RUNNING: set["Task"] = set()
