@@ -125,6 +125,20 @@ def budget_clock(args):
     return time.perf_counter if getattr(args, "clock", "cpu") == "wall" else time.process_time
 
 
+def _at_milestone(args, budget: float, clock, step: int, batch: int, snapshot) -> float:
+    """Hand ``args.on_milestone`` the model as it is after ``budget`` seconds of training; returns the
+    clock time that took, which the caller leaves out of the training budget."""
+    t = clock()
+    model, diffusion = snapshot()
+    args.on_milestone(budget, model.eval(), diffusion, dict(steps=step, images_seen=step * batch,
+                                                            cpu_sec=round(budget, 1)))
+    return clock() - t
+
+
+def _model_and_diffusion(loaded):
+    return loaded.model, loaded.diffusion
+
+
 def train_ours(args, imgs, data_overrides, run_dir: Path):
     from ddpm_studio.config import RunConfig
     from ddpm_studio.training.events import StepMetrics, TrainStarted
@@ -142,11 +156,16 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
 
     clock = budget_clock(args)
 
+    milestones = sorted(m for m in getattr(args, "milestones", None) or () if m < args.cpu_sec)
+
     def on_event(ev):
         if isinstance(ev, TrainStarted):
             state["t0"] = clock()
         elif isinstance(ev, StepMetrics):
             state["last"] = ev
+            if milestones and clock() - state["t0"] >= milestones[0]:
+                state["t0"] += _at_milestone(args, milestones.pop(0), clock, ev.step, cfg.train.batch_size,
+                                             lambda: _model_and_diffusion(trainer.snapshot()))
             if not args.images and clock() - state["t0"] >= args.cpu_sec:
                 control.stop()
 
@@ -168,15 +187,12 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
 
 def train_diffusers(args, imgs, data_overrides):
     """A faithful short copy of train_unconditional.py's loop (see the module docstring)."""
-    import copy
-
     import diffusers
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     from ddpm_studio.config import RunConfig
     from ddpm_studio.data.loader import make_loader
-    from ddpm_studio.engine.diffusion import GaussianDiffusion
     from ddpm_studio.engine.unet import build_model
     from ddpm_studio.artifacts.diffusers_format import unet_config_for
 
@@ -197,6 +213,7 @@ def train_diffusers(args, imgs, data_overrides):
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     # the script flips only with --random_flip (off by default)
     loader = make_loader(imgs, batch, flip=data_overrides.get("flip", False), seed=args.seed)
+    milestones = sorted(m for m in getattr(args, "milestones", None) or () if m < args.cpu_sec)
     clock = budget_clock(args)
     t0, t_wall, step = clock(), time.time(), 0
     losses = []
@@ -215,17 +232,29 @@ def train_diffusers(args, imgs, data_overrides):
         ema.step(model.parameters())
         step += 1
         losses.append(loss.detach())
+        if milestones and clock() - t0 >= milestones[0]:
+            t0 += _at_milestone(args, milestones.pop(0), clock, step, batch, lambda: ema_snapshot(model, ema, cfg))
         if (step * batch >= args.images) if args.images else (clock() - t0 >= args.cpu_sec):
             break
     cpu, wall = clock() - t0, time.time() - t_wall
-    ema_model = copy.deepcopy(model)
-    ema.copy_to(ema_model.parameters())
-    cfg.diffusion.schedule, cfg.diffusion.prediction, cfg.diffusion.loss_weighting = "linear", "epsilon", "none"
+    sampler, diffusion = ema_snapshot(model, ema, cfg)
     info = dict(steps=step, images_seen=step * batch, cpu_sec=round(cpu, 1), wall_sec=round(wall, 1),
                 loss_smooth=round(float(torch.stack(losses[-100:]).float().mean()), 4),
                 parameters=sum(p.numel() for p in model.parameters()),
                 config=dict(recipe="diffusers train_unconditional", lr=lr, network=conf))
-    return _Sample(ema_model.cpu()).eval(), GaussianDiffusion.from_config(cfg.diffusion), cfg, info
+    return sampler, diffusion, cfg, info
+
+
+def ema_snapshot(model, ema, cfg):
+    """The EMA weights of diffusers' recipe as a sampling model (a copy), and its diffusion."""
+    import copy
+
+    from ddpm_studio.engine.diffusion import GaussianDiffusion
+
+    ema_model = copy.deepcopy(model)
+    ema.copy_to(ema_model.parameters())
+    cfg.diffusion.schedule, cfg.diffusion.prediction, cfg.diffusion.loss_weighting = "linear", "epsilon", "none"
+    return _Sample(ema_model.cpu()).eval(), GaussianDiffusion.from_config(cfg.diffusion)
 
 
 # -- scoring ----------------------------------------------------------------------------------
