@@ -101,8 +101,8 @@ class MainWindow(QMainWindow):
         quiet_label(self.activity_label)
         self.device_label = QLabel("Device: detecting…")
         self.device_label.setToolTip("The compute device training and sampling use when set to Automatic. On a CPU "
-                                     "the window trains with every core but one, so that it stays responsive "
-                                     "(set OMP_NUM_THREADS to choose).")
+                                     "training and sampling run on every core, below the window's priority, so "
+                                     "that it stays responsive (set OMP_NUM_THREADS to choose).")
         sb = self.statusBar()
         sb.addWidget(self.activity_label, 1)
         sb.addPermanentWidget(self.device_label)
