@@ -1,12 +1,13 @@
 """Screenshots of the Lab tab, one per mode, into resources/screenshots/ (used by README.md).
 
-    python scripts/lab_screenshots.py --run RUN_DIR [--out resources/screenshots]
+    python scripts/lab_screenshots.py --run RUN_DIR [--out resources/screenshots] [--modes compare,chain,interpolate]
 
 Opens the real window offscreen, opens the run (copied, never modified) in the Lab tab and drives
 each mode as a user would: the compare board, the chain's three views with two branch strips, a
 seed interpolation and an image interpolation on the built-in dataset. Also writes the chain's
-contact sheet through the app's own export (lab_contact_sheet.png). Settings and cache go to a
-temporary folder.
+contact sheet through the app's own export (lab_contact_sheet.png); the interpolation shot has the
+weight slider between two strip frames, with the frame at exactly that weight computed. ``--modes``
+retakes only some of them. Settings and cache go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "resources" / "screenshots"))
     p.add_argument("--width", type=int, default=1360)
     p.add_argument("--height", type=int, default=860)
+    p.add_argument("--modes", default="compare,chain,interpolate", help="which shots to take (comma-separated)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -64,42 +66,48 @@ def main(argv: list[str] | None = None) -> int:
     def idle():
         return not lab.is_running()
 
-    lab.modes.setCurrentIndex(0)
-    lab.specs_edit.setText("ddim:10,ddim:50,ddim:50:1,dpmpp-2m:10,dpmpp-2m:20,ddpm")
-    lab.num_spin.setValue(8)
-    lab.seed_spin.setValue(1)
-    lab.run_compare()
-    wait(idle, 900, "the compare board")
-    shot("lab_compare")
+    modes = {m.strip() for m in args.modes.split(",")}
+    if "compare" in modes:
+        lab.modes.setCurrentIndex(0)
+        lab.specs_edit.setText("ddim:10,ddim:50,ddim:50:1,dpmpp-2m:10,dpmpp-2m:20,ddpm")
+        lab.num_spin.setValue(8)
+        lab.seed_spin.setValue(1)
+        lab.run_compare()
+        wait(idle, 900, "the compare board")
+        shot("lab_compare")
 
-    lab.modes.setCurrentIndex(1)
-    lab.sampler_combo.setCurrentIndex(lab.sampler_combo.findData("ddpm"))
-    lab.num_spin.setValue(4)
-    lab.run_chain()
-    wait(idle, 900, "the chain")
-    lab.branch_count.setValue(6)
-    for frac, mode in ((0.5, "rest"), (0.8, "rest")):
-        lab.chain_slider.setValue(int(lab.chain_slider.maximum() * frac))
-        lab.branch_mode.setCurrentIndex(lab.branch_mode.findData(mode))
-        lab.branch_here()
-        wait(idle, 900, "a branch")
-    lab.chain_slider.setValue(int(lab.chain_slider.maximum() * 0.6))
-    shot("lab_chain_branch")
-    lab.every_spin.setValue(max(1, len(lab.frames) // 10))
-    lab.export_sheet(str(out / "lab_contact_sheet.png"))
-    wait(lambda: not lab.export_task.is_running(), 120, "the contact sheet")
-    print(f"wrote {out / 'lab_contact_sheet.png'}")
+    if "chain" in modes:
+        lab.modes.setCurrentIndex(1)
+        lab.sampler_combo.setCurrentIndex(lab.sampler_combo.findData("ddpm"))
+        lab.num_spin.setValue(4)
+        lab.run_chain()
+        wait(idle, 900, "the chain")
+        lab.branch_count.setValue(6)
+        for frac, mode in ((0.5, "rest"), (0.8, "rest")):
+            lab.chain_slider.setValue(int(lab.chain_slider.maximum() * frac))
+            lab.branch_mode.setCurrentIndex(lab.branch_mode.findData(mode))
+            lab.branch_here()
+            wait(idle, 900, "a branch")
+        lab.chain_slider.setValue(int(lab.chain_slider.maximum() * 0.6))
+        shot("lab_chain_branch")
+        lab.every_spin.setValue(max(1, len(lab.session.frames) // 10))
+        lab.export_sheet(str(out / "lab_contact_sheet.png"))
+        wait(lambda: not lab.export_task.is_running(), 120, "the contact sheet")
+        print(f"wrote {out / 'lab_contact_sheet.png'}")
 
-    lab.modes.setCurrentIndex(2)
-    lab.sampler_combo.setCurrentIndex(lab.sampler_combo.findData("ddim"))
-    lab.steps_spin.setValue(50)
-    lab.seed_a.setValue(1)
-    lab.seed_b.setValue(7)
-    lab.frames_spin.setValue(10)
-    lab.run_interpolate()
-    wait(idle, 900, "the seed walk")
-    lab.weight_slider.setValue(4)
-    shot("lab_interpolate")
+    if "interpolate" in modes:
+        lab.modes.setCurrentIndex(2)
+        lab.sampler_combo.setCurrentIndex(lab.sampler_combo.findData("ddim"))
+        lab.steps_spin.setValue(50)
+        lab.seed_a.setValue(1)
+        lab.seed_b.setValue(7)
+        lab.frames_spin.setValue(10)
+        lab.run_interpolate()
+        wait(idle, 900, "the seed walk")
+        lab.weight_slider.setValue(50)  # between two strip frames (4/9 and 5/9): the frame at exactly 0.50
+        wait(lambda: lab.weight_task is None and "computing" not in lab.interp_view.caption.text(), 300,
+             "the frame at weight 0.50")
+        shot("lab_interpolate")
 
     win.confirm = lambda q: True
     win.close()

@@ -55,6 +55,18 @@ def own_samples(run_dir, sampler, steps, seed, num, eta=0.0):
     return sample_images(load_model(run_dir, device="cpu"), s)
 
 
+def seed_walk_3_to_8(qtbot, lab):
+    """A DDIM-5 seed walk from seed 3 to seed 8 in 4 frames (weights 0, 1/3, 2/3, 1)."""
+    lab.modes.setCurrentIndex(2)
+    choose(lab.interp_mode, "seeds")
+    choose(lab.sampler_combo, "ddim")
+    lab.steps_spin.setValue(5)
+    lab.seed_a.setValue(3)
+    lab.seed_b.setValue(8)
+    lab.frames_spin.setValue(4)
+    return click(qtbot, lab.interpolate_finished, lab.interp_button)
+
+
 def test_compare_board_fills_in_live_and_exports(qtbot, lab, run_dir, tmp_path):
     lab.modes.setCurrentIndex(0)
     lab.specs_edit.setText("ddim:5,dpmpp-2m:4,ddpm")
@@ -62,7 +74,7 @@ def test_compare_board_fills_in_live_and_exports(qtbot, lab, run_dir, tmp_path):
     lab.seed_spin.setValue(4)
     result = click(qtbot, lab.compare_finished, lab.compare_button)
     assert result is not None and len(result.rows) == 3
-    assert lab.board_updates == 4  # one per row as it finished, then the final board
+    assert lab.session.board_updates == 4  # one per row as it finished, then the final board
     assert result.rows[0][0] == "DDIM · 5 steps · η 0" and result.rows[0][1].endswith("s / image")
     shown = lab.board_view.image_array()
     assert np.array_equal(shown, result.board)
@@ -87,15 +99,15 @@ def test_three_views_scrub_contact_sheet_animation_and_branch(qtbot, lab, tmp_pa
     choose(lab.sampler_combo, "ddpm")
     lab.num_spin.setValue(1)
     chain = click(qtbot, lab.chain_finished, lab.chain_button)
-    assert chain is not None and len(lab.frames) == 20 and sorted(chain.steps) == list(range(20))
-    assert [f.t for f in lab.frames] == list(range(19, -1, -1))
+    assert chain is not None and len(lab.session.frames) == 20 and sorted(chain.steps) == list(range(20))
+    assert [f.t for f in lab.session.frames] == list(range(19, -1, -1))
     for i in (0, 7, 15):  # the scrubber drives all three views
         lab.chain_slider.setValue(i)
         xt, x0, eps = lab.three.current()
-        f = lab.frames[i]
+        f = lab.session.frames[i]
         assert np.array_equal(xt, f.views[0]) and np.array_equal(x0, f.views[1]) and np.array_equal(eps, f.views[2])
         assert f"t = {f.t}" in lab.chain_label.text()
-    assert not np.array_equal(lab.frames[0].views[0], lab.frames[0].views[2])
+    assert not np.array_equal(lab.session.frames[0].views[0], lab.session.frames[0].views[2])
     assert lab.three.noise.caption.text() == "predicted v̂"  # the tiny preset predicts v
 
     lab.every_spin.setValue(5)
@@ -142,17 +154,11 @@ def test_branching_a_deterministic_chain_with_new_noise_is_refused(qtbot, lab, w
 
 
 def test_seed_interpolation_ends_are_the_seeds_samples(qtbot, lab, run_dir, tmp_path):
-    lab.modes.setCurrentIndex(2)
-    choose(lab.sampler_combo, "ddim")
-    lab.steps_spin.setValue(5)
-    lab.seed_a.setValue(3)
-    lab.seed_b.setValue(8)
-    lab.frames_spin.setValue(4)
-    result = click(qtbot, lab.interpolate_finished, lab.interp_button)
+    result = seed_walk_3_to_8(qtbot, lab)
     assert result is not None and [f.weight for f in result.frames] == [0, 1 / 3, 2 / 3, 1]
     assert np.array_equal(result.frames[0].image, own_samples(run_dir, "ddim", 5, 3, 1)[0])
     assert np.array_equal(result.frames[-1].image, own_samples(run_dir, "ddim", 5, 8, 1)[0])
-    lab.weight_slider.setValue(1)  # the weight slider picks the frame on screen
+    lab.weight_slider.setValue(33)  # the weight slider at a strip frame's weight (1/3) shows that frame
     assert np.array_equal(lab.interp_view.view.image_array(), result.frames[1].image)
     assert lab.interp_view.caption.text() == "weight 0.33"
     with qtbot.waitSignal(lab.export_finished, timeout=20_000) as b:
@@ -184,9 +190,9 @@ def test_cancel_a_chain_after_the_first_frame(qtbot, lab):
     lab.num_spin.setValue(16)
     with qtbot.waitSignal(lab.chain_finished, timeout=60_000) as b:
         lab.run_chain()
-        qtbot.waitUntil(lambda: len(lab.frames) >= 1, timeout=30_000)
+        qtbot.waitUntil(lambda: len(lab.session.frames) >= 1, timeout=30_000)
         lab.cancel()
-    assert b.args[0] is None and lab.chain is None and len(lab.frames) < 20
+    assert b.args[0] is None and lab.session.chain is None and len(lab.session.frames) < 20
     qtbot.waitUntil(lambda: running_tasks() == [], timeout=10_000)
     assert lab.chain_button.isEnabled()
 
@@ -196,7 +202,7 @@ def test_default_steps_fit_a_small_model(qtbot, lab):
     assert lab.sampler_combo.currentData() == "ddim" and lab.steps_spin.value() == 50
     lab.num_spin.setValue(1)
     chain = click(qtbot, lab.chain_finished, lab.chain_button)
-    assert chain is not None and chain.sampling.steps == 20 and len(lab.frames) == 20
+    assert chain is not None and chain.sampling.steps == 20 and len(lab.session.frames) == 20
     assert lab.steps_spin.maximum() == 20 and lab.steps_spin.value() == 20
 
 
@@ -216,3 +222,36 @@ def test_image_interpolation_between_two_generated_images(qtbot, lab):
     lab.frames_spin.setValue(3)
     result = click(qtbot, lab.interpolate_finished, lab.interp_button)
     assert result is not None and len(result.frames) == 3 and "t = 4" in result.title
+
+
+def test_the_weight_slider_computes_the_frame_at_any_weight(qtbot, lab, run_dir):
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.lab import interpolate
+    from ddpm_studio.sampling.service import to_uint8
+
+    result = seed_walk_3_to_8(qtbot, lab)
+    assert lab.weight_slider.maximum() == 100 and lab.weight_slider.value() == 100  # it followed the last frame
+    with qtbot.waitSignal(lab.weight_finished, timeout=60_000) as b:
+        lab.weight_slider.setValue(40)  # between the strip's 1/3 and 2/3
+        # at once: the nearest strip frame, while the exact one computes on a worker
+        assert np.array_equal(lab.interp_view.view.image_array(), result.frames[1].image)
+        assert lab.interp_view.caption.text().startswith("weight 0.40 · computing")
+    frame = b.args[0]
+    assert frame is not None and frame.weight == 0.4 and lab.interp_view.caption.text() == "weight 0.40"
+    shown = lab.interp_view.view.image_array()
+    assert np.array_equal(shown, frame.image)
+    assert not np.array_equal(shown, result.frames[1].image) and not np.array_equal(shown, result.frames[2].image)
+    loaded = load_model(run_dir, device="cpu")
+    own = interpolate.seed_frame(loaded.model, loaded.diffusion, result.recipe.sampling, loaded.image_shape, 3, 8, 0.4)
+    assert np.array_equal(shown, to_uint8(own)[0])  # the service's frame at that weight
+
+    # coalesced: while 45 computes, 55 then 60 are asked for; only the latest (60) is computed next
+    landed = []
+    lab.weight_finished.connect(landed.append)
+    for pos in (45, 55, 60):
+        lab.weight_slider.setValue(pos)
+    qtbot.waitUntil(lambda: len(landed) == 2 and lab.weight_task is None, timeout=60_000)
+    assert [f.position for f in landed] == [45, 60] and lab.interp_view.caption.text() == "weight 0.60"
+    assert sorted(lab.session.exact) == [40, 45, 60]
+    lab.weight_slider.setValue(45)  # computed before: shown at once, nothing starts
+    assert lab.weight_task is None and np.array_equal(lab.interp_view.view.image_array(), landed[0].image)

@@ -93,6 +93,48 @@ def test_image_walk_noises_both_images_with_q_and_fixes_the_noise():
         interpolate.image_to_tensor(np.zeros((16, 16, 3), np.uint8), shape)
 
 
+
+def test_seed_frame_at_a_strips_weight_is_that_strips_frame_and_its_ends_are_the_seeds():
+    loaded, shape = loaded_tiny()
+    m, d, s = loaded.model, loaded.diffusion, S("ddim", 6)
+    strip = list(interpolate.seed_walk(m, d, s, shape, 11, 42, 4))
+    for f in strip:  # weights 0, 1/3, 2/3, 1: bit for bit
+        assert torch.equal(interpolate.seed_frame(m, d, s, shape, 11, 42, f.weight), f.image)
+    assert torch.equal(interpolate.seed_frame(m, d, s, shape, 11, 42, 0.0), own_sample(loaded, s, 11))
+    assert torch.equal(interpolate.seed_frame(m, d, s, shape, 11, 42, 1.0), own_sample(loaded, s, 42))
+    between = interpolate.seed_frame(m, d, s, shape, 11, 42, 0.37)
+    assert not torch.equal(between, strip[1].image) and not torch.equal(between, strip[2].image)
+    recipe = interpolate.WalkRecipe("seeds", s, shape, seeds=(11, 42))
+    assert torch.equal(interpolate.frame_at(m, d, recipe, 0.37), between)
+    with pytest.raises(ValueError, match="weight must be from 0 to 1; got 1.5"):
+        interpolate.seed_frame(m, d, s, shape, 11, 42, 1.5)
+    with pytest.raises(ValueError, match="deterministic sampler"):
+        interpolate.seed_frame(m, d, S("ddpm"), shape, 11, 42, 0.5)
+
+
+def test_image_frame_at_any_weight_mixes_the_noised_pair_and_decodes_with_the_walks_noise():
+    loaded, shape = loaded_tiny()
+    m, d, s = loaded.model, loaded.diffusion, S("ddpm")
+    rng = np.random.default_rng(1)
+    a, b = (interpolate.image_to_tensor(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), shape) for _ in range(2))
+    walk = interpolate.noised_pair(d, s, a, b, t=9, seed=3)
+    strip = list(interpolate.image_walk(m, d, s, a, b, t=9, frames=5, seed=3, walk=walk))
+    for f in strip:  # 0, 0.25, 0.5, 0.75, 1: the strip's own frames
+        assert torch.equal(interpolate.image_frame(m, d, s, walk, f.weight, seed=3), f.image)
+
+    def decode(x):  # from t with the walk's fixed reverse noise (seed + 1)
+        return interpolate._decode(m, d, s, x, start_index=walk.start_index, seed=4, device=None, should_stop=None)
+
+    assert torch.equal(interpolate.image_frame(m, d, s, walk, 0.0, seed=3), decode(walk.x_t_a))
+    assert torch.equal(interpolate.image_frame(m, d, s, walk, 1.0, seed=3), decode(walk.x_t_b))
+    w = 0.6
+    between = interpolate.image_frame(m, d, s, walk, w, seed=3)
+    assert torch.equal(between, decode((1 - w) * walk.x_t_a + w * walk.x_t_b))  # §4.4's linear mix at t
+    assert not torch.equal(between, strip[2].image) and not torch.equal(between, strip[3].image)
+    recipe = interpolate.WalkRecipe("images", s, shape, walk=walk, seed=3)
+    assert torch.equal(interpolate.frame_at(m, d, recipe, w), between)
+
+
 # -- branch --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler", ["ddpm", "dpmpp-2m-sde", "dpmpp-3m"])
 def test_branch_with_the_chains_own_noise_reproduces_it(sampler):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,60 +16,14 @@ import numpy as np
 from ..config import SamplingConfig
 from .jobs import model_sampling
 from ..errors import Cancelled
+from ..lab.records import (BoardUpdate, BranchRow, ExactFrame, InterpFrame, InterpResult, LabChain, LabFrame,
+                           LabModelReady)
 from .workers import TaskState
 
+__all__ = ["BoardUpdate", "BranchRow", "ExactFrame", "InterpFrame", "InterpResult", "LabChain", "LabFrame",
+           "LabModelReady"]  # the records, made here (lab/records.py)
+
 CHAIN_BUDGET = 200 * 1024 * 1024  # bytes of chain tensors kept for branching
-
-
-@dataclass
-class LabModelReady:
-    loaded: Any  # artifacts.loaded.LoadedModel
-
-
-@dataclass
-class BoardUpdate:
-    board: np.ndarray  # (H, W, 3) uint8, the rows so far
-    rows: list[list[str]]  # each row's label lines, so far
-
-
-@dataclass
-class LabFrame:
-    index: int
-    t: int
-    total: int
-    views: tuple[np.ndarray, np.ndarray, np.ndarray]  # x_t, x̂0, ε̂ (or v̂) grids, (H, W, C) uint8
-
-
-@dataclass
-class LabChain:
-    steps: dict[int, Any]  # index -> lab.chain.ChainStep (tensors), the recorded ones
-    final: np.ndarray  # (H, W, C) uint8 grid of x_0
-    noise_label: str
-    sampling: SamplingConfig
-    stride: int
-    images: np.ndarray | None = None  # (N, H, W, C) uint8, the chain's x_0 (usable as interpolation images)
-
-
-@dataclass
-class BranchRow:
-    tiles: list[np.ndarray]  # x_t, x̂0 at the branch point, then the branches' x_0
-    captions: list[str]
-    label: list[str]
-    board: np.ndarray | None = None  # every strip so far, this one last, as one board
-
-
-@dataclass
-class InterpFrame:
-    index: int
-    weight: float
-    image: np.ndarray  # (H, W, C) uint8
-
-
-@dataclass
-class InterpResult:
-    frames: list[InterpFrame] = field(default_factory=list)
-    title: str = ""
-    strip: np.ndarray | None = None
 
 
 def _model(get_model: Callable[[], Any], state: TaskState):
@@ -207,6 +160,7 @@ def make_interpolate(get_model: Callable[[], Any], base: SamplingConfig, *, mode
         sampling = _for_model(base, loaded)
         d, shape = loaded.diffusion, loaded.image_shape
         if mode == "seeds":
+            recipe = interpolate.WalkRecipe("seeds", sampling, tuple(shape), seeds=(seeds[0], seeds[1]))
             walk = interpolate.seed_walk(loaded.model, d, sampling, shape, seeds[0], seeds[1], frames,
                                          device=loaded.device, should_stop=state.should_stop)
             title = f"seeds {seeds[0]} → {seeds[1]} · {sampling.sampler}"
@@ -217,10 +171,11 @@ def make_interpolate(get_model: Callable[[], Any], base: SamplingConfig, *, mode
                       else interpolate.fit_array(im, shape) for im in images]
             a, b = (interpolate.image_to_tensor(im, shape) for im in arrays)
             pair = interpolate.noised_pair(d, sampling, a, b, t=t, seed=seed)
+            recipe = interpolate.WalkRecipe("images", sampling, tuple(shape), walk=pair, seed=seed)
             walk = interpolate.image_walk(loaded.model, d, sampling, a, b, t=t, frames=frames, seed=seed,
                                           device=loaded.device, should_stop=state.should_stop, walk=pair)
             title = f"two images noised to t = {pair.t} · {sampling.sampler}"
-        result = InterpResult(title=title)
+        result = InterpResult(title=title, recipe=recipe)
         for f in walk:
             fr = InterpFrame(f.index, f.weight, _u8(f.image)[0])
             result.frames.append(fr)
@@ -232,6 +187,22 @@ def make_interpolate(get_model: Callable[[], Any], base: SamplingConfig, *, mode
                                    captions=[[f"{f.weight:.2f}" for f in result.frames]],
                                    title=title)
         return result
+
+    return job
+
+
+def make_weight_frame(get_model: Callable[[], Any], recipe, position: int, weight: float, walk_id: int):
+    """The frame of an interpolation (its ``lab.interpolate.WalkRecipe``) at one weight, as :class:`ExactFrame`."""
+
+    def job(state: TaskState):
+        from ..lab import interpolate
+
+        loaded = get_model()
+        out = interpolate.frame_at(loaded.model, loaded.diffusion, recipe, weight, device=loaded.device,
+                                   should_stop=state.should_stop)
+        if out is None or state.should_stop():
+            raise Cancelled()
+        return ExactFrame(position, weight, _u8(out)[0], walk_id)
 
     return job
 

@@ -21,44 +21,64 @@ from .chain import check_sampling, start_noise
 MAX_ROWS = 12
 
 
+@dataclass(frozen=True)
+class Spec:
+    """One row as written: ``sampler[:steps[:eta]]`` (steps None: the sampler's own default)."""
+
+    item: str
+    sampler: str
+    steps: int | None
+    eta: float
+
+
+def _spec(item: str) -> Spec:
+    parts = item.split(":")
+    name = parts[0].strip().lower()
+    if name not in SAMPLERS or len(parts) > 3:
+        raise ValueError(f"{item!r} is not sampler[:steps[:eta]] with a sampler from {', '.join(SAMPLERS)}")
+    steps, eta = None, 0.0
+    if len(parts) >= 2 and parts[1].strip():
+        try:
+            steps = int(parts[1])
+        except ValueError:
+            raise ValueError(f"{item!r}: the steps must be a whole number; got {parts[1]!r}") from None
+    if len(parts) == 3:
+        if name != "ddim":
+            raise ValueError(f"{item!r}: only DDIM takes an η")
+        try:
+            eta = float(parts[2])
+        except ValueError:
+            raise ValueError(f"{item!r}: η must be a number; got {parts[2]!r}") from None
+    return Spec(item, name, steps, eta)
+
+
+def split_specs(text: str) -> list[Spec]:
+    """The rows of ``"ddim:50,dpmpp-2m:20,ddpm"`` as written, checked for everything but the model's T
+    (so the window can refuse a bad list before it loads a model). One-line ValueError naming the item."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise ValueError("give at least one sampler, e.g. ddim:50,dpmpp-2m:20,ddpm")
+    if len(items) > MAX_ROWS:
+        raise ValueError(f"a compare board has at most {MAX_ROWS} rows; got {len(items)}")
+    return [_spec(item) for item in items]
+
+
 def parse_specs(text: str, base: SamplingConfig, T: int) -> list[SamplingConfig]:
     """``"ddim:50,dpmpp-2m:20,ddpm"`` → one SamplingConfig per row (the rest of ``base`` kept).
 
     A sampler given without steps takes its own default (``config.sampler_default_steps``); η is
     only for DDIM. Raises a one-line ValueError naming the bad item.
     """
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise ValueError("give at least one sampler, e.g. ddim:50,dpmpp-2m:20,ddpm")
-    if len(items) > MAX_ROWS:
-        raise ValueError(f"a compare board has at most {MAX_ROWS} rows; got {len(items)}")
     rows = []
-    for item in items:
-        parts = item.split(":")
-        name = parts[0].strip().lower()
-        if name not in SAMPLERS or len(parts) > 3:
-            raise ValueError(f"{item!r} is not sampler[:steps[:eta]] with a sampler from {', '.join(SAMPLERS)}")
-        steps = sampler_default_steps(name, T)
-        eta = 0.0
-        if len(parts) >= 2 and parts[1].strip():
-            try:
-                steps = int(parts[1])
-            except ValueError:
-                raise ValueError(f"{item!r}: the steps must be a whole number; got {parts[1]!r}") from None
-            if name == "ddpm" and steps != T:
-                raise ValueError(f"{item!r}: DDPM always takes all T={T} steps; leave the steps out")
-        if len(parts) == 3:
-            if name != "ddim":
-                raise ValueError(f"{item!r}: only DDIM takes an η")
-            try:
-                eta = float(parts[2])
-            except ValueError:
-                raise ValueError(f"{item!r}: η must be a number; got {parts[2]!r}") from None
-        row = dataclasses.replace(base, sampler=name, steps=steps, eta=eta)
+    for spec in split_specs(text):
+        steps = sampler_default_steps(spec.sampler, T) if spec.steps is None else spec.steps
+        if spec.sampler == "ddpm" and spec.steps is not None and steps != T:
+            raise ValueError(f"{spec.item!r}: DDPM always takes all T={T} steps; leave the steps out")
+        row = dataclasses.replace(base, sampler=spec.sampler, steps=steps, eta=spec.eta)
         try:
             check_sampling(row, T)
         except ValueError as e:
-            raise ValueError(f"{item!r}: {e}") from None
+            raise ValueError(f"{spec.item!r}: {e}") from None
         rows.append(row)
     return rows
 

@@ -51,6 +51,17 @@ class Frame:
     image: torch.Tensor  # (1, C, H, W) x_0 in [-1, 1]
 
 
+def check_weight(weight: float) -> float:
+    """An interpolation weight from 0 (the first end) to 1 (the second); one-line ValueError otherwise."""
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"the interpolation weight must be a number from 0 to 1; got {weight!r}") from None
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"the interpolation weight must be from 0 to 1; got {weight!r}")
+    return w
+
+
 def _decode(model, diffusion, sampling, x, *, start_index, seed, device, should_stop) -> torch.Tensor | None:
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     last = None
@@ -62,24 +73,47 @@ def _decode(model, diffusion, sampling, x, *, start_index, seed, device, should_
     return last.x_t.detach().float().cpu()
 
 
-def seed_walk(model, diffusion, sampling: SamplingConfig, image_shape, seed_a: int, seed_b: int, frames: int, *,
-              device=None, should_stop: Callable[[], bool] | None = None) -> Iterator[Frame]:
-    """Slerp between the x_T of ``seed_a`` and of ``seed_b``, each frame sampled deterministically."""
-    check_sampling(sampling, diffusion.T)
+def _check_seed_sampling(sampling: SamplingConfig, T: int) -> None:
+    check_sampling(sampling, T)
     if is_stochastic(sampling):
         raise ValueError(f"seed interpolation needs a deterministic sampler so the end frames are the seeds' own "
                          f"samples: choose DDIM with η = 0, DPM-Solver++ 2M or 3M (not {sampling.sampler}"
                          + (f" with η = {sampling.eta:g}" if sampling.sampler == "ddim" else "") + ")")
-    xa, _ = start_noise((1, *image_shape), seed_a)
-    xb, _ = start_noise((1, *image_shape), seed_b)
+
+
+def _seed_ends(image_shape, seed_a: int, seed_b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The x_T of each seed, batch 1, drawn as ``sample --num 1 --seed S`` draws it."""
+    return start_noise((1, *image_shape), seed_a)[0], start_noise((1, *image_shape), seed_b)[0]
+
+
+def _slerp_frame(model, diffusion, sampling, xa, xb, w, seed_a, device, should_stop) -> torch.Tensor | None:
+    """One frame of a seed walk: the deterministic chain from slerp(x_A, x_B, w)."""
+    return _decode(model, diffusion, sampling, slerp(xa, xb, w), start_index=0, seed=seed_a, device=device,
+                   should_stop=should_stop)
+
+
+def seed_walk(model, diffusion, sampling: SamplingConfig, image_shape, seed_a: int, seed_b: int, frames: int, *,
+              device=None, should_stop: Callable[[], bool] | None = None) -> Iterator[Frame]:
+    """Slerp between the x_T of ``seed_a`` and of ``seed_b``, each frame sampled deterministically."""
+    _check_seed_sampling(sampling, diffusion.T)
+    xa, xb = _seed_ends(image_shape, seed_a, seed_b)
     for i, w in enumerate(weights(frames)):
         if should_stop is not None and should_stop():
             return
-        out = _decode(model, diffusion, sampling, slerp(xa, xb, w), start_index=0, seed=seed_a, device=device,
-                      should_stop=should_stop)
+        out = _slerp_frame(model, diffusion, sampling, xa, xb, w, seed_a, device, should_stop)
         if out is None:
             return
         yield Frame(i, w, out)
+
+
+def seed_frame(model, diffusion, sampling: SamplingConfig, image_shape, seed_a: int, seed_b: int, weight: float, *,
+               device=None, should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+    """The seed walk's frame at any weight from 0 to 1 (a strip's weight gives that strip's frame bit
+    for bit); (1, C, H, W), or None when stopped."""
+    w = check_weight(weight)
+    _check_seed_sampling(sampling, diffusion.T)
+    xa, xb = _seed_ends(image_shape, seed_a, seed_b)
+    return _slerp_frame(model, diffusion, sampling, xa, xb, w, seed_a, device, should_stop)
 
 
 def image_to_tensor(image: np.ndarray, image_shape) -> torch.Tensor:
@@ -119,6 +153,22 @@ def noised_pair(diffusion, sampling: SamplingConfig, x0_a: torch.Tensor, x0_b: t
     return ImageWalk(t_used, k, diffusion.q_sample(x0_a, t_used, eps_a), diffusion.q_sample(x0_b, t_used, eps_b))
 
 
+def mix(walk: ImageWalk, weight: float) -> torch.Tensor:
+    """x̄_t = (1 - λ) x_t + λ x'_t (§4.4); λ = 0 and 1 give the noised images themselves, bit for bit."""
+    lam = check_weight(weight)
+    if lam in (0.0, 1.0):
+        return (walk.x_t_a if lam == 0 else walk.x_t_b).clone()
+    return (1.0 - lam) * walk.x_t_a + lam * walk.x_t_b
+
+
+def image_frame(model, diffusion, sampling: SamplingConfig, walk: ImageWalk, weight: float, *, seed: int = 0,
+                device=None, should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+    """The image walk's frame at any weight λ from 0 to 1: the mix decoded from ``walk.t`` with the
+    walk's fixed reverse noise (seed + 1, as :func:`image_walk`); None when stopped."""
+    return _decode(model, diffusion, sampling, mix(walk, weight), start_index=walk.start_index, seed=seed + 1,
+                   device=device, should_stop=should_stop)
+
+
 def image_walk(model, diffusion, sampling: SamplingConfig, x0_a: torch.Tensor, x0_b: torch.Tensor, *, t: int,
                frames: int, seed: int = 0, device=None, should_stop: Callable[[], bool] | None = None,
                walk: ImageWalk | None = None) -> Iterator[Frame]:
@@ -127,16 +177,35 @@ def image_walk(model, diffusion, sampling: SamplingConfig, x0_a: torch.Tensor, x
     for i, lam in enumerate(weights(frames)):
         if should_stop is not None and should_stop():
             return
-        # the end frames decode the noised images themselves (bit for bit: no arithmetic on them)
-        if lam in (0, 1):
-            x = (walk.x_t_a if lam == 0 else walk.x_t_b).clone()
-        else:
-            x = (1.0 - lam) * walk.x_t_a + lam * walk.x_t_b
-        out = _decode(model, diffusion, sampling, x, start_index=walk.start_index, seed=seed + 1, device=device,
-                      should_stop=should_stop)
+        out = image_frame(model, diffusion, sampling, walk, lam, seed=seed, device=device, should_stop=should_stop)
         if out is None:
             return
         yield Frame(i, lam, out)
+
+
+@dataclass
+class WalkRecipe:
+    """What an interpolation strip was made from, enough to make its frame at any other weight."""
+
+    mode: str  # "seeds" (slerp of two x_T) or "images" (§4.4)
+    sampling: SamplingConfig
+    image_shape: tuple
+    seeds: tuple[int, int] = (0, 1)
+    walk: ImageWalk | None = None  # the noised pair (mode "images")
+    seed: int = 0  # the image walk's noise seed
+
+
+def frame_at(model, diffusion, recipe: WalkRecipe, weight: float, *, device=None,
+             should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+    """The frame of ``recipe``'s walk at ``weight`` (:func:`seed_frame` or :func:`image_frame`)."""
+    if recipe.mode == "seeds":
+        a, b = recipe.seeds
+        return seed_frame(model, diffusion, recipe.sampling, recipe.image_shape, a, b, weight, device=device,
+                          should_stop=should_stop)
+    if recipe.walk is None:
+        raise ValueError("an image walk needs its noised pair")
+    return image_frame(model, diffusion, recipe.sampling, recipe.walk, weight, seed=recipe.seed, device=device,
+                       should_stop=should_stop)
 
 
 def load_image_for_model(path, image_shape) -> np.ndarray:
