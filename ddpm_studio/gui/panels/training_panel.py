@@ -430,8 +430,9 @@ class TrainingPanel(QWidget):
             return False
         try:
             cfg = self.build_config()
-            plan = self.session.plan_start(cfg, self.state.images, self.state.data_config.folder,
-                                           paths.default_runs_dir())
+            loaded = self.state.data_config  # a continued run reuses the loaded images only if they are its files
+            folder = loaded.folder if loaded.exclude_duplicates == cfg.data.exclude_duplicates else None
+            plan = self.session.plan_start(cfg, self.state.images, folder, paths.default_runs_dir())
         except ValueError as e:
             self.state.report_error(f"Cannot start training: {e}", "")
             return False
