@@ -74,7 +74,9 @@ class QualityPlot(QWidget):
     def add_point(self, p: "jobs.QualityPoint") -> None:
         self._rows = sorted([r for r in self._rows if r[0] != p.step]
                             + [(p.step, p.kid, p.kid_lo, p.kid_hi, p.floor_kid)])
-        self.caption.setText(f"Quality: {p.summary}")
+        self.caption.setText(f"<b>Quality</b> step {p.step:,} · KID {p.kid:.4f} [{p.kid_lo:.4f}, {p.kid_hi:.4f}] · "
+                             f"floor {p.floor_kid:.4f} · N = {p.num_samples}")
+        self.caption.setToolTip(p.summary)
         self._redraw()
 
     def set_note(self, text: str) -> None:
