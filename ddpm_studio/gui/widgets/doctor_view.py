@@ -48,7 +48,8 @@ class DoctorView(QWidget):
                                      "a set too small to learn without copying, very large images.")
         self.check_button.clicked.connect(self.check)
         self.fix_button = QPushButton("Exclude Duplicates")
-        self.fix_button.setToolTip("Load the same files without the extra copies (the first of each group stays).")
+        self.fix_button.setToolTip("Reload with 'Leave out duplicates' on: the extra copies are left out (the first of "
+                                   "each group stays), and the run's settings record it (train --exclude-duplicates).")
         self.fix_button.clicked.connect(self.exclude_duplicates)
         self.fix_button.setEnabled(False)
         self.status = QLabel("<b>Dataset check</b> <span style='color:gray'>not run</span>")
