@@ -195,9 +195,6 @@ def _add_train(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(schema_flags=add_schema_flags(t, ModelConfig, DiffusionConfig, DataConfig, TrainConfig))
-    from ddpm_studio.evaluation.cli_commands import add_train_flags  # --eval-every (issue 17)
-
-    add_train_flags(t, _positive_int)
 
 
 def _add_sample(sub) -> None:

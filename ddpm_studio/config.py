@@ -329,6 +329,9 @@ class DataConfig:
                            help="what transparent pixels are composited onto")
     min_size: int = knob(0, lo=0, hi=100000, label="Minimum side", metavar="PX",
                          help="skip images whose short side is smaller than this (px); 0 = keep all")
+    exclude_duplicates: bool = knob(False, label="Leave out duplicates",
+                                    help="leave out exact and near duplicate files (the dataset doctor's rule: the "
+                                    "first of each group stays); each is listed as skipped")
 
     def validate(self) -> None:
         validate_section(self)
@@ -376,9 +379,18 @@ class TrainConfig:
                                  help="how many recent checkpoints to keep on disk")
     preview_sampler: str = knob("dpmpp-2m", choices=Sampler, label="Preview sampler",
                                 help="the sampler of the previews (trailing spacing, clipped x_0)")
+    # Quality while training (issue 17): the checkpoint saved every K steps is scored (KID against the training
+    # images, in RUN/evaluation.jsonl); training waits meanwhile, so it is off unless asked for.
+    eval_every: int = knob(0, lo=0, hi=10_000_000, label="Quality every", metavar="K",
+                           help="score the checkpoint saved every K steps (KID against the training images; "
+                           "training waits while it scores); 0 = off")
+    eval_num: int = knob(0, lo=0, hi=65536, label="Quality samples", metavar="N",
+                         help="samples per quality score; 0 = 256 on a CPU, 1024 on CUDA")
 
     def validate(self) -> None:
         validate_section(self)
+        if self.eval_num == 1:
+            raise ValueError("train.eval_num must be 0 (automatic) or at least 2; got 1")
 
 
 @dataclass

@@ -312,3 +312,15 @@ def test_exif_orientation_in_other_formats(fmt):
     d = decode_mod.decode_bytes(b.getvalue(), decode_mod.Settings(16, "auto", "white", 0))
     img = d.array[..., 0].astype(int)
     assert img[-4:].mean() < 10 and img[:4].mean() > 245
+
+
+def test_exclude_duplicates_names_the_kept_file_by_path_when_the_names_are_the_same(tmp_path):
+    im = Image.new("RGB", (12, 12), RED)
+    _save(tmp_path / "a" / "x.png", im)
+    _save(tmp_path / "b" / "x.png", im)  # the same bytes in another folder
+    _save(tmp_path / "b" / "y.png", Image.new("RGB", (12, 12), BLUE))
+    s = load_images(DataConfig(folder=str(tmp_path), image_size=8, exclude_duplicates=True), workers=1)
+    assert [os.path.relpath(p, tmp_path) for p in s.paths] == [os.path.join("a", "x.png"), os.path.join("b", "y.png")]
+    assert [(s_.path, s_.reason) for s_ in s.skipped] == [
+        (str(tmp_path / "b" / "x.png"), f"duplicate of {tmp_path / 'a' / 'x.png'}")]
+    assert len(load_images(DataConfig(folder=str(tmp_path), image_size=8), workers=1)) == 3  # off: all kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from evaluation_support import blobs, trained_run, write_pngs
 from PIL import Image
@@ -76,7 +77,7 @@ def test_doctor_lists_duplicates_and_the_fix(capsys, tmp_path):
     assert main(["doctor", "--data", str(tmp_path / "d"), "--image-size", "16"]) == 0
     out = capsys.readouterr().out
     assert "[warning] 1 exact duplicate file(s) in 1 group(s)" in out
-    assert "fix: leave out 1 file(s)" in out and "small set" in out
+    assert "fix: train with --exclude-duplicates" in out and "small set" in out
     assert main(["doctor", "--data", str(tmp_path / "d"), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["num_files"] == 31 and any(f["kind"] == "exact_duplicates" for f in d["findings"])
@@ -137,3 +138,100 @@ def test_train_eval_every_prints_the_cost_first_and_scores(tmp_path, capsys):
     from ddpm_studio.evaluation.metrics import read_results
 
     assert [d["step"] for d in read_results(tmp_path / "r")] == [20]
+
+
+def _folder_with_duplicates(tmp_path):
+    """20 distinct 16 px images, an exact copy of one and a near copy of another (a re-save, one level brighter)."""
+    files = write_pngs(blobs(20, seed=8), tmp_path / "d")
+    shutil.copy(files[2], tmp_path / "d" / "img_0002 copy.png")
+    a = np.asarray(Image.open(files[7]))
+    Image.fromarray(np.clip(a.astype(int) + 1, 0, 255).astype(np.uint8)).save(tmp_path / "d" / "img_0007 edit.png")
+    return tmp_path / "d"
+
+
+def _train(tmp_path, folder, run, *extra):
+    from training_support import tiny_config
+
+    cfg_file = tmp_path / "tiny.json"
+    tiny_config().save(cfg_file)
+    return main(["train", "--data", str(folder), "--out", str(run), "--config", str(cfg_file), "--steps", "2",
+                 "--quiet", *extra])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_exclude_duplicates_leaves_them_out_reports_them_and_resume_keeps_the_count(tmp_path, capsys):
+    folder = _folder_with_duplicates(tmp_path)
+    run = tmp_path / "run"
+    assert _train(tmp_path, folder, run, "--exclude-duplicates") == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 file(s): 2 duplicate of another image" in err
+    assert f"{folder / 'img_0002 copy.png'}: duplicate of img_0002.png" in err
+    assert f"{folder / 'img_0007 edit.png'}: duplicate of img_0007.png" in err
+    assert "20 images" in err
+    info = json.loads((run / "run.json").read_text())["dataset"]
+    assert info["num_images"] == 20
+    assert sorted(s["reason"] for s in info["skipped"]) == ["duplicate of img_0002.png", "duplicate of img_0007.png"]
+    assert json.loads((run / "config.json").read_text())["data"]["exclude_duplicates"] is True
+    # resume reads the run's config: the same files are left out
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "Resuming" in err and "20 images" in err and "skipped 2 file(s)" in err
+    assert json.loads((run / "run.json").read_text())["dataset"]["num_images"] == 20
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_without_the_flag_keeps_the_duplicates(tmp_path, capsys):
+    folder = _folder_with_duplicates(tmp_path)
+    assert _train(tmp_path, folder, tmp_path / "run") == 0
+    err = capsys.readouterr().err
+    assert "22 images" in err and "duplicate of" not in err and "skipped" not in err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["dataset"]["num_images"] == 22
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["exclude_duplicates"] is False
+
+
+def test_doctor_names_the_flag_that_leaves_the_same_files_out(tmp_path, capsys):
+    from ddpm_studio.config import DataConfig
+    from ddpm_studio.data import load_images
+    from ddpm_studio.evaluation.doctor import diagnose
+
+    folder = _folder_with_duplicates(tmp_path)
+    assert main(["doctor", "--data", str(folder), "--image-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fix: train with --exclude-duplicates") == 2  # the exact and the near finding
+    assert "near duplicate" in out and "exact duplicate" in out
+    # the flag leaves out exactly the files the doctor's fix names
+    rep = diagnose(str(folder), image_size=16)
+    kept = load_images(DataConfig(folder=str(folder), image_size=16, exclude_duplicates=True), workers=1)
+    assert kept.paths == rep.kept_files()
+    assert {s.path for s in kept.skipped} == set(rep.exclude())
+    # reopening the unchanged folder takes the grouping from the cache: no file is read for it again
+    from ddpm_studio.data import duplicates
+
+    calls = []
+    real = duplicates.fingerprint_file
+    duplicates.fingerprint_file = lambda p: calls.append(p) or real(p)
+    try:
+        again = load_images(DataConfig(folder=str(folder), image_size=16, exclude_duplicates=True), workers=1)
+    finally:
+        duplicates.fingerprint_file = real
+    assert again.paths == kept.paths and calls == []
+
+
+def test_eval_flags_come_from_the_schema_and_old_configs_load_without_them(tmp_path, capsys):
+    from ddpm_studio.cli import _train_config, build_parser
+    from ddpm_studio.config import RunConfig
+
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--eval-every", "50",
+                                      "--eval-num", "64", "--exclude-duplicates"])
+    cfg = _train_config(args)
+    assert (cfg.train.eval_every, cfg.train.eval_num, cfg.data.exclude_duplicates) == (50, 64, True)
+    d = RunConfig().to_dict()
+    for section, name in (("train", "eval_every"), ("train", "eval_num"), ("data", "exclude_duplicates")):
+        del d[section][name]  # a config written before these fields existed
+    old = RunConfig.from_dict(d)
+    assert (old.train.eval_every, old.train.eval_num, old.data.exclude_duplicates) == (0, 0, False)
+    with pytest.raises(ValueError, match="train.eval_num must be 0"):
+        RunConfig.from_dict({**RunConfig().to_dict(), "train": {"eval_num": 1}}).validate()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(tmp_path / "r"), "--eval-every", "-1"])
+    assert e.value.code == 2 and "--eval-every" in capsys.readouterr().err

@@ -172,3 +172,82 @@ def test_a_finished_run_opens_in_evaluate_even_after_a_new_run_began(qtbot, wind
         window.training_panel.training_finished.emit(done)
     assert blocker.args[0].run_dir == str(run)
     window.training_panel.training_finished.emit(None)  # a failed run: nothing to open, nothing raised
+
+
+def _micro_training(qtbot, window, tmp_path, *, eval_every: int, eval_num: int = 16):
+    """A 8 px folder loaded, the micro network, checkpoints every 10 of 20 steps; the quality knobs set in the
+    Training panel's "More settings" form."""
+    from ddpm_studio.gui import testing
+
+    dp, tp = window.dataset_panel, window.training_panel
+    folder = testing.write_image_folder(tmp_path / "imgs", count=24, size=8)
+    dp.size_combo.setCurrentIndex(dp.size_combo.findData(8))
+    with qtbot.waitSignal(dp.loaded, timeout=30_000):
+        dp.load_paths([str(folder)])
+    tp.overrides = testing.micro_overrides(steps=20, timesteps=20)
+    tp.overrides["train"]["checkpoint_every"] = 10
+    tp.advanced.widgets["eval_num"].setValue(eval_num)
+    tp.advanced.widgets["eval_every"].setValue(eval_every)
+    return tp
+
+
+def test_quality_while_training_is_plotted_and_kept_where_the_evaluate_tab_reads(qtbot, window, tmp_path):
+    from PySide6.QtCore import Qt
+
+    from ddpm_studio.config import RunConfig
+    from ddpm_studio.evaluation.metrics import read_results
+
+    tp = _micro_training(qtbot, window, tmp_path, eval_every=10)
+    qp = tp.quality_plot
+    assert not qp.isHidden()  # shown once eval_every > 0
+    # before Start: the cost, from the same estimate the CLI prints
+    qtbot.waitUntil(lambda: "samples, about" in qp.caption.text(), timeout=30_000)
+    assert qp.caption.text().startswith("quality every 10 steps: 16 samples, about")
+    with qtbot.waitSignal(tp.training_finished, timeout=120_000) as blocker:
+        qtbot.mouseClick(tp.start_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: qp.num_points >= 1, timeout=120_000)
+    assert blocker.args[0] is not None and blocker.args[0].reason == "completed"
+    steps, kid = qp.points()
+    assert list(steps) == [10.0, 20.0] and all(k == k for k in kid)  # both checkpoints scored, no NaN
+    saved = read_results(tp.run_dir)  # RUN/evaluation.jsonl: what the Evaluate tab plots
+    assert [(d["step"], d["num_samples"]) for d in saved] == [(10, 16), (20, 16)]
+    assert [d["kid"] for d in saved] == list(kid)
+    cfg = RunConfig.load(f"{tp.run_dir}/config.json")
+    assert (cfg.train.eval_every, cfg.train.eval_num) == (10, 16)  # the run records the choice
+    # the Evaluate tab (opened on the finished run by the main window) shows them too
+    ep = window.evaluate_panel
+    qtbot.waitUntil(lambda: len(ep.kid_points()[0]) == 2, timeout=30_000)
+
+
+def test_no_quality_scoring_when_eval_every_is_zero(qtbot, window, tmp_path):
+    from pathlib import Path
+
+    from PySide6.QtCore import Qt
+
+    tp = _micro_training(qtbot, window, tmp_path, eval_every=0)
+    assert tp.quality_plot.isHidden()
+    with qtbot.waitSignal(tp.training_finished, timeout=120_000) as blocker:
+        qtbot.mouseClick(tp.start_button, Qt.MouseButton.LeftButton)
+    assert blocker.args[0].reason == "completed"
+    assert tp.quality_plot.num_points == 0 and tp.quality_plot.isHidden()
+    assert list((Path(tp.run_dir) / "checkpoints").glob("step_0000010.*"))  # checkpoints were saved
+    assert not (Path(tp.run_dir) / "evaluation.jsonl").exists()
+
+
+def test_exclude_duplicates_sets_the_knob_the_run_records(qtbot, window, tmp_path):
+    files = write_pngs(blobs(12, seed=5), tmp_path / "d")
+    shutil.copy(files[3], tmp_path / "d" / "img_0003 copy.png")
+    dp = window.dataset_panel
+    with qtbot.waitSignal(dp.loaded, timeout=30_000):
+        dp.load_paths([str(tmp_path / "d")])
+    with qtbot.waitSignal(dp.doctor.finished, timeout=30_000):
+        dp.doctor.check_button.click()
+    with qtbot.waitSignal(dp.loaded, timeout=30_000):
+        dp.doctor.fix_button.click()
+    assert dp.dedup_check.isChecked() and window.state.data_config.exclude_duplicates
+    assert window.state.data_config.folder == str(tmp_path / "d")  # the folder, not a list of files
+    assert len(window.state.images) == 12
+    rows = {dp.skipped.topLevelItem(i).text(0): dp.skipped.topLevelItem(i).text(1)
+            for i in range(dp.skipped.topLevelItemCount())}
+    assert rows == {str(tmp_path / "d" / "img_0003 copy.png"): "duplicate of img_0003.png"}
+    assert window.training_panel.build_config().data.exclude_duplicates is True

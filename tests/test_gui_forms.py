@@ -130,4 +130,4 @@ def test_every_train_field_without_its_own_widget_is_in_more_settings():
     assert set(ADVANCED_TRAIN_FIELDS) | set(HAND_TRAIN_FIELDS) | {"minutes"} == set(names)
     assert set(ADVANCED_TRAIN_FIELDS) == {"weight_decay", "ema_warmup", "log_every", "preview_count",
                                           "preview_sampler", "preview_sampling_steps", "checkpoint_minutes",
-                                          "keep_checkpoints"}
+                                          "keep_checkpoints", "eval_every", "eval_num"}

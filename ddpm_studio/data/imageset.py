@@ -33,6 +33,11 @@ is computed from the content hashes and the settings, so it identifies the data,
 The cache is written atomically (array under a new name, then the index), a corrupt or unreadable
 entry is ignored and rebuilt, and beyond ``CACHE_LIMIT_BYTES`` the oldest sets are deleted.
 
+Duplicates: with ``cfg.exclude_duplicates`` the files ``data.duplicates`` groups as exact or near
+duplicates (the dataset doctor's rule) are left out after decoding, all but the first of each group,
+each a SkippedFile "duplicate of NAME"; the cached array stays the whole set, and the grouping is
+cached beside it under the list of (path, content hash).
+
 Memory: before decoding, a set that would need more than 60% of the physical memory is refused
 with a DatasetError that says how much it needs.
 """
@@ -55,6 +60,7 @@ import numpy as np
 from ddpm_studio import paths as _paths
 from ddpm_studio.config import DataConfig, atomic_write, atomic_write_text
 from ddpm_studio.errors import Cancelled
+from ddpm_studio.data.duplicates import NEAR_DUPLICATE_RMSE, find_duplicates
 from ddpm_studio.data.decode import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Decoded, Settings,
                                      decode_file, luminance)
 
@@ -139,15 +145,64 @@ def load_paths(paths: Iterable[str | os.PathLike], cfg: DataConfig, *, progress:
     del cached
     if result.images is None:
         _raise_empty(roots, skipped + result.skipped)
-    skipped = sorted(skipped + result.skipped, key=lambda s: _sort_key(s.path))
     channels = int(result.images.shape[3])
-    fingerprint = _fingerprint(settings, channels, result.digests)
     if cache and not result.from_cache:
-        cache.write(result, channels)
-    report(len(image_files), len(image_files), f"Loaded {len(result.paths):,} images")
-    return ImageSet(images=result.images, paths=result.paths, skipped=skipped, channels=channels,
+        cache.write(result, channels)  # the whole set: leaving duplicates out or not reuses it
+    images, kept, digests = result.images, result.paths, result.digests
+    if cfg.exclude_duplicates:
+        images, kept, digests, dropped = _leave_out_duplicates(result, stop, report, cache)
+        skipped += dropped
+    skipped = sorted(skipped + result.skipped, key=lambda s: _sort_key(s.path))
+    fingerprint = _fingerprint(settings, channels, digests)
+    report(len(image_files), len(image_files), f"Loaded {len(kept):,} images")
+    return ImageSet(images=images, paths=kept, skipped=skipped, channels=channels,
                     image_size=settings.size, source=source, fingerprint=fingerprint,
                     from_cache=result.from_cache)
+
+
+def _leave_out_duplicates(result: "_Result", stop: ShouldStop, report: Progress,
+                          cache: "_Cache | None") -> tuple[np.ndarray, list[str], list[str], list[SkippedFile]]:
+    """The decoded set without the files the dataset doctor calls duplicates (``data.duplicates``'s rule:
+    the first of each group stays); -> (images, paths, digests, one SkippedFile per file left out).
+
+    Finding them reads every file again; the answer is kept in the cache folder under the (path, content
+    hash) list, so reopening an unchanged folder (a resume, an evaluation) does not."""
+    paths = result.paths
+    key = hashlib.blake2b(f"duplicates-v1;{NEAR_DUPLICATE_RMSE}\n".encode()
+                          + "\n".join(f"{p}\t{d}" for p, d in zip(paths, result.digests)).encode(),
+                          digest_size=16).hexdigest()
+    saved = cache.dir / f"duplicates-{key}.json" if cache is not None else None
+    drop = _read_duplicates(saved, len(paths))
+    if drop is None:
+        groups, _ = find_duplicates(paths, should_stop=stop, progress=report)
+        drop = groups.excluded()
+        if saved is not None:
+            try:
+                atomic_write_text(saved, json.dumps({"drop": sorted(drop.items())}))
+            except OSError:
+                pass  # only costs time next time
+    if not drop:
+        return result.images, paths, result.digests, []
+    skipped = []
+    for i, k in sorted(drop.items()):
+        name = os.path.basename(paths[k])
+        same_name = name == os.path.basename(paths[i])  # then the whole path says which
+        skipped.append(SkippedFile(paths[i], f"duplicate of {paths[k] if same_name else name}"))
+    keep = [i for i in range(len(paths)) if i not in drop]
+    return (result.images[keep], [paths[i] for i in keep], [result.digests[i] for i in keep], skipped)
+
+
+def _read_duplicates(path: Path | None, n: int) -> dict[int, int] | None:
+    """A saved {left out: kept} row map, or None when there is none (or it does not fit ``n`` rows)."""
+    if path is None:
+        return None
+    try:
+        drop = {int(i): int(k) for i, k in json.loads(path.read_text(encoding="utf-8"))["drop"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if any(not (0 <= i < n and 0 <= k < n) or k in drop for i, k in drop.items()):
+        return None
+    return drop
 
 
 # ---------------------------------------------------------------------------------------------

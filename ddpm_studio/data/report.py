@@ -12,7 +12,10 @@ def skipped_records(skipped: Iterable) -> list[dict[str, str]]:
 
 
 def _kind(reason: str) -> str:
-    """The reason without its particulars: 'damaged or truncated image (broken data stream)' -> its first words."""
+    """The reason without its particulars: 'damaged or truncated image (broken data stream)' -> its first words,
+    'duplicate of a.png' -> 'duplicate of another image'."""
+    if reason.startswith("duplicate of "):
+        return "duplicate of another image"
     return reason.split(" (")[0]
 
 

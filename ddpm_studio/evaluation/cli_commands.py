@@ -1,4 +1,5 @@
-"""The ``eval``, ``nearest``, ``timelapse`` and ``doctor`` subcommands (registered by ``cli.py``).
+"""The ``eval``, ``nearest``, ``timelapse`` and ``doctor`` subcommands (registered by ``cli.py``), and
+``train``'s checkpoint scorer (``train --eval-every``: its flags come from the config schema).
 
 Heavy imports (torch) happen inside the commands; building the parser stays cheap.
 """
@@ -59,35 +60,25 @@ def add_parsers(sub, positive_int, positive_float) -> None:
     d.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
-def add_train_flags(t, positive_int) -> None:
-    """``train --eval-every K [--eval-num N]``: score checkpoints while training (off by default)."""
-    t.add_argument("--eval-every", type=positive_int, metavar="K",
-                   help="score the checkpoint saved every K steps (KID against the training images, kept in "
-                   "RUN/evaluation.jsonl); training waits while it scores, the cost is printed first. Off by default")
-    t.add_argument("--eval-num", type=positive_int, default=None, metavar="N",
-                   help="samples per scoring with --eval-every (default 256 on a CPU, 1024 on CUDA)")
-
-
 def train_listener(args: argparse.Namespace, cfg, reporter):
-    """The ``on_event`` for ``train``: the reporter, and the checkpoint scorer when --eval-every is given."""
-    if not getattr(args, "eval_every", None):
+    """The ``on_event`` for ``train``: the reporter, and the checkpoint scorer when ``train.eval_every`` > 0
+    (``--eval-every K [--eval-num N]``, flags of the schema; a resumed run keeps its own). The cost is printed
+    first."""
+    if not cfg.train.eval_every:
         return reporter
     from ddpm_studio.engine.devices import select_device
-    from ddpm_studio.evaluation import metrics
     from ddpm_studio.evaluation.during_training import (
         ScoreCheckpoints,
         estimate_seconds,
+        plan_lines,
+        samples_per_score,
     )
 
     device = select_device(cfg.train.device)
-    num = args.eval_num or metrics.default_num(device)
-    if cfg.train.checkpoint_every == 0 or args.eval_every % cfg.train.checkpoint_every:
-        reporter.write(f"note: checkpoints are saved every {cfg.train.checkpoint_every or 'few minutes'} "
-                       f"steps; each is scored once {args.eval_every} steps have passed since the last")
-    cost = estimate_seconds(cfg, num, device=str(device))
-    reporter.write(f"quality every {args.eval_every} steps: {num} samples, about {metrics.human_seconds(cost)} "
-                   "each (training waits meanwhile)")
-    return ScoreCheckpoints(args.out, args.eval_every, num, device=device, then=reporter, report=reporter.write)
+    num = samples_per_score(cfg, device)
+    for line in plan_lines(cfg, num, estimate_seconds(cfg, num, device=str(device))):
+        reporter.write(line)
+    return ScoreCheckpoints(args.out, cfg.train.eval_every, num, device=device, then=reporter, report=reporter.write)
 
 
 def _progress(quiet: bool):
@@ -202,7 +193,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             if len(f.files) > 8:
                 print(f"    ... and {len(f.files) - 8} more")
         if f.exclude:
-            print(f"    fix: leave out {len(f.exclude)} file(s) (the window's Dataset tab does it in one click)")
+            print(f"    fix: train with --exclude-duplicates (leaves out these {len(f.exclude)} file(s); "
+                  "the Dataset tab's Exclude Duplicates button does the same)")
     return 0
 
 

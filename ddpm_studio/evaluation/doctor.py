@@ -6,7 +6,9 @@
 
 - exact duplicates (same bytes, SHA-256) and near duplicates (16 x 16 grayscale thumbnails of the
   whole image within ``NEAR_DUPLICATE_RMSE`` of each other), with a safe fix: exclude all but the
-  first file of each group (the shortest name, so "a.png" stays and "a copy.png" goes);
+  first file of each group (the shortest name, so "a.png" stays and "a copy.png" goes). The rule
+  is ``data.duplicates``', which the loader applies itself with ``DataConfig.exclude_duplicates``
+  (``train --exclude-duplicates``, the Dataset tab's button);
 - mixed sizes (non-square images lose their edges to the centre crop; small ones are upsampled)
   and mixed modes (grayscale with colour, transparency, palettes);
 - images whose left-right mirror is unlike the set (text, digits, logos, profiles facing one
@@ -27,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ddpm_studio.data.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, MAX_FILE_BYTES
+from ddpm_studio.data import duplicates as dup
+from ddpm_studio.data.decode import IMAGE_EXTENSIONS
+from ddpm_studio.data.duplicates import NEAR_DUPLICATE_RMSE, THUMB  # noqa: F401 - the rule lives in data/
 
-THUMB = 16
-NEAR_DUPLICATE_RMSE = 0.03  # 0-1 scale, 16 x 16 grayscale: a re-save, a resize, a small crop
 MIRROR_RATIO = 1.5  # an image whose mirror is this much farther from the set than itself
 MIRROR_SET_RATIO = 1.25  # the set's median ratio above which flip augmentation gets a warning
 SMALL_SET = 200
@@ -131,43 +133,13 @@ def image_files(paths) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def _read(path: str) -> _Info:
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise ValueError("larger than the 1 GB file limit")
-    import io
-
-    with Image.open(io.BytesIO(data)) as im:
-        width, height, mode = im.width, im.height, im.mode
-        if width * height > DEFAULT_MAX_PIXELS:
-            raise ValueError(f"{width}x{height} is over the {DEFAULT_MAX_PIXELS // (1024 * 1024)} Mpx limit; "
-                             "it is refused when loading")
-        im.draft("RGB", (THUMB * 4, THUMB * 4))  # JPEG: decode at a fraction of the size
-        rgb = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB").convert("RGB")
-    g = np.asarray(rgb.convert("L").resize((THUMB, THUMB), Image.Resampling.BOX), np.float32) / 255.0
+    data = dup.read_bytes(path)
+    rgb, width, height, mode = dup.open_small(data)
     s = min(rgb.size)
     left, top = (rgb.width - s) // 2, (rgb.height - s) // 2
     sq = rgb.crop((left, top, left + s, top + s)).resize((THUMB, THUMB), Image.Resampling.BOX)
-    return _Info(path, hashlib.sha256(data).hexdigest(), width, height, mode, g, np.asarray(sq, np.float32) / 255.0)
-
-
-def _groups(pairs: list[tuple[int, int]], n: int) -> list[list[int]]:
-    parent = list(range(n))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    out: dict[int, list[int]] = {}
-    for i in range(n):
-        out.setdefault(find(i), []).append(i)
-    return [sorted(g) for g in out.values() if len(g) > 1]
+    return _Info(path, hashlib.sha256(data).hexdigest(), width, height, mode, dup.gray_thumbnail(rgb),
+                 np.asarray(sq, np.float32) / 255.0)
 
 
 def _nearest_other(a: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
@@ -182,12 +154,6 @@ def _nearest_other(a: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
             d2[np.arange(len(blk)), np.arange(start, start + len(blk))] = np.inf
         out[start:start + len(blk)] = np.sqrt(np.clip(d2.min(1), 0, None) / d)
     return out
-
-
-def _keeper_first(group: list[int], names: list[str]) -> list[int]:
-    """A duplicate group with the file to keep first: the shortest name ("a.png" before "a copy.png"),
-    then path order."""
-    return sorted(group, key=lambda i: (len(os.path.basename(names[i])), names[i].casefold(), names[i]))
 
 
 def _listed(paths: list[str]) -> list[str]:
@@ -208,9 +174,10 @@ def diagnose(paths, *, image_size: int = 32, flip: bool = False, progress=None, 
                                     f"Nothing with an image extension ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                                     "is here."))
         return DoctorReport(findings, names, time.perf_counter() - t0)
-    exact_finding, uniq = _exact_duplicates(infos, names)
-    findings += exact_finding
-    findings += _near_duplicates(infos, names, uniq)
+    groups = dup.group_duplicates(names, [x.sha for x in infos], [x.gray for x in infos])
+    uniq = groups.distinct
+    findings += _exact_duplicates(groups, names)
+    findings += _near_duplicates(groups, names)
     findings += _mixed_sizes(infos, names, image_size)
     findings += _mixed_modes(infos)
     findings += _mirror(infos, names, uniq, flip)
@@ -247,42 +214,20 @@ def _unreadable(bad: list[tuple[str, str]]) -> list[Finding]:
 
 # -- duplicates -----------------------------------------------------------------------------------
 
-def _exact_duplicates(infos: list[_Info], names: list[str]) -> tuple[list[Finding], list[int]]:
-    """(the exact-duplicates finding, if any; the indices of distinct images, first of each group)."""
-    by_sha: dict[str, list[int]] = {}
-    for i, x in enumerate(infos):
-        by_sha.setdefault(x.sha, []).append(i)
-    exact = [_keeper_first(g, names) for g in by_sha.values() if len(g) > 1]
-    first_of = {i: g[0] for g in exact for i in g}
-    uniq = [i for i in range(len(infos)) if first_of.get(i, i) == i]
+def _exact_duplicates(groups: dup.DuplicateGroups, names: list[str]) -> list[Finding]:
+    exact = groups.exact
     if not exact:
-        return [], uniq
+        return []
     extra = [names[i] for g in exact for i in g[1:]]
     return [Finding(
         "exact_duplicates", "warning", f"{len(extra)} exact duplicate file(s) in {len(exact)} group(s)",
         "The same picture more than once weighs it more in training and makes copies of it likelier. "
         "Excluding the extra copies keeps the first file of each group (the shortest name).",
-        files=_listed(extra), groups=[[names[i] for i in g] for g in exact[:MAX_LISTED]], exclude=extra)], uniq
+        files=_listed(extra), groups=[[names[i] for i in g] for g in exact[:MAX_LISTED]], exclude=extra)]
 
 
-def _near_pairs(g: np.ndarray) -> list[tuple[int, int]]:
-    """Index pairs (i < j) of rows of ``g`` (U, THUMB * THUMB) within ``NEAR_DUPLICATE_RMSE``."""
-    pairs = []
-    g2 = (g * g).sum(1)
-    for start in range(0, len(g), 1024):
-        blk = g[start:start + 1024]
-        d2 = (blk * blk).sum(1)[:, None] + g2[None, :] - 2.0 * blk @ g.T  # (blk, U)
-        rmse = np.sqrt(np.clip(d2, 0, None) / g.shape[1])
-        a, b = np.nonzero(rmse < NEAR_DUPLICATE_RMSE)
-        pairs += [(start + i, j) for i, j in zip(a.tolist(), b.tolist()) if start + i < j]
-    return pairs
-
-
-def _near_duplicates(infos: list[_Info], names: list[str], uniq: list[int]) -> list[Finding]:
-    if len(uniq) <= 1:
-        return []
-    g = np.stack([infos[i].gray.ravel() for i in uniq]).astype(np.float32)  # (U, 256)
-    near = [_keeper_first([uniq[i] for i in grp], names) for grp in _groups(_near_pairs(g), len(uniq))]
+def _near_duplicates(groups: dup.DuplicateGroups, names: list[str]) -> list[Finding]:
+    near = groups.near
     if not near:
         return []
     extra = [names[i] for grp in near for i in grp[1:]]

@@ -40,6 +40,24 @@ class PreviewGrid:
 
 
 @dataclass
+class QualityPoint:
+    """One quality score of a checkpoint while training (``train.eval_every``), for the Training panel's plot."""
+
+    step: int
+    kid: float
+    kid_lo: float  # the 95% bootstrap interval
+    kid_hi: float
+    floor_kid: float  # held-out real images against the rest
+    num_samples: int
+    summary: str
+
+
+@dataclass
+class QualityNote:
+    text: str  # what the scorer says (a readout's summary, or why it stopped scoring)
+
+
+@dataclass
 class ModelReady:
     config: RunConfig
     step: int
@@ -113,8 +131,47 @@ def make_train(cfg: RunConfig, run_dir: str, images: Any, resume: bool, control:
             else:
                 state.emit(ev, flush=True)
 
-        result = trainer.run(control=control, on_event=on_event)
+        listener = on_event
+        if cfg.train.eval_every > 0:
+            listener = quality_listener(cfg, run_dir, images, state, on_event, control.should_stop)
+        result = trainer.run(control=control, on_event=listener)
         return finish_job(result, run_dir)  # the run's config read back here, not on the UI thread
+
+    return job
+
+
+def quality_listener(cfg: RunConfig, run_dir: str, images: Any, state: TaskState, then: Callable[[object], None],
+                     should_stop: Callable[[], bool]) -> Callable[[object], None]:
+    """``then``, with the checkpoint scorer in front (``train.eval_every`` > 0): each readout goes to
+    RUN/evaluation.jsonl (what the Evaluate tab reads) and to the panel as a :class:`QualityPoint`."""
+    from ..engine.devices import select_device
+    from ..evaluation.during_training import ScoreCheckpoints, samples_per_score
+
+    device = select_device(cfg.train.device)
+
+    def readout(r) -> None:
+        state.emit(QualityPoint(int(r.step), r.kid, r.kid_lo, r.kid_hi, r.floor_kid, r.num_samples, r.summary()),
+                   flush=True)
+
+    return ScoreCheckpoints(run_dir, cfg.train.eval_every, samples_per_score(cfg, device), device=device, then=then,
+                            report=lambda text: state.emit(QualityNote(text), flush=True),
+                            real=None if images is None else images.images, on_readout=readout,
+                            should_stop=should_stop)
+
+
+def make_quality_cost(cfg: RunConfig) -> Callable[[TaskState], Any]:
+    """The lines ``train`` prints before it scores itself (the cost of one score, timed on an untrained
+    network of this shape); "" when scoring is off."""
+
+    def job(state: TaskState) -> str:
+        if cfg.train.eval_every <= 0:
+            return ""
+        from ..engine.devices import select_device
+        from ..evaluation.during_training import estimate_seconds, plan_lines, samples_per_score
+
+        device = select_device(cfg.train.device)
+        num = samples_per_score(cfg, device)
+        return "\n".join(plan_lines(cfg, num, estimate_seconds(cfg, num, device=str(device))))
 
     return job
 

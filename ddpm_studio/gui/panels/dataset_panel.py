@@ -97,6 +97,10 @@ class DatasetPanel(QWidget):
         self.min_size_spin.setSpecialValueText("keep all")
         add_row(form, "Minimum size", self.min_size_spin,
                 "Skip images whose short side is smaller than this; 'keep all' upsamples small images.")
+        self.dedup_check = QCheckBox("Leave out duplicates")  # data.exclude_duplicates (the doctor's fix)
+        add_row(form, "Duplicates", self.dedup_check,
+                "Leave out exact and near duplicate files; the first of each group stays and the others are listed "
+                "as skipped (the same rule as the dataset check below).")
         self.apply_button = QPushButton("Reload with These Settings")
         self.apply_button.setToolTip("Decode the current images again with the preprocessing above.")
         self.apply_button.clicked.connect(self.reload)
@@ -109,6 +113,7 @@ class DatasetPanel(QWidget):
         for w in (self.size_combo, self.channels_combo, self.background_combo):
             w.currentIndexChanged.connect(self._options_changed)
         self.flip_check.toggled.connect(self._options_changed)
+        self.dedup_check.toggled.connect(self._options_changed)
         self.min_size_spin.valueChanged.connect(self._options_changed)
         return box
 
@@ -143,7 +148,7 @@ class DatasetPanel(QWidget):
         split.addWidget(skipped_w)
         self.doctor = DoctorView(self.state, lambda: list(self.sources),  # issue 17: the dataset doctor
                                  lambda: (int(self.size_combo.currentData()), self.flip_check.isChecked()))
-        self.doctor.exclude_requested.connect(self.load_paths)
+        self.doctor.exclude_requested.connect(self._exclude_duplicates)
         split.addWidget(self.doctor)
         split.setStretchFactor(0, 4)
         split.setStretchFactor(1, 1)
@@ -164,6 +169,7 @@ class DatasetPanel(QWidget):
             flip=self.flip_check.isChecked(),
             background=self.background_combo.currentText(),
             min_size=int(self.min_size_spin.value()),
+            exclude_duplicates=self.dedup_check.isChecked(),
         )
 
     def set_data_config(self, cfg: DataConfig) -> None:
@@ -177,6 +183,7 @@ class DatasetPanel(QWidget):
         self.flip_check.setChecked(bool(cfg.flip))
         self.background_combo.setCurrentText(cfg.background)
         self.min_size_spin.setValue(int(cfg.min_size))
+        self.dedup_check.setChecked(bool(cfg.exclude_duplicates))
 
     def _options_changed(self, *_) -> None:
         loaded = self.state.data_config
@@ -191,7 +198,7 @@ class DatasetPanel(QWidget):
         """A running trainer has its images already: nothing here would change it, so nothing is editable."""
         training = self.state.is_busy("training")
         for w in (self.drop_zone, self.size_combo, self.channels_combo, self.flip_check, self.background_combo,
-                  self.min_size_spin, self.builtin_button):
+                  self.min_size_spin, self.dedup_check, self.builtin_button):
             w.setEnabled(not training)
         self.training_note.setVisible(training)
         self._options_changed()
@@ -216,6 +223,12 @@ class DatasetPanel(QWidget):
 
     def reload(self) -> None:
         self.load_paths(list(self.sources))
+
+    def _exclude_duplicates(self, _kept: list) -> None:
+        """The doctor's fix: the same files again with data.exclude_duplicates on, so the run's config records
+        the choice and a resumed run (or the CLI) leaves out the same files."""
+        self.dedup_check.setChecked(True)
+        self.reload()
 
     def load_paths(self, paths: list[str]) -> bool:
         """Load ``paths`` (folders and/or image files; [] = built-in). False if nothing started."""
@@ -303,6 +316,7 @@ class DatasetPanel(QWidget):
         s.setValue("dataset/flip", cfg.flip)
         s.setValue("dataset/background", cfg.background)
         s.setValue("dataset/min_size", cfg.min_size)
+        s.setValue("dataset/exclude_duplicates", cfg.exclude_duplicates)
         s.setValue("dataset/sources", "\n".join(self.sources))
 
     def restore_settings(self, s) -> list[str]:
@@ -313,7 +327,8 @@ class DatasetPanel(QWidget):
         try:
             cfg = DataConfig(None, get(s, "dataset/image_size", d.image_size), get(s, "dataset/channels", d.channels),
                              get(s, "dataset/flip", d.flip), get(s, "dataset/background", d.background),
-                             get(s, "dataset/min_size", d.min_size))
+                             get(s, "dataset/min_size", d.min_size),
+                             get(s, "dataset/exclude_duplicates", d.exclude_duplicates))
             cfg.validate()
         except ValueError:
             cfg = d

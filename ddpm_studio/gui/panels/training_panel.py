@@ -29,6 +29,7 @@ from ..forms import SchemaForm
 from ..state import StudioState
 from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
+from ..widgets.quality_plot import QualityPlot
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
 from ...durations import format_time_left
@@ -191,6 +192,7 @@ class TrainingPanel(QWidget):
         abox, aform = section("More settings")
         self.advanced = SchemaForm([st for st in settings_of(TrainConfig) if st.name in ADVANCED_TRAIN_FIELDS])
         aform.addRow(self.advanced)
+        self.advanced.changed.connect(self._show_quality_plan)  # the cost of train.eval_every, before Start
         return abox
 
     def _build_buttons(self, scroll: QWidget) -> QWidget:
@@ -260,8 +262,13 @@ class TrainingPanel(QWidget):
         self.preview.setMinimumWidth(170)
         bottom.setSizes([300, 300, 300])
         bottom.setChildrenCollapsible(False)
+        self.quality_plot = QualityPlot()  # KID per scored checkpoint (train.eval_every; hidden while off)
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.loss_plot)
+        top.addWidget(self.quality_plot)
+        top.setChildrenCollapsible(False)
         vsplit = QSplitter(Qt.Orientation.Vertical)
-        vsplit.addWidget(self.loss_plot)
+        vsplit.addWidget(top)
         vsplit.addWidget(bottom)
         vsplit.setSizes([380, 320])
         vsplit.setChildrenCollapsible(False)
@@ -389,6 +396,10 @@ class TrainingPanel(QWidget):
         self.precision_combo.setCurrentText(t.precision)
         self.preview_spin.setValue(t.preview_every)
         self.ckpt_spin.setValue(t.checkpoint_every)
+        self._show_quality_plan()
+
+    def _show_quality_plan(self) -> None:
+        self.quality_plot.show_plan(self.build_config)
 
     def _schedule_changed(self, *_) -> None:
         kind, T = self.schedule_combo.currentText(), int(self.timesteps_spin.value())
@@ -419,8 +430,9 @@ class TrainingPanel(QWidget):
             return False
         try:
             cfg = self.build_config()
-            plan = self.session.plan_start(cfg, self.state.images, self.state.data_config.folder,
-                                           paths.default_runs_dir())
+            loaded = self.state.data_config  # a continued run reuses the loaded images only if they are its files
+            folder = loaded.folder if loaded.exclude_duplicates == cfg.data.exclude_duplicates else None
+            plan = self.session.plan_start(cfg, self.state.images, folder, paths.default_runs_dir())
         except ValueError as e:
             self.state.report_error(f"Cannot start training: {e}", "")
             return False
@@ -429,6 +441,7 @@ class TrainingPanel(QWidget):
         if plan.fresh:
             self.loss_plot.clear()
             self.bucket_plot.clear()
+            self.quality_plot.clear()
         run_dir = plan.run_dir
         self.control = TrainControl()
         self.metrics_received = 0
@@ -563,6 +576,10 @@ class TrainingPanel(QWidget):
                 self.preview.caption.setText(f"Preview samples (EMA) · step {it.step:,}")
             elif isinstance(it, CheckpointSaved):
                 self.run_label.setText(f"Run folder: {self.run_dir} · last checkpoint at step {it.step:,}")
+            elif isinstance(it, jobs.QualityPoint):
+                self.quality_plot.add_point(it)
+            elif isinstance(it, jobs.QualityNote) and it.text.startswith("quality: not scored"):
+                self.quality_plot.set_note(it.text)
 
     def _load_history(self, run_dir: str) -> None:
         """Read the run's metrics on a worker thread, then plot them."""
@@ -640,6 +657,8 @@ class TrainingPanel(QWidget):
         self.loss_plot.clear()
         self.bucket_plot.clear()
         self._load_history(path)
+        self.quality_plot.clear()
+        self.quality_plot.load_run(path)
         self._show_saved_preview(path)
         self.run_label.setText(f"Continuing run: {path}")
         self.stats.setText("Press Continue Run to resume from the last checkpoint.")

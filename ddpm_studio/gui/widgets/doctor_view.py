@@ -3,8 +3,9 @@
 ``DoctorView(state, sources)``: ``sources()`` gives the folders / files loaded now ([] = the
 built-in set, which needs no check). "Check Dataset" runs ``evaluation.doctor.diagnose`` on a
 worker; each finding is a row (its files beneath it, its advice as the tooltip and below the
-list); "Exclude Duplicates" asks the panel to load the same files without the extra copies
-(``exclude_requested(kept_files)``).
+list); "Exclude Duplicates" asks the panel to leave the extra copies out
+(``exclude_requested(kept_files)``; the Dataset panel reloads with ``data.exclude_duplicates`` on, the
+same rule in the loader).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SHOWN_FILES = 50  # file rows under one finding
 
 class DoctorView(QWidget):
     finished = Signal(object)  # DoctorReport | None
-    exclude_requested = Signal(list)  # the files to load instead (duplicates left out)
+    exclude_requested = Signal(list)  # the files that stay (the Dataset panel reloads with exclude_duplicates)
 
     def __init__(self, state, sources: Callable[[], list[str]], options: Callable[[], tuple[int, bool]], parent=None):
         super().__init__(parent)
@@ -47,7 +48,8 @@ class DoctorView(QWidget):
                                      "a set too small to learn without copying, very large images.")
         self.check_button.clicked.connect(self.check)
         self.fix_button = QPushButton("Exclude Duplicates")
-        self.fix_button.setToolTip("Load the same files without the extra copies (the first of each group stays).")
+        self.fix_button.setToolTip("Reload with 'Leave out duplicates' on: the extra copies are left out (the first of "
+                                   "each group stays), and the run's settings record it (train --exclude-duplicates).")
         self.fix_button.clicked.connect(self.exclude_duplicates)
         self.fix_button.setEnabled(False)
         self.status = QLabel("<b>Dataset check</b> <span style='color:gray'>not run</span>")
