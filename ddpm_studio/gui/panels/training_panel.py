@@ -21,18 +21,17 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout,
                                QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
-                       DiffusionConfig, RunConfig, TrainConfig, settings_of)
-from ...training.session import History, TrainingSession, load_history, read_run_config
+from ...config import PRESETS, DiffusionConfig, RunConfig, TrainConfig, settings_of
+from ...training.session import History, OpenedRun, TrainingSession, load_history, read_run
 from .. import jobs
-from ..forms import SchemaForm
+from ..forms import SchemaForm, fields, name_items
 from ..state import StudioState
 from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
 from ...durations import format_time_left
-from .common import add_row, column_widget, float_spin, int_spin, section, settings_column
+from .common import add_row, column_widget, schema_section, section, settings_column
 
 DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
 
@@ -49,18 +48,23 @@ def schedule_arrays(kind: str, T: int):
     return NoiseSchedule.from_config(kind, T)
 
 
-# TrainConfig fields with widgets of their own above; every other one (a new one too) is a row of
-# "More settings", generated from the schema (label, range, tooltip from config.py). Fields that may
-# be None (train.minutes) are set from the command line or a config file.
-HAND_TRAIN_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "grad_clip", "seed", "device",
-                     "precision", "preview_every", "checkpoint_every")
+# The main forms' rows, by field name, as the panel groups them; each row (widget, label, range or
+# choices, tooltip) comes from the field's knob() in config.py. Every other TrainConfig field (a new
+# one too) is a row of "More settings". Fields that may be None are set from the command line or a
+# config file (train.minutes), or by an imported model (diffusion.betas); train.steps shows None as
+# the Steps box at its maximum ("no step limit").
+DIFFUSION_FIELDS = ("schedule", "timesteps", "prediction", "loss_weighting", "min_snr_gamma")
+OPTIMISATION_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "grad_clip", "seed")
+RUN_FIELDS = ("device", "precision", "preview_every", "checkpoint_every")
+MAIN_TRAIN_FIELDS = OPTIMISATION_FIELDS + RUN_FIELDS
 ADVANCED_TRAIN_FIELDS = tuple(s.name for s in settings_of(TrainConfig)
-                              if s.name not in HAND_TRAIN_FIELDS and not s.nullable)
+                              if s.name not in MAIN_TRAIN_FIELDS and not s.nullable)
 
 
 class TrainingPanel(QWidget):
     training_started = Signal()
     training_finished = Signal(object)  # TrainFinished | None (failed)
+    run_opened = Signal(str)  # Open Run's folder, once its settings are shown
 
     def __init__(self, state: StudioState, parent=None):
         super().__init__(parent)
@@ -73,6 +77,7 @@ class TrainingPanel(QWidget):
         self.metrics_received = 0
         self.ask_run_folder = self._ask_run_folder
         self._started_at = 0.0
+        self._open_task: Task | None = None  # reads an opened run's files
         self._build()
         state.images_changed.connect(lambda _: self._update_buttons())
         state.images_changed.connect(lambda _: self._show_images_info())
@@ -119,79 +124,39 @@ class TrainingPanel(QWidget):
         return pbox
 
     def _build_diffusion(self) -> QWidget:
-        dbox, dform = section("Diffusion")
-        self.schedule_combo = QComboBox()
-        self.schedule_combo.addItems(SCHEDULES)
-        add_row(dform, "Schedule", self.schedule_combo,
-                "How fast noise is added over t: linear is the paper's; cosine destroys information more evenly.")
-        self.timesteps_spin = int_spin(10, 4000, 1000, 50)
-        add_row(dform, "Timesteps T", self.timesteps_spin, "Number of noising steps; the paper uses 1000.")
-        self.prediction_combo = QComboBox()
-        self.prediction_combo.addItems(PREDICTIONS)
-        add_row(dform, "Predict", self.prediction_combo,
-                "What the network outputs: the added noise ε (the paper), the clean image x₀, or v = αε − σx₀.")
-        self.weighting_combo = QComboBox()
-        self.weighting_combo.addItems(LOSS_WEIGHTINGS)
-        add_row(dform, "Loss weighting", self.weighting_combo,
-                "none is the paper's L_simple; min_snr down-weights easy low-noise steps (Hang et al. 2023).")
-        self.schedule_combo.currentIndexChanged.connect(self._schedule_changed)
-        self.timesteps_spin.valueChanged.connect(self._schedule_changed)
-        return dbox
+        box, self.diffusion_form = schema_section("Diffusion", fields(DiffusionConfig, DIFFUSION_FIELDS))
+        w = self.diffusion_form.widgets
+        self.schedule_combo, self.timesteps_spin = w["schedule"], w["timesteps"]
+        self.weighting_combo = w["loss_weighting"]
+        self.diffusion_form.changed.connect(self._schedule_changed)
+        return box
 
     def _build_optimisation(self) -> QWidget:
-        td = TrainConfig()
-        obox, oform = section("Optimisation")
-        self.steps_spin = int_spin(1, 10_000_000, td.steps, 500)
-        add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to "
-                                                 "this.")
-        self.batch_spin = int_spin(1, 4096, td.batch_size, 8)
-        add_row(oform, "Batch size", self.batch_spin, "Images per step; larger is smoother but slower per step.")
-        self.lr_spin = float_spin(1e-6, 1.0, td.lr, 6, 1e-4)
-        add_row(oform, "Learning rate", self.lr_spin, "Peak AdamW step size, reached after the warm-up.")
-        self.warmup_spin = int_spin(0, 1_000_000, td.warmup_steps, 50)
-        add_row(oform, "Warm-up steps", self.warmup_spin, "The learning rate ramps up linearly over these first steps.")
-        self.ema_spin = float_spin(0.0, 0.999999, td.ema_decay, 5, 0.0005)
-        add_row(oform, "EMA decay", self.ema_spin,
-                "Previews and sampling use a moving average of the weights; closer to 1 averages longer.")
-        self.clip_spin = float_spin(0.0, 1e6, td.grad_clip, 2, 0.5)
-        add_row(oform, "Gradient clip", self.clip_spin, "Limit the gradient's overall size to this; 0 turns it off.")
-        self.seed_spin = int_spin(0, 2**31 - 1, td.seed)
-        add_row(oform, "Seed", self.seed_spin, "Same seed, same weights, data order and noise.")
-        return obox
+        box, self.optim_form = schema_section("Optimisation", fields(TrainConfig, OPTIMISATION_FIELDS))
+        w = self.optim_form.widgets
+        self.steps_spin, self.batch_spin, self.lr_spin, self.warmup_spin = (w["steps"], w["batch_size"], w["lr"],
+                                                                            w["warmup_steps"])
+        return box
 
     def _build_run(self) -> QWidget:
-        td = TrainConfig()
-        rbox, rform = section("Run")
-        self.device_combo = QComboBox()
-        for d in DEVICES:
-            self.device_combo.addItem(DEVICE_LABELS[d], d)
-        add_row(rform, "Device", self.device_combo, "Where training runs; Automatic picks CUDA, then Apple MPS, then "
-                                                    "the CPU.")
-        self.precision_combo = QComboBox()
-        self.precision_combo.addItems(PRECISIONS)
-        add_row(rform, "Precision", self.precision_combo, "Automatic: bf16 mixed precision on CPUs that compute bf16 "
-                                                          "natively (AVX-512 BF16 / AMX; about 1.4-2.5x "
-                "faster), fp32 elsewhere. bf16/fp16 can be chosen for CUDA GPUs.")
-        self.preview_spin = int_spin(0, 1_000_000, td.preview_every, 100)
+        box, self.run_form = schema_section("Run", fields(TrainConfig, RUN_FIELDS))
+        w = self.run_form.widgets
+        self.device_combo, self.preview_spin, self.ckpt_spin = w["device"], w["preview_every"], w["checkpoint_every"]
+        name_items(self.device_combo, DEVICE_LABELS)
         self.preview_spin.setSpecialValueText("off")
-        add_row(rform, "Preview every", self.preview_spin, "Steps between preview samples from the EMA model; 0 turns "
-                                                           "them off.")
-        self.ckpt_spin = int_spin(0, 10_000_000, td.checkpoint_every, 500)
         self.ckpt_spin.setSpecialValueText("by time only")
-        add_row(rform, "Checkpoint every", self.ckpt_spin,
-                f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and "
-                "at the end.")
         self.images_label = QLabel("")
         self.images_label.setWordWrap(True)
-        add_row(rform, "Images", self.images_label,
+        add_row(self.run_form.form, "Images", self.images_label,
                 "What the Dataset tab loaded: the size and channels the network is built for.")
-        return rbox
+        return box
 
     def _build_more(self) -> QWidget:
-        abox, aform = section("More settings")
-        self.advanced = SchemaForm([st for st in settings_of(TrainConfig) if st.name in ADVANCED_TRAIN_FIELDS])
-        aform.addRow(self.advanced)
-        return abox
+        box, self.advanced = schema_section("More settings", fields(TrainConfig, ADVANCED_TRAIN_FIELDS))
+        return box
+
+    def _train_forms(self) -> tuple[SchemaForm, ...]:
+        return self.optim_form, self.run_form, self.advanced
 
     def _build_buttons(self, scroll: QWidget) -> QWidget:
         """The settings column with the run buttons under it."""
@@ -282,19 +247,10 @@ class TrainingPanel(QWidget):
             return
         p = PRESETS[name]
         self._show_images_info()
-        t = p["train"]
-        self.steps_spin.setValue(t.get("steps", self.steps_spin.value()))
-        self.batch_spin.setValue(t.get("batch_size", self.batch_spin.value()))
-        self.lr_spin.setValue(t.get("lr", self.lr_spin.value()))
-        self.warmup_spin.setValue(t.get("warmup_steps", self.warmup_spin.value()))
-        self.ema_spin.setValue(t.get("ema_decay", self.ema_spin.value()))
-        self.preview_spin.setValue(t.get("preview_every", TrainConfig().preview_every))
-        d = dataclasses.asdict(DiffusionConfig())
-        d.update(p.get("diffusion", {}))  # what the preset leaves out takes the defaults
-        self.schedule_combo.setCurrentText(d["schedule"])
-        self.timesteps_spin.setValue(d["timesteps"])
-        self.prediction_combo.setCurrentText(d["prediction"])
-        self.weighting_combo.setCurrentText(d["loss_weighting"])
+        self.diffusion_form.set_values({**dataclasses.asdict(DiffusionConfig()), **p.get("diffusion", {})})
+        # the preset's training values; what it leaves out keeps what is shown (previews: the default)
+        self._show_train({**self._train_fields(), "preview_every": TrainConfig().preview_every, **p["train"]})
+        self._shown()
         m = p["model"]
         self.preset_combo.setToolTip(
             f"{p['description']}\nbase channels {m['base_channels']}, levels "
@@ -335,14 +291,8 @@ class TrainingPanel(QWidget):
             cfg = RunConfig.from_dict(self.resume_config.to_dict())
             cfg.train = dataclasses.replace(cfg.train, **self._train_fields())
         else:
-            cfg = RunConfig.from_preset(
-                self.preset_combo.currentData(),
-                data=dataclasses.asdict(data),
-                diffusion=dict(schedule=self.schedule_combo.currentText(), timesteps=int(self.timesteps_spin.value()),
-                               prediction=self.prediction_combo.currentText(),
-                               loss_weighting=self.weighting_combo.currentText()),
-                train=self._train_fields(),
-            )
+            cfg = RunConfig.from_preset(self.preset_combo.currentData(), data=dataclasses.asdict(data),
+                                        diffusion=self.diffusion_form.values(), train=self._train_fields())
             images = self.state.images
             if images is not None and data.channels == "auto":
                 cfg.model.in_channels = int(images.channels)
@@ -351,19 +301,17 @@ class TrainingPanel(QWidget):
         cfg.sync()
         return cfg.validate()
 
-    def _train_widgets(self) -> tuple:
-        return (self.steps_spin, self.batch_spin, self.lr_spin, self.warmup_spin, self.ema_spin, self.clip_spin,
-                self.seed_spin, self.device_combo, self.precision_combo, self.preview_spin, self.ckpt_spin)
-
     def _train_fields(self) -> dict:
-        steps = int(self.steps_spin.value())
-        return dict(steps=None if steps >= self.steps_spin.maximum() else steps,
-                    batch_size=int(self.batch_spin.value()),
-                    lr=float(self.lr_spin.value()), warmup_steps=int(self.warmup_spin.value()),
-                    ema_decay=float(self.ema_spin.value()), grad_clip=float(self.clip_spin.value()),
-                    seed=int(self.seed_spin.value()), device=str(self.device_combo.currentData()),
-                    precision=self.precision_combo.currentText(), preview_every=int(self.preview_spin.value()),
-                    checkpoint_every=int(self.ckpt_spin.value()), **self.advanced.values())
+        values = {name: v for form in self._train_forms() for name, v in form.values().items()}
+        if values["steps"] >= self.steps_spin.maximum():
+            values["steps"] = None  # the box at its maximum: no step limit
+        return values
+
+    def _show_train(self, values: dict) -> None:
+        for form in self._train_forms():
+            form.set_values(values)
+        if values.get("steps", 0) is None:
+            self.steps_spin.setValue(self.steps_spin.maximum())  # no step limit
 
     def set_config(self, cfg: RunConfig) -> None:
         """Show ``cfg`` in the widgets (used by Open Run)."""
@@ -372,26 +320,18 @@ class TrainingPanel(QWidget):
             self.preset_combo.setCurrentIndex(self.preset_combo.findData(cfg.model.preset))
             self.preset_combo.blockSignals(False)
             self._show_images_info()
-        self.schedule_combo.setCurrentText(cfg.diffusion.schedule)
-        self.timesteps_spin.setValue(cfg.diffusion.timesteps)
-        self.prediction_combo.setCurrentText(cfg.diffusion.prediction)
-        self.weighting_combo.setCurrentText(cfg.diffusion.loss_weighting)
-        t = cfg.train
-        self.advanced.set_values(t)
-        self.steps_spin.setValue(self.steps_spin.maximum() if t.steps is None else t.steps)  # max: no limit
-        self.batch_spin.setValue(t.batch_size)
-        self.lr_spin.setValue(t.lr)
-        self.warmup_spin.setValue(t.warmup_steps)
-        self.ema_spin.setValue(t.ema_decay)
-        self.clip_spin.setValue(t.grad_clip)
-        self.seed_spin.setValue(min(t.seed, self.seed_spin.maximum()))
-        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(t.device)))
-        self.precision_combo.setCurrentText(t.precision)
-        self.preview_spin.setValue(t.preview_every)
-        self.ckpt_spin.setValue(t.checkpoint_every)
+        self.diffusion_form.set_values(cfg.diffusion)
+        self._show_train(dataclasses.asdict(cfg.train))
+        self._shown()
+
+    def _shown(self) -> None:
+        """After the forms were filled (which emits no change signals): the plot and the bar follow them."""
+        self._schedule_changed()
+        self._steps_changed(self.steps_spin.value())
 
     def _schedule_changed(self, *_) -> None:
-        kind, T = self.schedule_combo.currentText(), int(self.timesteps_spin.value())
+        self.diffusion_form.widgets["min_snr_gamma"].setEnabled(self.weighting_combo.currentData() == "min_snr")
+        kind, T = self.schedule_combo.currentData(), int(self.timesteps_spin.value())
         try:
             s = schedule_arrays(kind, T)
         except ValueError as e:
@@ -488,15 +428,14 @@ class TrainingPanel(QWidget):
         self.start_button.setText("Continue Run" if self.resume_dir and not running else "Start Training")
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
-        self.open_run_button.setEnabled(not running)
+        self.open_run_button.setEnabled(not running and self._open_task is None)
         self.new_run_button.setEnabled(not running and self.resume_dir is not None)
         locked = running or self.resume_dir is not None
-        for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo,
-                  self.weighting_combo):
-            w.setEnabled(not locked)
+        self.preset_combo.setEnabled(not locked)
+        self.diffusion_form.setEnabled(not locked)
         # The trainer reads its settings once, at Start: nothing changes a run in flight.
-        for w in self._train_widgets():
-            w.setEnabled(not running)
+        for form in self._train_forms():
+            form.setEnabled(not running)
         if running:
             self.lock_note.setText("Settings are locked while training runs. Stop it (a checkpoint is saved) "
                                    "to change them: a larger Steps then extends the run with Continue Run.")
@@ -621,54 +560,46 @@ class TrainingPanel(QWidget):
         return path or None
 
     def open_run(self, path: str | None = None) -> bool:
-        """Load a run's settings so that Start continues it."""
-        if self.is_running():
+        """Read a run's settings (on a worker thread) so that Start continues it; ``run_opened`` once shown.
+
+        False when nothing was started (training runs, another run is being read, or no folder chosen)."""
+        if self.is_running() or self._open_task is not None:
             return False
         path = path or self.ask_run_folder()
         if not path:
             return False
-        try:
-            cfg = read_run_config(path)
-        except (ValueError, OSError) as e:
-            self.state.report_error(f"Cannot open this run: {e}", "")
-            return False
-        from .. import settings as settings_mod
-
-        settings_mod.remember_dir("runs", Path(path).absolute().parent)  # the next dialog lists this run
-        self.session.opened(path, cfg)
-        self.set_config(cfg)
-        self.loss_plot.clear()
-        self.bucket_plot.clear()
-        self._load_history(path)
-        self._show_saved_preview(path)
-        self.run_label.setText(f"Continuing run: {path}")
-        self.stats.setText("Press Continue Run to resume from the last checkpoint.")
+        task = Task(lambda state: read_run(path), name="open-run")
+        task.succeeded.connect(lambda run, p=path: self._show_opened_run(p, run))
+        task.failed.connect(lambda message, details: self.state.report_error(f"Cannot open this run: {message}", ""))
+        task.finished.connect(self._open_run_finished)
+        self._open_task = task
+        self.stats.setText(f"Reading {path}…")
+        task.start()
         self._update_buttons()
         return True
 
-    def _show_saved_preview(self, run_dir: str) -> None:
-        """Show the newest preview PNG the run wrote (decoded on a worker thread)."""
-        previews = sorted((Path(run_dir) / "samples").glob("step_*.png"))
-        if not previews:
-            return
-        path = previews[-1]
+    def _open_run_finished(self) -> None:
+        self._open_task = None
+        self._update_buttons()
 
-        def job(state):
-            import numpy as np
-            from PIL import Image
+    def _show_opened_run(self, path: str, run: OpenedRun) -> None:
+        if self.is_running():
+            return  # training started while the run was read: it keeps its settings
+        from .. import settings as settings_mod
 
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
-
-        def show(grid) -> None:
-            self.preview.set_image(grid)
-            self.preview.caption.setText(f"Preview samples (EMA) · {path.stem.replace('_', ' ')}")
-
-        task = Task(job, name="preview")
-        task.succeeded.connect(show)
-        self._preview_task = task  # keep a reference until it ends
-        task.finished.connect(lambda: setattr(self, "_preview_task", None))
-        task.start()
+        settings_mod.remember_dir("runs", Path(path).absolute().parent)  # the next dialog lists this run
+        self.session.opened(path, run.config)
+        self.set_config(run.config)
+        self.loss_plot.clear()
+        self.bucket_plot.clear()
+        self._load_history(path)
+        if run.preview is not None:
+            self.preview.set_image(run.preview)
+            self.preview.caption.setText(f"Preview samples (EMA) · {run.preview_name.replace('_', ' ')}")
+        self.run_label.setText(f"Continuing run: {path}")
+        self.stats.setText("Press Continue Run to resume from the last checkpoint.")
+        self._update_buttons()
+        self.run_opened.emit(path)
 
     def new_run(self) -> None:
         """Forget an opened run: Start makes a new one."""
@@ -679,39 +610,26 @@ class TrainingPanel(QWidget):
         self._update_buttons()
 
     # -- settings ---------------------------------------------------------------------------------
-    _FIELDS = ("schedule", "timesteps", "prediction", "weighting", "steps", "batch", "lr", "warmup", "ema", "clip",
-               "seed", "device", "precision", "preview", "ckpt")
+    # Saved by field name (diffusion under training/diffusion/, train under training/fields/); the keys
+    # of older versions are ignored (the preset's values show) and removed at the next save.
+    _OLD_KEYS = ("training/schedule", "training/timesteps", "training/prediction", "training/weighting",
+                 "training/train")
 
     def save_settings(self, s) -> None:
+        for key in self._OLD_KEYS:
+            s.remove(key)
         s.setValue("training/preset", self.preset_combo.currentData())
-        s.setValue("training/schedule", self.schedule_combo.currentText())
-        s.setValue("training/timesteps", self.timesteps_spin.value())
-        s.setValue("training/prediction", self.prediction_combo.currentText())
-        s.setValue("training/weighting", self.weighting_combo.currentText())
-        s.setValue("training/train", RunConfig(train=TrainConfig(**self._train_fields())).to_json())
+        self.diffusion_form.save(s, "training/diffusion")
+        for form in self._train_forms():
+            form.save(s, "training/fields")
         s.setValue("training/log_scale", self.loss_plot.log_scale)
 
     def restore_settings(self, s) -> None:
         from ..settings import get
 
-        self.apply_preset(get(s, "training/preset", "tiny"))
-        # what was never saved keeps the preset's value
-        self.schedule_combo.setCurrentText(get(s, "training/schedule", self.schedule_combo.currentText()))
-        self.timesteps_spin.setValue(get(s, "training/timesteps", self.timesteps_spin.value()))
-        self.prediction_combo.setCurrentText(get(s, "training/prediction", self.prediction_combo.currentText()))
-        self.weighting_combo.setCurrentText(get(s, "training/weighting", self.weighting_combo.currentText()))
-        text = get(s, "training/train", "")
-        if text:
-            try:
-                t = RunConfig.from_json(text).train
-                t.validate()
-                cfg = RunConfig(train=t)
-                cfg.diffusion = dataclasses.replace(cfg.diffusion, schedule=self.schedule_combo.currentText(),
-                                                    timesteps=self.timesteps_spin.value(),
-                                                    prediction=self.prediction_combo.currentText(),
-                                                    loss_weighting=self.weighting_combo.currentText())
-                cfg.model.preset = self.preset_combo.currentData()
-                self.set_config(cfg)
-            except ValueError:
-                pass
+        self.apply_preset(get(s, "training/preset", "tiny"))  # what was never saved keeps the preset's value
+        self.diffusion_form.restore(s, "training/diffusion")
+        for form in self._train_forms():
+            form.restore(s, "training/fields")
+        self._shown()
         self.loss_plot.set_log_scale(get(s, "training/log_scale", False))
