@@ -138,7 +138,7 @@ class SchemaForm(QWidget):
             elif isinstance(w, QComboBox):
                 w.setCurrentIndex(max(0, w.findData(value)))
             elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
-                w.setValue(value)
+                w.setValue(min(max(value, w.minimum()), w.maximum()))  # a seed above a C int: the largest
             else:
                 w.setText(", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value or ""))
             w.blockSignals(False)

@@ -3,7 +3,8 @@
 The trainer runs on a worker thread (:func:`..jobs.make_train`); pausing and stopping go through
 the trainer's thread-safe ``TrainControl``, called directly from the UI thread. What Start runs and
 which run stays open are decided by ``training.session.TrainingSession`` (Qt-free, tested without Qt);
-the "More settings" rows are a form generated from the config schema (``gui.forms``).
+every settings row (Diffusion, Optimisation, Run, "More settings") is a form generated from the config
+schema (``gui.forms``), read and written as one binding; Open Run reads the run folder on a worker.
 
 Length (over 500 lines, on purpose): one module per panel (STYLE.md); it is widgets and their wiring,
 with the decisions in the session.
