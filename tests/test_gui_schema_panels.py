@@ -78,6 +78,9 @@ def test_labels_tooltips_and_ranges_of_the_main_forms_come_from_the_knobs(window
     assert [sp.sampler_combo.itemData(i) for i in range(sp.sampler_combo.count())] == list(
         next(s for s in settings_of(SamplingConfig) if s.name == "sampler").choices)
     assert sp.sampler_combo.itemText(0).startswith("DDPM")  # the friendly words stay, the value is the field's
+    seed = next(s for s in settings_of(SamplingConfig) if s.name == "seed").knob
+    assert sp.images_form.label("seed").text() == seed.label and sp.seed_spin.toolTip() == seed.help
+    assert sp.dice.parentWidget() is sp.seed_spin.parentWidget()  # Randomise sits in the seed's row
 
 
 # -- round trips ----------------------------------------------------------------------------------
