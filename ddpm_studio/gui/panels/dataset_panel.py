@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
                                QPushButton, QSplitter, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
-from ...config import DataConfig
+from ...config import DataConfig, settings_of
 from .. import jobs
 from ..state import StudioState
 from ..widgets.doctor_view import DoctorView
@@ -25,9 +25,9 @@ from .common import ProgressRow, column_widget, schema_section
 
 IMAGE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 CHANNEL_CHOICES = (("auto", "Automatic"), ("3", "RGB"), ("1", "Grayscale"))
-# The DataConfig fields of the Preprocessing form (widgets, labels, tooltips from config.py); image_size
-# has a list of sizes of its own, and folder is what was dropped or opened.
-OPTION_FIELDS = ("channels", "flip", "background", "min_size")
+# The DataConfig fields of the Preprocessing form (widgets, labels, tooltips from config.py): every one
+# (a new one too) except image_size, which has a list of sizes of its own, and folder, what was opened.
+OPTION_FIELDS = tuple(s.name for s in settings_of(DataConfig) if s.name not in ("folder", "image_size"))
 
 
 class DatasetPanel(QWidget):
