@@ -23,23 +23,36 @@ def _form_fields(panel) -> list[str]:
     return [s.key for form in panel.findChildren(SchemaForm) for s in form.settings]
 
 
-def _changed(s: Setting):
-    """A valid value of ``s`` other than its default, that a spin box of its decimals shows exactly."""
+def _candidates(s: Setting) -> list:
+    """Values of ``s`` other than its default that a spin box of its decimals shows exactly."""
     if s.kind == "bool":
-        return not s.default
+        return [not s.default]
     if s.choices:
-        return next(c for c in s.choices if c != s.default)
+        return [c for c in s.choices if c != s.default]
     lo, hi = s.knob.lo, s.knob.hi
-    if lo is not None and lo != s.default:
-        return int(lo) if s.kind == "int" else float(lo)
-    if s.kind == "int":
-        return s.default + 1
-    return float(hi) if hi is not None and hi < 1e6 else s.default + 1.0
+    one = int if s.kind == "int" else float
+    values = [one(lo)] if lo is not None else []
+    values += [s.default + 1, s.default + 2] if s.kind == "int" else [s.default + 1.0]
+    values += [one(hi)] if hi is not None and hi < 1e6 else []
+    return [v for v in values if v != s.default and (lo is None or v >= lo) and (hi is None or v <= hi)]
 
 
 def _all_changed(section_cls, names) -> object:
+    """A section with every field in ``names`` changed from its default (the first change its checks accept)."""
     by_name = {s.name: s for s in settings_of(section_cls)}
-    return section_cls(**{n: _changed(by_name[n]) for n in names})
+    section = section_cls()
+    for name in names:
+        for value in _candidates(by_name[name]):
+            trial = dataclasses.replace(section, **{name: value})
+            try:
+                trial.validate()
+            except ValueError:
+                continue
+            section = trial
+            break
+        else:
+            raise AssertionError(f"no valid value other than the default for {by_name[name].key}")
+    return section
 
 
 def _keys(section_cls, leave_out=()) -> list[str]:
