@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         run_copy = Path(tmp) / "run"
         shutil.copytree(args.run, run_copy)
         win.tabs.setCurrentWidget(tp)
+        opened = []
+        tp.run_opened.connect(opened.append)
         tp.open_run(str(run_copy))
-        wait(lambda: getattr(tp, "_preview_task", None) is None, 60, "the saved preview")
+        wait(lambda: bool(opened) and getattr(tp, "_history_task", None) is None, 60, "the opened run")
         shot("training")
         return sample_and_forward(win, app, wait, shot, out, str(run_copy))
     tp.apply_preset("tiny")

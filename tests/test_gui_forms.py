@@ -124,10 +124,10 @@ def test_the_sampling_panel_keeps_its_settings_by_field_name(qtbot):
 
 
 def test_every_train_field_without_its_own_widget_is_in_more_settings():
-    from ddpm_studio.gui.panels.training_panel import ADVANCED_TRAIN_FIELDS, HAND_TRAIN_FIELDS
+    from ddpm_studio.gui.panels.training_panel import ADVANCED_TRAIN_FIELDS, MAIN_TRAIN_FIELDS
 
     names = [s.name for s in settings_of(TrainConfig)]
-    assert set(ADVANCED_TRAIN_FIELDS) | set(HAND_TRAIN_FIELDS) | {"minutes"} == set(names)
+    assert set(ADVANCED_TRAIN_FIELDS) | set(MAIN_TRAIN_FIELDS) | {"minutes"} == set(names)
     assert set(ADVANCED_TRAIN_FIELDS) == {"weight_decay", "ema_warmup", "log_every", "preview_count",
                                           "preview_sampler", "preview_sampling_steps", "checkpoint_minutes",
                                           "keep_checkpoints", "eval_every", "eval_num"}

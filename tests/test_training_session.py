@@ -10,7 +10,7 @@ import pytest
 from ddpm_studio.artifacts import runs
 from ddpm_studio.config import RunConfig
 from ddpm_studio.training.events import FinishReason, TrainFinished
-from ddpm_studio.training.session import (SessionEnd, TrainingSession, finish_job, load_history,
+from ddpm_studio.training.session import (SessionEnd, TrainingSession, finish_job, load_history, read_run,
                                           read_run_config)
 
 
@@ -84,3 +84,20 @@ def test_history_is_parsed_from_metrics_and_sets_the_progress_total(tmp_path):
 def test_opening_a_folder_without_a_config_is_refused_in_plain_words(tmp_path):
     with pytest.raises(ValueError, match="is not a run folder"):
         read_run_config(tmp_path)
+
+
+def test_open_run_reads_the_config_and_the_newest_preview(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    cfg = RunConfig.from_preset("tiny", train=dict(steps=321))
+    cfg.save(tmp_path / "config.json")
+    assert read_run(tmp_path).preview is None and read_run(tmp_path).config.train.steps == 321  # no samples/
+    (tmp_path / "samples").mkdir()
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "samples" / "step_0000010.png")
+    Image.fromarray(np.full((4, 6), 255, np.uint8)).save(tmp_path / "samples" / "step_0000020.png")  # grayscale
+    run = read_run(tmp_path)
+    assert run.preview_name == "step_0000020" and run.preview.shape == (4, 6, 3) and run.preview.min() == 255
+    (tmp_path / "samples" / "step_0000030.png").write_bytes(b"not a png")  # damaged: the run still opens
+    run = read_run(tmp_path)
+    assert run.preview is None and run.config.train.steps == 321

@@ -4,28 +4,43 @@ and kept in the settings file under the field's key.
 
 ``SchemaForm(settings)`` builds the widgets; ``set_values(section)`` shows a section's values,
 ``values()`` reads them back as a dict of field -> value (what ``dataclasses.replace`` takes),
-``save(qsettings, prefix)`` / ``restore(qsettings, prefix)`` persist them.
+``save(qsettings, prefix)`` / ``restore(qsettings, prefix)`` persist them. ``fields(section, names)``
+picks a panel's rows by name, in its order; ``name_items`` gives a choice's combo friendlier words
+(the values, which the binding reads, stay). The panels' main forms and "More settings" are all
+SchemaForms: a field reaches a panel by its name in one of the panel's field lists.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLineEdit, QSpinBox,
+                               QWidget)
 
-from ..config import Setting
+from ..config import Setting, settings_of
 
 _INT_MAX = 2**31 - 1  # QSpinBox holds a C int
 
 
 def _decimals(s: Setting) -> int:
-    """Enough decimals to show the default and the smallest allowed value."""
-    small = [abs(v) for v in (s.default, s.knob.lo) if isinstance(v, (int, float)) and v]
-    if not small:
-        return 3
-    return max(1, min(8, 2 - math.floor(math.log10(min(small)))))
+    """Enough decimals (2 to 8) to show the default and the range's ends exactly."""
+    needed = [next((d for d in range(9) if abs(round(v, d) - v) <= 1e-12 * max(1.0, abs(v))), 8)
+              for v in (s.default, s.knob.lo, s.knob.hi) if isinstance(v, (int, float)) and abs(v) < 1e12]
+    return max([2, *needed]) if needed else 3
+
+
+def _int_step(default: Any) -> int:
+    """Arrow-key step: half the default's leading power of ten (4000 -> 500, 64 -> 5), at least 1."""
+    return max(1, 10 ** (len(str(abs(int(default or 0)))) - 1) // 2)
+
+
+def _float_step(default: Any, decimals: int) -> float:
+    """A tenth of the default's order of magnitude (1e-3 -> 1e-4), or the last shown decimal but one."""
+    if isinstance(default, (int, float)) and default:
+        return 10.0 ** (math.floor(math.log10(abs(default))) - 1)
+    return 10.0 ** -(decimals - 1) if decimals > 1 else 1.0
 
 
 def make_widget(s: Setting) -> QWidget:
@@ -41,38 +56,71 @@ def make_widget(s: Setting) -> QWidget:
         w = QSpinBox()
         w.setRange(int(max(s.knob.lo if s.knob.lo is not None else -_INT_MAX, -_INT_MAX)),
                    int(min(s.knob.hi if s.knob.hi is not None else _INT_MAX, _INT_MAX)))
+        w.setSingleStep(_int_step(s.default))
+        w.setGroupSeparatorShown(True)
+        w.setKeyboardTracking(False)  # one change when the typing is done, not one per digit
         return w
     if s.kind == "float":
         w = QDoubleSpinBox()
         w.setDecimals(_decimals(s))
         w.setRange(s.knob.lo if s.knob.lo is not None else -1e12, s.knob.hi if s.knob.hi is not None else 1e12)
-        w.setSingleStep(10 ** -(w.decimals() - 1) if w.decimals() > 1 else 1.0)
+        w.setSingleStep(_float_step(s.default, w.decimals()))
+        w.setKeyboardTracking(False)
         return w
     return QLineEdit()  # text, and tuples as "1, 2, 2"
 
 
+def fields(section: Any, names: tuple[str, ...] | list[str]) -> list[Setting]:
+    """The settings of ``section`` named in ``names``, in that order (KeyError for a name it lacks)."""
+    by_name = {s.name: s for s in settings_of(section)}
+    return [by_name[n] for n in names]
+
+
+def name_items(combo: QComboBox, texts: Mapping[Any, str], tips: Mapping[Any, str] | None = None) -> None:
+    """Show ``texts[value]`` (and ``tips[value]`` as its tooltip) for a choice combo's items."""
+    for i in range(combo.count()):
+        value = combo.itemData(i)
+        if value in texts:
+            combo.setItemText(i, texts[value])
+        if tips and value in tips:
+            combo.setItemData(i, tips[value], Qt.ItemDataRole.ToolTipRole)
+
+
 class SchemaForm(QWidget):
-    """Rows for ``settings`` (one section's fields), bound both ways to that section."""
+    """Rows for ``settings`` (one section's fields), bound both ways to that section.
+
+    ``beside`` puts a widget of the panel's to the right of a field's own (a Randomise button by the
+    seed); ``form`` is the QFormLayout, so a panel can add rows of its own (a note, a read-out).
+    """
 
     changed = Signal()
 
-    def __init__(self, settings: list[Setting], parent: QWidget | None = None) -> None:
+    def __init__(self, settings: list[Setting], parent: QWidget | None = None, *,
+                 beside: Mapping[str, QWidget] | None = None) -> None:
         super().__init__(parent)
         self.settings = list(settings)
         self.widgets: dict[str, QWidget] = {}
-        form = QFormLayout(self)
+        self.form = form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         for s in self.settings:
             w = make_widget(s)
             w.setToolTip(s.knob.help)
             self.widgets[s.name] = w
-            form.addRow(s.knob.label, w)
+            form.addRow(s.knob.label, _with(w, (beside or {}).get(s.name)))
             for signal in ("toggled", "currentIndexChanged", "valueChanged", "editingFinished"):
                 if hasattr(w, signal):
                     getattr(w, signal).connect(lambda *_: self.changed.emit())
                     break
-            form.labelForField(w).setToolTip(s.knob.help)
+            self.label(s.name).setToolTip(s.knob.help)
+            self.label(s.name).setBuddy(w)
         self.set_values({s.name: s.default for s in self.settings})
+
+    def label(self, name: str) -> QWidget:
+        """The row label of field ``name``."""
+        w = self.widgets[name]
+        return self.form.labelForField(w if w.parentWidget() is self else w.parentWidget())
 
     # -- two-way binding ------------------------------------------------------------------------
 
@@ -90,7 +138,7 @@ class SchemaForm(QWidget):
             elif isinstance(w, QComboBox):
                 w.setCurrentIndex(max(0, w.findData(value)))
             elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
-                w.setValue(value)
+                w.setValue(min(max(value, w.minimum()), w.maximum()))  # a seed above a C int: the largest
             else:
                 w.setText(", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value or ""))
             w.blockSignals(False)
@@ -136,6 +184,18 @@ class SchemaForm(QWidget):
             if ok:
                 restored[s.name] = value
         self.set_values({**current, **restored})
+
+
+def _with(w: QWidget, extra: QWidget | None) -> QWidget:
+    """``w`` alone, or ``w`` and ``extra`` side by side in one row widget."""
+    if extra is None:
+        return w
+    row = QWidget()
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(w, 1)
+    lay.addWidget(extra)
+    return row
 
 
 def _parse_text(s: Setting, text: str) -> Any:

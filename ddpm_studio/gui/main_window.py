@@ -337,7 +337,8 @@ def waiting_message(names: list[str]) -> str:
     """'Closing: waiting for training to save its checkpoint and sampling to stop…'"""
     words = {"training": "training to save its checkpoint", "sampling": "sampling to stop",
              "dataset": "the image load to stop", "export": "the export to finish",
-             "device": "the device check", "history": "the run's history to load", "preview": "a preview to load",
-             "quality-cost": "the quality estimate", "quality-history": "the run's scores to load"}
+             "device": "the device check", "history": "the run's history to load",
+             "open-run": "the opened run to be read", "quality-cost": "the quality estimate",
+             "quality-history": "the run's scores to load"}
     what = [words.get(n, f"{n} to stop") for n in dict.fromkeys(names)]
     return "Closing: waiting for " + " and ".join(what) + "…"

@@ -1,5 +1,5 @@
 """The Training panel's decisions, without Qt: what Start does, which run a finished session leaves
-open for Continue, and a run's loss history read from disk (on a worker thread, never the UI's).
+open for Continue, and what Open Run and the plots read from disk (on a worker thread, never the UI's).
 
 The panel (gui/panels/training_panel.py) is a view over a :class:`TrainingSession`: it shows what
 the session decides and runs what it plans; tests drive the session directly.
@@ -67,6 +67,32 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     if not (Path(run_dir) / "config.json").is_file():
         raise ValueError(f"{run_dir} is not a run folder (it has no config.json)")
     return read_config(run_dir)
+
+
+@dataclass
+class OpenedRun:
+    """What Open Run shows: the run's config and its newest preview grid (None: it has none readable)."""
+
+    config: RunConfig
+    preview: Any = None  # (H, W, 3) uint8
+    preview_name: str = ""  # e.g. "step_001200"
+
+
+def read_run(run_dir: str | Path) -> OpenedRun:
+    """A run folder's config.json and newest samples/step_*.png (file I/O: call it from a worker)."""
+    cfg = read_run_config(run_dir)
+    previews = sorted((Path(run_dir) / "samples").glob("step_*.png"))
+    if not previews:
+        return OpenedRun(cfg)
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(previews[-1]) as im:
+            grid = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+    except (OSError, ValueError):  # a damaged preview does not keep the run from opening
+        return OpenedRun(cfg)
+    return OpenedRun(cfg, grid, previews[-1].stem)
 
 
 def finish_job(result: TrainFinished, run_dir: str) -> SessionEnd:

@@ -1,10 +1,13 @@
-"""Small helpers the panels share: form rows with tooltips, section boxes, a busy progress row."""
+"""Small helpers the panels share: form rows with tooltips, section boxes (hand-made or generated from the
+schema), a busy progress row."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLayout,
                                QProgressBar, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+
+from ..forms import SchemaForm
 
 
 def settings_column(items: list[QWidget | QLayout]) -> QScrollArea:
@@ -34,6 +37,24 @@ def section(title: str) -> tuple[QGroupBox, QFormLayout]:
     form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
     form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
     return box, form
+
+
+def schema_section(title: str, settings: list, **kwargs) -> tuple[QGroupBox, SchemaForm]:
+    """A section box holding one form generated from the schema (``gui.forms.SchemaForm``)."""
+    box = QGroupBox(title)
+    form = SchemaForm(settings, **kwargs)
+    QVBoxLayout(box).addWidget(form)
+    return box, form
+
+
+def note(text: str = "", selectable: bool = False) -> QLabel:
+    """A quiet, word-wrapped line of explanation (a hint under a choice, what a model is)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: palette(mid);")
+    if selectable:
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
 
 
 def add_row(form: QFormLayout, label: str, widget: QWidget, tip: str) -> QWidget:

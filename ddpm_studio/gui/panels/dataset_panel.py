@@ -10,20 +10,24 @@ import dataclasses
 import os
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
                                QPushButton, QSplitter, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
-from ...config import DataConfig
+from ...config import DataConfig, settings_of
 from .. import jobs
 from ..state import StudioState
 from ..widgets.doctor_view import DoctorView
 from ..widgets.drop_zone import DropZone
 from ..widgets.thumbnail_grid import ThumbnailGrid
 from ..workers import Task
-from .common import ProgressRow, add_row, column_widget, int_spin, section
+from ..forms import fields, name_items
+from .common import ProgressRow, column_widget, schema_section
 
 IMAGE_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 CHANNEL_CHOICES = (("auto", "Automatic"), ("3", "RGB"), ("1", "Grayscale"))
+# The DataConfig fields of the Preprocessing form (widgets, labels, tooltips from config.py): every one
+# (a new one too) except image_size, which has a list of sizes of its own, and folder, what was opened.
+OPTION_FIELDS = tuple(s.name for s in settings_of(DataConfig) if s.name not in ("folder", "image_size"))
 
 
 class DatasetPanel(QWidget):
@@ -71,36 +75,24 @@ class DatasetPanel(QWidget):
         return column_widget(left, 300, 380)
 
     def _build_preprocessing(self) -> QWidget:
-        box, form = section("Preprocessing")
+        box, self.options_form = schema_section("Preprocessing", fields(DataConfig, OPTION_FIELDS))
+        form = self.options_form.form
+        size = fields(DataConfig, ("image_size",))[0]  # a list of common sizes rather than a spin box
         self.size_combo = QComboBox()
-        for s in IMAGE_SIZES:
-            self.size_combo.addItem(f"{s} × {s} px", s)
+        for px in IMAGE_SIZES:
+            self.size_combo.addItem(f"{px} × {px} px", px)
         self.size_combo.setCurrentIndex(IMAGE_SIZES.index(32))
-        add_row(form, "Image size", self.size_combo,
-                "Every image is resized on its short side and center-cropped to this square; small sizes train much "
-                "faster.")
-        self.channels_combo = QComboBox()
-        for value, text in CHANNEL_CHOICES:
-            self.channels_combo.addItem(text, value)
-        add_row(form, "Channels", self.channels_combo,
-                "Automatic uses grayscale only when every image is grayscale; otherwise RGB.")
-        self.flip_check = QCheckBox("Random horizontal flip")
-        self.flip_check.setChecked(False)
-        add_row(form, "Augment", self.flip_check,
-                "Mirror images at random while training. Helps photos of left-right symmetric scenes and faces; "
-                "hurts text, digits, logos and anything with a left and a right (samples come out mirrored).")
-        self.background_combo = QComboBox()
-        self.background_combo.addItems(["white", "black"])
-        add_row(form, "Background", self.background_combo,
-                "Transparent pixels are painted onto this colour.")
-        self.min_size_spin = int_spin(0, 100000, 0, 8, " px")
+        self.size_combo.setToolTip(size.knob.help)
+        label = QLabel(size.knob.label)
+        label.setToolTip(size.knob.help)
+        form.insertRow(0, label, self.size_combo)
+        w = self.options_form.widgets
+        self.channels_combo, self.flip_check = w["channels"], w["flip"]
+        self.background_combo, self.min_size_spin = w["background"], w["min_size"]
+        self.dedup_check = w["exclude_duplicates"]  # the doctor's Exclude Duplicates sets it
+        name_items(self.channels_combo, dict(CHANNEL_CHOICES))
+        self.min_size_spin.setSuffix(" px")
         self.min_size_spin.setSpecialValueText("keep all")
-        add_row(form, "Minimum size", self.min_size_spin,
-                "Skip images whose short side is smaller than this; 'keep all' upsamples small images.")
-        self.dedup_check = QCheckBox("Leave out duplicates")  # data.exclude_duplicates (the doctor's fix)
-        add_row(form, "Duplicates", self.dedup_check,
-                "Leave out exact and near duplicate files; the first of each group stays and the others are listed "
-                "as skipped (the same rule as the dataset check below).")
         self.apply_button = QPushButton("Reload with These Settings")
         self.apply_button.setToolTip("Decode the current images again with the preprocessing above.")
         self.apply_button.clicked.connect(self.reload)
@@ -110,11 +102,8 @@ class DatasetPanel(QWidget):
         self.builtin_button.clicked.connect(lambda: self.load_paths([]))
         form.addRow(self.apply_button)
         form.addRow(self.builtin_button)
-        for w in (self.size_combo, self.channels_combo, self.background_combo):
-            w.currentIndexChanged.connect(self._options_changed)
-        self.flip_check.toggled.connect(self._options_changed)
-        self.dedup_check.toggled.connect(self._options_changed)
-        self.min_size_spin.valueChanged.connect(self._options_changed)
+        self.size_combo.currentIndexChanged.connect(self._options_changed)
+        self.options_form.changed.connect(self._options_changed)
         return box
 
     def _build_right(self) -> QVBoxLayout:
@@ -162,15 +151,7 @@ class DatasetPanel(QWidget):
 
     # -- options ----------------------------------------------------------------------------------
     def data_config(self) -> DataConfig:
-        return DataConfig(
-            folder=None,
-            image_size=int(self.size_combo.currentData()),
-            channels=str(self.channels_combo.currentData()),
-            flip=self.flip_check.isChecked(),
-            background=self.background_combo.currentText(),
-            min_size=int(self.min_size_spin.value()),
-            exclude_duplicates=self.dedup_check.isChecked(),
-        )
+        return DataConfig(folder=None, image_size=int(self.size_combo.currentData()), **self.options_form.values())
 
     def set_data_config(self, cfg: DataConfig) -> None:
         if cfg.image_size in IMAGE_SIZES:
@@ -178,12 +159,8 @@ class DatasetPanel(QWidget):
         else:
             self.size_combo.addItem(f"{cfg.image_size} × {cfg.image_size} px", cfg.image_size)
             self.size_combo.setCurrentIndex(self.size_combo.count() - 1)
-        i = self.channels_combo.findData(cfg.channels)
-        self.channels_combo.setCurrentIndex(max(0, i))
-        self.flip_check.setChecked(bool(cfg.flip))
-        self.background_combo.setCurrentText(cfg.background)
-        self.min_size_spin.setValue(int(cfg.min_size))
-        self.dedup_check.setChecked(bool(cfg.exclude_duplicates))
+        self.options_form.set_values(cfg)
+        self._options_changed()
 
     def _options_changed(self, *_) -> None:
         loaded = self.state.data_config
@@ -197,8 +174,7 @@ class DatasetPanel(QWidget):
     def _lock_while_training(self) -> None:
         """A running trainer has its images already: nothing here would change it, so nothing is editable."""
         training = self.state.is_busy("training")
-        for w in (self.drop_zone, self.size_combo, self.channels_combo, self.flip_check, self.background_combo,
-                  self.min_size_spin, self.dedup_check, self.builtin_button):
+        for w in (self.drop_zone, self.size_combo, self.options_form, self.builtin_button):
             w.setEnabled(not training)
         self.training_note.setVisible(training)
         self._options_changed()
@@ -310,29 +286,16 @@ class DatasetPanel(QWidget):
 
     # -- settings ---------------------------------------------------------------------------------
     def save_settings(self, s) -> None:
-        cfg = self.data_config()
-        s.setValue("dataset/image_size", cfg.image_size)
-        s.setValue("dataset/channels", cfg.channels)
-        s.setValue("dataset/flip", cfg.flip)
-        s.setValue("dataset/background", cfg.background)
-        s.setValue("dataset/min_size", cfg.min_size)
-        s.setValue("dataset/exclude_duplicates", cfg.exclude_duplicates)
+        from ..settings import save_section
+
+        save_section(s, "dataset", self.data_config(), ("image_size",) + OPTION_FIELDS)  # dataset/<field>
         s.setValue("dataset/sources", "\n".join(self.sources))
 
     def restore_settings(self, s) -> list[str]:
-        """Restore the options; return the sources to reopen ([] = built-in)."""
-        from ..settings import get
+        """Restore the options (each saved value the schema still accepts); return the sources to reopen."""
+        from ..settings import get, restore_section
 
-        d = DataConfig()
-        try:
-            cfg = DataConfig(None, get(s, "dataset/image_size", d.image_size), get(s, "dataset/channels", d.channels),
-                             get(s, "dataset/flip", d.flip), get(s, "dataset/background", d.background),
-                             get(s, "dataset/min_size", d.min_size),
-                             get(s, "dataset/exclude_duplicates", d.exclude_duplicates))
-            cfg.validate()
-        except ValueError:
-            cfg = d
-        self.set_data_config(cfg)
+        self.set_data_config(restore_section(s, "dataset", DataConfig(), ("image_size",) + OPTION_FIELDS))
         sources = [p for p in get(s, "dataset/sources", "").split("\n") if p]
         return [p for p in sources if os.path.exists(p)]
 

@@ -5,8 +5,8 @@ The chain runs on a worker thread (:func:`..jobs.make_sample`), which turns the 
 recorded while the chain fits the memory budget, every k-th beyond it. Exports run on worker
 threads too. Which model Generate uses is ``sampling.session.SamplingSession``'s decision (Qt-free).
 
-Length (over 500 lines, on purpose): one module per panel (STYLE.md): the settings, the live chain
-viewer with its playback, and four exports, all widgets and wiring.
+The Sampler and Images rows are forms generated from the config schema (``gui.forms``); the exports
+(their settings and jobs) are ``sampling_exports.ExportActions``, the viewer ``widgets.chain_viewer``.
 """
 
 from __future__ import annotations
@@ -16,76 +16,33 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeyEvent
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel,
-                               QPushButton, QRadioButton, QSlider, QSplitter, QStyle,
+from PySide6.QtWidgets import (QButtonGroup, QHBoxLayout, QPushButton, QRadioButton, QSplitter, QStyle,
                                QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, SamplingConfig, sampler_default_steps
+from ...config import SAMPLER_INFO, SPACING_HINTS, SamplingConfig, sampler_default_steps
 from ...sampling.session import SamplingSession, schedule_of
 from .. import jobs
 from .. import settings as settings_mod
 from ..state import StudioState
-from ..widgets.chain_canvas import ChainCanvas
+from ..widgets.chain_viewer import ChainViewer
 from ..widgets.schedule_plot import SchedulePlot
+from ..forms import SchemaForm, fields, name_items
 from ..workers import Task
-from .common import ProgressRow, add_row, float_spin, int_spin, section, settings_column
+from .common import ProgressRow, note, schema_section, section, settings_column
+from .sampling_exports import ExportActions
 
 
-class ChainViewer(QWidget):
-    """The canvas plus the scrubber; Left/Right step through the chain, Space plays."""
-
-    step_requested = Signal(int)  # -1 or +1
-    play_requested = Signal()
-    home_end_requested = Signal(bool)  # True = end
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self.canvas = ChainCanvas()
-        self.play_button = QPushButton()
-        self.play_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaPlay))
-        self.play_button.setToolTip("Play the recorded reverse chain (Space).")
-        self.play_button.setCheckable(True)
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setRange(0, 0)
-        self.slider.setEnabled(False)
-        self.slider.setToolTip("Scrub through the recorded steps of the reverse chain (Left / Right keys).")
-        self.step_label = QLabel("no chain yet")
-        self.step_label.setFixedWidth(200)
-        row = QHBoxLayout()
-        row.addWidget(self.play_button)
-        row.addWidget(self.slider, 1)
-        row.addWidget(self.step_label)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.canvas, 1)
-        lay.addLayout(row)
-
-    def keyPressEvent(self, e: QKeyEvent) -> None:
-        k = e.key()
-        if k in (Qt.Key.Key_Left, Qt.Key.Key_Right):
-            self.step_requested.emit(-1 if k == Qt.Key.Key_Left else 1)
-        elif k == Qt.Key.Key_Space:
-            self.play_requested.emit()
-        elif k in (Qt.Key.Key_Home, Qt.Key.Key_End):
-            self.home_end_requested.emit(k == Qt.Key.Key_End)
-        else:
-            super().keyPressEvent(e)
-
-    def mousePressEvent(self, e) -> None:
-        self.setFocus()
-        super().mousePressEvent(e)
+# The SamplingConfig fields of this panel's two forms, by name, in their order (widget, label, range and
+# tooltip from config.py; kept in the settings file under sampling/<field>). The other fields come from
+# the model sampled (jobs.MODEL_SAMPLING_FIELDS).
+SAMPLER_FIELDS = ("sampler", "variance", "steps", "spacing", "eta", "clip_denoised")
+IMAGES_FIELDS = ("num_images", "seed")
+PANEL_FIELDS = SAMPLER_FIELDS + IMAGES_FIELDS
 
 
-# The SamplingConfig fields this panel has widgets for (and keeps in the settings file, by the schema).
-PANEL_FIELDS = ("sampler", "steps", "eta", "variance", "clip_denoised", "num_images", "seed", "spacing")
-
-
-class SamplingPanel(QWidget):
+class SamplingPanel(ExportActions, QWidget):
     generation_finished = Signal(object)  # SampleResult | None
     export_finished = Signal(list)  # paths written
     model_read = Signal(str)  # an opened model's step, size and schedule are shown
@@ -95,7 +52,6 @@ class SamplingPanel(QWidget):
         self.state = state
         self.budget_bytes = budget_bytes
         self.task: Task | None = None
-        self.export_task: Task | None = None
         self.frames: list[jobs.ChainFrame] = []
         self.result: jobs.SampleResult | None = None
         self.session = SamplingSession()  # which model Generate uses; this panel shows it
@@ -118,8 +74,7 @@ class SamplingPanel(QWidget):
         return self.session.model_path
 
     def _build(self) -> None:
-        sd = SamplingConfig()
-        boxes = [self._build_model(), self._build_sampler(sd), self._build_images(sd), self._build_buttons(),
+        boxes = [self._build_model(), self._build_sampler(), self._build_images(), self._build_buttons(),
                  self._build_export()]
         scroll = settings_column(boxes)
         scroll.setMinimumWidth(max(330, scroll.minimumWidth()))
@@ -142,10 +97,7 @@ class SamplingPanel(QWidget):
         self.open_button.setToolTip("Pick a run folder, a .safetensors checkpoint or a diffusers model folder "
                                     "in one dialog (starts in the runs folder).")
         self.open_button.clicked.connect(lambda: self.open_model())
-        self.model_label = QLabel("")
-        self.model_label.setWordWrap(True)
-        self.model_label.setStyleSheet("color: palette(mid);")
-        self.model_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.model_label = note(selectable=True)
         mform.addRow(self.src_trained)
         mform.addRow(self.src_disk)
         mform.addRow(self.open_button)
@@ -153,61 +105,29 @@ class SamplingPanel(QWidget):
         self.src_group.buttonToggled.connect(lambda *_: self._update_model_label())
         return mbox
 
-    def _build_sampler(self, sd: SamplingConfig) -> QWidget:
-        sbox, sform = section("Sampler")
-        self.sampler_combo = QComboBox()
-        for name in SAMPLERS:
-            self.sampler_combo.addItem(SAMPLER_INFO[name]["label"], name)
-            self.sampler_combo.setItemData(self.sampler_combo.count() - 1, SAMPLER_INFO[name]["hint"],
-                                           Qt.ItemDataRole.ToolTipRole)
-        self.sampler_combo.setCurrentIndex(max(0, self.sampler_combo.findData(sd.sampler)))
-        add_row(sform, "Sampler", self.sampler_combo,
-                "How to walk from noise to an image. DPM-Solver++ needs the fewest network calls; DDPM is the paper's.")
-        self.sampler_hint = QLabel("")
-        self.sampler_hint.setWordWrap(True)
-        self.sampler_hint.setStyleSheet("color: palette(mid);")
-        sform.addRow(self.sampler_hint)
-        self.variance_combo = QComboBox()
-        self.variance_combo.addItem("σ² = β̃_t (posterior)", "fixed_small")
-        self.variance_combo.addItem("σ² = β_t", "fixed_large")
-        add_row(sform, "Variance", self.variance_combo,
-                "The paper's two choices for the reverse-step noise; both give similar samples.")
-        self.steps_spin = int_spin(1, 4000, sd.steps, 10)
-        add_row(sform, "Steps", self.steps_spin, "How many network calls to take from pure noise to an image "
-                "(choosing a sampler sets its own default: DDIM 50, DPM-Solver++ 20).")
-        self.spacing_combo = QComboBox()
-        for name in SPACINGS:
-            self.spacing_combo.addItem(name.capitalize(), name)
-            self.spacing_combo.setItemData(self.spacing_combo.count() - 1, SPACING_HINTS[name],
-                                           Qt.ItemDataRole.ToolTipRole)
-        self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(sd.spacing)))
-        add_row(sform, "Spacing", self.spacing_combo, "Which timesteps the steps visit. Trailing starts from pure "
-                "noise for every step count; leading is diffusers' old default, kept for comparisons.")
-        self.eta_spin = float_spin(0.0, 1.0, sd.eta, 2, 0.1)
-        add_row(sform, "η (eta)", self.eta_spin, "0 = deterministic DDIM; 1 adds as much noise as ancestral sampling.")
-        self.clip_check = QCheckBox("Clip predicted x₀ to [-1, 1]")
-        self.clip_check.setChecked(sd.clip_denoised)
-        add_row(sform, "Clip", self.clip_check, "Keep the model's guess of the clean image inside the valid range at "
-                                                "every step.")
+    def _build_sampler(self) -> QWidget:
+        box, self.sampler_form = schema_section("Sampler", fields(SamplingConfig, SAMPLER_FIELDS))
+        w = self.sampler_form.widgets
+        self.sampler_combo, self.steps_spin, self.spacing_combo = w["sampler"], w["steps"], w["spacing"]
+        self.eta_spin, self.variance_combo, self.clip_check = w["eta"], w["variance"], w["clip_denoised"]
+        name_items(self.sampler_combo, {k: v["label"] for k, v in SAMPLER_INFO.items()},
+                   {k: v["hint"] for k, v in SAMPLER_INFO.items()})
+        name_items(self.variance_combo, {"fixed_small": "σ² = β̃_t (posterior)", "fixed_large": "σ² = β_t"})
+        name_items(self.spacing_combo, {k: k.capitalize() for k in SPACING_HINTS}, SPACING_HINTS)
+        self.sampler_hint = note()
+        self.sampler_form.form.insertRow(1, self.sampler_hint)  # under the sampler it explains
         self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
-        return sbox
+        return box
 
-    def _build_images(self, sd: SamplingConfig) -> QWidget:
-        ibox, iform = section("Images")
-        self.num_spin = int_spin(1, 1024, sd.num_images)
-        add_row(iform, "Number", self.num_spin, "How many images to generate at once; they are shown as a grid.")
-        self.seed_spin = int_spin(0, 2**31 - 1, sd.seed)
+    def _build_images(self) -> QWidget:
         self.dice = QPushButton("Randomise")
         self.dice.setToolTip("Pick a new random seed.")
         self.dice.clicked.connect(self.randomise_seed)
-        seed_row = QWidget()
-        sr = QHBoxLayout(seed_row)
-        sr.setContentsMargins(0, 0, 0, 0)
-        sr.addWidget(self.seed_spin, 1)
-        sr.addWidget(self.dice)
-        add_row(iform, "Seed", seed_row, "Same seed and settings, same images.")
-        self.seed_spin.setToolTip(seed_row.toolTip())
-        return ibox
+        box, self.images_form = schema_section("Images", fields(SamplingConfig, IMAGES_FIELDS),
+                                               beside={"seed": self.dice})
+        self.forms: tuple[SchemaForm, ...] = (self.sampler_form, self.images_form)  # the panel's settings
+        self.num_spin, self.seed_spin = self.images_form.widgets["num_images"], self.images_form.widgets["seed"]
+        return box
 
     def _build_buttons(self) -> QHBoxLayout:
         self.generate_button = QPushButton("Generate")
@@ -221,41 +141,6 @@ class SamplingPanel(QWidget):
         brow.addWidget(self.generate_button, 2)
         brow.addWidget(self.cancel_button, 1)
         return brow
-
-    def _build_export(self) -> QWidget:
-        ebox, eform = section("Export")
-        self.scale_spin = int_spin(1, 16, 4, 1, "×")
-        add_row(eform, "Upscale", self.scale_spin, "Enlarge exported images by this factor with crisp, "
-                                                   "nearest-neighbour pixels.")
-        self.layout_combo = QComboBox()
-        self.layout_combo.addItem("One grid image", "grid")
-        self.layout_combo.addItem("One file per image", "each")
-        add_row(eform, "Samples as", self.layout_combo, "Save the final samples tiled into one PNG or as separate PNG "
-                                                        "files.")
-        self.gif_stride_spin = int_spin(1, 1000, 1)
-        add_row(eform, "GIF stride", self.gif_stride_spin, "Use every n-th recorded step in the GIF (the last step is "
-                                                           "always kept).")
-        self.gif_fps_spin = int_spin(1, 60, 20, 1, " fps")
-        add_row(eform, "GIF speed", self.gif_fps_spin, "Frames per second of the animated GIF.")
-        self.gif_hold_spin = float_spin(0.0, 30.0, 1.5, 1, 0.5)
-        self.gif_hold_spin.setSuffix(" s")
-        add_row(eform, "Hold last", self.gif_hold_spin, "How long the GIF lingers on the final samples before looping.")
-        self.export_frame_button = QPushButton("Frame…")
-        self.export_frame_button.setToolTip("Save the frame on screen (x_t and predicted x₀ side by side) as PNG "
-                                            "(Ctrl+E).")
-        self.export_samples_button = QPushButton("Samples…")
-        self.export_samples_button.setToolTip("Save the final samples as PNG.")
-        self.export_gif_button = QPushButton("GIF…")
-        self.export_gif_button.setToolTip("Save the reverse chain as an animated GIF (Ctrl+Shift+E).")
-        self.export_frame_button.clicked.connect(lambda: self.export_frame())
-        self.export_samples_button.clicked.connect(lambda: self.export_samples())
-        self.export_gif_button.clicked.connect(lambda: self.export_gif())
-        erow = QHBoxLayout()
-        erow.addWidget(self.export_frame_button)
-        erow.addWidget(self.export_samples_button)
-        erow.addWidget(self.export_gif_button)
-        eform.addRow(erow)
-        return ebox
 
     def _build_viewer(self) -> QVBoxLayout:
         """Progress, the chain viewer and the model's noise schedule."""
@@ -291,18 +176,20 @@ class SamplingPanel(QWidget):
 
     # -- options ----------------------------------------------------------------------------------
     def _sampler_changed(self, *_) -> None:
-        """Show the sampler's one-line explanation, enable only the settings it reads, set its default steps."""
+        """A sampler was chosen: explain it, enable the settings it reads, and take its default step count."""
+        name = self._show_sampler()
+        if "steps" in SAMPLER_INFO[name]["settings"]:
+            self.steps_spin.setValue(sampler_default_steps(name, self._model_T()))
+
+    def _show_sampler(self) -> str:
+        """Show the sampler's one-line explanation and enable only the settings it reads."""
         name = self.sampler_combo.currentData()
         info = SAMPLER_INFO[name]
         self.sampler_hint.setText(info["hint"])
         self.sampler_combo.setToolTip(info["hint"])
-        used = info["settings"]
-        self.steps_spin.setEnabled("steps" in used)
-        self.spacing_combo.setEnabled("spacing" in used)
-        self.eta_spin.setEnabled("eta" in used)
-        self.variance_combo.setEnabled("variance" in used)
-        if "steps" in used:
-            self.steps_spin.setValue(sampler_default_steps(name, self._model_T()))
+        for field in ("steps", "spacing", "eta", "variance"):
+            self.sampler_form.widgets[field].setEnabled(field in info["settings"])
+        return name
 
     def _model_T(self) -> int:
         """T of the model last sampled from (its config), else the default 1000."""
@@ -310,22 +197,15 @@ class SamplingPanel(QWidget):
         return cfg.diffusion.timesteps if cfg is not None else 1000
 
     def sampling_config(self) -> SamplingConfig:
-        cfg = SamplingConfig(sampler=self.sampler_combo.currentData(), steps=int(self.steps_spin.value()),
-                             eta=float(self.eta_spin.value()), variance=self.variance_combo.currentData(),
-                             clip_denoised=self.clip_check.isChecked(), num_images=int(self.num_spin.value()),
-                             seed=int(self.seed_spin.value()), spacing=self.spacing_combo.currentData())
+        values = {name: v for form in self.forms for name, v in form.values().items()}
+        cfg = SamplingConfig(**values)
         cfg.validate()
         return cfg
 
     def set_sampling_config(self, cfg: SamplingConfig) -> None:
-        self.sampler_combo.setCurrentIndex(max(0, self.sampler_combo.findData(cfg.sampler)))
-        self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(cfg.spacing)))
-        self.steps_spin.setValue(cfg.steps)
-        self.eta_spin.setValue(cfg.eta)
-        self.variance_combo.setCurrentIndex(max(0, self.variance_combo.findData(cfg.variance)))
-        self.clip_check.setChecked(cfg.clip_denoised)
-        self.num_spin.setValue(cfg.num_images)
-        self.seed_spin.setValue(min(cfg.seed, self.seed_spin.maximum()))
+        for form in self.forms:
+            form.set_values(cfg)
+        self._show_sampler()  # keeps the config's step count (setting the forms emits no change)
 
     def randomise_seed(self) -> None:
         self.seed_spin.setValue(random.randrange(0, self.seed_spin.maximum()))
@@ -591,114 +471,20 @@ class SamplingPanel(QWidget):
         else:
             self.slider.setValue(self.slider.value() + 1)
 
-    # -- export -----------------------------------------------------------------------------------
-    def _ask_save_path(self, title: str, filt: str, default: str) -> str | None:
-        start = settings_mod.last_dir("exports", os.path.expanduser("~"))
-        path, _ = QFileDialog.getSaveFileName(self, title, os.path.join(start, default), filt)
-        return path or None
-
-    def _ask_folder(self, title: str) -> str | None:
-        path = QFileDialog.getExistingDirectory(self, title, settings_mod.last_dir("exports", os.path.expanduser("~")))
-        return path or None
-
-    def _start_export(self, job, what: str, target: str | None = None) -> bool:
-        if self.export_task is not None and self.export_task.is_running():
-            self.state.report_error("An export is already running; wait for it to finish.", "")
-            return False
-        if target:
-            settings_mod.remember_dir("exports", target)
-        task = Task(job, name="export")
-        task.progress.connect(lambda d, t, m: self.state.begin("export", f"{what}: {m} {d}/{t}"))
-        task.succeeded.connect(self._on_exported)
-        task.failed.connect(lambda m, d: self.state.report_error(f"Export failed: {m}", d))
-        task.finished.connect(lambda t=task: self._on_export_finished(t))
-        self.export_task = task
-        self.state.begin("export", what)
-        task.start()
-        self._update_buttons()
-        return True
-
-    def _on_exported(self, written: list) -> None:
-        where = str(written[0]) if len(written) == 1 else f"{len(written)} files in {Path(written[0]).parent}"
-        self.state.message.emit(f"Saved {where}")
-        self._exported = [str(p) for p in written]
-
-    def _on_export_finished(self, task: Task) -> None:
-        if self.export_task is task:
-            self.export_task = None
-            self.state.end("export")
-            self._update_buttons()
-        written, self._exported = getattr(self, "_exported", None), None
-        if written is not None:
-            self.export_finished.emit(written)  # after the buttons are usable again
-
-    def export_frame(self, path: str | None = None) -> bool:
-        """The frame on screen: x_t and predicted x_0 side by side, as one PNG."""
-        f = self.current_frame()
-        if f is None:
-            self.state.report_error("There is no frame to export yet: press Generate first.", "")
-            return False
-        path = path or self.ask_save_path("Export Frame", "PNG image (*.png)", f"frame_t{f.t:04d}.png")
-        if not path:
-            return False
-        gap = np.full((f.xt.shape[0], 4, f.xt.shape[2]), 255, dtype=np.uint8)  # (H, 4, C) white divider
-        image = np.concatenate([f.xt, gap, f.x0], axis=1)  # (H, 2W + 4, C)
-        return self._start_export(jobs.make_export_png(image, path, self.scale_spin.value()), "Exporting frame", path)
-
-    def export_samples(self, path: str | None = None, per_image: bool | None = None) -> bool:
-        if self.result is None:
-            self.state.report_error("There are no finished samples to export yet: let a generation finish first.", "")
-            return False
-        per_image = self.layout_combo.currentData() == "each" if per_image is None else per_image
-        if not path:
-            path = self.ask_folder("Export Samples to Folder") if per_image else \
-                self.ask_save_path("Export Samples", "PNG image (*.png)", "samples.png")
-        if not path:
-            return False
-        return self._start_export(jobs.make_export_samples(self.result.images, path, per_image,
-                                                           self.scale_spin.value()),
-                                  "Exporting samples", path)
-
-    def export_gif(self, path: str | None = None) -> bool:
-        if not self.frames:
-            self.state.report_error("There is no reverse chain to export yet: press Generate first.", "")
-            return False
-        path = path or self.ask_save_path("Export GIF", "Animated GIF (*.gif)", "reverse_chain.gif")
-        if not path:
-            return False
-        frames = [f.xt for f in self.frames]
-        job = jobs.make_export_gif(frames, path, stride=self.gif_stride_spin.value(), fps=self.gif_fps_spin.value(),
-                                   hold_last_sec=self.gif_hold_spin.value(), scale=self.scale_spin.value())
-        return self._start_export(job, "Exporting GIF", path)
-
     # -- settings ---------------------------------------------------------------------------------
     def save_settings(self, s) -> None:
-        from ..settings import save_section
-
-        save_section(s, "sampling", self.sampling_config() if self._valid() else SamplingConfig(), PANEL_FIELDS)
-        s.setValue("sampling/scale", self.scale_spin.value())
-        s.setValue("sampling/gif_fps", self.gif_fps_spin.value())
-        s.setValue("sampling/gif_stride", self.gif_stride_spin.value())
-        s.setValue("sampling/gif_hold", self.gif_hold_spin.value())
-        s.setValue("sampling/layout", self.layout_combo.currentData())
+        for form in self.forms:
+            form.save(s, "sampling")  # sampling/<field>, as the schema names it
+        self._save_export_settings(s)
         s.setValue("sampling/model_path", self.model_path or "")
 
-    def _valid(self) -> bool:
-        try:
-            self.sampling_config()
-            return True
-        except ValueError:
-            return False
-
     def restore_settings(self, s) -> None:
-        from ..settings import get, restore_section
+        from ..settings import get
 
-        self.set_sampling_config(restore_section(s, "sampling", SamplingConfig(), PANEL_FIELDS))
-        self.scale_spin.setValue(get(s, "sampling/scale", 4))
-        self.gif_fps_spin.setValue(get(s, "sampling/gif_fps", 20))
-        self.gif_stride_spin.setValue(get(s, "sampling/gif_stride", 1))
-        self.gif_hold_spin.setValue(get(s, "sampling/gif_hold", 1.5))
-        self.layout_combo.setCurrentIndex(max(0, self.layout_combo.findData(get(s, "sampling/layout", "grid"))))
+        for form in self.forms:
+            form.restore(s, "sampling")  # a saved value that no longer fits its field keeps the default
+        self._show_sampler()
+        self._restore_export_settings(s)
         remembered = get(s, "sampling/model_path", "")
         if remembered and os.path.exists(remembered) and not self.model_path:
             # the model opened last time; read once torch is imported (the start-up device probe)

@@ -3,29 +3,25 @@
 The trainer runs on a worker thread (:func:`..jobs.make_train`); pausing and stopping go through
 the trainer's thread-safe ``TrainControl``, called directly from the UI thread. What Start runs and
 which run stays open are decided by ``training.session.TrainingSession`` (Qt-free, tested without Qt);
-the "More settings" rows are a form generated from the config schema (``gui.forms``).
-
-Length (over 500 lines, on purpose): one module per panel (STYLE.md); it is widgets and their wiring,
-with the decisions in the session.
+the settings column (preset and the forms generated from the config schema, ``build_config`` /
+``set_config``, settings persistence) is ``training_forms.TrainingForms``; Open Run reads the run
+folder on a worker.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                                QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import (DEVICES, LOSS_WEIGHTINGS, PRECISIONS, PREDICTIONS, PRESETS, SCHEDULES,
-                       DiffusionConfig, RunConfig, TrainConfig, settings_of)
-from ...training.session import History, TrainingSession, load_history, read_run_config
+from ...config import RunConfig, TrainConfig
+from ...training.session import History, OpenedRun, TrainingSession, load_history, read_run
 from .. import jobs
-from ..forms import SchemaForm
 from ..state import StudioState
 from ..widgets.chain_canvas import CaptionedView
 from ..widgets.loss_plot import BucketLossPlot, LossPlot
@@ -33,9 +29,9 @@ from ..widgets.quality_plot import QualityPlot
 from ..widgets.schedule_plot import SchedulePlot
 from ..workers import Task
 from ...durations import format_time_left
-from .common import add_row, column_widget, float_spin, int_spin, section, settings_column
-
-DEVICE_LABELS = {"auto": "Automatic (best available)", "cpu": "CPU", "cuda": "CUDA GPU", "mps": "Apple GPU (MPS)"}
+from .common import column_widget, settings_column
+from .training_forms import (ADVANCED_TRAIN_FIELDS, DIFFUSION_FIELDS, MAIN_TRAIN_FIELDS,  # noqa: F401 (re-exported)
+                             TrainingForms)
 
 
 def _of_total(total: int | None) -> str:
@@ -43,25 +39,10 @@ def _of_total(total: int | None) -> str:
     return " (no step limit)" if total is None else f" / {total:,}"
 
 
-def schedule_arrays(kind: str, T: int):
-    """The schedule preview: computed with the engine's own (numpy-only) schedule code."""
-    from ...engine.schedules import NoiseSchedule
-
-    return NoiseSchedule.from_config(kind, T)
-
-
-# TrainConfig fields with widgets of their own above; every other one (a new one too) is a row of
-# "More settings", generated from the schema (label, range, tooltip from config.py). Fields that may
-# be None (train.minutes) are set from the command line or a config file.
-HAND_TRAIN_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "grad_clip", "seed", "device",
-                     "precision", "preview_every", "checkpoint_every")
-ADVANCED_TRAIN_FIELDS = tuple(s.name for s in settings_of(TrainConfig)
-                              if s.name not in HAND_TRAIN_FIELDS and not s.nullable)
-
-
-class TrainingPanel(QWidget):
+class TrainingPanel(TrainingForms, QWidget):
     training_started = Signal()
     training_finished = Signal(object)  # TrainFinished | None (failed)
+    run_opened = Signal(str)  # Open Run's folder, once its settings are shown
 
     def __init__(self, state: StudioState, parent=None):
         super().__init__(parent)
@@ -74,6 +55,7 @@ class TrainingPanel(QWidget):
         self.metrics_received = 0
         self.ask_run_folder = self._ask_run_folder
         self._started_at = 0.0
+        self._open_task: Task | None = None  # reads an opened run's files
         self._build()
         state.images_changed.connect(lambda _: self._update_buttons())
         state.images_changed.connect(lambda _: self._show_images_info())
@@ -104,96 +86,6 @@ class TrainingPanel(QWidget):
         lay = QHBoxLayout(self)
         lay.addWidget(left_w)
         lay.addLayout(self._build_plots(), 1)
-
-    def _build_preset(self) -> QWidget:
-        pbox, pform = section("Preset")
-        self.preset_combo = QComboBox()
-        for name in PRESETS:
-            self.preset_combo.addItem(name, name)
-        add_row(pform, "Model", self.preset_combo, "The network's size; each preset also sets sensible training "
-                                                   "values below.")
-        self.preset_desc = QLabel("")
-        self.preset_desc.setWordWrap(True)
-        self.preset_desc.setStyleSheet("color: palette(mid);")
-        pform.addRow(self.preset_desc)
-        self.preset_combo.currentIndexChanged.connect(lambda _: self.apply_preset(self.preset_combo.currentData()))
-        return pbox
-
-    def _build_diffusion(self) -> QWidget:
-        dbox, dform = section("Diffusion")
-        self.schedule_combo = QComboBox()
-        self.schedule_combo.addItems(SCHEDULES)
-        add_row(dform, "Schedule", self.schedule_combo,
-                "How fast noise is added over t: linear is the paper's; cosine destroys information more evenly.")
-        self.timesteps_spin = int_spin(10, 4000, 1000, 50)
-        add_row(dform, "Timesteps T", self.timesteps_spin, "Number of noising steps; the paper uses 1000.")
-        self.prediction_combo = QComboBox()
-        self.prediction_combo.addItems(PREDICTIONS)
-        add_row(dform, "Predict", self.prediction_combo,
-                "What the network outputs: the added noise ε (the paper), the clean image x₀, or v = αε − σx₀.")
-        self.weighting_combo = QComboBox()
-        self.weighting_combo.addItems(LOSS_WEIGHTINGS)
-        add_row(dform, "Loss weighting", self.weighting_combo,
-                "none is the paper's L_simple; min_snr down-weights easy low-noise steps (Hang et al. 2023).")
-        self.schedule_combo.currentIndexChanged.connect(self._schedule_changed)
-        self.timesteps_spin.valueChanged.connect(self._schedule_changed)
-        return dbox
-
-    def _build_optimisation(self) -> QWidget:
-        td = TrainConfig()
-        obox, oform = section("Optimisation")
-        self.steps_spin = int_spin(1, 10_000_000, td.steps, 500)
-        add_row(oform, "Steps", self.steps_spin, "Total optimisation steps of the run; a resumed run continues up to "
-                                                 "this.")
-        self.batch_spin = int_spin(1, 4096, td.batch_size, 8)
-        add_row(oform, "Batch size", self.batch_spin, "Images per step; larger is smoother but slower per step.")
-        self.lr_spin = float_spin(1e-6, 1.0, td.lr, 6, 1e-4)
-        add_row(oform, "Learning rate", self.lr_spin, "Peak AdamW step size, reached after the warm-up.")
-        self.warmup_spin = int_spin(0, 1_000_000, td.warmup_steps, 50)
-        add_row(oform, "Warm-up steps", self.warmup_spin, "The learning rate ramps up linearly over these first steps.")
-        self.ema_spin = float_spin(0.0, 0.999999, td.ema_decay, 5, 0.0005)
-        add_row(oform, "EMA decay", self.ema_spin,
-                "Previews and sampling use a moving average of the weights; closer to 1 averages longer.")
-        self.clip_spin = float_spin(0.0, 1e6, td.grad_clip, 2, 0.5)
-        add_row(oform, "Gradient clip", self.clip_spin, "Limit the gradient's overall size to this; 0 turns it off.")
-        self.seed_spin = int_spin(0, 2**31 - 1, td.seed)
-        add_row(oform, "Seed", self.seed_spin, "Same seed, same weights, data order and noise.")
-        return obox
-
-    def _build_run(self) -> QWidget:
-        td = TrainConfig()
-        rbox, rform = section("Run")
-        self.device_combo = QComboBox()
-        for d in DEVICES:
-            self.device_combo.addItem(DEVICE_LABELS[d], d)
-        add_row(rform, "Device", self.device_combo, "Where training runs; Automatic picks CUDA, then Apple MPS, then "
-                                                    "the CPU.")
-        self.precision_combo = QComboBox()
-        self.precision_combo.addItems(PRECISIONS)
-        add_row(rform, "Precision", self.precision_combo, "Automatic: bf16 mixed precision on CPUs that compute bf16 "
-                                                          "natively (AVX-512 BF16 / AMX; about 1.4-2.5x "
-                "faster), fp32 elsewhere. bf16/fp16 can be chosen for CUDA GPUs.")
-        self.preview_spin = int_spin(0, 1_000_000, td.preview_every, 100)
-        self.preview_spin.setSpecialValueText("off")
-        add_row(rform, "Preview every", self.preview_spin, "Steps between preview samples from the EMA model; 0 turns "
-                                                           "them off.")
-        self.ckpt_spin = int_spin(0, 10_000_000, td.checkpoint_every, 500)
-        self.ckpt_spin.setSpecialValueText("by time only")
-        add_row(rform, "Checkpoint every", self.ckpt_spin,
-                f"Steps between checkpoints; one is also written every {td.checkpoint_minutes:g} minutes and "
-                "at the end.")
-        self.images_label = QLabel("")
-        self.images_label.setWordWrap(True)
-        add_row(rform, "Images", self.images_label,
-                "What the Dataset tab loaded: the size and channels the network is built for.")
-        return rbox
-
-    def _build_more(self) -> QWidget:
-        abox, aform = section("More settings")
-        self.advanced = SchemaForm([st for st in settings_of(TrainConfig) if st.name in ADVANCED_TRAIN_FIELDS])
-        aform.addRow(self.advanced)
-        self.advanced.changed.connect(self._show_quality_plan)  # the cost of train.eval_every, before Start
-        return abox
 
     def _build_buttons(self, scroll: QWidget) -> QWidget:
         """The settings column with the run buttons under it."""
@@ -280,145 +172,11 @@ class TrainingPanel(QWidget):
         right.addWidget(vsplit, 1)
         return right
 
-    # -- configuration ----------------------------------------------------------------------------
-    def apply_preset(self, name: str) -> None:
-        if name not in PRESETS:
-            return
-        if self.preset_combo.currentData() != name:
-            self.preset_combo.setCurrentIndex(self.preset_combo.findData(name))
-            return
-        p = PRESETS[name]
-        self._show_images_info()
-        t = p["train"]
-        self.steps_spin.setValue(t.get("steps", self.steps_spin.value()))
-        self.batch_spin.setValue(t.get("batch_size", self.batch_spin.value()))
-        self.lr_spin.setValue(t.get("lr", self.lr_spin.value()))
-        self.warmup_spin.setValue(t.get("warmup_steps", self.warmup_spin.value()))
-        self.ema_spin.setValue(t.get("ema_decay", self.ema_spin.value()))
-        self.preview_spin.setValue(t.get("preview_every", TrainConfig().preview_every))
-        d = dataclasses.asdict(DiffusionConfig())
-        d.update(p.get("diffusion", {}))  # what the preset leaves out takes the defaults
-        self.schedule_combo.setCurrentText(d["schedule"])
-        self.timesteps_spin.setValue(d["timesteps"])
-        self.prediction_combo.setCurrentText(d["prediction"])
-        self.weighting_combo.setCurrentText(d["loss_weighting"])
-        m = p["model"]
-        self.preset_combo.setToolTip(
-            f"{p['description']}\nbase channels {m['base_channels']}, levels "
-            f"×{', ×'.join(map(str, m['channel_mult']))}, "
-            f"{m['num_res_blocks']} residual block(s) per level, attention at "
-            f"{', '.join(map(str, m['attention_resolutions']))} px."
-        )
-
-    def _show_images_info(self) -> None:
-        """The preset's description and, beside it, the image size this run really uses (the Dataset tab's)."""
-        name = self.preset_combo.currentData()
-        if name not in PRESETS:
-            return
-        p = PRESETS[name]
-        images, data = self.state.images, self.state.data_config
-        size = int(images.image_size) if images is not None else int(data.image_size)
-        tuned = int(p.get("data", {}).get("image_size", size))
-        text = p["description"]
-        if tuned != size:
-            text += f" This run uses {size} px, set on the Dataset tab."
-        self.preset_desc.setText(text)
-        if images is None:
-            self.images_label.setText(f"{size} × {size} px · none loaded yet (Dataset tab)")
-        else:
-            ch = {1: "grayscale", 3: "RGB"}.get(int(images.channels), f"{images.channels} channels")
-            self.images_label.setText(f"{size} × {size} px · {ch} · {len(images):,} images (Dataset tab)")
-
     def _steps_changed(self, value: int) -> None:
         """Before a run (or between sessions) the bar shows the run's total as Steps says."""
         if not self.is_running():
             self.progress.setFormat("%v / %m steps")
             self.progress.setRange(0, max(int(value), self.progress.value(), 1))
-
-    def build_config(self) -> RunConfig:
-        """The RunConfig the widgets describe, validated (raises ValueError naming the field)."""
-        data = self.state.data_config
-        if self.resume_config is not None:
-            cfg = RunConfig.from_dict(self.resume_config.to_dict())
-            cfg.train = dataclasses.replace(cfg.train, **self._train_fields())
-        else:
-            cfg = RunConfig.from_preset(
-                self.preset_combo.currentData(),
-                data=dataclasses.asdict(data),
-                diffusion=dict(schedule=self.schedule_combo.currentText(), timesteps=int(self.timesteps_spin.value()),
-                               prediction=self.prediction_combo.currentText(),
-                               loss_weighting=self.weighting_combo.currentText()),
-                train=self._train_fields(),
-            )
-            images = self.state.images
-            if images is not None and data.channels == "auto":
-                cfg.model.in_channels = int(images.channels)
-        for section_name, values in self.overrides.items():
-            setattr(cfg, section_name, dataclasses.replace(getattr(cfg, section_name), **values))
-        cfg.sync()
-        return cfg.validate()
-
-    def _train_widgets(self) -> tuple:
-        return (self.steps_spin, self.batch_spin, self.lr_spin, self.warmup_spin, self.ema_spin, self.clip_spin,
-                self.seed_spin, self.device_combo, self.precision_combo, self.preview_spin, self.ckpt_spin)
-
-    def _train_fields(self) -> dict:
-        steps = int(self.steps_spin.value())
-        return dict(steps=None if steps >= self.steps_spin.maximum() else steps,
-                    batch_size=int(self.batch_spin.value()),
-                    lr=float(self.lr_spin.value()), warmup_steps=int(self.warmup_spin.value()),
-                    ema_decay=float(self.ema_spin.value()), grad_clip=float(self.clip_spin.value()),
-                    seed=int(self.seed_spin.value()), device=str(self.device_combo.currentData()),
-                    precision=self.precision_combo.currentText(), preview_every=int(self.preview_spin.value()),
-                    checkpoint_every=int(self.ckpt_spin.value()), **self.advanced.values())
-
-    def set_config(self, cfg: RunConfig) -> None:
-        """Show ``cfg`` in the widgets (used by Open Run)."""
-        if cfg.model.preset in PRESETS:
-            self.preset_combo.blockSignals(True)
-            self.preset_combo.setCurrentIndex(self.preset_combo.findData(cfg.model.preset))
-            self.preset_combo.blockSignals(False)
-            self._show_images_info()
-        self.schedule_combo.setCurrentText(cfg.diffusion.schedule)
-        self.timesteps_spin.setValue(cfg.diffusion.timesteps)
-        self.prediction_combo.setCurrentText(cfg.diffusion.prediction)
-        self.weighting_combo.setCurrentText(cfg.diffusion.loss_weighting)
-        t = cfg.train
-        self.advanced.set_values(t)
-        self.steps_spin.setValue(self.steps_spin.maximum() if t.steps is None else t.steps)  # max: no limit
-        self.batch_spin.setValue(t.batch_size)
-        self.lr_spin.setValue(t.lr)
-        self.warmup_spin.setValue(t.warmup_steps)
-        self.ema_spin.setValue(t.ema_decay)
-        self.clip_spin.setValue(t.grad_clip)
-        self.seed_spin.setValue(min(t.seed, self.seed_spin.maximum()))
-        self.device_combo.setCurrentIndex(max(0, self.device_combo.findData(t.device)))
-        self.precision_combo.setCurrentText(t.precision)
-        self.preview_spin.setValue(t.preview_every)
-        self.ckpt_spin.setValue(t.checkpoint_every)
-        self._show_quality_plan()
-
-    def _show_quality_plan(self) -> None:
-        self.quality_plot.show_plan(self.build_config)
-
-    def _schedule_changed(self, *_) -> None:
-        kind, T = self.schedule_combo.currentText(), int(self.timesteps_spin.value())
-        try:
-            s = schedule_arrays(kind, T)
-        except ValueError as e:
-            self.schedule_plot.readout.setText(str(e))
-            return
-        self.schedule_plot.set_schedule(s.betas, s.alphas_cumprod, s.snr, label=kind)
-        self.state.set_schedule(kind, T)
-
-    def set_available_devices(self, available: list[str]) -> None:
-        model = self.device_combo.model()
-        for i in range(self.device_combo.count()):
-            d = self.device_combo.itemData(i)
-            item = model.item(i)
-            ok = d in available
-            item.setEnabled(ok)
-            item.setToolTip("" if ok else f"{DEVICE_LABELS[d]} is not available on this computer.")
 
     # -- run control ------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -494,6 +252,7 @@ class TrainingPanel(QWidget):
 
     def shutdown(self) -> None:
         self.stop()
+        self.quality_plot.shutdown()
 
     def _update_buttons(self) -> None:
         running = self.is_running()
@@ -501,15 +260,14 @@ class TrainingPanel(QWidget):
         self.start_button.setText("Continue Run" if self.resume_dir and not running else "Start Training")
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
-        self.open_run_button.setEnabled(not running)
+        self.open_run_button.setEnabled(not running and self._open_task is None)
         self.new_run_button.setEnabled(not running and self.resume_dir is not None)
         locked = running or self.resume_dir is not None
-        for w in (self.preset_combo, self.schedule_combo, self.timesteps_spin, self.prediction_combo,
-                  self.weighting_combo):
-            w.setEnabled(not locked)
+        self.preset_combo.setEnabled(not locked)
+        self.diffusion_form.setEnabled(not locked)
         # The trainer reads its settings once, at Start: nothing changes a run in flight.
-        for w in self._train_widgets():
-            w.setEnabled(not running)
+        for form in self._train_forms():
+            form.setEnabled(not running)
         if running:
             self.lock_note.setText("Settings are locked while training runs. Stop it (a checkpoint is saved) "
                                    "to change them: a larger Steps then extends the run with Continue Run.")
@@ -638,56 +396,48 @@ class TrainingPanel(QWidget):
         return path or None
 
     def open_run(self, path: str | None = None) -> bool:
-        """Load a run's settings so that Start continues it."""
-        if self.is_running():
+        """Read a run's settings (on a worker thread) so that Start continues it; ``run_opened`` once shown.
+
+        False when nothing was started (training runs, another run is being read, or no folder chosen)."""
+        if self.is_running() or self._open_task is not None:
             return False
         path = path or self.ask_run_folder()
         if not path:
             return False
-        try:
-            cfg = read_run_config(path)
-        except (ValueError, OSError) as e:
-            self.state.report_error(f"Cannot open this run: {e}", "")
-            return False
+        task = Task(lambda state: read_run(path), name="open-run")
+        task.succeeded.connect(lambda run, p=path: self._show_opened_run(p, run))
+        task.failed.connect(lambda message, details: self.state.report_error(f"Cannot open this run: {message}", ""))
+        task.finished.connect(self._open_run_finished)
+        self._open_task = task
+        self.stats.setText(f"Reading {path}…")
+        task.start()
+        self._update_buttons()
+        return True
+
+    def _open_run_finished(self) -> None:
+        self._open_task = None
+        self._update_buttons()
+
+    def _show_opened_run(self, path: str, run: OpenedRun) -> None:
+        if self.is_running():
+            return  # training started while the run was read: it keeps its settings
         from .. import settings as settings_mod
 
         settings_mod.remember_dir("runs", Path(path).absolute().parent)  # the next dialog lists this run
-        self.session.opened(path, cfg)
-        self.set_config(cfg)
+        self.session.opened(path, run.config)
+        self.set_config(run.config)
         self.loss_plot.clear()
         self.bucket_plot.clear()
         self._load_history(path)
         self.quality_plot.clear()
         self.quality_plot.load_run(path)
-        self._show_saved_preview(path)
+        if run.preview is not None:
+            self.preview.set_image(run.preview)
+            self.preview.caption.setText(f"Preview samples (EMA) · {run.preview_name.replace('_', ' ')}")
         self.run_label.setText(f"Continuing run: {path}")
         self.stats.setText("Press Continue Run to resume from the last checkpoint.")
         self._update_buttons()
-        return True
-
-    def _show_saved_preview(self, run_dir: str) -> None:
-        """Show the newest preview PNG the run wrote (decoded on a worker thread)."""
-        previews = sorted((Path(run_dir) / "samples").glob("step_*.png"))
-        if not previews:
-            return
-        path = previews[-1]
-
-        def job(state):
-            import numpy as np
-            from PIL import Image
-
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
-
-        def show(grid) -> None:
-            self.preview.set_image(grid)
-            self.preview.caption.setText(f"Preview samples (EMA) · {path.stem.replace('_', ' ')}")
-
-        task = Task(job, name="preview")
-        task.succeeded.connect(show)
-        self._preview_task = task  # keep a reference until it ends
-        task.finished.connect(lambda: setattr(self, "_preview_task", None))
-        task.start()
+        self.run_opened.emit(path)
 
     def new_run(self) -> None:
         """Forget an opened run: Start makes a new one."""
@@ -696,41 +446,3 @@ class TrainingPanel(QWidget):
         self.progress.setValue(0)
         self._steps_changed(self.steps_spin.value())
         self._update_buttons()
-
-    # -- settings ---------------------------------------------------------------------------------
-    _FIELDS = ("schedule", "timesteps", "prediction", "weighting", "steps", "batch", "lr", "warmup", "ema", "clip",
-               "seed", "device", "precision", "preview", "ckpt")
-
-    def save_settings(self, s) -> None:
-        s.setValue("training/preset", self.preset_combo.currentData())
-        s.setValue("training/schedule", self.schedule_combo.currentText())
-        s.setValue("training/timesteps", self.timesteps_spin.value())
-        s.setValue("training/prediction", self.prediction_combo.currentText())
-        s.setValue("training/weighting", self.weighting_combo.currentText())
-        s.setValue("training/train", RunConfig(train=TrainConfig(**self._train_fields())).to_json())
-        s.setValue("training/log_scale", self.loss_plot.log_scale)
-
-    def restore_settings(self, s) -> None:
-        from ..settings import get
-
-        self.apply_preset(get(s, "training/preset", "tiny"))
-        # what was never saved keeps the preset's value
-        self.schedule_combo.setCurrentText(get(s, "training/schedule", self.schedule_combo.currentText()))
-        self.timesteps_spin.setValue(get(s, "training/timesteps", self.timesteps_spin.value()))
-        self.prediction_combo.setCurrentText(get(s, "training/prediction", self.prediction_combo.currentText()))
-        self.weighting_combo.setCurrentText(get(s, "training/weighting", self.weighting_combo.currentText()))
-        text = get(s, "training/train", "")
-        if text:
-            try:
-                t = RunConfig.from_json(text).train
-                t.validate()
-                cfg = RunConfig(train=t)
-                cfg.diffusion = dataclasses.replace(cfg.diffusion, schedule=self.schedule_combo.currentText(),
-                                                    timesteps=self.timesteps_spin.value(),
-                                                    prediction=self.prediction_combo.currentText(),
-                                                    loss_weighting=self.weighting_combo.currentText())
-                cfg.model.preset = self.preset_combo.currentData()
-                self.set_config(cfg)
-            except ValueError:
-                pass
-        self.loss_plot.set_log_scale(get(s, "training/log_scale", False))

@@ -54,6 +54,7 @@ class QualityPlot(QWidget):
         self._enabled = False
         self._cost_task: Task | None = None
         self._pending: Callable[[], object] | None = None
+        self._closed = False  # the window closed: start no further estimate
         self._runs_task: Task | None = None
         self.clear()
 
@@ -128,10 +129,15 @@ class QualityPlot(QWidget):
         self._cost_task = task
         task.start()
 
+    def shutdown(self) -> None:
+        """The window closes: no estimate waits to start after the one running."""
+        self._pending = None
+        self._closed = True
+
     def _cost_done(self) -> None:
         self._cost_task = None
         pending, self._pending = self._pending, None
-        if pending is not None:
+        if pending is not None and not self._closed:
             self.show_plan(pending)
 
     # -- a run's earlier scores -------------------------------------------------------------------
