@@ -131,3 +131,31 @@ def test_every_train_field_without_its_own_widget_is_in_more_settings():
     assert set(ADVANCED_TRAIN_FIELDS) == {"weight_decay", "ema_warmup", "log_every", "preview_count",
                                           "preview_sampler", "preview_sampling_steps", "checkpoint_minutes",
                                           "keep_checkpoints", "eval_every", "eval_num"}
+
+
+def test_float_fields_read_as_written_take_scientific_input_and_step_sensibly(qtbot):
+    from PySide6.QtCore import Qt
+    from PySide6.QtTest import QTest
+
+    from ddpm_studio.gui.forms import make_widget, number_text
+
+    assert [number_text(v) for v in (1e-3, 2e-4, 0.995, 5.0, 1.0, 0.0, 1e-8)] == [
+        "0.001", "0.0002", "0.995", "5", "1", "0", "1e-8"]
+    by_name = {s.name: s for s in settings_of(TrainConfig)}
+    lr = make_widget(by_name["lr"])
+    qtbot.addWidget(lr)
+    lr.setValue(1e-3)
+    assert lr.text() == "0.001"  # not 0.00100000
+    lr.stepBy(1)
+    assert lr.value() == pytest.approx(2e-3)  # a learning rate steps 1, 2, 5 x 10^k
+    lr.stepBy(-3)
+    assert lr.value() == pytest.approx(2e-4)
+    lr.lineEdit().selectAll()
+    QTest.keyClicks(lr, "3e-5")
+    QTest.keyClick(lr, Qt.Key.Key_Return)
+    assert lr.value() == pytest.approx(3e-5) and lr.text() == "3e-5"
+    ema = make_widget(by_name["ema_decay"])
+    qtbot.addWidget(ema)
+    ema.setValue(0.995)
+    ema.stepBy(1)
+    assert ema.value() == pytest.approx(0.996)  # a decay near 1 steps by its distance to 1, not 0.01

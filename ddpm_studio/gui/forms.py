@@ -16,6 +16,7 @@ import math
 from typing import Any, Mapping
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLineEdit, QSpinBox,
                                QWidget)
 
@@ -36,11 +37,71 @@ def _int_step(default: Any) -> int:
     return max(1, 10 ** (len(str(abs(int(default or 0)))) - 1) // 2)
 
 
-def _float_step(default: Any, decimals: int) -> float:
-    """A tenth of the default's order of magnitude (1e-3 -> 1e-4), or the last shown decimal but one."""
+def _float_step(default: Any, decimals: int, hi: float | None = None) -> float:
+    """A tenth of the default's order of magnitude (1e-3 -> 1e-4), or the last shown decimal but one;
+    for a decay just under its upper bound of 1, the order of its distance to 1 (0.999 -> 0.001)."""
+    if isinstance(default, (int, float)) and 0.5 < default < 1 and hi is not None and hi <= 1:
+        return 10.0 ** math.floor(math.log10(1 - default))
     if isinstance(default, (int, float)) and default:
         return 10.0 ** (math.floor(math.log10(abs(default))) - 1)
     return 10.0 ** -(decimals - 1) if decimals > 1 else 1.0
+
+
+def number_text(v: float) -> str:
+    """A float as a person writes it: 0.001, 0.995, 5, 2e-4 (never 0.00100000)."""
+    if v and (abs(v) < 1e-3 or abs(v) >= 1e7):
+        mant, _, exp = f"{v:.3g}".partition("e")
+        return f"{mant}e{int(exp)}" if exp else mant
+    return f"{v:.7g}"
+
+
+_LADDER = [m * 10.0 ** e for e in range(-12, 13) for m in (1.0, 2.0, 5.0)]
+
+
+def _one_two_five(value: float, steps: int) -> float:
+    """``steps`` moves along 1, 2, 5, 10, 20, 50... from the rung nearest ``value`` (> 0)."""
+    i = min(range(len(_LADDER)), key=lambda j: abs(math.log10(_LADDER[j]) - math.log10(max(value, 1e-12))))
+    return _LADDER[max(0, min(len(_LADDER) - 1, i + steps))]
+
+
+class NumberSpinBox(QDoubleSpinBox):
+    """A float field's spin box: shows the value as written (``number_text``), accepts any float
+    typed (``2e-4`` too), and on a field spanning four or more orders of magnitude (a learning rate)
+    steps along 1, 2, 5 x 10^k instead of by a fixed amount."""
+
+    def __init__(self, s: Setting) -> None:
+        super().__init__()
+        lo = s.knob.lo if s.knob.lo is not None else -1e12
+        hi = s.knob.hi if s.knob.hi is not None else 1e12
+        self.log_steps = lo > 0 and hi / lo >= 1e4
+        self.setDecimals(12 if self.log_steps else _decimals(s))
+        self.setRange(lo, hi)
+        self.setSingleStep(_float_step(s.default, _decimals(s), s.knob.hi))
+        self.setKeyboardTracking(False)
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 - Qt's name
+        return number_text(value)
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802
+        try:
+            return float(text.replace(",", "").strip())
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int):
+        t = text.replace(",", "").strip()
+        try:
+            v = float(t)
+        except ValueError:
+            partial = t == "" or t[-1] in "eE.-+" or t in ("-", "+")
+            return (QValidator.State.Intermediate if partial else QValidator.State.Invalid), text, pos
+        ok = self.minimum() <= v <= self.maximum()
+        return (QValidator.State.Acceptable if ok else QValidator.State.Intermediate), text, pos
+
+    def stepBy(self, steps: int) -> None:  # noqa: N802
+        if not self.log_steps:
+            return super().stepBy(steps)
+        self.setValue(min(self.maximum(), max(self.minimum(), _one_two_five(self.value(), steps))))
 
 
 def make_widget(s: Setting) -> QWidget:
@@ -61,12 +122,7 @@ def make_widget(s: Setting) -> QWidget:
         w.setKeyboardTracking(False)  # one change when the typing is done, not one per digit
         return w
     if s.kind == "float":
-        w = QDoubleSpinBox()
-        w.setDecimals(_decimals(s))
-        w.setRange(s.knob.lo if s.knob.lo is not None else -1e12, s.knob.hi if s.knob.hi is not None else 1e12)
-        w.setSingleStep(_float_step(s.default, w.decimals()))
-        w.setKeyboardTracking(False)
-        return w
+        return NumberSpinBox(s)
     return QLineEdit()  # text, and tuples as "1, 2, 2"
 
 
