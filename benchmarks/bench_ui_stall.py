@@ -19,9 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -34,20 +31,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-lab", action="store_true", help="skip the Lab's compare board and interpolation")
     args = p.parse_args(argv)
 
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    tmp = tempfile.mkdtemp(prefix="ddpm-stall-")
-    for k in ("CACHE", "CONFIG", "DATA"):
-        os.environ[f"DDPM_STUDIO_{k}_DIR"] = str(Path(tmp) / k.lower())
-
     from PySide6.QtCore import QElapsedTimer, QTimer
-    from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication(["bench"])
-    from ddpm_studio.gui.main_window import MainWindow
+    from window_support import open_window  # same folder
 
-    win = MainWindow(load_on_start=False)
-    win.resize(1360, 860)
-    win.show()
+    app, win, run_for, _ = open_window(args.image_size, "ddpm-stall-")
 
     gaps: list[float] = []
     clock = QElapsedTimer()
@@ -61,12 +49,6 @@ def main(argv=None) -> int:
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(tick)
-
-    def run_for(seconds: float, until=None):
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds and (until is None or not until()):
-            app.processEvents()
-            time.sleep(0.001)
 
     def measure(name: str, seconds: float, until=None) -> dict:
         gaps.clear()
@@ -94,12 +76,6 @@ def main(argv=None) -> int:
               f"p99 {res['p99_ms']:.0f} ms · median {res['median_ms']:.0f} ms")
         return res
 
-    ds = win.dataset_panel
-    ds.size_combo.setCurrentIndex(ds.size_combo.findData(args.image_size))
-    ds.load_paths([])
-    run_for(300, until=lambda: win.state.images is not None and not ds.is_loading())
-    # the device probe imports torch on a worker thread; that one-off import is measured separately
-    run_for(120, until=lambda: "detecting" not in win.device_label.text())
     print(f"dataset: {len(win.state.images.images)} images at {args.image_size} px · {win.device_label.text()}")
     idle = measure("idle", min(5.0, args.seconds))
 

@@ -21,8 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 
@@ -56,26 +54,11 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=10, help="steps between logged losses (the default)")
     args = p.parse_args(argv)
 
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    tmp = Path(tempfile.mkdtemp(prefix="ddpm-wintrain-"))
-    for k in ("CACHE", "CONFIG", "DATA"):
-        os.environ[f"DDPM_STUDIO_{k}_DIR"] = str(tmp / k.lower())
-
     from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer
-    from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication(["bench"])
-    from ddpm_studio.gui.main_window import MainWindow
+    from window_support import open_window  # same folder
 
-    win = MainWindow(load_on_start=False)
-    win.resize(1360, 860)
-    win.show()
-
-    def run_for(seconds: float, until=None):
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds and (until is None or not until()):
-            app.processEvents()
-            time.sleep(0.001)
+    app, win, run_for, tmp = open_window(args.image_size, "ddpm-wintrain-")
 
     def longest_gap(seconds: float) -> float:
         gaps, clock, last = [], QElapsedTimer(), [0]
@@ -96,11 +79,6 @@ def main(argv=None) -> int:
         timer.stop()
         return max(gaps[1:] or [0])
 
-    ds = win.dataset_panel
-    ds.size_combo.setCurrentIndex(ds.size_combo.findData(args.image_size))
-    ds.load_paths([])
-    run_for(300, until=lambda: win.state.images is not None and not ds.is_loading())
-    run_for(120, until=lambda: "detecting" not in win.device_label.text())
     print(f"{args.preset} at {args.image_size} px, batch {args.batch_size}; window: {win.device_label.text()}")
 
     tp = win.training_panel

@@ -115,7 +115,14 @@ class _Worker(QObject):
             self.finished.emit()
 
 
-BACKGROUND_NICE = 10  # how far below the UI thread a worker thread's scheduling priority is (Linux)
+def _worker_nice(environ=os.environ, default: int = 10) -> int:
+    """How many nice levels below the UI thread worker threads run (Linux): DDPM_STUDIO_WORKER_NICE
+    (0-19; 0 = the UI's own priority), else ``default``."""
+    text = environ.get("DDPM_STUDIO_WORKER_NICE", "")
+    return int(text) if text.strip().isdigit() and 0 <= int(text) <= 19 else default
+
+
+BACKGROUND_NICE = _worker_nice()
 
 
 def lower_this_threads_priority(setpriority=None, getpriority=None, tid: int | None = None) -> bool:
@@ -133,6 +140,8 @@ def lower_this_threads_priority(setpriority=None, getpriority=None, tid: int | N
     setpriority = setpriority or os.setpriority
     getpriority = getpriority or os.getpriority
     tid = threading.get_native_id() if tid is None else tid
+    if BACKGROUND_NICE == 0:
+        return False
     try:
         setpriority(os.PRIO_PROCESS, tid, min(19, getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
     except OSError:
