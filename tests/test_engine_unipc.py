@@ -201,7 +201,7 @@ def test_dispatch_same_seed_same_images_and_prompt_stop():
     cfg = SamplingConfig(sampler="unipc", steps=8, seed=3)
     a = list(d.sample_progressive(toy_model, (2, 3, 8, 8), cfg))
     assert len(a) == 8 and a[0].t == 99
-    direct = list(unipc_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=8, order=3,
+    direct = list(unipc_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=8, order=3, solver_type="bh1",
                                                 generator=torch.Generator().manual_seed(3)))
     assert torch.equal(a[-1].x_t, direct[-1].x_t)
     assert torch.equal(a[-1].x_t, d.sample(toy_model, (2, 3, 8, 8), cfg))

@@ -46,7 +46,7 @@ from .types import StepResult
 if TYPE_CHECKING:
     from .diffusion import GaussianDiffusion, Model
 
-SOLVER_TYPES = ("bh2", "bh1")  # B(h) = e^h - 1 (diffusers' default) or h
+SOLVER_TYPES = ("bh2", "bh1")  # B(h) = e^-h - 1 (diffusers' default) or -h, h the step in lambda
 
 
 class UniPC(MultistepSolver):
