@@ -49,7 +49,8 @@ def plot(results: dict, out: Path, *, title: str, reference: tuple[str, int] | N
         raise SystemExit("results.json has no sampler with two or more points")
     nfes = sorted({n for s in series.values() for n, _ in s})
     values = [v for s in series.values() for _, v in s]
-    y_lo, y_hi = 0.0, max(values) * 1.08
+    span = max(values) - min(values) or 1.0
+    y_lo, y_hi = max(0.0, min(values) - 0.08 * span), max(values) + 0.05 * span  # not from 0: curves differ ~10 %
     x_lo, x_hi = math.log(nfes[0] / 1.15), math.log(nfes[-1] * 1.15)
 
     def px(nfe: float, v: float) -> tuple[float, float]:
