@@ -1,5 +1,6 @@
 """UniPC checked against diffusers' UniPCMultistepScheduler step for step and chain for chain, and with
-the exact optimal denoiser for Gaussian data."""
+the exact optimal denoiser for Gaussian data (also in test_engine_dpm_solver.py, which runs its
+exact-denoiser and dispatch tests on UniPC too)."""
 
 import math
 
@@ -160,24 +161,6 @@ def test_float32_chain_equals_diffusers_own_float32_loop():
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
-@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
-def test_exact_denoiser_gives_the_data_and_beats_ddim_at_few_steps(kind, prediction):
-    mu, s = 0.3, 0.5
-    d = _diffusion(kind, prediction=prediction)
-    model = gaussian_model(d, mu, s)
-    for order in (2, 3):
-        x = list(unipc_sample_loop_progressive(d, model, (1,), steps=50, order=order, clip_denoised=False,
-                                               noise=_quantile_noise()))[-1].x_t
-        assert abs(x.mean().item() - mu) < 0.02 * mu and abs(x.std().item() - s) < 0.02 * s, (order, x.std().item())
-    for n in (5, 10):  # the spread a deterministic few-step chain loses: UniPC loses less than DDIM
-        uni = list(unipc_sample_loop_progressive(d, model, (1,), steps=n, order=3, clip_denoised=False,
-                                                 noise=_quantile_noise()))[-1].x_t
-        ddim = list(d.ddim_sample_loop_progressive(model, (1,), steps=n, clip_denoised=False,
-                                                   noise=_quantile_noise()))[-1].x_t
-        assert abs(uni.std().item() - s) < abs(ddim.std().item() - s), n
-
-
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_exact_denoiser_few_steps_unipc_loses_less_spread_than_dpm_solver(kind):
     """The exact denoiser (v), 5 and 10 steps: the error in std of UniPC-3 (bh2) is below DPM-Solver++ 2M's and
     3M's, and bh1's below bh2's (diffusers: bh1 for unconditional sampling under 10 steps). At 20 steps
@@ -196,25 +179,14 @@ def test_exact_denoiser_few_steps_unipc_loses_less_spread_than_dpm_solver(kind):
         assert bh1 < uni < min(dpm2, dpm3), (n, bh1, uni, dpm2, dpm3)
 
 
-def test_dispatch_same_seed_same_images_and_prompt_stop():
+def test_the_sampler_name_unipc_is_order_3_bh1():
+    """The name dispatches to order 3, bh1 (the same seed, the same chain; seeds, stopping: the DPM-Solver++
+    file's dispatch test covers unipc too)."""
     d = _diffusion("cosine", T=100, prediction="v")
-    cfg = SamplingConfig(sampler="unipc", steps=8, seed=3)
-    a = list(d.sample_progressive(toy_model, (2, 3, 8, 8), cfg))
-    assert len(a) == 8 and a[0].t == 99
+    a = d.sample(toy_model, (2, 3, 8, 8), SamplingConfig(sampler="unipc", steps=8, seed=3))
     direct = list(unipc_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=8, order=3, solver_type="bh1",
                                                 generator=torch.Generator().manual_seed(3)))
-    assert torch.equal(a[-1].x_t, direct[-1].x_t)
-    assert torch.equal(a[-1].x_t, d.sample(toy_model, (2, 3, 8, 8), cfg))
-    assert not torch.equal(a[-1].x_t, d.sample(toy_model, (2, 3, 8, 8), SamplingConfig(sampler="unipc", steps=8,
-                                                                                       seed=4)))
-    calls = []
-
-    def counting(x, t):
-        calls.append(int(t[0]))
-        return toy_model(x, t)
-
-    steps = list(d.sample_progressive(counting, (1, 3, 8, 8), cfg, should_stop=lambda: len(calls) >= 3))
-    assert len(steps) == 3 and len(calls) == 3
+    assert torch.equal(a, direct[-1].x_t) and direct[0].t == 99
 
 
 def test_explicit_timesteps_replace_the_spacing():
