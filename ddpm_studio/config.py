@@ -62,11 +62,12 @@ SAMPLER_INFO: dict[str, dict[str, Any]] = {
                           "few."),
     "dpmpp-2m-sde": dict(label="DPM-Solver++ 2M SDE", default_steps=20, settings=("steps", "spacing"),
                          hint="2M that adds fresh noise at every step; more varied detail, wants ~20 steps or more."),
-    # order 3 with B(h) = h ("bh1"): diffusers recommends order 3 for unconditional models (ours all are) and
-    # bh1 for them under 10 steps; on two trained models bh1 beat bh2 at 5 and 10 steps and tied from 20 on
-    # (BENCHMARKS.md, "Few-step samplers"). 10 steps: better than DDIM at 50 on both.
+    # order 2 (diffusers' default) with B(h) = h ("bh1", which diffusers recommends for unconditional models
+    # under 10 steps): on two trained models bh1 beat bh2 at 5 and 10 steps and tied from 20 on, and order 2
+    # beat order 3 at 10 steps by 7-10 % (order 3 was 1-4 % better at 5). At 10 steps it beats DDIM at 50 on
+    # both models (BENCHMARKS.md, "UniPC and the 5-evaluation goal").
     "unipc": dict(label="UniPC (fewest steps)", default_steps=10, settings=("steps", "spacing"),
-                  hint="A predictor-corrector solver (order 3); the best images at 5-10 steps (Zhao et al. 2023)."),
+                  hint="A predictor-corrector solver; good images in 5-10 steps, the fewest here (Zhao et al. 2023)."),
 }
 
 

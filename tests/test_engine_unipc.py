@@ -179,12 +179,12 @@ def test_exact_denoiser_few_steps_unipc_loses_less_spread_than_dpm_solver(kind):
         assert bh1 < uni < min(dpm2, dpm3), (n, bh1, uni, dpm2, dpm3)
 
 
-def test_the_sampler_name_unipc_is_order_3_bh1():
-    """The name dispatches to order 3, bh1 (the same seed, the same chain; seeds, stopping: the DPM-Solver++
+def test_the_sampler_name_unipc_is_order_2_bh1():
+    """The name dispatches to order 2, bh1 (the same seed, the same chain; seeds, stopping: the DPM-Solver++
     file's dispatch test covers unipc too)."""
     d = _diffusion("cosine", T=100, prediction="v")
     a = d.sample(toy_model, (2, 3, 8, 8), SamplingConfig(sampler="unipc", steps=8, seed=3))
-    direct = list(unipc_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=8, order=3, solver_type="bh1",
+    direct = list(unipc_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=8, order=2, solver_type="bh1",
                                                 generator=torch.Generator().manual_seed(3)))
     assert torch.equal(a, direct[-1].x_t) and direct[0].t == 99
 
