@@ -18,7 +18,15 @@ default SamplingConfig, after one warm-up chain.
 
 With --diffusers it also scores diffusers' own DPMSolverMultistepScheduler (2M) and
 UniPCMultistepScheduler (bh2) on the same model, seeds and scorer (rows "diffusers-dpmpp-2m" and
-"diffusers-unipc"): the first must equal our dpmpp-2m row, the second is the evidence on UniPC.
+"diffusers-unipc"): the first must equal our dpmpp-2m row, the second our unipc row at order 2.
+
+--variants scores settings the sampler names do not reach, each NAME:key=value,key=value:
+our engine's loops for ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde and unipc (keys: the loop's keywords,
+e.g. order, solver_type, corrector, lower_order_final, spacing; spacing=logsnr visits timesteps
+uniform in log-SNR, see logsnr_timesteps), or diffusers-dpmpp-2m / diffusers-unipc with scheduler
+keywords (e.g. solver_order=3, final_sigmas_type=sigma_min, euler_at_final=true); nfe=N scores that
+variant at N evaluations only (e.g. ddim:nfe=50 as the reference). The same seeds for every row.
+results.json keeps every point; benchmarks/plot_samplers.py draws it.
 
 Self-contained on purpose (no code shared with bench_quality.py).
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -34,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")
+SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc")
 NFES = (5, 10, 20, 50, 100)
+SEED_BASE = 1000  # batch b of every row starts from the seed SEED_BASE + b (--seed-base)
 
 
 def feature_net(channels: int) -> torch.nn.Module:
@@ -97,7 +107,7 @@ def sample(loaded, sampler: str, steps: int, num: int, batch: int) -> tuple[np.n
     out, t0 = [], time.perf_counter()
     for b, start in enumerate(range(0, num, batch)):
         n = min(batch, num - start)
-        cfg = SamplingConfig(sampler=sampler, steps=steps, num_images=n, seed=1000 + b)
+        cfg = SamplingConfig(sampler=sampler, steps=steps, num_images=n, seed=SEED_BASE + b)
         last = None
         for last in generate(loaded, cfg):
             pass
@@ -105,16 +115,88 @@ def sample(loaded, sampler: str, steps: int, num: int, batch: int) -> tuple[np.n
     return np.concatenate(out), (time.perf_counter() - t0) / num
 
 
-def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int) -> tuple[np.ndarray, float]:
-    """The same chain with one of diffusers' schedulers (same betas, prediction, trailing spacing, clipping, seeds)."""
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """'unipc:order=2,solver_type=bh1' -> ('unipc', {'order': 2, 'solver_type': 'bh1'})."""
+    name, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        low = value.lower()
+        if low in ("true", "false"):
+            kwargs[key] = low == "true"
+        else:
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                try:
+                    kwargs[key] = float(value)
+                except ValueError:
+                    kwargs[key] = value
+    return name, kwargs
+
+
+def logsnr_timesteps(diffusion, steps: int) -> list[int]:
+    """Timesteps whose log-SNR is uniform from t = T-1 towards t = 0: the nearest timestep to each of
+    linspace(lambda_{T-1}, lambda_0, steps + 1) but the last (the chain's last step goes to x_0)."""
+    ab = diffusion.schedule.alphas_cumprod
+    lam = 0.5 * np.log(ab / (1.0 - ab))  # decreasing in t
+    targets = np.linspace(lam[-1], lam[0], steps + 1)[:-1]
+    ts = [int(np.argmin(np.abs(lam - v))) for v in targets]
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"log-SNR spacing repeats timesteps at {steps} steps: {ts}")
+    return ts
+
+
+def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int):
+    """One chain of our engine's loop ``name`` with ``kwargs``; x_T from the seed as generate() draws it."""
+    from ddpm_studio.engine.diffusion import DPM_SAMPLERS, UNIPC_SAMPLERS
+    from ddpm_studio.engine.dpm_solver import dpm_solver_sample_loop_progressive
+    from ddpm_studio.engine.unipc import unipc_sample_loop_progressive
+
+    d, kw = loaded.diffusion, dict(kwargs)
+    if kw.get("spacing") == "logsnr":
+        del kw["spacing"]
+        kw["timesteps"] = logsnr_timesteps(d, steps)
+    common = dict(generator=torch.Generator().manual_seed(seed), device=loaded.device)
+    shape = (n, *loaded.image_shape)
+    if name == "ddim":
+        return d.ddim_sample_loop_progressive(loaded.model, shape, steps=steps, **{"spacing": "trailing", **kw},
+                                              **common)
+    if name in DPM_SAMPLERS:
+        order, sde = DPM_SAMPLERS[name]
+        return dpm_solver_sample_loop_progressive(d, loaded.model, shape, steps=steps,
+                                                  **{"order": order, "sde": sde, **kw}, **common)
+    return unipc_sample_loop_progressive(d, loaded.model, shape, steps=steps, **{**UNIPC_SAMPLERS[name], **kw},
+                                         **common)
+
+
+def sample_variant(loaded, spec: str, steps: int, num: int, batch: int) -> tuple[np.ndarray, float]:
+    from ddpm_studio.sampling.service import to_uint8
+
+    name, kwargs = parse_variant(spec)
+    kwargs.pop("nfe", None)  # the point's NFE comes from the caller
+    if name.startswith("diffusers-"):
+        return sample_diffusers(loaded, name, steps, num, batch, **kwargs)
+    out, t0 = [], time.perf_counter()
+    for b, start in enumerate(range(0, num, batch)):
+        last = None
+        for last in engine_chain(loaded, name, kwargs, steps, min(batch, num - start), SEED_BASE + b):
+            pass
+        out.append(to_uint8(last.x_t))
+    return np.concatenate(out), (time.perf_counter() - t0) / num
+
+
+def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int, **options) -> tuple[np.ndarray, float]:
+    """The same chain with one of diffusers' schedulers (same betas, prediction, trailing spacing, clipping, seeds);
+    ``options`` override those scheduler settings."""
     import diffusers
 
     from ddpm_studio.sampling.service import to_uint8
 
     pred = {"epsilon": "epsilon", "x0": "sample", "v": "v_prediction"}[loaded.config.diffusion.prediction]
-    common = dict(num_train_timesteps=loaded.diffusion.T, trained_betas=loaded.diffusion.schedule.betas,
-                  prediction_type=pred, timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
-                  final_sigmas_type="zero")
+    common = {**dict(num_train_timesteps=loaded.diffusion.T, trained_betas=loaded.diffusion.schedule.betas,
+                     prediction_type=pred, timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
+                     final_sigmas_type="zero"), **options}
     cls = {"diffusers-dpmpp-2m": diffusers.DPMSolverMultistepScheduler,
            "diffusers-unipc": diffusers.UniPCMultistepScheduler}[kind]
     out, t0 = [], time.perf_counter()
@@ -122,7 +204,7 @@ def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int) -> tup
         n = min(batch, num - start)
         sched = cls(**common)
         sched.set_timesteps(steps)
-        x = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(1000 + b))
+        x = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(SEED_BASE + b))
         with torch.inference_mode():
             for t in sched.timesteps:
                 x = sched.step(loaded.model(x, torch.full((n,), int(t))), t, x).prev_sample
@@ -154,6 +236,7 @@ def default_chain_seconds(repeats: int = 5) -> tuple[float, str]:
 
 
 def main() -> int:
+    global SEED_BASE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="a trained run folder (else train the tiny preset for --minutes)")
     ap.add_argument("--minutes", type=float, default=3.0)
@@ -164,7 +247,12 @@ def main() -> int:
     ap.add_argument("--nfe", default=",".join(map(str, NFES)))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--diffusers", action="store_true", help="also score diffusers' DPM-Solver++ 2M and UniPC")
+    ap.add_argument("--variants", nargs="*", default=[], metavar="NAME:K=V,...",
+                    help="engine or diffusers settings to score too (see the top of this file)")
+    ap.add_argument("--no-default-chain", action="store_true", help="skip the default-sampler timing")
+    ap.add_argument("--seed-base", type=int, default=SEED_BASE, help="batch b uses seed SEED_BASE + b")
     args = ap.parse_args()
+    SEED_BASE = args.seed_base
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -173,9 +261,10 @@ def main() -> int:
     from ddpm_studio.data import load_images
     from ddpm_studio.artifacts.loading import load_model
 
-    secs, what = default_chain_seconds()
-    print(f"default chain: 16 images of 16 px, tiny preset, {what}: {secs:.3f} s "
-          f"(median of 5, {torch.get_num_threads()} thread(s))")
+    secs, what = (None, "not measured") if args.no_default_chain else default_chain_seconds()
+    if secs is not None:
+        print(f"default chain: 16 images of 16 px, tiny preset, {what}: {secs:.3f} s "
+              f"(median of 5, {torch.get_num_threads()} thread(s))")
 
     run = Path(args.run) if args.run else train(args.minutes, out / "run")
     loaded = load_model(run, device="cpu")
@@ -185,17 +274,21 @@ def main() -> int:
     print(f"model: {run} (step {loaded.step:,}); {len(real):,} real images; {args.num} samples per point")
 
     results = {"default_chain_sec": secs, "default_sampler": what, "run": str(run), "step": loaded.step,
-               "num": args.num, "threads": torch.get_num_threads(), "points": []}
+               "num": args.num, "threads": torch.get_num_threads(), "load_start": os.getloadavg()[0],
+               "started": time.strftime("%Y-%m-%d %H:%M"), "seed_base": args.seed_base, "points": []}
     nfes = [int(n) for n in args.nfe.split(",")]
-    samplers = args.samplers.split(",") + (["diffusers-dpmpp-2m", "diffusers-unipc"] if args.diffusers else [])
+    samplers = [s for s in args.samplers.split(",") if s]
+    samplers += (["diffusers-dpmpp-2m", "diffusers-unipc"] if args.diffusers else []) + args.variants
     for sampler in samplers:
-        for nfe in nfes:
-            draw = sample_diffusers if sampler.startswith("diffusers-") else sample
+        own = parse_variant(sampler)[1].get("nfe") if sampler in args.variants else None  # e.g. ddim:nfe=50
+        for nfe in nfes if own is None else [own]:
+            draw = sample_variant if sampler.startswith("diffusers-") or sampler in args.variants else sample
             images, per_image = draw(loaded, sampler, nfe, args.num, args.batch)
             fd = frechet(features(net, images), real_f)
-            results["points"].append(dict(sampler=sampler, nfe=nfe, frechet=fd, sec_per_image=per_image))
+            results["points"].append(dict(sampler=sampler, nfe=nfe, frechet=fd, sec_per_image=per_image,
+                                          load=os.getloadavg()[0]))
             print(f"{sampler:>13}  NFE {nfe:>3}: Frechet {fd:8.3f}  {per_image * 1000:7.2f} ms/image", flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # after every point
 
     print("\n| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
     print("|---|" + "---|" * len(nfes))

@@ -126,7 +126,9 @@ def _value_parser(setting: Setting) -> Callable[[str], Any]:
 # What the CLI says about a flag besides the field's own help line.
 _EXTRA_HELP = {
     "sampling.sampler": "; ".join(f"{name}: {info['hint']}" for name, info in SAMPLER_INFO.items()),
-    "sampling.steps": "default: with --sampler, that sampler's own default (ddim 50, dpmpp-* 20); else the run's",
+    "sampling.steps": "default: with --sampler, that sampler's own default ("
+                      + ", ".join(f"{name} {info['default_steps']}" for name, info in SAMPLER_INFO.items()
+                                  if info["default_steps"]) + "); else the run's",
     "sampling.num_images": "default 16",
 }
 

@@ -62,6 +62,12 @@ SAMPLER_INFO: dict[str, dict[str, Any]] = {
                           "few."),
     "dpmpp-2m-sde": dict(label="DPM-Solver++ 2M SDE", default_steps=20, settings=("steps", "spacing"),
                          hint="2M that adds fresh noise at every step; more varied detail, wants ~20 steps or more."),
+    # order 2 (diffusers' default) with B(h) = h ("bh1", which diffusers recommends for unconditional models
+    # under 10 steps): on two trained models bh1 beat bh2 at 5 and 10 steps and tied from 20 on, and order 2
+    # beat order 3 at 10 steps by 7-10 % (order 3 was 1-4 % better at 5). At 10 steps it beats DDIM at 50 on
+    # both models (BENCHMARKS.md, "UniPC and the 5-evaluation goal").
+    "unipc": dict(label="UniPC (fewest steps)", default_steps=10, settings=("steps", "spacing"),
+                  hint="A predictor-corrector solver; good images in 5-10 steps, the fewest here (Zhao et al. 2023)."),
 }
 
 
@@ -398,9 +404,10 @@ class SamplingConfig:
     """How images are generated from a trained model."""
 
     sampler: str = knob("dpmpp-2m", choices=Sampler, label="Sampler",
-                        help="ddpm = the paper's Algorithm 2; ddim; dpmpp-* = DPM-Solver++ (default: the run's)")
+                        help="ddpm = the paper's Algorithm 2; ddim; dpmpp-* = DPM-Solver++; unipc = UniPC "
+                        "(default: the run's)")
     steps: int = knob(20, lo=1, hi=4000, flag="--sampling-steps", label="Steps", metavar="K",
-                      help="network calls of ddim / dpmpp-* (ddpm always walks all T steps)")
+                      help="network calls of ddim / dpmpp-* / unipc (ddpm always walks all T steps)")
     eta: float = knob(0.0, lo=0.0, hi=1.0, label="DDIM eta", metavar="E",
                       help="DDIM stochasticity: 0 = deterministic, 1 = ancestral with beta-tilde")
     variance: str = knob("fixed_small", choices=Variance, label="Variance",
@@ -411,8 +418,8 @@ class SamplingConfig:
                            help="how many images per generation")
     seed: int = knob(0, lo=0, hi=2**63 - 1, label="Seed", metavar="S", help="same seed, same images")
     spacing: str = knob("trailing", choices=Spacing, label="Spacing",
-                        help="which timesteps ddim / dpmpp-* visit: trailing and linspace start from pure noise at "
-                        "t = T-1; leading is diffusers' old default")
+                        help="which timesteps ddim / dpmpp-* / unipc visit: trailing and linspace start from pure "
+                        "noise at t = T-1; leading is diffusers' old default")
     steps_offset: int = knob(0, lo=0, hi=1000, label="Steps offset", metavar="N",
                              help="added to every leading timestep (diffusers' steps_offset; 1 for SD-style models)")
     clip_range: float = knob(1.0, lo=1e-6, hi=1e6, label="Clip range", metavar="R",

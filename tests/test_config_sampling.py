@@ -12,7 +12,7 @@ def test_defaults_are_the_fast_sampler_from_pure_noise():
     s = SamplingConfig()
     assert (s.sampler, s.steps, s.spacing, s.dynamic_threshold) == ("dpmpp-2m", 20, "trailing", None)
     assert (TrainConfig().preview_sampler, TrainConfig().preview_sampling_steps) == ("dpmpp-2m", 20)
-    assert SAMPLERS == ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde")
+    assert SAMPLERS == ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc")
     assert set(SPACINGS) == {"leading", "trailing", "linspace"} == set(SPACING_HINTS)
 
 
@@ -21,7 +21,7 @@ def test_every_sampler_has_a_label_a_hint_and_a_default_step_count():
     for name, info in SAMPLER_INFO.items():
         assert info["label"] and info["hint"].endswith(".")
         assert "\n" not in info["hint"] and len(info["hint"]) < 120
-    assert [sampler_default_steps(n, 1000) for n in SAMPLERS] == [1000, 50, 20, 20, 20]
+    assert [sampler_default_steps(n, 1000) for n in SAMPLERS] == [1000, 50, 20, 20, 20, 10]
     assert sampler_default_steps("ddim", 30) == 30 and sampler_default_steps("dpmpp-2m", 10) == 10  # at most T
     with pytest.raises(ValueError, match="sampling.sampler must be one of"):
         sampler_default_steps("euler", 1000)
@@ -38,7 +38,8 @@ def test_a_config_written_before_spacing_existed_loads_with_trailing():
 
 @pytest.mark.parametrize("field,value,message", [
     ("spacing", "even", "sampling.spacing must be one of trailing, linspace, leading; got 'even'"),
-    ("sampler", "euler", "sampling.sampler must be one of ddpm, ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde; got 'euler'"),
+    ("sampler", "euler",
+     "sampling.sampler must be one of ddpm, ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, unipc; got 'euler'"),
     ("dynamic_threshold", 1.5, "sampling.dynamic_threshold must be from 0.0 to 1.0; got 1.5"),
 ])
 def test_bad_sampling_values_name_the_field(field, value, message):

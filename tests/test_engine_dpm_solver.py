@@ -13,6 +13,7 @@ from ddpm_studio.engine.diffusion import GaussianDiffusion
 from ddpm_studio.engine.dpm_solver import (DPMSolverPP, dpm_solver_sample_loop_progressive, dpm_solver_timesteps,
                                            threshold_x0)
 from ddpm_studio.engine.schedules import NoiseSchedule
+from ddpm_studio.engine.unipc import unipc_sample_loop_progressive
 
 F64 = torch.float64
 DIFFUSERS_PREDICTION = {"epsilon": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -220,17 +221,17 @@ def gaussian_model(d: GaussianDiffusion, mu: float, s: float):
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "quadratic", "sigmoid"])
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
-def test_exact_denoiser_gives_the_data_and_beats_ddim_at_few_steps(kind, prediction):
+@pytest.mark.parametrize("loop", [dpm_solver_sample_loop_progressive, unipc_sample_loop_progressive],
+                         ids=["dpm-solver++", "unipc"])
+def test_exact_denoiser_gives_the_data_and_beats_ddim_at_few_steps(kind, prediction, loop):
     mu, s = 0.3, 0.5
     d = _diffusion(kind, prediction=prediction)
     model = gaussian_model(d, mu, s)
     for order in (2, 3):
-        x = list(dpm_solver_sample_loop_progressive(d, model, (1,), steps=50, order=order, clip_denoised=False,
-                                                    noise=_quantile_noise()))[-1].x_t
+        x = list(loop(d, model, (1,), steps=50, order=order, clip_denoised=False, noise=_quantile_noise()))[-1].x_t
         assert abs(x.mean().item() - mu) < 0.02 * mu and abs(x.std().item() - s) < 0.02 * s, (order, x.std().item())
-    for n in (5, 10, 20):  # the spread a deterministic few-step chain loses: DPM-Solver++ loses less than DDIM
-        dpm = list(dpm_solver_sample_loop_progressive(d, model, (1,), steps=n, clip_denoised=False,
-                                                      noise=_quantile_noise()))[-1].x_t
+    for n in (5, 10, 20):  # the spread a deterministic few-step chain loses: the solver (order 2) loses less than DDIM
+        dpm = list(loop(d, model, (1,), steps=n, clip_denoised=False, noise=_quantile_noise()))[-1].x_t
         ddim = list(d.ddim_sample_loop_progressive(model, (1,), steps=n, clip_denoised=False,
                                                    noise=_quantile_noise()))[-1].x_t
         assert abs(dpm.std().item() - s) < abs(ddim.std().item() - s), n
@@ -248,7 +249,7 @@ def test_sde_variant_with_the_exact_denoiser_samples_the_data():
 
 def test_dispatch_same_seed_same_images_and_prompt_stop():
     d = _diffusion("cosine", T=100, prediction="v")
-    for sampler in ("dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde"):
+    for sampler in ("dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc"):  # the multistep solvers
         cfg = SamplingConfig(sampler=sampler, steps=8, seed=3)
         a = list(d.sample_progressive(toy_model, (2, 3, 8, 8), cfg))
         assert len(a) == 8 and a[0].t == 99

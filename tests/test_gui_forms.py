@@ -29,7 +29,8 @@ def test_widgets_labels_and_tooltips_come_from_the_schema(qtbot):
     assert isinstance(w["keep_checkpoints"], QSpinBox) and isinstance(w["preview_sampler"], QComboBox)
     assert (w["keep_checkpoints"].minimum(), w["keep_checkpoints"].maximum()) == (1, 1000)
     combo = w["preview_sampler"]
-    assert [combo.itemData(i) for i in range(combo.count())] == ["ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde"]
+    assert [combo.itemData(i) for i in range(combo.count())] == ["ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde",
+                                                                   "unipc"]
     knob = next(s for s in settings_of(TrainConfig) if s.name == "keep_checkpoints").knob
     assert w["keep_checkpoints"].toolTip() == knob.help
     labels = [lbl.text() for lbl in form.findChildren(QLabel)]

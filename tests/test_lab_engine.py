@@ -1,7 +1,7 @@
-"""Resuming an engine chain mid-way (start_index, DPM-Solver++ history): the lab's branch point.
+"""Resuming an engine chain mid-way (start_index, DPM-Solver++ / UniPC history): the lab's branch point.
 
 Oracle: a chain resumed at step k from the x it held there, with the generator in the state it had
-there (and DPM-Solver++'s earlier x̂0), continues exactly as the uninterrupted chain.
+there (and DPM-Solver++'s or UniPC's earlier x̂0), continues exactly as the uninterrupted chain.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from training_support import one_thread  # noqa: F401
 from ddpm_studio.config import SamplingConfig
 
 CASES = [("ddpm", 20, 0.0), ("ddim", 10, 0.0), ("ddim", 10, 1.0), ("dpmpp-2m", 8, 0.0), ("dpmpp-3m", 8, 0.0),
-         ("dpmpp-2m-sde", 8, 0.0)]
+         ("dpmpp-2m-sde", 8, 0.0), ("unipc", 8, 0.0)]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

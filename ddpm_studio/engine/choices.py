@@ -50,6 +50,7 @@ class Sampler(Choice):
     DPMPP_2M = "dpmpp-2m"
     DPMPP_3M = "dpmpp-3m"
     DPMPP_2M_SDE = "dpmpp-2m-sde"
+    UNIPC = "unipc"
 
 
 class Spacing(Choice):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .choices import LossWeighting, Prediction, Variance
+from .choices import LossWeighting, Prediction, Sampler, Variance
 from .schedules import NoiseSchedule
 from .steps import (SPACINGS, _bounds, _check_start, _randn, check_spacing, check_steps,  # noqa: F401
                     clip_x0, ddim_timesteps, trailing_timesteps)
@@ -34,6 +34,8 @@ LOSS_WEIGHTINGS = LossWeighting.values()
 VARIANCES = Variance.values()
 # DPM-Solver++ samplers (engine/dpm_solver.py): name -> (solver order, stochastic SDE variant)
 DPM_SAMPLERS = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "dpmpp-2m-sde": (2, True)}
+# UniPC (engine/unipc.py): name -> its settings (see config.SAMPLER_INFO for why this order)
+UNIPC_SAMPLERS = {"unipc": dict(order=2, solver_type="bh1")}
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -309,7 +311,7 @@ class GaussianDiffusion:
                            history: list[torch.Tensor] | None = None) -> Iterator[StepResult]:
         """Dispatch on ``sampling.sampler``; without a generator one is seeded from ``sampling.seed``.
         ``noise`` (x_T) and ``dtype`` as for the loops. ``start_index`` k > 0 resumes a chain at its
-        step k from ``noise`` = the x it held there; DPM-Solver++ also takes ``history``, the
+        step k from ``noise`` = the x it held there; DPM-Solver++ and UniPC also take ``history``, the
         pred_x0 of the steps before k (oldest first; the solver keeps at most its order of them)."""
         if generator is None:
             generator = torch.Generator().manual_seed(int(sampling.seed))
@@ -332,8 +334,14 @@ class GaussianDiffusion:
                 self, model, shape, steps=sampling.steps, order=order, sde=sde,
                 spacing=getattr(sampling, "spacing", "trailing"), generator=generator, device=device,
                 should_stop=should_stop, history=history, **bounds)
-        raise ValueError(f"sampling.sampler must be one of ddpm, ddim, {', '.join(DPM_SAMPLERS)}; got "
-                         f"{sampling.sampler!r}")
+        if sampling.sampler in UNIPC_SAMPLERS:
+            from .unipc import unipc_sample_loop_progressive
+
+            return unipc_sample_loop_progressive(
+                self, model, shape, steps=sampling.steps, spacing=getattr(sampling, "spacing", "trailing"),
+                generator=generator, device=device, should_stop=should_stop, history=history,
+                **UNIPC_SAMPLERS[sampling.sampler], **bounds)
+        raise ValueError(f"sampling.sampler must be one of {', '.join(Sampler.values())}; got {sampling.sampler!r}")
 
     def sample(self, model: Model, shape, sampling: "SamplingConfig", **kwargs) -> torch.Tensor | None:
         """Drain :meth:`sample_progressive` and return the last x_t: x_0 when the chain ran to the end

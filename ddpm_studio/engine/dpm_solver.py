@@ -81,26 +81,30 @@ def threshold_x0(x0: torch.Tensor, *, clip: bool = True, dynamic: float | None =
                    dynamic_threshold=dynamic if dynamic else None, threshold_max=max_value)
 
 
-class DPMSolverPP:
-    """One DPM-Solver++ chain: ``timesteps`` and a ``step`` that keeps the previous x_0 estimates.
-
-    ``step(model_output, i, x)`` must be called for i = 0, 1, ... in order (as diffusers'
-    ``scheduler.step``); it takes the network's raw output at ``timesteps[i]`` and returns
-    ``(x_next, pred_x0)``, x_next being at ``timesteps[i + 1]`` (after the last step: x_0).
+class MultistepSolver:
+    """What the multistep solvers share (DPM-Solver++ here, UniPC in unipc.py): the visited timesteps,
+    alpha, sigma and lambda there and at the end point x_0, the x_0 bound, and the last ``order``
+    x_theta estimates. ``step(model_output, i, x)`` must be called for i = 0, 1, ... in order (as
+    diffusers' ``scheduler.step``); it takes the network's raw output at ``timesteps[i]`` and
+    returns ``(x_next, pred_x0)``, x_next being at ``timesteps[i + 1]`` (after the last step: x_0).
+    ``timesteps`` (descending, distinct, from 0 .. T-1) replaces the spacing when given.
     """
 
-    def __init__(self, diffusion: "GaussianDiffusion", steps: int, *, order: int = 2, sde: bool = False,
-                 spacing: str = "trailing", lower_order_final: bool = True, clip_denoised: bool = True,
+    name = "multistep solver"
+
+    def __init__(self, diffusion: "GaussianDiffusion", steps: int, *, order: int, spacing: str = "trailing",
+                 lower_order_final: bool = True, clip_denoised: bool = True,
                  dynamic_threshold: float | None = None, threshold_max: float = math.inf,
-                 clip_range: float = 1.0) -> None:
+                 clip_range: float = 1.0, timesteps: list[int] | None = None) -> None:
         if order not in ORDERS:
-            raise ValueError(f"DPM-Solver++ order must be one of {', '.join(map(str, ORDERS))}; got {order!r}")
+            raise ValueError(f"{self.name} order must be one of {', '.join(map(str, ORDERS))}; got {order!r}")
         dynamic_threshold = float(dynamic_threshold or 0.0)
         if not 0.0 <= dynamic_threshold <= 1.0:
             raise ValueError(f"sampling.dynamic_threshold must be from 0 to 1; got {dynamic_threshold!r}")
         self.diffusion = diffusion
-        self.timesteps = dpm_solver_timesteps(diffusion.T, steps, spacing)
-        self.order, self.sde, self.lower_order_final = order, sde, lower_order_final
+        self.timesteps = (dpm_solver_timesteps(diffusion.T, steps, spacing) if timesteps is None
+                          else _checked_timesteps(diffusion.T, timesteps))
+        self.order, self.lower_order_final = order, lower_order_final
         self.clip_denoised, self.dynamic_threshold, self.threshold_max = clip_denoised, dynamic_threshold, threshold_max
         self.clip_range = clip_range
         ab = diffusion.schedule.alphas_cumprod  # float64
@@ -122,6 +126,40 @@ class DPMSolverPP:
     def __len__(self) -> int:
         return len(self.timesteps)
 
+    def needs_noise(self, i: int) -> bool:
+        """Whether step i adds fresh noise (only stochastic solvers do)."""
+        return False
+
+    def denoise(self, model_output: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        """x_theta(x, t_i): the network's output turned into x_0, then clipped or thresholded."""
+        x0, _ = self.diffusion.predict_x0_and_eps(model_output, x, int(self.timesteps[i]))
+        return threshold_x0(x0, clip=self.clip_denoised, dynamic=self.dynamic_threshold, max_value=self.threshold_max,
+                            clip_range=self.clip_range)
+
+    def _check_order_of_calls(self, i: int) -> None:
+        if i != self._next:
+            raise ValueError(f"{type(self).__name__}.step must be called for steps 0, 1, ... in order; expected "
+                             f"{self._next}, got {i}")
+
+
+def _checked_timesteps(T: int, timesteps) -> list[int]:
+    ts = [int(t) for t in timesteps]
+    if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[0] > T - 1 or ts[-1] < 0:
+        raise ValueError(f"timesteps must be distinct and descending from at most T-1={T - 1} to at least 0; "
+                         f"got {ts}")
+    return ts
+
+
+class DPMSolverPP(MultistepSolver):
+    """One DPM-Solver++ chain (orders 1-3, ``sde`` for the SDE variant); see :class:`MultistepSolver`."""
+
+    name = "DPM-Solver++"
+
+    def __init__(self, diffusion: "GaussianDiffusion", steps: int, *, order: int = 2, sde: bool = False,
+                 **kwargs) -> None:
+        super().__init__(diffusion, steps, order=order, **kwargs)
+        self.sde = sde
+
     def order_at(self, i: int) -> int:
         """The order step i is taken at: warm-up from 1, first order into x_0, diffusers' lower_order_final."""
         n = len(self.timesteps)
@@ -136,17 +174,9 @@ class DPMSolverPP:
         """Whether step i adds fresh noise (SDE variant, every step but the one into x_0)."""
         return self.sde and self.sigma[i + 1] > 0
 
-    def denoise(self, model_output: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
-        """x_theta(x, t_i): the network's output turned into x_0, then clipped or thresholded."""
-        x0, _ = self.diffusion.predict_x0_and_eps(model_output, x, int(self.timesteps[i]))
-        return threshold_x0(x0, clip=self.clip_denoised, dynamic=self.dynamic_threshold, max_value=self.threshold_max,
-                            clip_range=self.clip_range)
-
     def step(self, model_output: torch.Tensor, i: int, x: torch.Tensor,
              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if i != self._next:
-            raise ValueError(f"DPMSolverPP.step must be called for steps 0, 1, ... in order; expected {self._next}, "
-                             f"got {i}")
+        self._check_order_of_calls(i)
         m0 = self.denoise(model_output, x, i)
         self.history = (self.history + [m0])[-self.order:]
         order = min(self.order_at(i), len(self.history))  # a resumed chain may hold fewer estimates
@@ -200,7 +230,8 @@ def dpm_solver_sample_loop_progressive(diffusion: "GaussianDiffusion", model: "M
                                        noise: torch.Tensor | None = None, device=None,
                                        should_stop: Callable[[], bool] | None = None,
                                        dtype: torch.dtype | None = None, start_index: int = 0,
-                                       history: list[torch.Tensor] | None = None) -> Iterator[StepResult]:
+                                       history: list[torch.Tensor] | None = None,
+                                       timesteps: list[int] | None = None) -> Iterator[StepResult]:
     """DPM-Solver++ (order 1-3, ODE or SDE) from x_T: yields one StepResult per network call.
 
     ``noise`` is x_T (else drawn from ``generator``); the SDE variant then draws one noise tensor
@@ -211,13 +242,23 @@ def dpm_solver_sample_loop_progressive(diffusion: "GaussianDiffusion", model: "M
     """
     solver = DPMSolverPP(diffusion, steps, order=order, sde=sde, spacing=spacing, lower_order_final=lower_order_final,
                          clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold, threshold_max=threshold_max,
-                         clip_range=clip_range)
+                         clip_range=clip_range, timesteps=timesteps)
+    yield from multistep_chain(solver, model, shape, generator=generator, noise=noise, device=device,
+                               should_stop=should_stop, dtype=dtype, start_index=start_index, history=history)
+
+
+def multistep_chain(solver: MultistepSolver, model: "Model", shape, *, generator: torch.Generator | None = None,
+                    noise: torch.Tensor | None = None, device=None, should_stop: Callable[[], bool] | None = None,
+                    dtype: torch.dtype | None = None, start_index: int = 0,
+                    history: list[torch.Tensor] | None = None) -> Iterator[StepResult]:
+    """Drive one multistep solver from x_T (``noise``, else drawn from ``generator``): one network call
+    and one StepResult per step; noise for a stochastic step is drawn after its network call."""
     n = len(solver)
     _check_start(start_index, n, noise)
     if start_index > 0:
         solver.resume_at(start_index, history)
     with torch.inference_mode():
-        x, device = diffusion._start(model, shape, noise, device, dtype, generator)
+        x, device = solver.diffusion._start(model, shape, noise, device, dtype, generator)
         solver.history = [h.to(device=x.device, dtype=x.dtype) for h in solver.history]  # a resumed chain's
         B = x.shape[0]
         for i, t in enumerate(solver.timesteps):

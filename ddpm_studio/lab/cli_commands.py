@@ -26,7 +26,8 @@ def _source(p: argparse.ArgumentParser) -> None:
 def _sampler_flags(p: argparse.ArgumentParser, cli, default: str) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, metavar="|".join(SAMPLERS), help=f"default {default}")
     p.add_argument("--sampling-steps", type=cli._positive_int, metavar="K",
-                   help="network calls for ddim / dpmpp-* (default: the sampler's own: ddim 50, dpmpp-* 20)")
+                   help="network calls for ddim / dpmpp-* / unipc (default: the sampler's own: ddim 50, "
+                        "dpmpp-* 20, unipc 10)")
     p.add_argument("--eta", type=cli._float, default=0.0, metavar="E", help="DDIM eta (default 0)")
     p.add_argument("--spacing", choices=SPACINGS, metavar="|".join(SPACINGS), help="default: the run's")
 
