@@ -282,11 +282,11 @@ def test_a_task_runs_on_a_thread_below_the_uis_priority(qtbot):
 def test_the_workers_nice_can_be_chosen_and_nonsense_is_ignored():
     from ddpm_studio.gui.workers import _worker_nice
 
-    assert _worker_nice({}) == 10
+    assert _worker_nice({}) == 2
     assert _worker_nice({"DDPM_STUDIO_WORKER_NICE": "0"}) == 0  # the UI's own priority
     assert _worker_nice({"DDPM_STUDIO_WORKER_NICE": "5"}) == 5
-    assert _worker_nice({"DDPM_STUDIO_WORKER_NICE": "25"}) == 10
-    assert _worker_nice({"DDPM_STUDIO_WORKER_NICE": "x"}) == 10
+    assert _worker_nice({"DDPM_STUDIO_WORKER_NICE": "25"}) == 2
+    assert _worker_nice({"DDPM_STUDIO_WORKER_NICE": "x"}) == 2
 
 
 def test_grid_axis_looks_like_pyqtgraphs_grid_and_lies_beneath_the_data(qtbot):

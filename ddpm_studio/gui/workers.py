@@ -115,9 +115,14 @@ class _Worker(QObject):
             self.finished.emit()
 
 
-def _worker_nice(environ=os.environ, default: int = 10) -> int:
+def _worker_nice(environ=os.environ, default: int = 2) -> int:
     """How many nice levels below the UI thread worker threads run (Linux): DDPM_STUDIO_WORKER_NICE
-    (0-19; 0 = the UI's own priority), else ``default``."""
+    (0-19; 0 = the UI's own priority, with a core left for the UI), else ``default``.
+
+    2 (BENCHMARKS.md, "Training from the window against the CLI"): on an idle 2-core machine nice 0,
+    2, 5 and 10 all trained at 0.92-0.96x the CLI with UI stalls of 20-35 ms; beside two busy
+    programs in the same scheduling group, the window trained at 78, 50, 23 and 3 images/s
+    respectively, and at nice 0 the UI stalled 70 ms. Nice 2 keeps both."""
     text = environ.get("DDPM_STUDIO_WORKER_NICE", "")
     return int(text) if text.strip().isdigit() and 0 <= int(text) <= 19 else default
 
