@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -108,7 +109,9 @@ def _value_parser(setting: Setting) -> Callable[[str], Any]:
         if setting.kind == "float":
             return _positive_float(text) if lo is not None and lo > 0 else _float(text)
         if setting.kind.startswith("tuple["):
-            parts = [p for p in text.replace(" ", ",").split(",") if p]
+            if text.startswith("@"):
+                text = _numbers_file(text[1:])
+            parts = [p for p in text.replace(" ", ",").replace("\n", ",").split(",") if p]
             if text.strip().lower() == "none":
                 return ()
             one = int if setting.kind == "tuple[int, ...]" else float
@@ -121,6 +124,20 @@ def _value_parser(setting: Setting) -> Callable[[str], Any]:
 
     parse.__name__ = setting.kind  # argparse names the type in its "invalid ... value" message
     return parse
+
+
+def _numbers_file(path: str) -> str:
+    """The numbers in ``path`` (a JSON list, or numbers separated by commas, spaces or lines) as text."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            return ",".join(str(float(v)) for v in json.loads(text))
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"{path} is not a JSON list of numbers") from None
+    return text
 
 
 # What the CLI says about a flag besides the field's own help line.

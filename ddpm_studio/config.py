@@ -305,8 +305,9 @@ class DiffusionConfig:
                                help="none = the paper's L_simple; min_snr = Hang et al. 2023")
     min_snr_gamma: float = knob(5.0, lo=0.01, hi=1000.0, label="Min-SNR gamma", metavar="G",
                                 help="gamma of min-SNR weighting (used only when loss_weighting=min_snr)")
-    betas: tuple[float, ...] | None = knob(None, flag="", label="Explicit betas",
-                                           help="explicit beta_1..beta_T (imported models); overrides schedule")
+    betas: tuple[float, ...] | None = knob(None, label="Explicit betas", metavar="B,B,...|@FILE",
+                                           help="explicit beta_1..beta_T (imported models; @FILE: a JSON list or "
+                                                "numbers one per line); overrides schedule")
 
     def validate(self) -> None:
         validate_section(self)

@@ -226,9 +226,9 @@ def test_train_help_lists_a_flag_for_every_model_diffusion_data_and_train_field(
     text = capsys.readouterr().out
     missing = [s.key for cls in (ModelConfig, DiffusionConfig, DataConfig, TrainConfig) for s in settings_of(cls)
                if s.flag is None or s.flag not in text]
-    # set another way: data decides the network's size and channels, --preset names the shape, betas come
-    # only from a config file or an imported model
-    assert missing == ["model.preset", "model.image_size", "model.in_channels", "diffusion.betas"]
+    # set another way: data decides the network's size and channels (--image-size, --channels), --preset
+    # names the shape
+    assert missing == ["model.preset", "model.image_size", "model.in_channels"]
     assert "--flip, --no-flip" in text and "--ema-warmup, --no-ema-warmup" in text
 
 
@@ -246,6 +246,26 @@ def test_schema_flags_reach_the_config(tmp_path):
     assert cfg.model.base_channels == 16 and cfg.model.channel_mult == (1, 2) and cfg.model.attention_resolutions == ()
     assert cfg.model.preset == "custom" and cfg.train.ema_warmup is False
     assert cfg.train.steps is None and cfg.train.minutes == 2.0  # the clock ends the run
+
+
+def test_explicit_betas_come_from_a_list_or_a_file(tmp_path, capsys):
+    import json
+
+    from ddpm_studio.cli import _train_config, build_parser
+
+    betas = [1e-4 + 0.02 * i / 9 for i in range(10)]
+    (tmp_path / "b.json").write_text(json.dumps(betas))
+    (tmp_path / "b.txt").write_text("\n".join(map(str, betas)) + "\n")
+    for value in ("@" + str(tmp_path / "b.json"), "@" + str(tmp_path / "b.txt"), ",".join(map(str, betas))):
+        args = build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--timesteps", "10",
+                                          "--betas", value])
+        assert _train_config(args).diffusion.betas == pytest.approx(tuple(betas))
+    (tmp_path / "bad.json").write_text('["a"]')
+    for bad, words in (("@" + str(tmp_path / "none.json"), "cannot read"), ("@" + str(tmp_path / "bad.json"),
+                                                                                "not a JSON list of numbers")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--out", str(tmp_path / "r"), "--betas", bad])
+        assert words in capsys.readouterr().err
 
 
 def test_old_no_step_limit_configs_load_as_none():
