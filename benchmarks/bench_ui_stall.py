@@ -31,45 +31,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-lab", action="store_true", help="skip the Lab's compare board and interpolation")
     args = p.parse_args(argv)
 
-    from PySide6.QtCore import QElapsedTimer, QTimer
-
-    from window_support import open_window  # same folder
+    from window_support import close_window, open_window, ui_gaps  # same folder
 
     app, win, run_for, _ = open_window(args.image_size, "ddpm-stall-")
 
-    gaps: list[float] = []
-    clock = QElapsedTimer()
-    last = [0]
-
-    def tick():
-        now = clock.elapsed()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(tick)
-
     def measure(name: str, seconds: float, until=None) -> dict:
-        gaps.clear()
-        clock.start()
-        last[0] = 0
-        timer.start()
-        # the event loop proper, as in the app (exec), with a stop timer
-        from PySide6.QtCore import QEventLoop
-
-        loop = QEventLoop()
-        stop = QTimer()
-        stop.setSingleShot(True)
-        stop.timeout.connect(loop.quit)
-        stop.start(int(seconds * 1000))
-        if until is not None:
-            poll = QTimer()
-            poll.timeout.connect(lambda: until() and loop.quit())
-            poll.start(50)
-        loop.exec()
-        timer.stop()
-        g = sorted(gaps[1:]) or [0]
+        g = sorted(ui_gaps(seconds, until)) or [0]
         res = dict(name=name, ticks=len(g), max_ms=g[-1], p99_ms=g[int(0.99 * (len(g) - 1))],
                    median_ms=statistics.median(g))
         print(f"{name:>10}: {res['ticks']:5d} ticks · longest gap {res['max_ms']:.0f} ms · "
@@ -146,8 +113,7 @@ def main(argv=None) -> int:
     print(f"machine load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"longest UI stall: training {training['max_ms']:.0f} ms, sampling {sampling['max_ms']:.0f} ms{lab_text} "
           f"(goal < 50 ms: {'met' if worst < 50 else 'NOT met'}); idle {idle['max_ms']:.0f} ms")
-    win.confirm = lambda q: True
-    win.close()
+    close_window(win)
     return 0
 
 

@@ -54,30 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=10, help="steps between logged losses (the default)")
     args = p.parse_args(argv)
 
-    from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer
-
-    from window_support import open_window  # same folder
+    from window_support import close_window, open_window, ui_gaps  # same folder
 
     app, win, run_for, tmp = open_window(args.image_size, "ddpm-wintrain-")
-
-    def longest_gap(seconds: float) -> float:
-        gaps, clock, last = [], QElapsedTimer(), [0]
-
-        def tick():
-            now = clock.elapsed()
-            gaps.append(now - last[0])
-            last[0] = now
-
-        timer = QTimer()
-        timer.setInterval(10)
-        timer.timeout.connect(tick)
-        clock.start()
-        timer.start()
-        loop = QEventLoop()
-        QTimer.singleShot(int(seconds * 1000), loop.quit)
-        loop.exec()
-        timer.stop()
-        return max(gaps[1:] or [0])
 
     print(f"{args.preset} at {args.image_size} px, batch {args.batch_size}; window: {win.device_label.text()}")
 
@@ -94,7 +73,7 @@ def main(argv=None) -> int:
         tp.start()
         run_for(120, until=lambda: tp.metrics_received > 0)
         run_for(args.warmup)
-        stall = longest_gap(args.seconds)
+        stall = max(ui_gaps(args.seconds) or [0])
         run_dir = Path(tp.run_dir)
         tp.stop()
         run_for(120, until=lambda: not tp.is_running())
@@ -105,8 +84,7 @@ def main(argv=None) -> int:
               f"longest UI stall while training {stall:.0f} ms · load {os.getloadavg()[0]:.1f}")
     print(f"window / CLI images/s: median {statistics.median(ratios):.2f} (goal >= 0.9); "
           f"longest stall {max(stalls):.0f} ms (goal <= 50 ms); {os.cpu_count()} cores")
-    win.confirm = lambda q: True
-    win.close()
+    close_window(win)
     return 0
 
 

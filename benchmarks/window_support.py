@@ -37,3 +37,41 @@ def open_window(image_size: int, prefix: str = "ddpm-bench-"):
     # the device probe imports torch on a worker thread; that one-off import is not what is measured
     run_for(120, until=lambda: "detecting" not in win.device_label.text())
     return app, win, run_for, tmp
+
+
+def close_window(win) -> None:
+    """Close without the "work is running" question."""
+    win.confirm = lambda q: True
+    win.close()
+
+
+def ui_gaps(seconds: float, until=None) -> list[float]:
+    """Run the event loop proper (``exec``, as the app does) for ``seconds`` or until ``until()``,
+    with a 10 ms QTimer on the UI thread: the gaps between its firings (ms), the first left out."""
+    from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer
+
+    gaps, clock, last = [], QElapsedTimer(), [0]
+
+    def tick():
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(tick)
+    clock.start()
+    timer.start()
+    loop = QEventLoop()
+    stop = QTimer()
+    stop.setSingleShot(True)
+    stop.timeout.connect(loop.quit)
+    stop.start(int(seconds * 1000))
+    poll = QTimer()
+    if until is not None:
+        poll.timeout.connect(lambda: until() and loop.quit())
+        poll.start(50)
+    loop.exec()
+    timer.stop()
+    poll.stop()
+    return gaps[1:]
