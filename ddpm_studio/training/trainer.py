@@ -94,6 +94,7 @@ class Trainer:
             if dist.is_main and on_event is not None:
                 on_event(event)
 
+        finished = False
         try:
             device = self._device(dist)
             dist.init(device.type == "cuda")
@@ -101,14 +102,16 @@ class Trainer:
             # naming the process that holds it. The lock dies with its process (even kill -9).
             lock = runs.RunLock(self.run_dir).acquire() if dist.is_main else None
             try:
-                return self._session(control, dist, emit, device)
+                result = self._session(control, dist, emit, device)
             except _Stopped as e:
-                return e.result
+                result = e.result
             finally:
                 if lock is not None:
                     lock.release(remove_folder_if_unused=True)
+            finished = True
+            return result
         finally:
-            dist.close()
+            dist.close(wait_for_peers=finished)
 
     # -- setup, one stage per function ----------------------------------------------------------
 
