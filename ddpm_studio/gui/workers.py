@@ -113,6 +113,13 @@ class _Worker(QObject):
             self.succeeded.emit(result)
         finally:
             self.finished.emit()
+            # Handed back to the UI thread, to be destroyed there (when the Task lets go of it): a
+            # Python-made QObject destroyed on this thread calls into Python (for the GIL) while Qt
+            # holds a signal-slot lock, and a UI thread that holds the GIL and waits for a lock of
+            # that pool (any connect, e.g. QStatusBar.showMessage) deadlocks with it.
+            app = QCoreApplication.instance()
+            if app is not None:
+                self.moveToThread(app.thread())
 
 
 def _worker_nice(environ=os.environ, default: int = 2) -> int:
@@ -208,7 +215,6 @@ class Task(QObject):
         # quit() is thread-safe; calling it directly from the worker's thread lets the thread end
         # even while the UI thread is blocked in wait() (a queued call would deadlock there).
         w.finished.connect(th.quit, Qt.ConnectionType.DirectConnection)
-        w.finished.connect(w.deleteLater)
         th.finished.connect(self._on_thread_finished)
         self._started = False
         self._done = False
@@ -251,8 +257,9 @@ class Task(QObject):
         if th is not None:
             th.wait()
             th.deleteLater()
+        if self._worker is not None:  # back on this thread (see _Worker.run); after what it has queued
+            self._worker.deleteLater()
         self._thread = None
-        self._worker = None
         self._done = True
         _RUNNING.discard(self)
         self.finished.emit()
