@@ -2,8 +2,9 @@
 
 The pattern (napari, Orange3): a plain function ``fn(state)`` does the work and reports through a
 :class:`TaskState` (``should_stop()``, ``progress()``, ``emit()``); a :class:`_Worker` QObject
-moved to a fresh ``QThread`` runs it (``started → run``, ``finished → quit / deleteLater``) and only
-relays; the UI holds a :class:`Task`, whose signals it connects to.
+moved to a fresh ``QThread`` runs it (``started → run``, ``finished → quit``) and only relays, then
+moves itself back to the UI thread, where the Task deletes it once the thread has ended (never on its
+own thread: see the end of ``_Worker.run``); the UI holds a :class:`Task`, whose signals it connects to.
 
 - Stopping is a ``threading.Event`` set directly from the UI thread (a queued slot would never run
   while the worker's thread is busy); the service checks it between steps.
