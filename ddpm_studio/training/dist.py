@@ -78,8 +78,11 @@ class Dist:
         at exit ("terminate called without an active exception", 2 of 8 two-process CPU runs).
         After a failure it does not wait, since the peer may be gone."""
         if self.owns_group:
+            import gc
+
             import torch.distributed as dist
 
+            gc.collect()  # a DDP wrapper left in a reference cycle goes now, not at interpreter exit
             if wait_for_peers:
                 with contextlib.suppress(Exception):
                     dist.barrier()
