@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     ratios, stalls = [], []
     for r in range(args.rounds):
         cli = cli_round(args, tmp / f"cli{r}")
-        tp.new_run() if tp.run_dir else None
+        if tp.run_dir:
+            tp.new_run()
         tp.apply_preset(args.preset)
         tp.steps_spin.setValue(1_000_000)
         tp.batch_spin.setValue(args.batch_size)

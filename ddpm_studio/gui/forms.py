@@ -74,9 +74,10 @@ class NumberSpinBox(QDoubleSpinBox):
         lo = s.knob.lo if s.knob.lo is not None else -1e12
         hi = s.knob.hi if s.knob.hi is not None else 1e12
         self.log_steps = lo > 0 and hi / lo >= 1e4
-        self.setDecimals(12 if self.log_steps else _decimals(s))
+        shown = _decimals(s)
+        self.setDecimals(12 if self.log_steps else shown)
         self.setRange(lo, hi)
-        self.setSingleStep(_float_step(s.default, _decimals(s), s.knob.hi))
+        self.setSingleStep(_float_step(s.default, shown, s.knob.hi))
         self.setKeyboardTracking(False)
 
     def textFromValue(self, value: float) -> str:  # noqa: N802 - Qt's name

@@ -146,8 +146,8 @@ def lower_this_threads_priority(setpriority=None, getpriority=None, tid: int | N
     lowered (then torch may use every core: :func:`ddpm_studio.gui.jobs.threads_for_workers`).
     """
     if not sys.platform.startswith("linux"):
-        thread = QThread.currentThread()
-        if thread is not None and thread is not QCoreApplication.instance().thread():
+        app, thread = QCoreApplication.instance(), QThread.currentThread()
+        if app is not None and thread is not None and thread is not app.thread():
             thread.setPriority(QThread.Priority.LowPriority)
         return False
     setpriority = setpriority or os.setpriority
