@@ -11,7 +11,8 @@ Run by hand (figures into BENCHMARKS.md with the command and `uptime`):
 For each preset:size:batch, every variant is timed in turn, round after round (so a change in the
 machine's load hits all of them alike), and the best round of each is printed with its ratio to
 fp32. A training step is the trainer's own: GaussianDiffusion.training_losses under
-``engine.devices.autocast``, backward, AdamW(foreach). Sampling is one DDIM step (a forward pass
+``engine.devices.autocast``, backward, the trainer's AdamW (``make_adamw``: fused on a CPU).
+Sampling is one DDIM step (a forward pass
 under inference_mode) on a batch of 16. The CPU's bf16 support is printed first: where it is not
 native (no AVX-512 BF16 / AMX), bf16 is emulated and much slower.
 """
@@ -46,9 +47,10 @@ def _setup(preset: str, size: int, batch: int, variant: str):
 
 def train_rate(preset, size, batch, variant, steps):
     from ddpm_studio.engine.devices import autocast
+    from ddpm_studio.training.trainer import make_adamw
 
     cfg, model, net, diffusion, x = _setup(preset, size, batch, variant)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    opt = make_adamw(model.parameters(), torch.device("cpu"), lr=1e-4, weight_decay=0.0)
     precision = "bf16" if variant.startswith("bf16") else "fp32"
     g = torch.Generator().manual_seed(0)
 

@@ -147,6 +147,30 @@ def logsnr_timesteps(diffusion, steps: int) -> list[int]:
     return ts
 
 
+def karras_timesteps(diffusion, steps: int, rho: float = 7.0) -> list[int]:
+    """Karras et al.'s (EDM) spacing: sigma_i = (smax^(1/rho) + i/steps (smin^(1/rho) - smax^(1/rho)))^rho for
+    i = 0..steps-1, from sigma(T-1) towards sigma(0) (the end point, where the chain goes to x_0, is not
+    evaluated), each mapped to the timestep of the nearest log-sigma."""
+    ab = diffusion.schedule.alphas_cumprod
+    log_sigma = 0.5 * np.log((1.0 - ab) / ab)  # increasing in t
+    smax, smin = np.exp(log_sigma[-1]), np.exp(log_sigma[0])
+    ramp = np.arange(steps) / steps
+    sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    ts = [int(np.argmin(np.abs(log_sigma - np.log(v)))) for v in sig]
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"Karras spacing repeats timesteps at {steps} steps: {ts}")
+    return ts
+
+
+def quadratic_timesteps(diffusion, steps: int) -> list[int]:
+    """DPM-Solver's "time_quadratic" spacing: t_i = (sqrt(T-1) (1 - i/steps))^2, i = 0..steps-1."""
+    T = diffusion.T
+    ts = [int(round(((T - 1) ** 0.5 * (1 - i / steps)) ** 2)) for i in range(steps)]
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"quadratic spacing repeats timesteps at {steps} steps: {ts}")
+    return ts
+
+
 def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int):
     """One chain of our engine's loop ``name`` with ``kwargs``; x_T from the seed as generate() draws it."""
     from ddpm_studio.engine.diffusion import DPM_SAMPLERS, UNIPC_SAMPLERS
@@ -157,6 +181,12 @@ def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int)
     if kw.get("spacing") == "logsnr":
         del kw["spacing"]
         kw["timesteps"] = logsnr_timesteps(d, steps)
+    elif kw.get("spacing") == "karras":
+        del kw["spacing"]
+        kw["timesteps"] = karras_timesteps(d, steps, float(kw.pop("rho", 7.0)))
+    elif kw.get("spacing") == "quadratic":
+        del kw["spacing"]
+        kw["timesteps"] = quadratic_timesteps(d, steps)
     common = dict(generator=torch.Generator().manual_seed(seed), device=loaded.device)
     shape = (n, *loaded.image_shape)
     if name == "ddim":

@@ -210,3 +210,27 @@ def test_previews_use_dpm_solver_with_20_steps_from_a_fixed_seed(tmp_path):
     x0 = loaded.diffusion.sample(model, (3, 3, 8, 8), sampling, generator=g)
     assert len(calls) == 20 and calls[0] == 39
     assert np.abs(to_uint8(x0).astype(int) - a[-1].images.astype(int)).max() <= 1
+
+
+def test_the_trainer_s_adamw_is_fused_on_a_cpu_and_steps_like_the_foreach_one():
+    """make_adamw picks the fused kernel on a CPU (where this torch has one), and one step of it moves
+    the weights as torch's foreach AdamW does, to float rounding."""
+    from ddpm_studio.training.trainer import make_adamw
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 4)
+    b = torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    start = a.weight.detach().clone()
+    fused = make_adamw(a.parameters(), torch.device("cpu"), lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1, foreach=True)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    assert (a.weight - start).abs().max() > 1e-3  # the steps moved the weights
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(a.bias, b.bias, rtol=1e-6, atol=1e-7)

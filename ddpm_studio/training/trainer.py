@@ -53,6 +53,19 @@ class _Stopped(Exception):
         self.result = result
 
 
+def make_adamw(params, device: torch.device, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW(0.9, 0.999) with the fused kernel on CUDA and on CPUs (torch >= 2.4: one pass over the
+    parameters instead of a dozen foreach ops; 3-4 % more images/s for the tiny preset on a CPU, see
+    BENCHMARKS.md), the foreach one elsewhere or where this torch has no fused CPU kernel."""
+    params = list(params)
+    if device.type in ("cuda", "cpu"):
+        try:
+            return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=True)
+        except (RuntimeError, TypeError):  # an older torch: no fused kernel for this device
+            pass
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, foreach=True)
+
+
 class Trainer:
     """Trains one run; see the module docstring. Construct cheaply, then call ``run`` (any thread)."""
 
@@ -226,9 +239,7 @@ class Trainer:
             model = build_model(cfg.model)
         model.to(device)
         ema = EMA(model, tc.ema_decay, warmup=tc.ema_warmup)
-        fused = device.type == "cuda"
-        optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.9, 0.999), weight_decay=tc.weight_decay,
-                                      **({"fused": True} if fused else {"foreach": True}))
+        optimizer = make_adamw(model.parameters(), device, lr=tc.lr, weight_decay=tc.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=(self.precision == "fp16" and device.type == "cuda"))
         start_step, counters = 0, {"images_seen": 0, "train_seconds": 0.0, "loss_smooth": None}
         if resumed is not None:
