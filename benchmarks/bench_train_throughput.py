@@ -3,6 +3,7 @@
 Run by hand:
     python benchmarks/bench_train_throughput.py [--presets tiny small ddpm-cifar10] [--sizes 16 32]
         [--batch 64] [--steps 3] [--cifar-steps 1] [--repeats 2] [--threads N] [--channels-last]
+        [--precision fp32|bf16]
 
 One training step = t and noise from a seeded generator, GaussianDiffusion.training_losses (L_simple),
 backward, AdamW(foreach=True) step -- identical for both networks, so the ratio measures the networks.
@@ -47,7 +48,9 @@ class _Sample(torch.nn.Module):
         return self.unet(x, t).sample
 
 
-def make_step(model, diffusion, batch, cfg, channels_last):
+def make_step(model, diffusion, batch, cfg, channels_last, precision="fp32"):
+    from ddpm_studio.engine.devices import autocast
+
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     gen = torch.Generator()
     x0 = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
@@ -58,9 +61,10 @@ def make_step(model, diffusion, batch, cfg, channels_last):
     def step():
         gen.manual_seed(k[0])
         k[0] += 1
-        loss, _ = diffusion.training_losses(model, x0, generator=gen)
+        with autocast("cpu", precision):
+            loss, _ = diffusion.training_losses(model, x0, generator=gen)
         opt.zero_grad(set_to_none=True)
-        loss.mean().backward()
+        loss.float().mean().backward()
         opt.step()
 
     return step
@@ -85,6 +89,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--channels-last", action="store_true", help="run our network in channels_last")
     ap.add_argument("--no-diffusers", action="store_true")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: both networks under the same CPU bf16 autocast (engine.devices.autocast)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +105,7 @@ def main() -> int:
     except ImportError:
         have_diffusers = False
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} thread(s), batch {args.batch}, "
-          f"channels_last={args.channels_last}")
+          f"channels_last={args.channels_last}, precision {args.precision}")
     print(f"{'preset':<14}{'px':>4}{'params ours':>14}{'params diff':>14}{'ours img/s':>12}{'diff img/s':>12}"
           f"{'ratio':>7}{'ours img/cpu-s':>16}{'diff img/cpu-s':>16}")
     for preset in args.presets:
@@ -111,13 +117,13 @@ def main() -> int:
                 ours = ours.to(memory_format=torch.channels_last)
             diffusion = GaussianDiffusion.from_config(cfg.diffusion)
             n = args.cifar_steps if preset == "ddpm-cifar10" else args.steps
-            runs = {"ours": make_step(ours, diffusion, args.batch, cfg.model, args.channels_last)}
+            runs = {"ours": make_step(ours, diffusion, args.batch, cfg.model, args.channels_last, args.precision)}
             n_diff = None
             if have_diffusers:
                 twin = diffusers_twin(ours.spec)
                 twin.load_state_dict(build_model(cfg.model).state_dict() if args.channels_last else ours.state_dict())
                 n_diff = count_parameters(twin)
-                runs["diff"] = make_step(_Sample(twin), diffusion, args.batch, cfg.model, False)
+                runs["diff"] = make_step(_Sample(twin), diffusion, args.batch, cfg.model, False, args.precision)
             best = {name: (float("inf"), float("inf")) for name in runs}
             for _ in range(args.repeats):
                 for name, step in runs.items():
