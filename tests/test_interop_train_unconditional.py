@@ -28,6 +28,7 @@ from ddpm_studio.artifacts.diffusers_format import load_diffusers_folder  # noqa
 from ddpm_studio.artifacts.loading import export_diffusers  # noqa: E402
 from ddpm_studio.artifacts.loading import load_model  # noqa: E402
 from ddpm_studio.artifacts.checkpoints import save_checkpoint  # noqa: E402
+from ddpm_studio.artifacts.loaded import ready_for_sampling  # noqa: E402
 
 F64 = torch.float64
 SIZE = 32
@@ -180,6 +181,7 @@ def test_imported_config_alone_rebuilds_the_model_and_the_process(trained, tmp_p
     assert cfg.to_dict() == loaded.config.to_dict()
     rebuilt = build_model(cfg.model)
     rebuilt.load_state_dict(loaded.model.state_dict())
+    ready_for_sampling(rebuilt, torch.device("cpu"))  # as every loader prepares a network (channels_last on a CPU)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     np.testing.assert_array_equal(diffusion.schedule.betas, loaded.diffusion.schedule.betas)
     theirs = diffusers.DDPMScheduler.from_pretrained(folder, subfolder="scheduler")

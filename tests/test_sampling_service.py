@@ -30,6 +30,23 @@ def trained_run(tmp_path_factory):
     return run
 
 
+def test_a_model_loaded_on_a_cpu_is_channels_last_and_computes_what_the_plain_one_does(trained_run):
+    """Loaders put conv weights in channels_last on a CPU (faster chains); the network is the same function."""
+    from ddpm_studio.engine.unet import build_model
+
+    loaded = load_model(trained_run, device="cpu")
+    convs = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    # (a 1x1 kernel or one input channel is laid out the same either way)
+    assert all(not c.weight.is_contiguous() for c in convs if c.kernel_size == (3, 3) and c.in_channels > 1)
+    plain = build_model(loaded.config.model).eval()
+    plain.load_state_dict(loaded.model.state_dict())
+    x = torch.randn(3, *loaded.image_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 500, loaded.diffusion.T - 1])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x, t), plain(x, t), rtol=1e-4, atol=1e-5)
+
+
 def test_load_run_and_checkpoint_file_give_the_same_ema_model(trained_run):
     a = load_model(trained_run, device="cpu")
     b = load_model(latest_checkpoint(trained_run), device="cpu")

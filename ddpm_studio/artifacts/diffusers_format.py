@@ -614,7 +614,7 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
     from ddpm_studio.engine.devices import select_device
     from ddpm_studio.engine.diffusion import GaussianDiffusion
     from ddpm_studio.engine.unet import build_model
-    from ddpm_studio.artifacts.loaded import LoadedModel
+    from ddpm_studio.artifacts.loaded import LoadedModel, ready_for_sampling
     from ddpm_studio.artifacts.checkpoints import load_weights_into
 
     path = Path(folder).expanduser()
@@ -656,7 +656,7 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
         raise DiffusersFormatError(f"{unet_dir / 'config.json'}: {e}") from None
     state, weights_file = load_unet_weights(unet_dir)
     load_weights_into(model, state, f"diffusers ({weights_file.name})")
-    model.to(dev).eval().requires_grad_(False)
+    ready_for_sampling(model, dev)
     diffusion = GaussianDiffusion.from_config(diff_cfg)
     return LoadedModel(model, diffusion, config, 0, str(path), notes)
 
