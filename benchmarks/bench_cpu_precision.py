@@ -12,9 +12,9 @@ For each preset:size:batch, every variant is timed in turn, round after round (s
 machine's load hits all of them alike), and the best round of each is printed with its ratio to
 fp32. A training step is the trainer's own: GaussianDiffusion.training_losses under
 ``engine.devices.autocast``, backward, the trainer's AdamW (``make_adamw``: fused on a CPU).
-Sampling is one DDIM step (a forward pass
-under inference_mode) on a batch of 16. The CPU's bf16 support is printed first: where it is not
-native (no AVX-512 BF16 / AMX), bf16 is emulated and much slower.
+Sampling is one DDIM step (a forward pass under inference_mode) on a batch of 16. The CPU's bf16
+support is printed first: where it is not native (no AVX-512 BF16 / AMX), bf16 is emulated and much
+slower.
 """
 
 from __future__ import annotations

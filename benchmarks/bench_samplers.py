@@ -135,6 +135,12 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
+def _distinct(ts: list[int], name: str, steps: int) -> list[int]:
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"{name} spacing repeats timesteps at {steps} steps: {ts}")
+    return ts
+
+
 def logsnr_timesteps(diffusion, steps: int) -> list[int]:
     """Timesteps whose log-SNR is uniform from t = T-1 towards t = 0: the nearest timestep to each of
     linspace(lambda_{T-1}, lambda_0, steps + 1) but the last (the chain's last step goes to x_0)."""
@@ -142,9 +148,7 @@ def logsnr_timesteps(diffusion, steps: int) -> list[int]:
     lam = 0.5 * np.log(ab / (1.0 - ab))  # decreasing in t
     targets = np.linspace(lam[-1], lam[0], steps + 1)[:-1]
     ts = [int(np.argmin(np.abs(lam - v))) for v in targets]
-    if len(set(ts)) != len(ts):
-        raise ValueError(f"log-SNR spacing repeats timesteps at {steps} steps: {ts}")
-    return ts
+    return _distinct(ts, "log-SNR", steps)
 
 
 def karras_timesteps(diffusion, steps: int, rho: float = 7.0) -> list[int]:
@@ -157,18 +161,17 @@ def karras_timesteps(diffusion, steps: int, rho: float = 7.0) -> list[int]:
     ramp = np.arange(steps) / steps
     sig = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
     ts = [int(np.argmin(np.abs(log_sigma - np.log(v)))) for v in sig]
-    if len(set(ts)) != len(ts):
-        raise ValueError(f"Karras spacing repeats timesteps at {steps} steps: {ts}")
-    return ts
+    return _distinct(ts, "Karras", steps)
 
 
 def quadratic_timesteps(diffusion, steps: int) -> list[int]:
     """DPM-Solver's "time_quadratic" spacing: t_i = (sqrt(T-1) (1 - i/steps))^2, i = 0..steps-1."""
     T = diffusion.T
     ts = [int(round(((T - 1) ** 0.5 * (1 - i / steps)) ** 2)) for i in range(steps)]
-    if len(set(ts)) != len(ts):
-        raise ValueError(f"quadratic spacing repeats timesteps at {steps} steps: {ts}")
-    return ts
+    return _distinct(ts, "quadratic", steps)
+
+
+BENCH_SPACINGS = {"logsnr": logsnr_timesteps, "karras": karras_timesteps, "quadratic": quadratic_timesteps}
 
 
 def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int):
@@ -178,15 +181,9 @@ def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int)
     from ddpm_studio.engine.unipc import unipc_sample_loop_progressive
 
     d, kw = loaded.diffusion, dict(kwargs)
-    if kw.get("spacing") == "logsnr":
-        del kw["spacing"]
-        kw["timesteps"] = logsnr_timesteps(d, steps)
-    elif kw.get("spacing") == "karras":
-        del kw["spacing"]
-        kw["timesteps"] = karras_timesteps(d, steps, float(kw.pop("rho", 7.0)))
-    elif kw.get("spacing") == "quadratic":
-        del kw["spacing"]
-        kw["timesteps"] = quadratic_timesteps(d, steps)
+    if kw.get("spacing") in BENCH_SPACINGS:  # spacings the engine does not have: explicit timesteps
+        extra = {"rho": float(kw.pop("rho"))} if "rho" in kw else {}
+        kw["timesteps"] = BENCH_SPACINGS[kw.pop("spacing")](d, steps, **extra)
     common = dict(generator=torch.Generator().manual_seed(seed), device=loaded.device)
     shape = (n, *loaded.image_shape)
     if name == "ddim":

@@ -157,8 +157,8 @@ def test_cancel_after_first_frame(qtbot, window, run_dir):
         sp.task.items.connect(on_items)
     assert blocker.args[0] is None and sp.result is None
     qtbot.waitUntil(lambda: not sp.is_running(), timeout=10_000)
-    assert 1 <= len(sp.frames) < 1000  # it stopped early, the recorded steps remain
-    assert len(sp.frames) >= cancelled_at[0] and sp.frames[-1].index < sp.frames[-1].total - 1  # not at the end
+    # it stopped early (the last frame is not the chain's end), and the frames recorded by the cancel remain
+    assert len(sp.frames) >= cancelled_at[0] and sp.frames[-1].index < sp.frames[-1].total - 1
     assert "Cancelled" in sp.progress.label.text()
     assert sp.generate_button.isEnabled() and running_tasks() == []
     assert window.errors == []
