@@ -22,10 +22,11 @@ UniPCMultistepScheduler (bh2) on the same model, seeds and scorer (rows "diffuse
 
 --variants scores settings the sampler names do not reach, each NAME:key=value,key=value:
 our engine's loops for ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde and unipc (keys: the loop's keywords,
-e.g. order, solver_type, corrector, lower_order_final, spacing; spacing=logsnr visits timesteps
-uniform in log-SNR, see logsnr_timesteps), or diffusers-dpmpp-2m / diffusers-unipc with scheduler
-keywords (e.g. solver_order=3, final_sigmas_type=sigma_min, euler_at_final=true); nfe=N scores that
-variant at N evaluations only (e.g. ddim:nfe=50 as the reference). The same seeds for every row.
+e.g. order, solver_type, corrector, lower_order_final, spacing; besides the engine's spacings,
+spacing=logsnr-full, karras[,rho=R] and quadratic, see BENCH_SPACINGS), or diffusers-dpmpp-2m /
+diffusers-unipc with scheduler keywords (e.g. solver_order=3, final_sigmas_type=sigma_min,
+euler_at_final=true); nfe=N scores that variant at N evaluations only (e.g. ddim:nfe=50 as the
+reference). The same seeds for every row.
 results.json keeps every point; benchmarks/plot_samplers.py draws it.
 
 Self-contained on purpose (no code shared with bench_quality.py).
@@ -141,8 +142,8 @@ def _distinct(ts: list[int], name: str, steps: int) -> list[int]:
     return ts
 
 
-def logsnr_timesteps(diffusion, steps: int) -> list[int]:
-    """Timesteps whose log-SNR is uniform from t = T-1 towards t = 0: the nearest timestep to each of
+def logsnr_full_timesteps(diffusion, steps: int) -> list[int]:
+    """The engine's logsnr spacing without its bound at sigma/alpha = 80: the nearest timestep to each of
     linspace(lambda_{T-1}, lambda_0, steps + 1) but the last (the chain's last step goes to x_0)."""
     ab = diffusion.schedule.alphas_cumprod
     lam = 0.5 * np.log(ab / (1.0 - ab))  # decreasing in t
@@ -171,7 +172,8 @@ def quadratic_timesteps(diffusion, steps: int) -> list[int]:
     return _distinct(ts, "quadratic", steps)
 
 
-BENCH_SPACINGS = {"logsnr": logsnr_timesteps, "karras": karras_timesteps, "quadratic": quadratic_timesteps}
+BENCH_SPACINGS = {"logsnr-full": logsnr_full_timesteps, "karras": karras_timesteps,
+                  "quadratic": quadratic_timesteps}
 
 
 def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int):

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from ddpm_studio import footprint
-from ddpm_studio.engine.choices import (Activation, Background, Channels, Choice, Device, LossWeighting, Precision,
-                                        Prediction, Sampler, Schedule, Spacing, TimeConditioning, Variance,
-                                        check_choice)
+from ddpm_studio.engine.choices import (DIFFUSERS_SPACINGS, Activation, Background, Channels, Choice,  # noqa: F401
+                                        Device, LossWeighting, Precision, Prediction, Sampler, Schedule, Spacing,
+                                        TimeConditioning, Variance, check_choice, resolve_spacing)
 
 CONFIG_VERSION = 1
 
@@ -78,22 +78,27 @@ def sampler_default_steps(sampler: str, T: int) -> int:
     return T if default is None else min(default, T)
 
 
-# How a few-step sampler spreads its steps over 0..T-1 (diffusers' names; Lin et al. 2024, Table 2):
-# trailing and linspace start every chain at t = T-1; leading (diffusers' old default) does not.
+# How a few-step sampler spreads its steps over 0..T-1 (trailing, linspace and leading are diffusers' names;
+# Lin et al. 2024, Table 2). Every spacing but leading starts every chain at t = T-1.
 SPACING_HINTS = {
-    "trailing": "Evenly spaced, starting from pure noise at t = T-1 for every step count (recommended).",
+    "auto": "Each sampler's best: log-SNR for DPM-Solver++, trailing for DDIM and UniPC (recommended).",
+    "trailing": "Evenly spaced in t, starting from pure noise at t = T-1 for every step count.",
     "linspace": "Evenly spaced from T-1 down to 0.",
+    "logsnr": "Evenly spaced in log signal-to-noise: more steps at low noise, where edges are drawn.",
     "leading": "diffusers' old default; starts below T-1 (far below when steps > T/2). For comparisons.",
 }
 
 # What old configs wrote as train.steps for a run the clock ends (--minutes without --steps). Such a
 # run now has train.steps = None; from_dict maps this number to None so old runs and checkpoints load.
 def describe_sampling(sampling, T: int) -> str:
-    """One line, e.g. 'dpmpp-2m, 20 steps, trailing spacing, x_0 clipped, seed 0'."""
+    """One line, e.g. 'dpmpp-2m, 20 steps, logsnr spacing (auto), x_0 clipped, seed 0'."""
     if sampling.sampler == "ddpm":
         what = f"ddpm, all {T} steps, {sampling.variance} variance"
     else:
-        what = f"{sampling.sampler}, {sampling.steps} steps, {sampling.spacing} spacing"
+        used = resolve_spacing(sampling.sampler, sampling.spacing)
+        what = f"{sampling.sampler}, {sampling.steps} steps, {used} spacing"
+        if used != sampling.spacing:
+            what += f" ({sampling.spacing})"
         if sampling.sampler == "ddim":
             what += f", eta {sampling.eta:g}"
     if sampling.dynamic_threshold:
@@ -385,7 +390,7 @@ class TrainConfig:
     keep_checkpoints: int = knob(3, lo=1, hi=1000, label="Checkpoints kept", metavar="N",
                                  help="how many recent checkpoints to keep on disk")
     preview_sampler: str = knob("dpmpp-2m", choices=Sampler, label="Preview sampler",
-                                help="the sampler of the previews (trailing spacing, clipped x_0)")
+                                help="the sampler of the previews (its own spacing, clipped x_0)")
     # Quality while training (issue 17): the checkpoint saved every K steps is scored (KID against the training
     # images, in RUN/evaluation.jsonl); training waits meanwhile, so it is off unless asked for.
     eval_every: int = knob(0, lo=0, hi=10_000_000, label="Quality every", metavar="K",
@@ -418,9 +423,9 @@ class SamplingConfig:
     num_images: int = knob(16, lo=1, hi=1024, flag="--num", label="Images", metavar="N",
                            help="how many images per generation")
     seed: int = knob(0, lo=0, hi=2**63 - 1, label="Seed", metavar="S", help="same seed, same images")
-    spacing: str = knob("trailing", choices=Spacing, label="Spacing",
-                        help="which timesteps ddim / dpmpp-* / unipc visit: trailing and linspace start from pure "
-                        "noise at t = T-1; leading is diffusers' old default")
+    spacing: str = knob("auto", choices=Spacing, label="Spacing",
+                        help="which timesteps ddim / dpmpp-* / unipc visit: auto = the sampler's own (logsnr for "
+                        "dpmpp-*, else trailing); all but leading (diffusers' old default) start at t = T-1")
     steps_offset: int = knob(0, lo=0, hi=1000, label="Steps offset", metavar="N",
                              help="added to every leading timestep (diffusers' steps_offset; 1 for SD-style models)")
     clip_range: float = knob(1.0, lo=1e-6, hi=1e6, label="Clip range", metavar="R",

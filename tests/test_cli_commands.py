@@ -165,10 +165,10 @@ def test_sample_sampler_and_spacing_flags_are_used_and_recorded(tmp_path, capsys
         record = json.loads((out / "sampling.json").read_text())
         return record, capsys.readouterr()
 
-    record, io = sample("default")  # a new run's defaults: DPM-Solver++ 2M, 20 steps, trailing
+    record, io = sample("default")  # a new run's defaults: DPM-Solver++ 2M, 20 steps, its own spacing (log-SNR)
     assert (record["sampling"]["sampler"], record["sampling"]["steps"], record["sampling"]["spacing"]) == \
-        ("dpmpp-2m", 20, "trailing")
-    assert "dpmpp-2m, 20 steps, trailing spacing" in io.err and record["model_step"] == 2
+        ("dpmpp-2m", 20, "auto")
+    assert "dpmpp-2m, 20 steps, logsnr spacing (auto)" in io.err and record["model_step"] == 2
     record, _ = sample("ddim", "--sampler", "ddim")  # the sampler's own default step count
     assert (record["sampling"]["sampler"], record["sampling"]["steps"]) == ("ddim", 50)
     record, _ = sample("dpm3", "--sampler", "dpmpp-3m", "--spacing", "linspace", "--sampling-steps", "5")
@@ -179,13 +179,13 @@ def test_sample_sampler_and_spacing_flags_are_used_and_recorded(tmp_path, capsys
         ("dpmpp-2m-sde", 4, 3)
     record, io = sample("unipc", "--sampler", "unipc")  # UniPC's own default step count
     assert (record["sampling"]["sampler"], record["sampling"]["steps"]) == ("unipc", 10)
-    assert "unipc, 10 steps, trailing spacing" in io.err
+    assert "unipc, 10 steps, trailing spacing (auto)" in io.err
     a = Image.open(tmp_path / "default" / "sample_0000.png").tobytes()
     b = Image.open(tmp_path / "ddim" / "sample_0000.png").tobytes()
     assert a != b  # different samplers, different images from the same noise
 
     assert main(["info", str(run)]) == 0
-    assert "sampling:    dpmpp-2m, 20 steps, trailing spacing" in capsys.readouterr().out
+    assert "sampling:    dpmpp-2m, 20 steps, logsnr spacing (auto)" in capsys.readouterr().out
 
     assert main(["sample", "--run", str(run), "--out", str(tmp_path / "x"), "--sampler", "ddim",
                  "--sampling-steps", "61", "--device", "cpu"]) == 1

@@ -4,16 +4,27 @@ import json
 
 import pytest
 
-from ddpm_studio.config import (SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, RunConfig, SamplingConfig,
-                                TrainConfig, sampler_default_steps)
+from ddpm_studio.config import (DIFFUSERS_SPACINGS, SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, RunConfig,
+                                SamplingConfig, TrainConfig, describe_sampling, resolve_spacing, sampler_default_steps)
 
 
 def test_defaults_are_the_fast_sampler_from_pure_noise():
     s = SamplingConfig()
-    assert (s.sampler, s.steps, s.spacing, s.dynamic_threshold) == ("dpmpp-2m", 20, "trailing", None)
+    assert (s.sampler, s.steps, s.spacing, s.dynamic_threshold) == ("dpmpp-2m", 20, "auto", None)
     assert (TrainConfig().preview_sampler, TrainConfig().preview_sampling_steps) == ("dpmpp-2m", 20)
     assert SAMPLERS == ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc")
-    assert set(SPACINGS) == {"leading", "trailing", "linspace"} == set(SPACING_HINTS)
+    assert set(SPACINGS) == {"auto", "leading", "trailing", "linspace", "logsnr"} == set(SPACING_HINTS)
+    assert set(DIFFUSERS_SPACINGS) == {"leading", "trailing", "linspace"}
+
+
+def test_auto_spacing_is_log_snr_for_dpm_solver_and_trailing_for_the_others():
+    assert [resolve_spacing(n, "auto") for n in SAMPLERS] == ["trailing", "trailing", "logsnr", "logsnr", "logsnr",
+                                                              "trailing"]
+    assert resolve_spacing("dpmpp-2m", "linspace") == "linspace" and resolve_spacing("ddim", "logsnr") == "logsnr"
+    # what was used is what a run's description and `info` say, with the setting beside it
+    assert describe_sampling(SamplingConfig(), 1000) == "dpmpp-2m, 20 steps, logsnr spacing (auto), x_0 clipped, seed 0"
+    assert describe_sampling(SamplingConfig(sampler="ddim", steps=50, spacing="trailing"), 1000) == \
+        "ddim, 50 steps, trailing spacing, eta 0, x_0 clipped, seed 0"
 
 
 def test_every_sampler_has_a_label_a_hint_and_a_default_step_count():
@@ -27,17 +38,18 @@ def test_every_sampler_has_a_label_a_hint_and_a_default_step_count():
         sampler_default_steps("euler", 1000)
 
 
-def test_a_config_written_before_spacing_existed_loads_with_trailing():
+def test_a_config_written_before_spacing_existed_loads_with_trailing_for_ddim():
     d = RunConfig().to_dict()
     del d["sampling"]["spacing"], d["sampling"]["dynamic_threshold"], d["train"]["preview_sampler"]
     d["sampling"].update(sampler="ddim", steps=50)
     cfg = RunConfig.from_json(json.dumps(d)).validate()
-    assert (cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.spacing) == ("ddim", 50, "trailing")
+    assert (cfg.sampling.sampler, cfg.sampling.steps, cfg.sampling.spacing) == ("ddim", 50, "auto")
+    assert resolve_spacing(cfg.sampling.sampler, cfg.sampling.spacing) == "trailing"
     assert cfg.train.preview_sampler == "dpmpp-2m"
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("spacing", "even", "sampling.spacing must be one of trailing, linspace, leading; got 'even'"),
+    ("spacing", "even", "sampling.spacing must be one of auto, trailing, linspace, logsnr, leading; got 'even'"),
     ("sampler", "euler",
      "sampling.sampler must be one of ddpm, ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde, unipc; got 'euler'"),
     ("dynamic_threshold", 1.5, "sampling.dynamic_threshold must be from 0.0 to 1.0; got 1.5"),

@@ -13,6 +13,7 @@ from ddpm_studio.engine.diffusion import GaussianDiffusion
 from ddpm_studio.engine.dpm_solver import (DPMSolverPP, dpm_solver_sample_loop_progressive, dpm_solver_timesteps,
                                            threshold_x0)
 from ddpm_studio.engine.schedules import NoiseSchedule
+from ddpm_studio.engine.steps import logsnr_timesteps
 from ddpm_studio.engine.unipc import unipc_sample_loop_progressive
 
 F64 = torch.float64
@@ -43,10 +44,14 @@ def _scheduler(d, n, *, order, sde, spacing, lower_order_final=True, thresholdin
     sched = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=d.T, trained_betas=d.schedule.betas, solver_order=order,
         prediction_type=DIFFUSERS_PREDICTION[d.prediction], algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
-        solver_type="midpoint", timestep_spacing=spacing, lower_order_final=lower_order_final,
+        solver_type="midpoint", timestep_spacing="trailing" if spacing == "logsnr" else spacing,
+        lower_order_final=lower_order_final,
         final_sigmas_type="zero", thresholding=thresholding, dynamic_thresholding_ratio=ratio,
                                                   sample_max_value=max_value)
-    sched.set_timesteps(n)
+    if spacing == "logsnr":  # not a diffusers spacing: hand it our timesteps
+        sched.set_timesteps(timesteps=logsnr_timesteps(d.schedule.alphas_cumprod, n))
+    else:
+        sched.set_timesteps(n)
     if float64_sigmas:
         ab = d.schedule.alphas_cumprod[sched.timesteps.numpy()]
         sched.sigmas = torch.from_numpy(np.append(np.sqrt((1 - ab) / ab), 0.0))  # diffusers' VE sigma, then 0
@@ -87,7 +92,8 @@ VARIANTS = [(2, False), (3, False), (2, True), (3, True)]  # (order, SDE); dpmpp
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
 @pytest.mark.parametrize("order,sde", VARIANTS)
 @pytest.mark.parametrize("n,spacing,kind", [(10, "trailing", "linear"), (20, "linspace", "cosine"),
-                                            (7, "leading", "linear"), (16, "trailing", "cosine")])
+                                            (7, "leading", "linear"), (16, "trailing", "cosine"),
+                                            (10, "logsnr", "linear"), (12, "logsnr", "cosine")])
 def test_steps_equal_diffusers_dpm_solver_multistep(prediction, order, sde, n, spacing, kind):
     d = _diffusion(kind, prediction=prediction)
     err_x, err_x0 = _compare_step_by_step(d, n, order=order, sde=sde, spacing=spacing)

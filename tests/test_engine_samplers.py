@@ -289,6 +289,37 @@ def test_trailing_and_linspace_start_every_chain_from_pure_noise(T):
     assert ddim_timesteps(T, T // 2 + 1, "leading")[0] == T // 2  # the bug of issue 12: far from T - 1
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine", "quadratic", "sigmoid"])
+@pytest.mark.parametrize("T", [10, 51, 1000])
+def test_logsnr_spacing_starts_from_pure_noise_with_distinct_steps_at_every_count(kind, T):
+    ab = _diffusion(kind, T).schedule.alphas_cumprod
+    for n in range(1, T + 1):
+        ts = ddim_timesteps(T, n, "logsnr", alphas_cumprod=ab)
+        assert ts[0] == T - 1 and len(ts) == n and all(a > b for a, b in zip(ts, ts[1:])) and ts[-1] >= 0, (n, ts)
+    assert ts == list(range(T - 1, -1, -1))  # n = T: every timestep
+    with pytest.raises(ValueError, match="needs the noise schedule"):
+        ddim_timesteps(T, 2, "logsnr")
+    with pytest.raises(ValueError, match="resolve it with"):
+        ddim_timesteps(T, 2, "auto", alphas_cumprod=ab)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_logsnr_steps_are_even_in_log_snr_and_skip_the_cosine_schedules_last_timestep(kind):
+    d = _diffusion(kind, 1000)
+    ab = d.schedule.alphas_cumprod
+    lam = 0.5 * np.log(ab / (1 - ab))
+    ts = ddim_timesteps(1000, 6, "logsnr", alphas_cumprod=ab)
+    gaps = np.diff(lam[ts[1:]])  # after the start at T-1, equal steps in lambda (to the timestep grid)
+    assert gaps.min() > 0.9 * gaps.max(), gaps
+    # from the start of the grid (lambda of T-1, but at most sigma/alpha = 80) to lambda_0, in 6 steps
+    start = max(lam[-1], -math.log(80.0))
+    assert gaps.mean() == pytest.approx((lam[0] - start) / 6, rel=0.05)
+    # more of a short chain at low noise than trailing: a third of its steps below t = 100, trailing none
+    assert sum(t < 100 for t in ts) == 2 and min(ddim_timesteps(1000, 6, "trailing")) > 100
+    if kind == "cosine":  # its last timestep alone has sigma/alpha = 2e4; the second step does not sit beside it
+        assert ts[1] < 990
+
+
 def _quantile_noise(n=4001):
     """x_T as n standard-normal quantiles scaled to mean 0 and std 1 exactly: a deterministic chain's
     output statistics are then its own, free of sampling error."""
@@ -299,7 +330,7 @@ def _quantile_noise(n=4001):
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "quadratic", "sigmoid"])
-@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+@pytest.mark.parametrize("spacing", ["trailing", "linspace", "logsnr"])
 def test_ddim_with_the_exact_denoiser_matches_the_data_at_every_step_count(kind, spacing):
     mu, s, T = 0.3, 0.5, 1000
     d = _diffusion(kind, T)
@@ -327,5 +358,6 @@ def test_leading_spacing_above_half_of_T_misses_the_data():
 
 
 def test_bad_spacing_is_refused_with_the_allowed_values():
-    with pytest.raises(ValueError, match="sampling.spacing must be one of trailing, linspace, leading; got 'even'"):
+    allowed = "auto, trailing, linspace, logsnr, leading"
+    with pytest.raises(ValueError, match=f"sampling.spacing must be one of {allowed}; got 'even'"):
         ddim_timesteps(100, 10, "even")

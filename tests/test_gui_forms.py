@@ -103,7 +103,7 @@ def test_sections_persist_by_the_schema_field_by_field(tmp_path):
     got = restore_section(QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), "sampling",
                           SamplingConfig())
     assert (got.sampler, got.steps, got.clip_denoised, got.eta) == ("ddim", 50, False, 0.5)
-    assert got.spacing == "trailing" and got.dynamic_threshold is None
+    assert got.spacing == "auto" and got.dynamic_threshold is None
 
 
 def test_the_sampling_panel_keeps_its_settings_by_field_name(qtbot):

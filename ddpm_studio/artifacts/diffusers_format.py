@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ddpm_studio.artifacts.checkpoints import CheckpointError
-from ddpm_studio.config import (SPACINGS, DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplingConfig,
+from ddpm_studio.config import (DIFFUSERS_SPACINGS, DataConfig, DiffusionConfig, ModelConfig, RunConfig, SamplingConfig,
                                 atomic_write_bytes, atomic_write_text)
 
 if TYPE_CHECKING:  # torch-heavy modules are imported inside the functions that use them
@@ -496,8 +496,8 @@ def _scheduler_sampling(c: dict[str, Any], cfg: dict[str, Any], cls: str, where:
         sampling["dynamic_threshold"] = _as_float(where, "dynamic_thresholding_ratio", c["dynamic_thresholding_ratio"])
         sampling["threshold_max"] = _as_float(where, "sample_max_value", c["sample_max_value"])
     spacing = c["timestep_spacing"]
-    if spacing not in SPACINGS:  # diffusers' names are ours
-        raise _refuse(where, "timestep_spacing", spacing, f"supported: {', '.join(SPACINGS)}")
+    if spacing not in DIFFUSERS_SPACINGS:  # diffusers' names are ours
+        raise _refuse(where, "timestep_spacing", spacing, f"supported: {', '.join(DIFFUSERS_SPACINGS)}")
     sampling["spacing"] = spacing
     sampling["steps_offset"] = _as_int(where, "steps_offset", c["steps_offset"])
     var = c.get("variance_type")
@@ -715,10 +715,16 @@ def unet_config_for(spec: Any) -> dict[str, Any]:
     }
 
 
+def _diffusers_spacing(spacing: str) -> str:
+    """Our spacing as a diffusers ``timestep_spacing``: its own names as they are; auto and logsnr, which
+    diffusers lacks, as trailing (like them, it starts every chain at t = T-1)."""
+    return spacing if spacing in DIFFUSERS_SPACINGS else "trailing"
+
+
 def scheduler_config_for(betas: np.ndarray, kind: str, prediction: str, sampling: SamplingConfig) -> dict[str, Any]:
     """A DDPMScheduler config giving ``betas``: a named ``beta_schedule`` when diffusers' formula
     reproduces them (to 1e-9 relative), else the exact list as ``trained_betas``; the sampling
-    settings (clipping, thresholding, spacing) as the matching scheduler keys."""
+    settings (clipping, thresholding, spacing: :func:`_diffusers_spacing`) as the matching scheduler keys."""
     from ddpm_studio.engine.schedules import _scaled_ends
 
     T = int(betas.size)
@@ -737,7 +743,7 @@ def scheduler_config_for(betas: np.ndarray, kind: str, prediction: str, sampling
                 "prediction_type": _PREDICTION_TO_DIFFUSERS[prediction], "thresholding": threshold is not None,
                 "dynamic_thresholding_ratio": 0.995 if threshold is None else float(threshold),
                 "sample_max_value": float(getattr(sampling, "threshold_max", 1.0)),
-                "timestep_spacing": getattr(sampling, "spacing", "leading"),
+                "timestep_spacing": _diffusers_spacing(getattr(sampling, "spacing", "leading")),
                 "steps_offset": int(getattr(sampling, "steps_offset", 0)), "rescale_betas_zero_snr": False})
     return cfg
 

@@ -54,11 +54,26 @@ class Sampler(Choice):
 
 
 class Spacing(Choice):
-    """How a few-step sampler spreads its steps over 0..T-1 (diffusers' names)."""
+    """How a few-step sampler spreads its steps over 0..T-1 (trailing, linspace, leading: diffusers' names)."""
 
+    AUTO = "auto"  # the sampler's own: AUTO_SPACING below
     TRAILING = "trailing"
     LINSPACE = "linspace"
+    LOGSNR = "logsnr"  # uniform in log-SNR (DPM-Solver's choice for small images); not a diffusers name
     LEADING = "leading"
+
+
+DIFFUSERS_SPACINGS = (Spacing.TRAILING.value, Spacing.LINSPACE.value, Spacing.LEADING.value)
+
+# What spacing "auto" means for each sampler: the one measured best on our real-image models at the step
+# counts each sampler is used at (BENCHMARKS.md, "A log-SNR spacing for DPM-Solver++"). ddpm walks every step.
+AUTO_SPACING = {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "logsnr", "dpmpp-3m": "logsnr",
+                "dpmpp-2m-sde": "logsnr", "unipc": "trailing"}
+
+
+def resolve_spacing(sampler: str, spacing: str) -> str:
+    """The spacing a sampler really uses: ``auto`` becomes the sampler's own, any other is kept."""
+    return AUTO_SPACING.get(str(sampler), Spacing.TRAILING.value) if spacing == Spacing.AUTO else str(spacing)
 
 
 class Activation(Choice):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .choices import LossWeighting, Prediction, Sampler, Variance
+from .choices import LossWeighting, Prediction, Sampler, Variance, resolve_spacing
 from .schedules import NoiseSchedule
 from .steps import (SPACINGS, _bounds, _check_start, _randn, check_spacing, check_steps,  # noqa: F401
                     clip_x0, ddim_timesteps, trailing_timesteps)
@@ -230,7 +230,7 @@ class GaussianDiffusion:
 
     def ddim_timesteps(self, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
         """The DDIM sub-sequence of ``steps`` timesteps, descending (see :func:`ddim_timesteps`)."""
-        return ddim_timesteps(self.T, steps, spacing, steps_offset)
+        return ddim_timesteps(self.T, steps, spacing, steps_offset, self.schedule.alphas_cumprod)
 
     # -- sampling loops -------------------------------------------------------------------------
     def _start(self, model, shape, noise, device, dtype, generator):
@@ -317,6 +317,7 @@ class GaussianDiffusion:
             generator = torch.Generator().manual_seed(int(sampling.seed))
         bounds = _bounds(sampling)
         bounds.update(noise=noise, dtype=dtype, start_index=start_index)
+        spacing = resolve_spacing(sampling.sampler, getattr(sampling, "spacing", "trailing"))
         if sampling.sampler == "ddpm":
             return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, generator=generator,
                                                   device=device, should_stop=should_stop, **bounds)
@@ -324,7 +325,7 @@ class GaussianDiffusion:
             return self.ddim_sample_loop_progressive(model, shape, steps=sampling.steps, eta=sampling.eta,
                                                      generator=generator,
                                                      device=device, should_stop=should_stop,
-                                                     spacing=getattr(sampling, "spacing", "trailing"),
+                                                     spacing=spacing,
                                                      steps_offset=getattr(sampling, "steps_offset", 0), **bounds)
         if sampling.sampler in DPM_SAMPLERS:
             from .dpm_solver import dpm_solver_sample_loop_progressive
@@ -332,13 +333,13 @@ class GaussianDiffusion:
             order, sde = DPM_SAMPLERS[sampling.sampler]
             return dpm_solver_sample_loop_progressive(
                 self, model, shape, steps=sampling.steps, order=order, sde=sde,
-                spacing=getattr(sampling, "spacing", "trailing"), generator=generator, device=device,
+                spacing=spacing, generator=generator, device=device,
                 should_stop=should_stop, history=history, **bounds)
         if sampling.sampler in UNIPC_SAMPLERS:
             from .unipc import unipc_sample_loop_progressive
 
             return unipc_sample_loop_progressive(
-                self, model, shape, steps=sampling.steps, spacing=getattr(sampling, "spacing", "trailing"),
+                self, model, shape, steps=sampling.steps, spacing=spacing,
                 generator=generator, device=device, should_stop=should_stop, history=history,
                 **UNIPC_SAMPLERS[sampling.sampler], **bounds)
         raise ValueError(f"sampling.sampler must be one of {', '.join(Sampler.values())}; got {sampling.sampler!r}")

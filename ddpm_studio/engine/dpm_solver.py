@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .steps import _check_start, _randn, check_spacing, check_steps, clip_x0, trailing_timesteps
+from .steps import (_check_start, _needs_schedule, _randn, check_spacing, check_steps, clip_x0, logsnr_timesteps,
+                    trailing_timesteps)
 from .types import StepResult
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ ORDERS = (1, 2, 3)
 LOWER_ORDER_FINAL_BELOW = 15  # diffusers: with lower_order_final, chains shorter than this end on low orders
 
 
-def dpm_solver_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[int]:
+def dpm_solver_timesteps(T: int, steps: int, spacing: str = "trailing", alphas_cumprod=None) -> list[int]:
     """The timesteps visited, descending, as diffusers' ``DPMSolverMultistepScheduler`` spaces them.
 
     This differs from DDIM's spacing (diffusers defines them separately):
@@ -53,10 +54,14 @@ def dpm_solver_timesteps(T: int, steps: int, spacing: str = "trailing") -> list[
     - ``trailing``: round(T - i T/steps) - 1, from T - 1 down (as DDIM's);
     - ``linspace``: ``linspace(0, T - 1, steps + 1)`` rounded, descending, without its final 0;
       at steps = T that rounding repeats timesteps, so all of T - 1 .. 0 are used instead;
-    - ``leading``: ``i * (T // (steps + 1))`` for i = steps .. 1; needs steps < T.
+    - ``leading``: ``i * (T // (steps + 1))`` for i = steps .. 1; needs steps < T;
+    - ``logsnr`` (not in diffusers): :func:`steps.logsnr_timesteps` of ``alphas_cumprod``, as for DDIM.
     """
     check_steps(T, steps)
     check_spacing(spacing)
+    _needs_schedule(spacing, alphas_cumprod)
+    if spacing == "logsnr":
+        return logsnr_timesteps(alphas_cumprod, steps)
     if spacing == "trailing":
         return trailing_timesteps(T, steps)
     if spacing == "leading":
@@ -102,8 +107,8 @@ class MultistepSolver:
         if not 0.0 <= dynamic_threshold <= 1.0:
             raise ValueError(f"sampling.dynamic_threshold must be from 0 to 1; got {dynamic_threshold!r}")
         self.diffusion = diffusion
-        self.timesteps = (dpm_solver_timesteps(diffusion.T, steps, spacing) if timesteps is None
-                          else _checked_timesteps(diffusion.T, timesteps))
+        self.timesteps = (dpm_solver_timesteps(diffusion.T, steps, spacing, diffusion.schedule.alphas_cumprod)
+                          if timesteps is None else _checked_timesteps(diffusion.T, timesteps))
         self.order, self.lower_order_final = order, lower_order_final
         self.clip_denoised, self.dynamic_threshold, self.threshold_max = clip_denoised, dynamic_threshold, threshold_max
         self.clip_range = clip_range

@@ -10,7 +10,8 @@ import torch
 
 from .choices import Spacing
 
-SPACINGS = Spacing.values()  # how a few-step sampler picks its timesteps (diffusers' names)
+SPACINGS = Spacing.values()  # how a few-step sampler picks its timesteps
+LOGSNR_SIGMA_MAX = 80.0  # the noisiest sigma / alpha the logsnr spacing spreads its steps from (EDM's sigma_max)
 
 
 def _randn(shape, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -64,7 +65,48 @@ def trailing_timesteps(T: int, steps: int) -> list[int]:
     return (np.round(np.arange(T, 0, -T / steps)[:steps]).astype(np.int64) - 1).tolist()
 
 
-def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> list[int]:
+def logsnr_timesteps(alphas_cumprod, steps: int) -> list[int]:
+    """Timesteps evenly spaced in log-SNR lambda = log(alpha / sigma), from t = T-1 towards t = 0.
+
+    The chain starts at t = T-1; its other steps are the timesteps nearest to points 1 .. steps-1 of
+    linspace(lambda_hi, lambda_0, steps + 1), and its last step goes on to x_0. This is DPM-Solver's
+    "logSNR" order (Lu et al. 2022), recommended there for small images: with the linear schedule it puts
+    more of a short chain's steps at low noise, where edges are drawn, than trailing does. lambda_hi is
+    lambda_{T-1}, but no noisier than sigma / alpha = 80 (EDM's sigma_max, Karras et al. 2022): the cosine
+    schedule's last timestep alone has sigma / alpha = 2e4, which would otherwise spend a short chain's
+    steps on pure noise. Where the step count asks for more points near t = 0 than there are timesteps
+    (about 25 steps and up at T = 1000), neighbours are pushed apart, so every count from 1 to T gives that
+    many distinct timesteps from T-1 down (at T: all of them).
+    """
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    T = ab.size
+    check_steps(T, steps)
+    lam = 0.5 * (np.log(ab) - np.log1p(-ab))  # decreasing in t
+    targets = np.linspace(max(lam[-1], -np.log(LOGSNR_SIGMA_MAX)), lam[0], steps + 1)[:-1]
+    # lam is decreasing, so search the reversed (increasing) array; pick the nearer neighbour of each target
+    rev = lam[::-1]
+    hi = np.clip(np.searchsorted(rev, targets), 1, T - 1)
+    nearer = np.where(np.abs(rev[hi] - targets) < np.abs(rev[hi - 1] - targets), hi, hi - 1)
+    ts = (T - 1 - nearer).astype(np.int64)
+    ts[0] = T - 1
+    for i in range(steps - 2, -1, -1):  # from the end: each at least one above the next
+        ts[i] = max(ts[i], ts[i + 1] + 1)
+    ts[0] = T - 1
+    for i in range(1, steps):  # from the start: each at least one below the one before
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    return ts.tolist()
+
+
+def _needs_schedule(spacing: str, alphas_cumprod) -> None:
+    if spacing == "auto":
+        raise ValueError("sampling.spacing 'auto' names each sampler's own spacing; resolve it with "
+                         "choices.resolve_spacing before asking for timesteps")
+    if spacing == "logsnr" and alphas_cumprod is None:
+        raise ValueError("the logsnr spacing needs the noise schedule (alphas_cumprod)")
+
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: int = 0,
+                   alphas_cumprod=None) -> list[int]:
     """The DDIM timesteps, descending, as diffusers' ``DDIMScheduler.set_timesteps`` spaces them.
 
     - ``leading``: ``range(0, T, T // steps)`` + ``steps_offset`` (diffusers' default). For
@@ -72,9 +114,13 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: 
     - ``trailing``: :func:`trailing_timesteps`, from T - 1 down (Lin et al. 2024, Table 2).
     - ``linspace``: ``linspace(0, T - 1, steps)`` rounded; one step is [T - 1] (numpy's one-point
       linspace, and so diffusers, would give [0]: a single step from t = 0, not from noise).
+    - ``logsnr``: :func:`logsnr_timesteps` of ``alphas_cumprod`` (which must be given).
     """
     check_steps(T, steps)
     check_spacing(spacing)
+    _needs_schedule(spacing, alphas_cumprod)
+    if spacing == "logsnr":
+        return logsnr_timesteps(alphas_cumprod, steps)
     if spacing == "leading":
         stride = T // steps
         ts = [i * stride + int(steps_offset) for i in range(steps)][::-1]

@@ -408,8 +408,8 @@ class Previews(LoopListener):
     """A preview grid from the EMA model every ``train.preview_every`` steps and at the end (rank 0).
 
     Sampled from a FIXED seed, so previews are comparable across steps: ``train.preview_sampler``
-    (default DPM-Solver++ 2M) with ``train.preview_sampling_steps`` steps (default 20), trailing
-    spacing, x_0 clipped.
+    (default DPM-Solver++ 2M) with ``train.preview_sampling_steps`` steps (default 20), the
+    sampler's own spacing (``auto``), x_0 clipped.
     """
 
     def after_step(self, loop: Loop) -> None:
@@ -433,7 +433,7 @@ class Previews(LoopListener):
         generator = torch.Generator(device="cpu").manual_seed(mix(tc.seed, STREAM_PREVIEW))
         shape = (tc.preview_count, m.in_channels, m.image_size, m.image_size)
         sampling = SamplingConfig(sampler=tc.preview_sampler, steps=min(tc.preview_sampling_steps, loop.T), eta=0.0,
-                                  clip_denoised=True, spacing="trailing")
+                                  clip_denoised=True, spacing="auto")
         last = None
         for last in loop.parts.diffusion.sample_progressive(loop.parts.ema.module, shape, sampling,
                                                             generator=generator, device=loop.device,

@@ -354,9 +354,10 @@ class SamplingPanel(ExportActions, QWidget):
         if self.src_disk.isChecked() and getattr(m, "loaded", None) is not None:
             first_time = self.session.model_loaded(m.loaded)
             self._update_model_label()
-            if first_time and m.config.sampling.spacing != "trailing":
-                # a model that says how it is to be sampled (an imported scheduler's timestep_spacing):
-                # shown in the chooser for the next Generate, where the user can change it
+            if first_time and m.config.sampling.spacing not in ("auto", "trailing"):
+                # a model that says how it is to be sampled (an imported scheduler's timestep_spacing; not the
+                # default of today, auto, or of runs before it, trailing): shown in the chooser for the next
+                # Generate, where the user can change it
                 self.spacing_combo.setCurrentIndex(max(0, self.spacing_combo.findData(m.config.sampling.spacing)))
 
     def _on_result(self, result: jobs.SampleResult) -> None:
