@@ -87,6 +87,8 @@ SPACING_HINTS = {
     "logsnr": "Evenly spaced in log signal-to-noise: more steps at low noise, where edges are drawn.",
     "leading": "diffusers' old default; starts below T-1 (far below when steps > T/2). For comparisons.",
 }
+SPACING_LABELS = {"auto": "Auto (the sampler's own)", "trailing": "Trailing", "linspace": "Linspace",
+                  "logsnr": "Log-SNR", "leading": "Leading"}
 
 # What old configs wrote as train.steps for a run the clock ends (--minutes without --steps). Such a
 # run now has train.steps = None; from_dict maps this number to None so old runs and checkpoints load.

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ddpm_studio.config import (DIFFUSERS_SPACINGS, SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACINGS, RunConfig,
+from ddpm_studio.config import (DIFFUSERS_SPACINGS, SAMPLER_INFO, SAMPLERS, SPACING_HINTS, SPACING_LABELS, SPACINGS,
+                                RunConfig,
                                 SamplingConfig, TrainConfig, describe_sampling, resolve_spacing, sampler_default_steps)
 
 
@@ -13,7 +14,8 @@ def test_defaults_are_the_fast_sampler_from_pure_noise():
     assert (s.sampler, s.steps, s.spacing, s.dynamic_threshold) == ("dpmpp-2m", 20, "auto", None)
     assert (TrainConfig().preview_sampler, TrainConfig().preview_sampling_steps) == ("dpmpp-2m", 20)
     assert SAMPLERS == ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc")
-    assert set(SPACINGS) == {"auto", "leading", "trailing", "linspace", "logsnr"} == set(SPACING_HINTS)
+    assert set(SPACINGS) == {"auto", "leading", "trailing", "linspace", "logsnr"} == set(SPACING_HINTS) \
+        == set(SPACING_LABELS)
     assert set(DIFFUSERS_SPACINGS) == {"leading", "trailing", "linspace"}
 
 

@@ -190,3 +190,11 @@ def test_sampler_list_explains_each_sampler_and_sets_its_step_count(qtbot, windo
     result = generate(qtbot, sp)
     # DPM-Solver++'s leading spacing: i * (1000 // 7) for i = 6 .. 1
     assert result is not None and [f.t for f in sp.frames] == [852, 710, 568, 426, 284, 142]
+
+    # the default spacing, auto, is the sampler's own: log-SNR for DPM-Solver++ (the run's linear schedule)
+    sp.spacing_combo.setCurrentIndex(sp.spacing_combo.findData("auto"))
+    assert sp.spacing_combo.currentText() == "Auto (the sampler's own)"
+    assert sp.spacing_combo.itemData(sp.spacing_combo.currentIndex(), Qt.ItemDataRole.ToolTipRole).startswith(
+        "Each sampler's best: log-SNR for DPM-Solver++")
+    result = generate(qtbot, sp)
+    assert result is not None and [f.t for f in sp.frames] == [999, 754, 527, 237, 57, 9]  # trailing: 999, 832, ...

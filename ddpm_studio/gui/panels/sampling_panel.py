@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QButtonGroup, QHBoxLayout, QPushButton, QRadioBut
                                QVBoxLayout, QWidget)
 
 from ... import paths
-from ...config import SAMPLER_INFO, SPACING_HINTS, SamplingConfig, sampler_default_steps
+from ...config import SAMPLER_INFO, SPACING_HINTS, SPACING_LABELS, SamplingConfig, sampler_default_steps
 from ...sampling.session import SamplingSession, schedule_of
 from .. import jobs
 from .. import settings as settings_mod
@@ -113,7 +113,7 @@ class SamplingPanel(ExportActions, QWidget):
         name_items(self.sampler_combo, {k: v["label"] for k, v in SAMPLER_INFO.items()},
                    {k: v["hint"] for k, v in SAMPLER_INFO.items()})
         name_items(self.variance_combo, {"fixed_small": "σ² = β̃_t (posterior)", "fixed_large": "σ² = β_t"})
-        name_items(self.spacing_combo, {k: k.capitalize() for k in SPACING_HINTS}, SPACING_HINTS)
+        name_items(self.spacing_combo, SPACING_LABELS, SPACING_HINTS)
         self.sampler_hint = note()
         self.sampler_form.form.insertRow(1, self.sampler_hint)  # under the sampler it explains
         self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
