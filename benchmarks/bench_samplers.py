@@ -143,7 +143,8 @@ def _distinct(ts: list[int], name: str, steps: int) -> list[int]:
 
 
 def logsnr_full_timesteps(diffusion, steps: int) -> list[int]:
-    """The engine's logsnr spacing without its bound at sigma/alpha = 80: the nearest timestep to each of
+    """The engine's logsnr spacing without its bound at sigma/alpha = 160 (the same on the linear schedule, not on
+    the cosine one): the nearest timestep to each of
     linspace(lambda_{T-1}, lambda_0, steps + 1) but the last (the chain's last step goes to x_0)."""
     ab = diffusion.schedule.alphas_cumprod
     lam = 0.5 * np.log(ab / (1.0 - ab))  # decreasing in t

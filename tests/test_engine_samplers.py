@@ -10,6 +10,7 @@ import torch
 from ddpm_studio.config import SamplingConfig
 from ddpm_studio.engine.diffusion import GaussianDiffusion, ddim_timesteps
 from ddpm_studio.engine.schedules import NoiseSchedule
+from ddpm_studio.engine.steps import LOGSNR_SIGMA_MAX
 
 F64 = torch.float64
 
@@ -311,11 +312,11 @@ def test_logsnr_steps_are_even_in_log_snr_and_skip_the_cosine_schedules_last_tim
     ts = ddim_timesteps(1000, 6, "logsnr", alphas_cumprod=ab)
     gaps = np.diff(lam[ts[1:]])  # after the start at T-1, equal steps in lambda (to the timestep grid)
     assert gaps.min() > 0.9 * gaps.max(), gaps
-    # from the start of the grid (lambda of T-1, but at most sigma/alpha = 80) to lambda_0, in 6 steps
-    start = max(lam[-1], -math.log(80.0))
+    # from the start of the grid (lambda of T-1, but at most sigma/alpha = 160) to lambda_0, in 6 steps
+    start = max(lam[-1], -math.log(LOGSNR_SIGMA_MAX))
     assert gaps.mean() == pytest.approx((lam[0] - start) / 6, rel=0.05)
-    # more of a short chain at low noise than trailing: a third of its steps below t = 100, trailing none
-    assert sum(t < 100 for t in ts) == 2 and min(ddim_timesteps(1000, 6, "trailing")) > 100
+    # more of a short chain at low noise than trailing: a third of its steps below t = 150, trailing none
+    assert sum(t < 150 for t in ts) == 2 and min(ddim_timesteps(1000, 6, "trailing")) > 150
     if kind == "cosine":  # its last timestep alone has sigma/alpha = 2e4; the second step does not sit beside it
         assert ts[1] < 990
 

@@ -11,7 +11,10 @@ import torch
 from .choices import Spacing
 
 SPACINGS = Spacing.values()  # how a few-step sampler picks its timesteps
-LOGSNR_SIGMA_MAX = 80.0  # the noisiest sigma / alpha the logsnr spacing spreads its steps from (EDM's sigma_max)
+# The noisiest sigma / alpha the logsnr spacing spreads its steps from: where the DDPM paper's linear schedule
+# ends (157 at T = 1000), so that schedule's own range is used whole; the cosine schedule's clipped last
+# beta puts its last timestep at 2e4, beyond which nothing is left to spend steps on.
+LOGSNR_SIGMA_MAX = 160.0
 
 
 def _randn(shape, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -72,9 +75,9 @@ def logsnr_timesteps(alphas_cumprod, steps: int) -> list[int]:
     linspace(lambda_hi, lambda_0, steps + 1), and its last step goes on to x_0. This is DPM-Solver's
     "logSNR" order (Lu et al. 2022), recommended there for small images: with the linear schedule it puts
     more of a short chain's steps at low noise, where edges are drawn, than trailing does. lambda_hi is
-    lambda_{T-1}, but no noisier than sigma / alpha = 80 (EDM's sigma_max, Karras et al. 2022): the cosine
-    schedule's last timestep alone has sigma / alpha = 2e4, which would otherwise spend a short chain's
-    steps on pure noise. Where the step count asks for more points near t = 0 than there are timesteps
+    lambda_{T-1}, but no noisier than sigma / alpha = ``LOGSNR_SIGMA_MAX`` (160): the cosine schedule's
+    last timestep alone has sigma / alpha = 2e4, which would otherwise spend a short chain's steps on pure
+    noise (at 10 steps, four of them). Where the step count asks for more points near t = 0 than there are timesteps
     (about 25 steps and up at T = 1000), neighbours are pushed apart, so every count from 1 to T gives that
     many distinct timesteps from T-1 down (at T: all of them).
     """
