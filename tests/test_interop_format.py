@@ -153,6 +153,8 @@ UNSUPPORTED_SCHEDULER = [
     ("variance_type", "learned_range"),
     ("variance_type", "fixed_large_log"),  # diffusers itself gives NaN noise for it
     ("timestep_spacing", "karras"),
+    ("timestep_spacing", "logsnr"),  # our own spacings, not diffusers' names
+    ("timestep_spacing", "auto"),
     ("prediction_type", "flow_prediction"),
     ("rescale_betas_zero_snr", True),
     ("_class_name", "EulerDiscreteScheduler"),
@@ -389,3 +391,17 @@ def test_new_unet_fields_change_the_network_only_when_set():
                    dict(center_input_sample=True), dict(act_fn="gelu"), dict(time_conditioning="scale_shift")):
         assert (out(dataclasses.replace(base, **change)) - ref).abs().max() > 1e-4, change
     assert build_model(dataclasses.replace(base, time_embedding_dim=96)).time_embedding.linear_1.out_features == 96
+
+
+def test_export_writes_a_spacing_diffusers_knows():
+    """auto and logsnr are ours: an exported scheduler gets trailing, which like them starts at t = T-1."""
+    import numpy as np
+
+    from ddpm_studio.artifacts.diffusers_format import scheduler_config_for
+    from ddpm_studio.config import SamplingConfig
+
+    betas = np.linspace(1e-4, 0.02, 1000)
+    for spacing, written in (("auto", "trailing"), ("logsnr", "trailing"), ("linspace", "linspace"),
+                             ("leading", "leading"), ("trailing", "trailing")):
+        cfg = scheduler_config_for(betas, "linear", "v", SamplingConfig(spacing=spacing))
+        assert cfg["timestep_spacing"] == written, spacing
