@@ -77,9 +77,9 @@ def logsnr_timesteps(alphas_cumprod, steps: int) -> list[int]:
     more of a short chain's steps at low noise, where edges are drawn, than trailing does. lambda_hi is
     lambda_{T-1}, but no noisier than sigma / alpha = ``LOGSNR_SIGMA_MAX`` (160): the cosine schedule's
     last timestep alone has sigma / alpha = 2e4, which would otherwise spend a short chain's steps on pure
-    noise (at 10 steps, four of them). Where the step count asks for more points near t = 0 than there are timesteps
-    (about 25 steps and up at T = 1000), neighbours are pushed apart, so every count from 1 to T gives that
-    many distinct timesteps from T-1 down (at T: all of them).
+    noise (at 10 steps, four of them). Where the step count asks for more points near t = 0 than there are
+    timesteps (about 25 steps and up at T = 1000), neighbours are pushed apart, so every count from 1 to T
+    gives that many distinct timesteps from T-1 down (at T: all of them).
     """
     ab = np.asarray(alphas_cumprod, dtype=np.float64)
     T = ab.size
@@ -91,7 +91,6 @@ def logsnr_timesteps(alphas_cumprod, steps: int) -> list[int]:
     hi = np.clip(np.searchsorted(rev, targets), 1, T - 1)
     nearer = np.where(np.abs(rev[hi] - targets) < np.abs(rev[hi - 1] - targets), hi, hi - 1)
     ts = (T - 1 - nearer).astype(np.int64)
-    ts[0] = T - 1
     for i in range(steps - 2, -1, -1):  # from the end: each at least one above the next
         ts[i] = max(ts[i], ts[i + 1] + 1)
     ts[0] = T - 1
