@@ -62,15 +62,12 @@ SAMPLER_INFO: dict[str, dict[str, Any]] = {
                           "few."),
     "dpmpp-2m-sde": dict(label="DPM-Solver++ 2M SDE", default_steps=20, settings=("steps", "spacing"),
                          hint="2M that adds fresh noise at every step; more varied detail, wants ~20 steps or more."),
-    # order 2 (diffusers' default) with B(h) = h ("bh1", which diffusers recommends for unconditional models
-    # under 10 steps): on two trained models bh1 beat bh2 at 5 and 10 steps and tied from 20 on, and order 2
-    # beat order 3 at 10 steps by 7-10 % (order 3 was 1-4 % better at 5). At 10 steps it beats DDIM at 50 on
-    # both models (BENCHMARKS.md, "UniPC and the 5-evaluation goal").
-    # With the log-SNR spacing DPM-Solver++ 2M caught up: at 10 steps it beat UniPC on all four 6-minute
-    # real-image models, at 5 steps on three of them (BENCHMARKS.md, "A log-SNR spacing for DPM-Solver++").
-    "unipc": dict(label="UniPC", default_steps=10, settings=("steps", "spacing"),
-                  hint="A predictor-corrector solver; good images in 5-10 steps, at 5 best on smooth photos "
-                       "(Zhao et al. 2023)."),
+    # order 2 with B(h) = e^h - 1 ("bh2"; both diffusers' defaults) on the log-SNR spacing (auto). With trailing
+    # steps bh1 had been better (BENCHMARKS.md, "UniPC and the 5-evaluation goal"), but with log-SNR steps bh1
+    # fails at 5, while bh2 beat the old bh1-trailing UniPC at 10 steps on all five models measured and at 5 on
+    # four, and DPM-Solver++ 2M at 5 on three (BENCHMARKS.md, "A log-SNR spacing for DPM-Solver++").
+    "unipc": dict(label="UniPC (fewest steps)", default_steps=10, settings=("steps", "spacing"),
+                  hint="A predictor-corrector solver; good images in 5-10 steps, the fewest here (Zhao et al. 2023)."),
 }
 
 
@@ -84,7 +81,7 @@ def sampler_default_steps(sampler: str, T: int) -> int:
 # How a few-step sampler spreads its steps over 0..T-1 (trailing, linspace and leading are diffusers' names;
 # Lin et al. 2024, Table 2). Every spacing but leading starts every chain at t = T-1.
 SPACING_HINTS = {
-    "auto": "Each sampler's best: log-SNR for DPM-Solver++, trailing for DDIM and UniPC (recommended).",
+    "auto": "Each sampler's best: log-SNR for DPM-Solver++ and UniPC, trailing for DDIM (recommended).",
     "trailing": "Evenly spaced in t, starting from pure noise at t = T-1 for every step count.",
     "linspace": "Evenly spaced from T-1 down to 0.",
     "logsnr": "Evenly spaced in log signal-to-noise: more steps at low noise, where edges are drawn.",
@@ -429,8 +426,8 @@ class SamplingConfig:
                            help="how many images per generation")
     seed: int = knob(0, lo=0, hi=2**63 - 1, label="Seed", metavar="S", help="same seed, same images")
     spacing: str = knob("auto", choices=Spacing, label="Spacing",
-                        help="which timesteps ddim / dpmpp-* / unipc visit: auto = the sampler's own (logsnr for "
-                        "dpmpp-*, else trailing); all but leading (diffusers' old default) start at t = T-1")
+                        help="which timesteps ddim / dpmpp-* / unipc visit: auto = the sampler's own (trailing for "
+                        "ddim, else logsnr); all but leading (diffusers' old default) start at t = T-1")
     steps_offset: int = knob(0, lo=0, hi=1000, label="Steps offset", metavar="N",
                              help="added to every leading timestep (diffusers' steps_offset; 1 for SD-style models)")
     clip_range: float = knob(1.0, lo=1e-6, hi=1e6, label="Clip range", metavar="R",

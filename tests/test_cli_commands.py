@@ -179,7 +179,7 @@ def test_sample_sampler_and_spacing_flags_are_used_and_recorded(tmp_path, capsys
         ("dpmpp-2m-sde", 4, 3)
     record, io = sample("unipc", "--sampler", "unipc")  # UniPC's own default step count
     assert (record["sampling"]["sampler"], record["sampling"]["steps"]) == ("unipc", 10)
-    assert "unipc, 10 steps, trailing spacing (auto)" in io.err
+    assert "unipc, 10 steps, logsnr spacing (auto)" in io.err
     a = Image.open(tmp_path / "default" / "sample_0000.png").tobytes()
     b = Image.open(tmp_path / "ddim" / "sample_0000.png").tobytes()
     assert a != b  # different samplers, different images from the same noise

@@ -19,9 +19,9 @@ def test_defaults_are_the_fast_sampler_from_pure_noise():
     assert set(DIFFUSERS_SPACINGS) == {"leading", "trailing", "linspace"}
 
 
-def test_auto_spacing_is_log_snr_for_dpm_solver_and_trailing_for_the_others():
+def test_auto_spacing_is_log_snr_for_the_multistep_solvers_and_trailing_for_ddim():
     assert [resolve_spacing(n, "auto") for n in SAMPLERS] == ["trailing", "trailing", "logsnr", "logsnr", "logsnr",
-                                                              "trailing"]
+                                                              "logsnr"]
     assert resolve_spacing("dpmpp-2m", "linspace") == "linspace" and resolve_spacing("ddim", "logsnr") == "logsnr"
     # what was used is what a run's description and `info` say, with the setting beside it
     assert describe_sampling(SamplingConfig(), 1000) == "dpmpp-2m, 20 steps, logsnr spacing (auto), x_0 clipped, seed 0"

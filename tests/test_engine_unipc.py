@@ -11,6 +11,7 @@ from test_engine_dpm_solver import DIFFUSERS_PREDICTION, F64, _diffusion, _quant
 
 from ddpm_studio.config import SamplingConfig
 from ddpm_studio.engine.dpm_solver import dpm_solver_sample_loop_progressive
+from ddpm_studio.engine.steps import logsnr_timesteps, trailing_timesteps
 from ddpm_studio.engine.unipc import UniPC, unipc_sample_loop_progressive
 
 
@@ -179,14 +180,15 @@ def test_exact_denoiser_few_steps_unipc_loses_less_spread_than_dpm_solver(kind):
         assert bh1 < uni < min(dpm2, dpm3), (n, bh1, uni, dpm2, dpm3)
 
 
-def test_the_sampler_name_unipc_is_order_2_bh1():
-    """The name dispatches to order 2, bh1 (the same seed, the same chain; seeds, stopping: the DPM-Solver++
-    file's dispatch test covers unipc too)."""
+def test_the_sampler_name_unipc_is_order_2_bh2_on_log_snr_steps():
+    """The name dispatches to order 2, bh2, and its spacing auto to logsnr (the same seed, the same chain;
+    seeds, stopping: the DPM-Solver++ file's dispatch test covers unipc too)."""
     d = _diffusion("cosine", T=100, prediction="v")
     a = d.sample(toy_model, (2, 3, 8, 8), SamplingConfig(sampler="unipc", steps=8, seed=3))
-    direct = list(unipc_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=8, order=2, solver_type="bh1",
-                                                generator=torch.Generator().manual_seed(3)))
+    direct = list(unipc_sample_loop_progressive(d, toy_model, (2, 3, 8, 8), steps=8, order=2, solver_type="bh2",
+                                                spacing="logsnr", generator=torch.Generator().manual_seed(3)))
     assert torch.equal(a, direct[-1].x_t) and direct[0].t == 99
+    assert [r.t for r in direct] == logsnr_timesteps(d.schedule.alphas_cumprod, 8) != trailing_timesteps(100, 8)
 
 
 def test_explicit_timesteps_replace_the_spacing():

@@ -68,7 +68,7 @@ DIFFUSERS_SPACINGS = (Spacing.TRAILING.value, Spacing.LINSPACE.value, Spacing.LE
 # What spacing "auto" means for each sampler: the one measured best on our real-image models at the step
 # counts each sampler is used at (BENCHMARKS.md, "A log-SNR spacing for DPM-Solver++"). ddpm walks every step.
 AUTO_SPACING = {"ddpm": "trailing", "ddim": "trailing", "dpmpp-2m": "logsnr", "dpmpp-3m": "logsnr",
-                "dpmpp-2m-sde": "logsnr", "unipc": "trailing"}
+                "dpmpp-2m-sde": "logsnr", "unipc": "logsnr"}
 
 
 def resolve_spacing(sampler: str, spacing: str) -> str:

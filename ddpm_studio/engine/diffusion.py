@@ -35,7 +35,7 @@ VARIANCES = Variance.values()
 # DPM-Solver++ samplers (engine/dpm_solver.py): name -> (solver order, stochastic SDE variant)
 DPM_SAMPLERS = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "dpmpp-2m-sde": (2, True)}
 # UniPC (engine/unipc.py): name -> its settings (see config.SAMPLER_INFO for why this order)
-UNIPC_SAMPLERS = {"unipc": dict(order=2, solver_type="bh1")}
+UNIPC_SAMPLERS = {"unipc": dict(order=2, solver_type="bh2")}  # diffusers' defaults; with log-SNR steps (auto)
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
