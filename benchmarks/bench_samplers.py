@@ -17,8 +17,9 @@ only" (goal <= 1 s on 2 cores): the median of 5 chains of sampling.service.gener
 default SamplingConfig, after one warm-up chain.
 
 With --diffusers it also scores diffusers' own DPMSolverMultistepScheduler (2M) and
-UniPCMultistepScheduler (bh2) on the same model, seeds and scorer (rows "diffusers-dpmpp-2m" and
-"diffusers-unipc"): the first must equal our dpmpp-2m row, the second our unipc row at order 2.
+UniPCMultistepScheduler (bh2) on the same model, seeds and scorer, with trailing spacing (rows
+"diffusers-dpmpp-2m" and "diffusers-unipc"): they must equal the variants dpmpp-2m:spacing=trailing and
+unipc:spacing=trailing (the app's samplers walk log-SNR steps, which diffusers has no name for).
 
 --variants scores settings the sampler names do not reach, each NAME:key=value,key=value:
 our engine's loops for ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde and unipc (keys: the loop's keywords,
