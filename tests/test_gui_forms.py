@@ -106,6 +106,26 @@ def test_sections_persist_by_the_schema_field_by_field(tmp_path):
     assert got.spacing == "auto" and got.dynamic_threshold is None
 
 
+def test_settings_from_before_auto_spacing_take_the_new_default(tmp_path, monkeypatch):
+    """A spacing saved as trailing by a version whose default it was gives way to auto, once; a trailing
+    saved after that is the user's choice and stays."""
+    from ddpm_studio import paths
+    from ddpm_studio.config import SamplingConfig
+    from ddpm_studio.gui.settings import SETTINGS_VERSION, open_settings, restore_section, settings_path
+
+    monkeypatch.setattr(paths, "config_dir", lambda: tmp_path)
+    old = QSettings(str(settings_path()), QSettings.Format.IniFormat)  # as the version before wrote it
+    old.setValue("sampling/spacing", "trailing")
+    old.setValue("sampling/steps", 12)
+    old.sync()
+    s = open_settings()
+    got = restore_section(s, "sampling", SamplingConfig())
+    assert (got.spacing, got.steps) == ("auto", 12) and int(s.value("settings_version")) == SETTINGS_VERSION
+    s.setValue("sampling/spacing", "trailing")  # now chosen by the user
+    s.sync()
+    assert restore_section(open_settings(), "sampling", SamplingConfig()).spacing == "trailing"
+
+
 def test_the_sampling_panel_keeps_its_settings_by_field_name(qtbot):
     from ddpm_studio.gui.main_window import MainWindow
     from ddpm_studio.gui.settings import open_settings

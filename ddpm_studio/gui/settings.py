@@ -12,10 +12,27 @@ def settings_path():
     return paths.config_dir() / "ddpm-studio.ini"
 
 
+# 2: the sampling spacing's default became auto. Settings written before it hold "trailing", the old default,
+# whether or not the user chose it; version 1 had no key of its own.
+SETTINGS_VERSION = 2
+
+
 def open_settings() -> QSettings:
     path = settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return QSettings(str(path), QSettings.Format.IniFormat)
+    settings = QSettings(str(path), QSettings.Format.IniFormat)
+    migrate(settings)
+    return settings
+
+
+def migrate(settings: QSettings) -> None:
+    """Bring settings written by an older version up to this one: a spacing saved as the old default
+    (trailing) gives way to the new default (auto), so an upgrade gets the sampler's own steps."""
+    if get(settings, "settings_version", 1, kind=int) >= SETTINGS_VERSION:
+        return
+    if settings.value("sampling/spacing") == "trailing":
+        settings.remove("sampling/spacing")
+    settings.setValue("settings_version", SETTINGS_VERSION)
 
 
 def get(settings: QSettings, key: str, default, kind=None):
