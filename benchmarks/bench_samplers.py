@@ -144,14 +144,11 @@ def _distinct(ts: list[int], name: str, steps: int) -> list[int]:
 
 
 def logsnr_full_timesteps(diffusion, steps: int) -> list[int]:
-    """The engine's logsnr spacing without its bound at sigma/alpha = 160 (the same on the linear schedule, not on
-    the cosine one): the nearest timestep to each of
-    linspace(lambda_{T-1}, lambda_0, steps + 1) but the last (the chain's last step goes to x_0)."""
-    ab = diffusion.schedule.alphas_cumprod
-    lam = 0.5 * np.log(ab / (1.0 - ab))  # decreasing in t
-    targets = np.linspace(lam[-1], lam[0], steps + 1)[:-1]
-    ts = [int(np.argmin(np.abs(lam - v))) for v in targets]
-    return _distinct(ts, "log-SNR", steps)
+    """The engine's logsnr spacing without its bound at sigma/alpha = 160: the same on the linear schedule; on
+    the cosine one its grid starts at sigma/alpha = 2e4, and its first points fall on 999, 998, ..."""
+    from ddpm_studio.engine.steps import logsnr_timesteps
+
+    return logsnr_timesteps(diffusion.schedule.alphas_cumprod, steps, sigma_max=float("inf"))
 
 
 def karras_timesteps(diffusion, steps: int, rho: float = 7.0) -> list[int]:

@@ -68,14 +68,14 @@ def trailing_timesteps(T: int, steps: int) -> list[int]:
     return (np.round(np.arange(T, 0, -T / steps)[:steps]).astype(np.int64) - 1).tolist()
 
 
-def logsnr_timesteps(alphas_cumprod, steps: int) -> list[int]:
+def logsnr_timesteps(alphas_cumprod, steps: int, sigma_max: float = LOGSNR_SIGMA_MAX) -> list[int]:
     """Timesteps evenly spaced in log-SNR lambda = log(alpha / sigma), from t = T-1 towards t = 0.
 
     The chain starts at t = T-1; its other steps are the timesteps nearest to points 1 .. steps-1 of
     linspace(lambda_hi, lambda_0, steps + 1), and its last step goes on to x_0. This is DPM-Solver's
     "logSNR" order (Lu et al. 2022), recommended there for small images: with the linear schedule it puts
     more of a short chain's steps at low noise, where edges are drawn, than trailing does. lambda_hi is
-    lambda_{T-1}, but no noisier than sigma / alpha = ``LOGSNR_SIGMA_MAX`` (160): the cosine schedule's
+    lambda_{T-1}, but no noisier than sigma / alpha = ``sigma_max`` (default 160): the cosine schedule's
     last timestep alone has sigma / alpha = 2e4, which would otherwise spend a short chain's steps on pure
     noise (at 10 steps, four of them). Where the step count asks for more points near t = 0 than there are
     timesteps (about 25 steps and up at T = 1000), neighbours are pushed apart, so every count from 1 to T
@@ -85,7 +85,7 @@ def logsnr_timesteps(alphas_cumprod, steps: int) -> list[int]:
     T = ab.size
     check_steps(T, steps)
     lam = 0.5 * (np.log(ab) - np.log1p(-ab))  # decreasing in t
-    targets = np.linspace(max(lam[-1], -np.log(LOGSNR_SIGMA_MAX)), lam[0], steps + 1)[:-1]
+    targets = np.linspace(max(lam[-1], -np.log(sigma_max)), lam[0], steps + 1)[:-1]
     # lam is decreasing, so search the reversed (increasing) array; pick the nearer neighbour of each target
     rev = lam[::-1]
     hi = np.clip(np.searchsorted(rev, targets), 1, T - 1)
