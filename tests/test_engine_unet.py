@@ -158,3 +158,25 @@ def test_model_config_extra_fields_are_read_when_present():
     model = UNet(WithExtras(image_size=8, base_channels=16, channel_mult=(1, 2), attention_resolutions=()))
     assert model.spec.norm_groups == 4 and model.spec.downsample_padding == 1
     assert model.down_blocks[0].downsamplers[0].conv.padding == (1, 1)
+
+
+def test_attention_runs_in_fp32_under_cpu_bf16_autocast_and_keeps_gradients():
+    """Under bf16 autocast on a CPU the attention core is computed in fp32 (torch's bf16 flash backward is
+    slow there): the result is bf16 and equals an fp32 attention of the same bf16 inputs, rounded once;
+    gradients still reach q, k and v. Outside autocast it is plain scaled_dot_product_attention."""
+    import torch.nn.functional as F
+
+    from ddpm_studio.engine.unet import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 64, 32, generator=g) for _ in range(3))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(qb, kb, vb)
+    assert out.dtype == torch.bfloat16
+    want = F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float()).bfloat16()
+    assert torch.equal(out, want)
+    out.float().square().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0
+               for t in (qb, kb, vb))

@@ -244,6 +244,16 @@ class ResnetBlock(nn.Module):
         return h if self.output_scale == 1.0 else h.div_(self.output_scale)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v, each (B, heads, N, d). Under bf16 autocast on a CPU it runs in fp32:
+    torch's CPU flash-attention backward in bf16 took 5x its fp32 time (BENCHMARKS.md, "bf16 attention in
+    fp32"), and these attention layers are a small part of the network's work, so fp32 costs little."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class AttentionBlock(nn.Module):
     """Self-attention over the H*W positions with a residual connection (diffusers' Attention)."""
 
@@ -266,7 +276,7 @@ class AttentionBlock(nn.Module):
         b = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
         qkv = F.linear(h, w, b).view(B, H * W, 3, self.heads, C // self.heads)  # (B, HW, 3, heads, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, d)
-        a = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        a = attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         a = a.transpose(1, 2).reshape(B, H * W, C)  # (B, HW, C)
         out = self.to_out[0](a).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
         out = out.add_(x)
