@@ -22,7 +22,8 @@ UniPCMultistepScheduler (bh2) on the same model, seeds and scorer, with trailing
 unipc:spacing=trailing (the app's samplers walk log-SNR steps, which diffusers has no name for).
 
 --variants scores settings the sampler names do not reach, each NAME:key=value,key=value:
-our engine's loops for ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde and unipc (keys: the loop's keywords,
+our engine's loops for ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde and unipc, and ipndm (this file's own, order=1-4,
+not in the app; keys: the loop's keywords,
 e.g. order, solver_type, corrector, lower_order_final, spacing; besides the engine's spacings,
 spacing=logsnr-full, karras[,rho=R] and quadratic, see BENCH_SPACINGS), or diffusers-dpmpp-2m /
 diffusers-unipc with scheduler keywords (e.g. solver_order=3, final_sigmas_type=sigma_min,
@@ -175,6 +176,33 @@ BENCH_SPACINGS = {"logsnr-full": logsnr_full_timesteps, "karras": karras_timeste
                   "quadratic": quadratic_timesteps}
 
 
+AB_WEIGHTS = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+
+
+def ipndm_chain(loaded, timesteps: list[int], n: int, seed: int, order: int = 4):
+    """iPNDM (Zhang & Chen 2023, the DEIS paper's improved PNDM; not in the engine): Adams-Bashforth on
+    dx/ds = eps in x = x_t / alpha_t, s = sigma_t / alpha_t, with the fixed weights of equal steps whatever the
+    spacing, the order rising from 1 (the first step is DDIM's); the last step goes to s = 0 at full order.
+    x_0 estimates clipped to [-1, 1] as the app's samplers do. Yields one StepResult-like object at the end."""
+    from types import SimpleNamespace
+
+    from ddpm_studio.engine.dpm_solver import threshold_x0
+
+    d, ab = loaded.diffusion, loaded.diffusion.schedule.alphas_cumprod
+    alpha = [float(np.sqrt(ab[t])) for t in timesteps]
+    s = [float(np.sqrt(1 - ab[t])) / a for t, a in zip(timesteps, alpha)] + [0.0]
+    x = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(seed)) / alpha[0]
+    eps_history: list[torch.Tensor] = []  # newest first
+    with torch.inference_mode():
+        for j, t in enumerate(timesteps):
+            x_t = x * alpha[j]
+            x0, _ = d.predict_x0_and_eps(loaded.model(x_t, torch.full((n,), t, dtype=torch.long)), x_t, int(t))
+            eps_history = [(x - threshold_x0(x0, clip=True)) / s[j]] + eps_history[:order - 1]
+            weights = AB_WEIGHTS[len(eps_history)]
+            x = x + (s[j + 1] - s[j]) * sum(w * e for w, e in zip(weights, eps_history))
+    yield SimpleNamespace(x_t=x)
+
+
 def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int):
     """One chain of our engine's loop ``name`` with ``kwargs``; x_T from the seed as generate() draws it."""
     from ddpm_studio.engine.diffusion import DPM_SAMPLERS, UNIPC_SAMPLERS
@@ -185,6 +213,12 @@ def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int)
     if kw.get("spacing") in BENCH_SPACINGS:  # spacings the engine does not have: explicit timesteps
         extra = {"rho": float(kw.pop("rho"))} if "rho" in kw else {}
         kw["timesteps"] = BENCH_SPACINGS[kw.pop("spacing")](d, steps, **extra)
+    if name == "ipndm":
+        from ddpm_studio.engine.dpm_solver import dpm_solver_timesteps
+
+        ts = kw.pop("timesteps", None) or dpm_solver_timesteps(d.T, steps, kw.pop("spacing", "logsnr"),
+                                                               d.schedule.alphas_cumprod)
+        return ipndm_chain(loaded, ts, n, seed, **kw)
     common = dict(generator=torch.Generator().manual_seed(seed), device=loaded.device)
     shape = (n, *loaded.image_shape)
     if name == "ddim":
