@@ -22,13 +22,13 @@ UniPCMultistepScheduler (bh2) on the same model, seeds and scorer, with trailing
 unipc:spacing=trailing (the app's samplers walk log-SNR steps, which diffusers has no name for).
 
 --variants scores settings the sampler names do not reach, each NAME:key=value,key=value:
-our engine's loops for ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde and unipc, and ipndm (this file's own, order=1-4,
-not in the app; keys: the loop's keywords,
-e.g. order, solver_type, corrector, lower_order_final, spacing; besides the engine's spacings,
-spacing=logsnr-full, karras[,rho=R] and quadratic, see BENCH_SPACINGS), or diffusers-dpmpp-2m /
-diffusers-unipc with scheduler keywords (e.g. solver_order=3, final_sigmas_type=sigma_min,
-euler_at_final=true); nfe=N scores that variant at N evaluations only (e.g. ddim:nfe=50 as the
-reference). The same seeds for every row.
+our engine's loops for ddim, dpmpp-2m, dpmpp-3m, dpmpp-2m-sde and unipc, and ipndm (this file's own,
+order=1-4, not in the app); keys: the loop's keywords, e.g. order, solver_type, corrector, lower_order_final,
+spacing; besides the engine's spacings, spacing=logsnr-full, karras[,rho=R] and quadratic, see
+BENCH_SPACINGS. Or diffusers-dpmpp-2m / diffusers-unipc with scheduler keywords (e.g. solver_order=3,
+final_sigmas_type=sigma_min, euler_at_final=true; spacing=logsnr hands diffusers-dpmpp-2m the engine's
+log-SNR timesteps). nfe=N scores that variant at N evaluations only (e.g. ddim:nfe=50 as the reference).
+The same seeds for every row.
 results.json keeps every point; benchmarks/plot_samplers.py draws it.
 
 Self-contained on purpose (no code shared with bench_quality.py).
@@ -255,6 +255,9 @@ def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int, **opti
 
     from ddpm_studio.sampling.service import to_uint8
 
+    from ddpm_studio.engine.steps import logsnr_timesteps
+
+    logsnr = options.pop("spacing", None) == "logsnr"  # DPM-Solver++ only: our log-SNR timesteps handed to it
     pred = {"epsilon": "epsilon", "x0": "sample", "v": "v_prediction"}[loaded.config.diffusion.prediction]
     common = {**dict(num_train_timesteps=loaded.diffusion.T, trained_betas=loaded.diffusion.schedule.betas,
                      prediction_type=pred, timestep_spacing="trailing", thresholding=True, sample_max_value=1.0,
@@ -265,7 +268,10 @@ def sample_diffusers(loaded, kind: str, steps: int, num: int, batch: int, **opti
     for b, start in enumerate(range(0, num, batch)):
         n = min(batch, num - start)
         sched = cls(**common)
-        sched.set_timesteps(steps)
+        if logsnr:
+            sched.set_timesteps(timesteps=logsnr_timesteps(loaded.diffusion.schedule.alphas_cumprod, steps))
+        else:
+            sched.set_timesteps(steps)
         x = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(SEED_BASE + b))
         with torch.inference_mode():
             for t in sched.timesteps:
