@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import statistics
 import tempfile
@@ -114,6 +113,7 @@ def sample_rate(preset, size, variant, steps):
 def trainer_rate(size: int, precision: str, steps: int, out: Path) -> float:
     """images/s of the real trainer (tiny preset, built-in set, batch 32, no previews or checkpoints): the
     median of the rates it logs every 10 steps after step 40 (wall-clock, as a user sees them)."""
+    from ddpm_studio.artifacts.runs import read_metrics
     from ddpm_studio.config import RunConfig
     from ddpm_studio.training.trainer import Trainer
 
@@ -123,8 +123,7 @@ def trainer_rate(size: int, precision: str, steps: int, out: Path) -> float:
                                 train=dict(steps=steps, minutes=None, precision=precision, device="cpu", log_every=10,
                                            preview_every=0, checkpoint_every=0))
     Trainer(cfg, run).run()
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rates = [r["images_per_sec"] for r in rows if r.get("step", 0) > 40 and "images_per_sec" in r]
+    rates = [r["images_per_sec"] for r in read_metrics(run) if r.get("step", 0) > 40 and "images_per_sec" in r]
     return statistics.median(rates)
 
 
