@@ -28,6 +28,10 @@ spacing; besides the engine's spacings, spacing=logsnr-full, karras[,rho=R] and 
 BENCH_SPACINGS. Or diffusers-dpmpp-2m / diffusers-unipc with scheduler keywords (e.g. solver_order=3,
 final_sigmas_type=sigma_min, euler_at_final=true; spacing=logsnr hands diffusers-dpmpp-2m the engine's
 log-SNR timesteps). nfe=N scores that variant at N evaluations only (e.g. ddim:nfe=50 as the reference).
+teleport=S (any engine loop) starts the chain at sigma / alpha = S instead of t = T-1, carrying x_T there by the
+exact probability-flow solution of a Gaussian with the training images' mean and covariance (Wang & Vastola's
+"analytical teleportation"; not in the app); teleport_tol=E picks S as the lowest noise level at which that
+Gaussian's denoiser is still within E (RMS per pixel, in [-1, 1]) of the training set's exact denoiser.
 The same seeds for every row.
 results.json keeps every point; benchmarks/plot_samplers.py draws it.
 
@@ -203,6 +207,80 @@ def ipndm_chain(loaded, timesteps: list[int], n: int, seed: int, order: int = 4)
     yield SimpleNamespace(x_t=x)
 
 
+def _flat_images(images_u8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C*H*W) float64 in [-1, 1], flattened in the model's (C, H, W) order."""
+    x = torch.from_numpy(np.ascontiguousarray(images_u8.transpose(0, 3, 1, 2))).double() / 127.5 - 1.0
+    return x.reshape(len(x), -1)
+
+
+_GAUSS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def gaussian_stats(loaded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean, covariance eigenvalues and eigenvectors of the model's training images in [-1, 1] (float64)."""
+    if id(loaded) not in _GAUSS:
+        from ddpm_studio.data import load_images
+
+        x = _flat_images(load_images(loaded.config.data, use_cache=True).images)
+        mu = x.mean(0)
+        lam, U = torch.linalg.eigh(torch.cov((x - mu).T))
+        _GAUSS[id(loaded)] = (mu, lam.clamp_min(0.0), U)
+    return _GAUSS[id(loaded)]
+
+
+def teleport(loaded, x: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
+    """The probability-flow ODE's exact solution from t_from to t_to if the data were Gaussian with the training
+    images' mean and covariance (Wang & Vastola 2023): in each eigendirection of the covariance the deviation
+    from alpha_t mu scales with the marginal's standard deviation sqrt(alpha_t^2 lambda + sigma_t^2)."""
+    mu, lam, U = gaussian_stats(loaded)
+    ab = loaded.diffusion.schedule.alphas_cumprod
+    a0, a1 = float(np.sqrt(ab[t_from])), float(np.sqrt(ab[t_to]))
+    s0, s1 = float(np.sqrt(1 - ab[t_from])), float(np.sqrt(1 - ab[t_to]))
+    scale = torch.sqrt((a1 ** 2 * lam + s1 ** 2) / (a0 ** 2 * lam + s0 ** 2))
+    y = (x.reshape(len(x), -1).double() - a0 * mu) @ U
+    return ((y * scale) @ U.T + a1 * mu).reshape(x.shape).to(x.dtype)
+
+
+def gaussian_error(loaded, ratio: float, n: int = 256) -> float:
+    """RMS difference per pixel, at sigma / alpha = ratio, between the exact optimal denoiser of the training
+    images (a softmax over all of them) and the Gaussian model's, on n noised training images (seed 0)."""
+    from ddpm_studio.data import load_images
+
+    mu, lam, U = gaussian_stats(loaded)
+    X = _flat_images(load_images(loaded.config.data, use_cache=True).images)
+    g = torch.Generator().manual_seed(0)
+    x0 = X[torch.randperm(len(X), generator=g)[:n]]
+    a = 1.0 / (1.0 + ratio ** 2) ** 0.5
+    s = ratio * a
+    xt = a * x0 + s * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    exact = torch.softmax(-torch.cdist(xt, a * X) ** 2 / (2 * s * s), dim=1) @ X
+    gauss = mu + ((xt - a * mu) @ U) * (a * lam / (a * a * lam + s * s)) @ U.T
+    return float(((exact - gauss) ** 2).mean().sqrt())
+
+
+def teleport_ratio(loaded, tol: float) -> float:
+    """The lowest sigma / alpha on a log grid from 160 down to 1 above which the Gaussian model's denoiser stays
+    within ``tol`` (RMS per pixel) of the training images' exact one."""
+    ratio = 160.0
+    for r in np.geomspace(160.0, 1.0, 41)[1:]:
+        if gaussian_error(loaded, float(r)) > tol:
+            break
+        ratio = float(r)
+    print(f"teleport: tol {tol} -> sigma/alpha {ratio:.2f}", flush=True)
+    return ratio
+
+
+def teleport_timesteps(diffusion, steps: int, ratio: float, spacing: str) -> list[int]:
+    """``steps`` timesteps from the one nearest sigma / alpha = ``ratio`` down: log-SNR or trailing spaced."""
+    from ddpm_studio.engine.steps import logsnr_timesteps
+
+    ab = np.asarray(diffusion.schedule.alphas_cumprod, dtype=np.float64)
+    t_skip = int(np.argmin(np.abs(0.5 * np.log((1 - ab) / ab) - np.log(ratio))))
+    if spacing == "trailing":
+        return _distinct([int(round(t_skip * (1 - i / steps))) for i in range(steps)], "teleport", steps)
+    return logsnr_timesteps(ab[:t_skip + 1], steps, sigma_max=float("inf"))
+
+
 def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int):
     """One chain of our engine's loop ``name`` with ``kwargs``; x_T from the seed as generate() draws it."""
     from ddpm_studio.engine.diffusion import DPM_SAMPLERS, UNIPC_SAMPLERS
@@ -221,6 +299,12 @@ def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int)
         return ipndm_chain(loaded, ts, n, seed, **kw)
     common = dict(generator=torch.Generator().manual_seed(seed), device=loaded.device)
     shape = (n, *loaded.image_shape)
+    if "teleport_tol" in kw:
+        kw["teleport"] = teleport_ratio(loaded, float(kw.pop("teleport_tol")))
+    if "teleport" in kw:  # start at sigma/alpha = teleport, x carried there by the Gaussian model's exact flow
+        kw["timesteps"] = teleport_timesteps(d, steps, float(kw.pop("teleport")), kw.pop("spacing", "logsnr"))
+        x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        common = dict(noise=teleport(loaded, x_T, d.T - 1, kw["timesteps"][0]), device=loaded.device)
     if name == "ddim":
         return d.ddim_sample_loop_progressive(loaded.model, shape, steps=steps, **{"spacing": "trailing", **kw},
                                               **common)
