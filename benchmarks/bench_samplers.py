@@ -31,7 +31,8 @@ log-SNR timesteps). nfe=N scores that variant at N evaluations only (e.g. ddim:n
 teleport=S (any engine loop) starts the chain at sigma / alpha = S instead of t = T-1, carrying x_T there by the
 exact probability-flow solution of a Gaussian with the training images' mean and covariance (Wang & Vastola's
 "analytical teleportation"; not in the app); teleport_tol=E picks S as the lowest noise level at which that
-Gaussian's denoiser is still within E (RMS per pixel, in [-1, 1]) of the training set's exact denoiser.
+Gaussian's denoiser is still within E (RMS per pixel, in [-1, 1]) of the training set's exact denoiser;
+teleport=model picks the S at which the model's own x_0 prediction is closest to the Gaussian's.
 The same seeds for every row.
 results.json keeps every point; benchmarks/plot_samplers.py draws it.
 
@@ -270,6 +271,34 @@ def teleport_ratio(loaded, tol: float) -> float:
     return ratio
 
 
+def model_gaussian_gap(loaded, n: int = 64) -> list[tuple[float, float]]:
+    """(sigma / alpha, RMS per pixel) on a log grid from 160 down to 1: how far the model's x_0 prediction is from
+    the Gaussian model's at points the Gaussian flow carried there from x_T (n images, seed 0)."""
+    mu, lam, U = gaussian_stats(loaded)
+    d = loaded.diffusion
+    ab = np.asarray(d.schedule.alphas_cumprod, dtype=np.float64)
+    log_ratio = 0.5 * np.log((1 - ab) / ab)
+    x_T = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(0))
+    gaps = []
+    with torch.inference_mode():
+        for r in np.geomspace(160.0, 1.0, 41):
+            t = int(np.argmin(np.abs(log_ratio - np.log(r))))
+            x = teleport(loaded, x_T, d.T - 1, t)
+            x0, _ = d.predict_x0_and_eps(loaded.model(x, torch.full((n,), t, dtype=torch.long)), x, t)
+            a, s = float(np.sqrt(ab[t])), float(np.sqrt(1 - ab[t]))
+            g = mu + ((x.reshape(n, -1).double() - a * mu) @ U) * (a * lam / (a * a * lam + s * s)) @ U.T
+            gaps.append((float(r), float(((x0.reshape(n, -1).double() - g) ** 2).mean().sqrt())))
+    return gaps
+
+
+def teleport_ratio_model(loaded) -> float:
+    """The sigma / alpha where the model and the Gaussian agree best: above it the model (little trained at high
+    noise) is the worse of the two, below it the Gaussian (the data are not Gaussian)."""
+    ratio, gap = min(model_gaussian_gap(loaded), key=lambda p: p[1])
+    print(f"teleport: model-Gaussian gap smallest at sigma/alpha {ratio:.2f} ({gap:.3f})", flush=True)
+    return ratio
+
+
 def teleport_timesteps(diffusion, steps: int, ratio: float, spacing: str) -> list[int]:
     """``steps`` timesteps from the one nearest sigma / alpha = ``ratio`` down: log-SNR or trailing spaced."""
     from ddpm_studio.engine.steps import logsnr_timesteps
@@ -301,6 +330,8 @@ def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int)
     shape = (n, *loaded.image_shape)
     if "teleport_tol" in kw:
         kw["teleport"] = teleport_ratio(loaded, float(kw.pop("teleport_tol")))
+    if kw.get("teleport") == "model":
+        kw["teleport"] = teleport_ratio_model(loaded)
     if "teleport" in kw:  # start at sigma/alpha = teleport, x carried there by the Gaussian model's exact flow
         kw["timesteps"] = teleport_timesteps(d, steps, float(kw.pop("teleport")), kw.pop("spacing", "logsnr"))
         x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
