@@ -214,26 +214,40 @@ def _flat_images(images_u8: np.ndarray) -> torch.Tensor:
     return x.reshape(len(x), -1)
 
 
-_GAUSS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_GAUSS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_TELEPORT_RATIOS: dict[tuple, float] = {}  # (id(loaded), rule, tol) -> sigma / alpha, found once per model
 
 
-def gaussian_stats(loaded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, covariance eigenvalues and eigenvectors of the model's training images in [-1, 1] (float64)."""
+def gaussian_stats(loaded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The model's training images flattened in [-1, 1], their mean, and the eigenvalues and eigenvectors of their
+    covariance (float64); read and computed once per model."""
     if id(loaded) not in _GAUSS:
         from ddpm_studio.data import load_images
 
         x = _flat_images(load_images(loaded.config.data, use_cache=True).images)
         mu = x.mean(0)
         lam, U = torch.linalg.eigh(torch.cov((x - mu).T))
-        _GAUSS[id(loaded)] = (mu, lam.clamp_min(0.0), U)
+        _GAUSS[id(loaded)] = (x, mu, lam.clamp_min(0.0), U)
     return _GAUSS[id(loaded)]
+
+
+def gaussian_x0(loaded, x_flat: torch.Tensor, a: float, s: float) -> torch.Tensor:
+    """The Gaussian model's optimal denoiser E[x_0 | x_t] at alpha = a, sigma = s, for (N, C*H*W) float64 x_t."""
+    _, mu, lam, U = gaussian_stats(loaded)
+    return mu + ((x_flat - a * mu) @ U) * (a * lam / (a * a * lam + s * s)) @ U.T
+
+
+def timestep_at(diffusion, ratio: float) -> int:
+    """The timestep whose sigma / alpha is nearest ``ratio`` (in log)."""
+    ab = np.asarray(diffusion.schedule.alphas_cumprod, dtype=np.float64)
+    return int(np.argmin(np.abs(0.5 * np.log((1 - ab) / ab) - np.log(ratio))))
 
 
 def teleport(loaded, x: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
     """The probability-flow ODE's exact solution from t_from to t_to if the data were Gaussian with the training
     images' mean and covariance (Wang & Vastola 2023): in each eigendirection of the covariance the deviation
     from alpha_t mu scales with the marginal's standard deviation sqrt(alpha_t^2 lambda + sigma_t^2)."""
-    mu, lam, U = gaussian_stats(loaded)
+    _, mu, lam, U = gaussian_stats(loaded)
     ab = loaded.diffusion.schedule.alphas_cumprod
     a0, a1 = float(np.sqrt(ab[t_from])), float(np.sqrt(ab[t_to]))
     s0, s1 = float(np.sqrt(1 - ab[t_from])), float(np.sqrt(1 - ab[t_to]))
@@ -245,18 +259,14 @@ def teleport(loaded, x: torch.Tensor, t_from: int, t_to: int) -> torch.Tensor:
 def gaussian_error(loaded, ratio: float, n: int = 256) -> float:
     """RMS difference per pixel, at sigma / alpha = ratio, between the exact optimal denoiser of the training
     images (a softmax over all of them) and the Gaussian model's, on n noised training images (seed 0)."""
-    from ddpm_studio.data import load_images
-
-    mu, lam, U = gaussian_stats(loaded)
-    X = _flat_images(load_images(loaded.config.data, use_cache=True).images)
+    X = gaussian_stats(loaded)[0]
     g = torch.Generator().manual_seed(0)
     x0 = X[torch.randperm(len(X), generator=g)[:n]]
     a = 1.0 / (1.0 + ratio ** 2) ** 0.5
     s = ratio * a
     xt = a * x0 + s * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
     exact = torch.softmax(-torch.cdist(xt, a * X) ** 2 / (2 * s * s), dim=1) @ X
-    gauss = mu + ((xt - a * mu) @ U) * (a * lam / (a * a * lam + s * s)) @ U.T
-    return float(((exact - gauss) ** 2).mean().sqrt())
+    return float(((exact - gaussian_x0(loaded, xt, a, s)) ** 2).mean().sqrt())
 
 
 def teleport_ratio(loaded, tol: float) -> float:
@@ -274,19 +284,16 @@ def teleport_ratio(loaded, tol: float) -> float:
 def model_gaussian_gap(loaded, n: int = 64) -> list[tuple[float, float]]:
     """(sigma / alpha, RMS per pixel) on a log grid from 160 down to 1: how far the model's x_0 prediction is from
     the Gaussian model's at points the Gaussian flow carried there from x_T (n images, seed 0)."""
-    mu, lam, U = gaussian_stats(loaded)
     d = loaded.diffusion
     ab = np.asarray(d.schedule.alphas_cumprod, dtype=np.float64)
-    log_ratio = 0.5 * np.log((1 - ab) / ab)
     x_T = torch.randn((n, *loaded.image_shape), generator=torch.Generator().manual_seed(0))
     gaps = []
     with torch.inference_mode():
         for r in np.geomspace(160.0, 1.0, 41):
-            t = int(np.argmin(np.abs(log_ratio - np.log(r))))
+            t = timestep_at(d, float(r))
             x = teleport(loaded, x_T, d.T - 1, t)
             x0, _ = d.predict_x0_and_eps(loaded.model(x, torch.full((n,), t, dtype=torch.long)), x, t)
-            a, s = float(np.sqrt(ab[t])), float(np.sqrt(1 - ab[t]))
-            g = mu + ((x.reshape(n, -1).double() - a * mu) @ U) * (a * lam / (a * a * lam + s * s)) @ U.T
+            g = gaussian_x0(loaded, x.reshape(n, -1).double(), float(np.sqrt(ab[t])), float(np.sqrt(1 - ab[t])))
             gaps.append((float(r), float(((x0.reshape(n, -1).double() - g) ** 2).mean().sqrt())))
     return gaps
 
@@ -299,15 +306,27 @@ def teleport_ratio_model(loaded) -> float:
     return ratio
 
 
-def teleport_timesteps(diffusion, steps: int, ratio: float, spacing: str) -> list[int]:
-    """``steps`` timesteps from the one nearest sigma / alpha = ``ratio`` down: log-SNR or trailing spaced."""
+def teleport_start(loaded, kw: dict) -> float:
+    """The sigma / alpha a teleport variant starts at (popping its keys from kw): teleport=S, teleport=model or
+    teleport_tol=E; a searched one is found once per model, not again for every batch."""
+    value = kw.pop("teleport", None)
+    if "teleport_tol" in kw:
+        key = (id(loaded), "tol", float(kw.pop("teleport_tol")))
+    elif value == "model":
+        key = (id(loaded), "model", None)
+    else:
+        return float(value)
+    if key not in _TELEPORT_RATIOS:
+        _TELEPORT_RATIOS[key] = teleport_ratio(loaded, key[2]) if key[1] == "tol" else teleport_ratio_model(loaded)
+    return _TELEPORT_RATIOS[key]
+
+
+def teleport_timesteps(diffusion, steps: int, ratio: float) -> list[int]:
+    """``steps`` log-SNR spaced timesteps from the one nearest sigma / alpha = ``ratio`` down."""
     from ddpm_studio.engine.steps import logsnr_timesteps
 
-    ab = np.asarray(diffusion.schedule.alphas_cumprod, dtype=np.float64)
-    t_skip = int(np.argmin(np.abs(0.5 * np.log((1 - ab) / ab) - np.log(ratio))))
-    if spacing == "trailing":
-        return _distinct([int(round(t_skip * (1 - i / steps))) for i in range(steps)], "teleport", steps)
-    return logsnr_timesteps(ab[:t_skip + 1], steps, sigma_max=float("inf"))
+    t_skip = timestep_at(diffusion, ratio)
+    return logsnr_timesteps(diffusion.schedule.alphas_cumprod[:t_skip + 1], steps, sigma_max=float("inf"))
 
 
 def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int):
@@ -328,12 +347,10 @@ def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int)
         return ipndm_chain(loaded, ts, n, seed, **kw)
     common = dict(generator=torch.Generator().manual_seed(seed), device=loaded.device)
     shape = (n, *loaded.image_shape)
-    if "teleport_tol" in kw:
-        kw["teleport"] = teleport_ratio(loaded, float(kw.pop("teleport_tol")))
-    if kw.get("teleport") == "model":
-        kw["teleport"] = teleport_ratio_model(loaded)
-    if "teleport" in kw:  # start at sigma/alpha = teleport, x carried there by the Gaussian model's exact flow
-        kw["timesteps"] = teleport_timesteps(d, steps, float(kw.pop("teleport")), kw.pop("spacing", "logsnr"))
+    if "teleport" in kw or "teleport_tol" in kw:  # start lower, x carried there by the Gaussian's exact flow
+        if kw.pop("spacing", "logsnr") != "logsnr":
+            raise ValueError("a teleport variant walks log-SNR steps from where it starts")
+        kw["timesteps"] = teleport_timesteps(d, steps, teleport_start(loaded, kw))
         x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         common = dict(noise=teleport(loaded, x_T, d.T - 1, kw["timesteps"][0]), device=loaded.device)
     if name == "ddim":
