@@ -56,9 +56,11 @@ def test_exact_target_is_decoded_back_to_x0_and_eps(prediction):
 
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
 @pytest.mark.parametrize("gamma", [1.0, 5.0])
-def test_min_snr_weighting_equals_min_snr_times_x0_error(prediction, gamma):
-    """Hang et al. 2023 define the loss as min(SNR, gamma) * ||x_0 - x0_hat||^2 whatever the network predicts."""
-    d, x0, noise, t, out, ab = _setup(prediction, "min_snr", gamma)
+@pytest.mark.parametrize("weighting", ["min_snr", "min_snr_plus1"])
+def test_min_snr_weighting_equals_min_snr_times_x0_error(prediction, gamma, weighting):
+    """Hang et al. 2023 define the loss as min(SNR, gamma) * ||x_0 - x0_hat||^2 whatever the network predicts;
+    min_snr_plus1 is min(SNR + 1, gamma) * ||x_0 - x0_hat||^2."""
+    d, x0, noise, t, out, ab = _setup(prediction, weighting, gamma)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     if prediction == "epsilon":
         x0_hat = (x_t - (1 - ab).sqrt() * out) / ab.sqrt()
@@ -67,13 +69,25 @@ def test_min_snr_weighting_equals_min_snr_times_x0_error(prediction, gamma):
     else:
         x0_hat = ab.sqrt() * x_t - (1 - ab).sqrt() * out
     snr = (ab / (1 - ab)).flatten()
-    expected = torch.clamp(snr, max=gamma) * _mse(x0, x0_hat)
+    expected = torch.clamp(snr + (weighting == "min_snr_plus1"), max=gamma) * _mse(x0, x0_hat)
     loss, _ = d.training_losses(lambda x, tt: out, x0, t=t, noise=noise)
     assert torch.allclose(loss.double(), expected, rtol=1e-5)
     # and the weights themselves at one t, written out by hand for epsilon
-    if prediction == "epsilon":
+    if prediction == "epsilon" and weighting == "min_snr":
         s = float(snr[3])
         assert float(d.loss_weights(t, loss)[3]) == pytest.approx(min(s, gamma) / s)
+
+
+def test_min_snr_plus1_trains_the_noisiest_step_and_matches_min_snr_where_snr_is_large():
+    """At t = T-1 (SNR ~ 4e-5) min-SNR's weight on the x_0 error all but vanishes and min_snr_plus1's is ~1."""
+    d1, x0, noise, t, out, _ = _setup("v", "min_snr", 5.0)
+    d2 = _setup("v", "min_snr_plus1", 5.0)[0]
+    w1, w2 = d1.loss_weights(t, x0), d2.loss_weights(t, x0)
+    snr = d1._coef("snr", t, x0).flatten()
+    assert float(snr[-1]) < 1e-3 and float(w1[-1] * (snr[-1] + 1)) < 1e-3  # x_0-space weight of min-SNR
+    assert float(w2[-1] * (snr[-1] + 1)) == pytest.approx(1.0, rel=1e-3)
+    big = snr >= 5.0
+    assert big.any() and torch.equal(w1[big], w2[big])  # both capped at gamma
 
 
 def test_random_timesteps_and_noise_come_from_the_generator():

@@ -29,6 +29,8 @@ def _candidates(s: Setting) -> list:
         return [not s.default]
     if s.choices:
         return [c for c in s.choices if c != s.default]
+    if s.kind == "tuple[int, ...]":  # e.g. sampling.timesteps, one per step: the section's checks pick the length
+        return [(3,), (6, 3), (9, 6, 3)]
     lo, hi = s.knob.lo, s.knob.hi
     one = int if s.kind == "int" else float
     values = [one(lo)] if lo is not None else []
@@ -139,6 +141,10 @@ def test_presets_fill_the_forms_and_the_schedule_follows_the_user(window):
     tp.apply_preset("tiny")
     assert tp.diffusion_form.values()["loss_weighting"] == "min_snr" and tp.batch_spin.value() == 32
     assert tp.diffusion_form.widgets["min_snr_gamma"].isEnabled()
+    tp.weighting_combo.setCurrentIndex(tp.weighting_combo.findData("min_snr_plus1"))  # gamma caps it too
+    assert tp.diffusion_form.widgets["min_snr_gamma"].isEnabled()
+    assert tp.build_config().diffusion.loss_weighting == "min_snr_plus1"
+    tp.apply_preset("tiny")
     tp.schedule_combo.setCurrentIndex(tp.schedule_combo.findData("cosine"))  # as a user's choice
     assert window.state.schedule[0] == "cosine"
     sp = window.sampling_panel

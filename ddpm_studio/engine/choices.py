@@ -37,6 +37,7 @@ class Prediction(Choice):
 class LossWeighting(Choice):
     NONE = "none"
     MIN_SNR = "min_snr"
+    MIN_SNR_PLUS1 = "min_snr_plus1"  # min(SNR + 1, gamma): min-SNR that still trains the noisiest steps
 
 
 class Variance(Choice):

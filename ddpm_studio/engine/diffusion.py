@@ -150,14 +150,16 @@ class GaussianDiffusion:
     def loss_weights(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """Per-sample weights (B,) of the squared error, or None for the paper's unweighted L_simple.
 
-        min-SNR-gamma (Hang et al. 2023) weights the x_0 error by min(SNR, gamma); expressed on the
-        predicted quantity that is min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) for x_0 and
-        min(SNR, gamma) / (SNR + 1) for v.
+        min-SNR-gamma (Hang et al. 2023) weights the x_0 error by w = min(SNR, gamma); expressed on the
+        predicted quantity that is w / SNR for epsilon, w for x_0 and w / (SNR + 1) for v. Its weight
+        vanishes at the noisiest steps (SNR -> 0), where every sampling chain begins; min_snr_plus1 uses
+        w = min(SNR + 1, gamma) instead, the plain v-loss's x_0 weight capped at gamma, which stays >= 1.
         """
         if self.loss_weighting == "none":
             return None
         snr = self._coef("snr", t, like).flatten()  # (B,)
-        clipped = torch.clamp(snr, max=self.min_snr_gamma)
+        base = snr + 1.0 if self.loss_weighting == "min_snr_plus1" else snr
+        clipped = torch.clamp(base, max=self.min_snr_gamma)
         if self.prediction == "epsilon":
             return clipped / snr
         if self.prediction == "x0":

@@ -184,7 +184,7 @@ class TrainingForms:
         self._steps_changed(self.steps_spin.value())
 
     def _schedule_changed(self, *_) -> None:
-        self.diffusion_form.widgets["min_snr_gamma"].setEnabled(self.weighting_combo.currentData() == "min_snr")
+        self.diffusion_form.widgets["min_snr_gamma"].setEnabled(self.weighting_combo.currentData() != "none")
         kind, T = self.schedule_combo.currentData(), int(self.timesteps_spin.value())
         try:
             s = schedule_arrays(kind, T)
