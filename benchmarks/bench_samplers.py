@@ -33,6 +33,8 @@ exact probability-flow solution of a Gaussian with the training images' mean and
 "analytical teleportation"; not in the app); teleport_tol=E picks S as the lowest noise level at which that
 Gaussian's denoiser is still within E (RMS per pixel, in [-1, 1]) of the training set's exact denoiser;
 teleport=model picks the S at which the model's own x_0 prediction is closest to the Gaussian's.
+tuned=true walks the timesteps the app's Tune finds for this model, sampler and NFE (sampling/tuning.py: 128
+images from its own seed, never this file's, against a 50-step DPM-Solver++ 2M chain).
 The same seeds for every row.
 results.json keeps every point; benchmarks/plot_samplers.py draws it.
 
@@ -321,6 +323,22 @@ def teleport_start(loaded, kw: dict) -> float:
     return _TELEPORT_RATIOS[key]
 
 
+_TUNED: dict[tuple, list[int]] = {}  # (id(loaded), sampler, steps) -> the app's tuned timesteps, once per model
+
+
+def tuned_timesteps(loaded, name: str, steps: int) -> list[int]:
+    """The timesteps the app's Tune (sampling.tuning.tune_timesteps, its own seeds) finds for this model."""
+    from ddpm_studio.config import SamplingConfig
+    from ddpm_studio.sampling.tuning import tune_timesteps
+
+    key = (id(loaded), name, steps)
+    if key not in _TUNED:
+        result = tune_timesteps(loaded, SamplingConfig(sampler=name, steps=steps))
+        print(f"  tuned: {result.summary()}", flush=True)
+        _TUNED[key] = list(result.timesteps)
+    return _TUNED[key]
+
+
 def teleport_timesteps(diffusion, steps: int, ratio: float) -> list[int]:
     """``steps`` log-SNR spaced timesteps from the one nearest sigma / alpha = ``ratio`` down."""
     from ddpm_studio.engine.steps import logsnr_timesteps
@@ -339,6 +357,9 @@ def engine_chain(loaded, name: str, kwargs: dict, steps: int, n: int, seed: int)
     if kw.get("spacing") in BENCH_SPACINGS:  # spacings the engine does not have: explicit timesteps
         extra = {"rho": float(kw.pop("rho"))} if "rho" in kw else {}
         kw["timesteps"] = BENCH_SPACINGS[kw.pop("spacing")](d, steps, **extra)
+    if kw.pop("tuned", False):
+        kw["timesteps"] = tuned_timesteps(loaded, name, steps)
+        kw.pop("spacing", None)
     if name == "ipndm":
         from ddpm_studio.engine.dpm_solver import dpm_solver_timesteps
 

@@ -507,6 +507,8 @@ def _sampling_from_flags(args: argparse.Namespace, loaded) -> SamplingConfig:
     T = loaded.diffusion.T
     if args.sampler is not None and args.sampling_steps is None:
         overrides["steps"] = sampler_default_steps(args.sampler, T)
+    if overrides.get("timesteps") and args.sampling_steps is None:
+        overrides["steps"] = len(overrides["timesteps"])  # one step per timestep given
     overrides.setdefault("num_images", SamplingConfig.num_images)
     sampling = dataclasses.replace(loaded.config.sampling, **overrides)
     sampling.validate()

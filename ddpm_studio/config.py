@@ -71,6 +71,11 @@ SAMPLER_INFO: dict[str, dict[str, Any]] = {
 }
 
 
+# Deterministic samplers (DDIM only with eta 0): one x_T, one image, so their timesteps can be tuned to a model
+# (sampling/tuning.py; the Sampling panel's Tune, `ddpm-studio tune-steps`).
+TUNABLE_SAMPLERS = ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc")
+
+
 def sampler_default_steps(sampler: str, T: int) -> int:
     """The step count a sampler starts with for a model of T timesteps (ddpm: all T)."""
     check_choice("sampling.sampler", sampler, Sampler)
@@ -101,6 +106,8 @@ def describe_sampling(sampling, T: int) -> str:
         what = f"{sampling.sampler}, {sampling.steps} steps, {used} spacing"
         if used != sampling.spacing:
             what += f" ({sampling.spacing})"
+        if getattr(sampling, "timesteps", None):
+            what = f"{sampling.sampler}, {sampling.steps} tuned steps ({', '.join(map(str, sampling.timesteps))})"
         if sampling.sampler == "ddim":
             what += f", eta {sampling.eta:g}"
     if sampling.dynamic_threshold:
@@ -309,9 +316,10 @@ class DiffusionConfig:
     prediction: str = knob("epsilon", choices=Prediction, label="Network predicts",
                            help="what the network predicts: epsilon (paper), x0, or v (Salimans & Ho 2022)")
     loss_weighting: str = knob("none", choices=LossWeighting, label="Loss weighting",
-                               help="none = the paper's L_simple; min_snr = Hang et al. 2023")
+                               help="none = the paper's L_simple; min_snr = Hang et al. 2023; "
+                                    "min_snr_plus1 = min(SNR + 1, gamma), which also trains the noisiest steps")
     min_snr_gamma: float = knob(5.0, lo=0.01, hi=1000.0, label="Min-SNR gamma", metavar="G",
-                                help="gamma of min-SNR weighting (used only when loss_weighting=min_snr)")
+                                help="gamma of min-SNR weighting (used only by min_snr and min_snr_plus1)")
     betas: tuple[float, ...] | None = knob(None, label="Explicit betas", metavar="B,B,...|@FILE",
                                            help="explicit beta_1..beta_T (imported models; @FILE: a JSON list or "
                                                 "numbers one per line); overrides schedule")
@@ -437,9 +445,20 @@ class SamplingConfig:
                                            "none = off")
     threshold_max: float = knob(1.0, lo=1.0, hi=1e6, label="Threshold max", metavar="M",
                                 help="the largest bound dynamic thresholding may pick (diffusers' sample_max_value)")
+    timesteps: tuple[int, ...] | None = knob(None, lo=0, hi=3999, label="Tuned timesteps", metavar="T,T,...",
+                                             help="the timesteps ddim / dpmpp-* / unipc visit, descending, one per "
+                                             "step (found for one model by Tune, or `ddpm-studio tune-steps`); "
+                                             "replace the spacing's; empty = the spacing's own")
 
     def validate(self) -> None:
         validate_section(self)
+        ts = self.timesteps
+        if ts is not None:
+            if not ts or any(a <= b for a, b in zip(ts, ts[1:])):
+                raise ValueError(f"sampling.timesteps must be distinct and descending; got {list(ts)}")
+            if len(ts) != self.steps:
+                raise ValueError(f"sampling.timesteps lists {len(ts)} timestep(s) but sampling.steps is "
+                                 f"{self.steps}; set the steps to {len(ts)} or clear the timesteps")
 
 
 SECTION_NAMES: dict[type, str] = {ModelConfig: "model", DiffusionConfig: "diffusion", DataConfig: "data",

@@ -198,3 +198,29 @@ def test_sampler_list_explains_each_sampler_and_sets_its_step_count(qtbot, windo
         "Each sampler's best: log-SNR for DPM-Solver++")
     result = generate(qtbot, sp)
     assert result is not None and [f.t for f in sp.frames] == [999, 824, 603, 302, 73, 11]  # trailing: 999, 832, ...
+
+
+def test_tune_fills_the_timesteps_generate_walks_them_and_a_new_step_count_clears_them(qtbot, window, run_dir,
+                                                                                        tmp_path):
+    sp = window.sampling_panel
+    assert sp.open_model(str(run_dir))
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("ddpm"))
+    assert not sp.tune_button.isEnabled() and not sp.timesteps_edit.isEnabled()  # DDPM draws fresh noise
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
+    sp.steps_spin.setValue(3)
+    sp.num_spin.setValue(2)
+    sp.tune_images = 8
+    assert sp.tune_button.isEnabled()
+    qtbot.mouseClick(sp.tune_button, Qt.MouseButton.LeftButton)
+    assert not sp.generate_button.isEnabled()  # one job at a time
+    qtbot.waitUntil(lambda: sp.tune_task is None and sp.timesteps_edit.text() != "", timeout=60_000)
+    assert sp.generate_button.isEnabled()
+    tuned = [int(t) for t in sp.timesteps_edit.text().split(",")]
+    assert len(tuned) == 3 and tuned[0] == 999 and "closer to a 50-step chain" in sp.tune_note.text()
+    assert sp.sampling_config().timesteps == tuple(tuned)
+    window.grab().save(str(tmp_path / "tuned.png"))
+    generate(qtbot, sp)
+    assert [f.t for f in sp.frames] == tuned  # Generate walked the tuned timesteps
+    sp.steps_spin.setValue(4)
+    assert sp.timesteps_edit.text() == "" and "tuned for 3 steps" in sp.tune_note.text()
+    assert sp.sampling_config().timesteps is None

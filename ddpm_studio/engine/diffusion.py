@@ -23,7 +23,7 @@ import torch
 from .choices import LossWeighting, Prediction, Sampler, Variance, resolve_spacing
 from .schedules import NoiseSchedule
 from .steps import (SPACINGS, _bounds, _check_start, _randn, check_spacing, check_steps,  # noqa: F401
-                    clip_x0, ddim_timesteps, trailing_timesteps)
+                    checked_timesteps, clip_x0, ddim_timesteps, trailing_timesteps)
 from .types import StepResult
 
 if TYPE_CHECKING:  # config.py has no torch; imported only for annotations
@@ -277,18 +277,21 @@ class GaussianDiffusion:
                                      generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                                      device=None, should_stop: Callable[[], bool] | None = None,
                                      dtype: torch.dtype | None = None, spacing: str = "trailing", steps_offset: int = 0,
-                                     start_index: int = 0, **bounds) -> Iterator[StepResult]:
+                                     start_index: int = 0, timesteps: list[int] | None = None,
+                                     **bounds) -> Iterator[StepResult]:
         """DDIM sampling over ``ddim_timesteps(steps, spacing, steps_offset)``; each step goes to the next
         timestep of that list (the last to alpha-bar = 1). Noise is drawn only for steps with sigma > 0.
 
         diffusers' DDIMScheduler steps instead to ``t - T // steps``; the two agree whenever the
         timesteps are evenly spaced by ``T // steps`` (leading at any offset; trailing when steps
         divides T), and otherwise diffusers' chain jumps between timesteps it does not evaluate.
-        ``start_index`` k > 0 resumes at step k: ``noise`` is the x at timestep ``ts[k]``.
+        ``start_index`` k > 0 resumes at step k: ``noise`` is the x at timestep ``ts[k]``. An explicit
+        ``timesteps`` list (descending) replaces the spacing's.
         """
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"sampling.eta must be from 0 to 1; got {eta!r}")
-        ts = self.ddim_timesteps(steps, spacing, steps_offset)
+        ts = (self.ddim_timesteps(steps, spacing, steps_offset) if timesteps is None
+              else checked_timesteps(self.T, timesteps))
         _check_start(start_index, len(ts), noise)
         with torch.inference_mode():
             x, device = self._start(model, shape, noise, device, dtype, generator)
@@ -319,6 +322,9 @@ class GaussianDiffusion:
             generator = torch.Generator().manual_seed(int(sampling.seed))
         bounds = _bounds(sampling)
         bounds.update(noise=noise, dtype=dtype, start_index=start_index)
+        explicit = getattr(sampling, "timesteps", None)
+        if explicit is not None and sampling.sampler != "ddpm":
+            bounds["timesteps"] = list(explicit)  # tuned for this model: replace the spacing's
         spacing = resolve_spacing(sampling.sampler, getattr(sampling, "spacing", "trailing"))
         if sampling.sampler == "ddpm":
             return self.p_sample_loop_progressive(model, shape, variance=sampling.variance, generator=generator,

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .steps import (_check_start, _needs_schedule, _randn, check_spacing, check_steps, clip_x0, logsnr_timesteps,
-                    trailing_timesteps)
+from .steps import (_check_start, _needs_schedule, _randn, check_spacing, check_steps, checked_timesteps, clip_x0,
+                    logsnr_timesteps, trailing_timesteps)
 from .types import StepResult
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class MultistepSolver:
             raise ValueError(f"sampling.dynamic_threshold must be from 0 to 1; got {dynamic_threshold!r}")
         self.diffusion = diffusion
         self.timesteps = (dpm_solver_timesteps(diffusion.T, steps, spacing, diffusion.schedule.alphas_cumprod)
-                          if timesteps is None else _checked_timesteps(diffusion.T, timesteps))
+                          if timesteps is None else checked_timesteps(diffusion.T, timesteps))
         self.order, self.lower_order_final = order, lower_order_final
         self.clip_denoised, self.dynamic_threshold, self.threshold_max = clip_denoised, dynamic_threshold, threshold_max
         self.clip_range = clip_range
@@ -145,14 +145,6 @@ class MultistepSolver:
         if i != self._next:
             raise ValueError(f"{type(self).__name__}.step must be called for steps 0, 1, ... in order; expected "
                              f"{self._next}, got {i}")
-
-
-def _checked_timesteps(T: int, timesteps) -> list[int]:
-    ts = [int(t) for t in timesteps]
-    if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[0] > T - 1 or ts[-1] < 0:
-        raise ValueError(f"timesteps must be distinct and descending from at most T-1={T - 1} to at least 0; "
-                         f"got {ts}")
-    return ts
 
 
 class DPMSolverPP(MultistepSolver):

@@ -137,6 +137,15 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "trailing", steps_offset: 
     return np.linspace(0, T - 1, steps).round()[::-1].astype(np.int64).tolist()
 
 
+def checked_timesteps(T: int, timesteps) -> list[int]:
+    """An explicit list of timesteps as ints, refused unless distinct, descending and within 0..T-1."""
+    ts = [int(t) for t in timesteps]
+    if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[0] > T - 1 or ts[-1] < 0:
+        raise ValueError(f"timesteps must be distinct and descending from at most T-1={T - 1} to at least 0; "
+                         f"got {ts}")
+    return ts
+
+
 def _check_start(start_index, n_steps: int, noise) -> None:
     """A resumed chain (start_index k > 0) starts from a given x; k must name one of its steps."""
     whole = isinstance(start_index, (int, np.integer)) and not isinstance(start_index, bool)

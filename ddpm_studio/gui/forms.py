@@ -257,8 +257,10 @@ def _with(w: QWidget, extra: QWidget | None) -> QWidget:
 
 def _parse_text(s: Setting, text: str) -> Any:
     text = text.strip()
+    if s.nullable and not text:
+        return None
     if not s.kind.startswith("tuple["):
-        return None if (s.nullable and not text) else text
+        return text
     one = int if s.kind == "tuple[int, ...]" else float
     try:
         return tuple(one(p) for p in text.replace(" ", ",").split(",") if p)

@@ -42,6 +42,8 @@ def sampler_timesteps(diffusion, sampling: SamplingConfig) -> list[int]:
     """The timesteps a sampler visits, in order (one per network call)."""
     if sampling.sampler == "ddpm":
         return list(range(diffusion.T - 1, -1, -1))
+    if getattr(sampling, "timesteps", None):
+        return list(sampling.timesteps)  # tuned for this model
     spacing = resolve_spacing(sampling.sampler, getattr(sampling, "spacing", "trailing"))
     if sampling.sampler == "ddim":
         return diffusion.ddim_timesteps(sampling.steps, spacing, getattr(sampling, "steps_offset", 0))

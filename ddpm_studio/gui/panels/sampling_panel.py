@@ -6,7 +6,11 @@ recorded while the chain fits the memory budget, every k-th beyond it. Exports r
 threads too. Which model Generate uses is ``sampling.session.SamplingSession``'s decision (Qt-free).
 
 The Sampler and Images rows are forms generated from the config schema (``gui.forms``); the exports
-(their settings and jobs) are ``sampling_exports.ExportActions``, the viewer ``widgets.chain_viewer``.
+(their settings and jobs) are ``sampling_exports.ExportActions``, Tune ``sampling_tuning.TuningActions``, the
+viewer ``widgets.chain_viewer``.
+
+Length (over 500 lines, on purpose): one panel's view, whose model source, live chain, scrubbing and playback
+share its state; what could stand apart (exports, tuning, the viewer widget) already does.
 """
 
 from __future__ import annotations
@@ -32,17 +36,18 @@ from ..forms import SchemaForm, fields, name_items
 from ..workers import Task
 from .common import ProgressRow, note, schema_section, section, settings_column
 from .sampling_exports import ExportActions
+from .sampling_tuning import TuningActions
 
 
 # The SamplingConfig fields of this panel's two forms, by name, in their order (widget, label, range and
 # tooltip from config.py; kept in the settings file under sampling/<field>). The other fields come from
 # the model sampled (jobs.MODEL_SAMPLING_FIELDS).
-SAMPLER_FIELDS = ("sampler", "variance", "steps", "spacing", "eta", "clip_denoised")
+SAMPLER_FIELDS = ("sampler", "variance", "steps", "timesteps", "spacing", "eta", "clip_denoised")
 IMAGES_FIELDS = ("num_images", "seed")
 PANEL_FIELDS = SAMPLER_FIELDS + IMAGES_FIELDS
 
 
-class SamplingPanel(ExportActions, QWidget):
+class SamplingPanel(ExportActions, TuningActions, QWidget):
     generation_finished = Signal(object)  # SampleResult | None
     export_finished = Signal(list)  # paths written
     model_read = Signal(str)  # an opened model's step, size and schedule are shown
@@ -102,11 +107,13 @@ class SamplingPanel(ExportActions, QWidget):
         mform.addRow(self.src_disk)
         mform.addRow(self.open_button)
         mform.addRow(self.model_label)
-        self.src_group.buttonToggled.connect(lambda *_: self._update_model_label())
+        self.src_group.buttonToggled.connect(lambda *_: (self.clear_tuned("they were tuned for another model"),
+                                                         self._update_model_label()))
         return mbox
 
     def _build_sampler(self) -> QWidget:
-        box, self.sampler_form = schema_section("Sampler", fields(SamplingConfig, SAMPLER_FIELDS))
+        box, self.sampler_form = schema_section("Sampler", fields(SamplingConfig, SAMPLER_FIELDS),
+                                                beside={"timesteps": self._make_tune_button()})
         w = self.sampler_form.widgets
         self.sampler_combo, self.steps_spin, self.spacing_combo = w["sampler"], w["steps"], w["spacing"]
         self.eta_spin, self.variance_combo, self.clip_check = w["eta"], w["variance"], w["clip_denoised"]
@@ -117,6 +124,7 @@ class SamplingPanel(ExportActions, QWidget):
         self.sampler_hint = note()
         self.sampler_form.form.insertRow(1, self.sampler_hint)  # under the sampler it explains
         self.sampler_combo.currentIndexChanged.connect(self._sampler_changed)
+        self._build_tuning()
         return box
 
     def _build_images(self) -> QWidget:
@@ -178,6 +186,7 @@ class SamplingPanel(ExportActions, QWidget):
     def _sampler_changed(self, *_) -> None:
         """A sampler was chosen: explain it, enable the settings it reads, and take its default step count."""
         name = self._show_sampler()
+        self.clear_tuned("they were tuned for another sampler")
         if "steps" in SAMPLER_INFO[name]["settings"]:
             self.steps_spin.setValue(sampler_default_steps(name, self._model_T()))
 
@@ -189,6 +198,7 @@ class SamplingPanel(ExportActions, QWidget):
         self.sampler_combo.setToolTip(info["hint"])
         for field in ("steps", "spacing", "eta", "variance"):
             self.sampler_form.widgets[field].setEnabled(field in info["settings"])
+        self._show_tuning(name)
         return name
 
     def _model_T(self) -> int:
@@ -233,6 +243,7 @@ class SamplingPanel(ExportActions, QWidget):
         settings_mod.remember_dir("runs", p.parents[2] if p.parent.name == "checkpoints" and len(p.parents) > 2
                                   else p.parent)
         self.src_disk.setChecked(True)
+        self.clear_tuned("they were tuned for another model")
         self._update_model_label()
         self._read_model(self.model_path)
         return True
@@ -282,7 +293,7 @@ class SamplingPanel(ExportActions, QWidget):
 
     def generate(self) -> bool:
         """Start a reverse chain. False, with a message and no thread, if the input is bad."""
-        if self.is_running():
+        if self.is_running() or self.tune_running():
             return False
         try:
             cfg = self.sampling_config()
@@ -314,8 +325,9 @@ class SamplingPanel(ExportActions, QWidget):
         return True
 
     def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        for task in (self.task, self.tune_task):
+            if task is not None:
+                task.cancel()
 
     def shutdown(self) -> None:
         self.cancel()
@@ -396,9 +408,10 @@ class SamplingPanel(ExportActions, QWidget):
         return self.state.trainer is not None if self.src_trained.isChecked() else bool(self.model_path)
 
     def _update_buttons(self) -> None:
-        running = self.is_running()
+        running = self.is_running() or self.tune_running()
         ready = self.source_ready()
         self.generate_button.setEnabled(not running and ready)
+        self._show_tuning(self.sampler_combo.currentData())
         self.generate_button.setToolTip("Run the reverse chain from pure noise (Ctrl+G)." if ready else
                                         "Open a run or checkpoint first (or start training and choose "
                                         "the model being trained).")

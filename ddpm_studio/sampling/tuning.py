@@ -1,0 +1,148 @@
+"""Tune a few-step chain's timesteps to one model, so that it lands where a long chain from the same noise does.
+
+A deterministic sampler (DDIM with eta 0, DPM-Solver++ 2M / 3M, UniPC) is a numerical solution of the
+model's probability-flow ODE; which timesteps it visits decides how close a 5-step chain comes to the
+ODE's solution, and the best ones depend on the model (GITS, Chen et al. 2024; LD3, Tong et al. 2024).
+``tune_timesteps`` draws ``images`` starting points from a fixed seed, solves each with a 50-step
+DPM-Solver++ 2M chain (the reference), and moves the chain's timesteps one at a time in log-SNR
+(coarse to fine, keeping the first) while the mean squared error of the few-step chain's images
+against the reference falls. The result goes into ``SamplingConfig.timesteps``.
+
+Plain Python: the CLI (``ddpm-studio tune-steps``) and the Sampling panel's worker call it alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ddpm_studio.artifacts.loaded import LoadedModel
+from ddpm_studio.config import TUNABLE_SAMPLERS, SamplingConfig
+from ddpm_studio.errors import Cancelled
+
+from .service import generate
+
+TUNABLE = TUNABLE_SAMPLERS  # deterministic: the same x_T always gives the same image
+REFERENCE = dict(sampler="dpmpp-2m", steps=50, spacing="auto")  # within noise of the ODE's solution (BENCHMARKS.md)
+MOVES = (1.0, 0.5, 0.25, 0.12, 0.06)  # log-SNR distances tried, coarse to fine
+TUNING_SEED = 20_240_601  # not a seed a user would type, so the tuning never saw the images a user looks at
+CHUNK = 32  # images per network call
+
+
+@dataclass(frozen=True)
+class StepTuning:
+    """What tuning found: ``timesteps`` for ``sampler`` at ``len(timesteps)`` steps, and the errors
+    (mean squared error per pixel, images in [-1, 1]) of the spacing's own steps and of the tuned ones
+    against the reference chain."""
+
+    sampler: str
+    timesteps: tuple[int, ...]
+    start: tuple[int, ...]
+    error_start: float
+    error: float
+    reference_steps: int
+    images: int
+    chains: int
+    seconds: float
+
+    @property
+    def improvement(self) -> float:
+        """The fraction of the error removed (0 when the spacing's steps were already the best found)."""
+        return 1.0 - self.error / self.error_start if self.error_start > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.sampler}, {len(self.timesteps)} steps: {', '.join(map(str, self.timesteps))} "
+                f"(error to a {self.reference_steps}-step chain {self.error:.2e}, was {self.error_start:.2e}: "
+                f"{self.improvement:.0%} less; {self.images} images, {self.chains} chains, {self.seconds:.0f} s)")
+
+
+def check_tunable(sampling: SamplingConfig) -> None:
+    """Refuse, with the reason, settings whose timesteps cannot be tuned."""
+    if sampling.sampler not in TUNABLE:
+        raise ValueError(f"tuning needs a deterministic sampler ({', '.join(TUNABLE)}); {sampling.sampler} "
+                         "draws fresh noise at every step, so its images never repeat")
+    if sampling.sampler == "ddim" and sampling.eta > 0:
+        raise ValueError("tuning needs DDIM with eta 0 (deterministic)")
+    if sampling.steps < 2:
+        raise ValueError("tuning needs at least 2 steps (one step always starts at the first timestep)")
+
+
+def _final_images(loaded: LoadedModel, cfg: SamplingConfig, images: int, seed: int, stop) -> torch.Tensor:
+    """x_0 of ``images`` chains from the seed, in chunks; the same seed gives the same x_T for every cfg."""
+    out = []
+    for k, start in enumerate(range(0, images, CHUNK)):
+        last = None
+        for last in generate(loaded, cfg, num_images=min(CHUNK, images - start), seed=seed + k, should_stop=stop):
+            pass
+        if stop is not None and stop():
+            raise Cancelled("step tuning was cancelled")
+        out.append(last.x_t.float())
+    return torch.cat(out)
+
+
+def own_timesteps(loaded: LoadedModel, sampling: SamplingConfig) -> list[int]:
+    """The timesteps ``sampling`` visits on this model (one chain of one image, recorded)."""
+    return [int(r.t) for r in generate(loaded, sampling, num_images=1)]
+
+
+def _log_snr(loaded: LoadedModel) -> np.ndarray:
+    ab = np.asarray(loaded.diffusion.schedule.alphas_cumprod, dtype=np.float64)
+    return 0.5 * (np.log(ab) - np.log1p(-ab))  # log(alpha / sigma), falling with t
+
+
+def _moved(ts: list[int], i: int, delta: float, lam: np.ndarray) -> list[int] | None:
+    """``ts`` with step i moved by ``delta`` in log-SNR (to the nearest timestep), or None if that breaks order."""
+    t = int(np.abs(lam - (lam[ts[i]] + delta)).argmin())
+    cand = ts[:i] + [t] + ts[i + 1:]
+    ok = t != ts[i] and all(a > b for a, b in zip(cand, cand[1:]))
+    return cand if ok else None
+
+
+def tune_timesteps(loaded: LoadedModel, sampling: SamplingConfig, *, images: int = 128, seed: int = TUNING_SEED,
+                   reference_steps: int = REFERENCE["steps"], should_stop: Callable[[], bool] | None = None,
+                   progress: Callable[[int, float], None] | None = None) -> StepTuning:
+    """Coordinate search over ``sampling``'s timesteps (all but the first) on this model; see the module."""
+    sampling = dataclasses.replace(sampling, timesteps=None)
+    sampling.validate()
+    check_tunable(sampling)
+    t0 = time.perf_counter()
+    reference_steps = min(reference_steps, loaded.diffusion.T)  # a model of few timesteps: all of them
+    reference_cfg = dataclasses.replace(sampling, **{**REFERENCE, "steps": reference_steps}, eta=0.0)
+    reference = _final_images(loaded, reference_cfg, images, seed, should_stop)
+    lam, errors = _log_snr(loaded), {}
+
+    def error(ts: list[int]) -> float:
+        if tuple(ts) not in errors:
+            x = _final_images(loaded, dataclasses.replace(sampling, timesteps=tuple(ts)), images, seed, should_stop)
+            errors[tuple(ts)] = float((x - reference).square().mean())
+            if progress is not None:
+                progress(len(errors), min(errors.values()))
+        return errors[tuple(ts)]
+
+    start = own_timesteps(loaded, sampling)
+    best, best_err = start, error(start)
+    for delta in MOVES:
+        improved = True
+        while improved:
+            improved = False
+            for i in range(1, len(best)):
+                for cand in filter(None, (_moved(best, i, s * delta, lam) for s in (1.0, -1.0))):
+                    if error(cand) < best_err * (1 - 1e-6):
+                        best, best_err, improved = cand, error(cand), True
+    return StepTuning(sampling.sampler, tuple(best), tuple(start), errors[tuple(start)], best_err, reference_steps,
+                      images, len(errors), time.perf_counter() - t0)
+
+
+def tuned(sampling: SamplingConfig, result: StepTuning) -> SamplingConfig:
+    """``sampling`` with the tuned timesteps (and their count as the steps)."""
+    if result.sampler != sampling.sampler:
+        raise ValueError(f"these timesteps were tuned for {result.sampler}, not {sampling.sampler}")
+    return dataclasses.replace(sampling, steps=len(result.timesteps), timesteps=result.timesteps)
+
+
+__all__ = ["StepTuning", "TUNABLE", "check_tunable", "own_timesteps", "tune_timesteps", "tuned"]
