@@ -10,7 +10,8 @@ for --minutes with the ordinary trainer. Then, for every sampler and NFE (5, 10,
 draws --num samples from the same seeds and scores them with a Frechet distance between
 features of the samples and of the training images. The features come from a FIXED random-weight
 conv net (three strided convs, mean- and max-pooled: 192 numbers per image): not Inception, so the
-numbers compare samplers with each other on this model, not with published FIDs. Lower is better.
+numbers compare samplers with each other on this model, not with published FIDs. Lower is better. Beside it,
+the same distance on 4x4-average-pooled pixels (a plainer scorer: colour, contrast and layout, no texture).
 
 Also measured: "Generate 16 images of 16 px with the default sampler for the tiny preset, chain
 only" (goal <= 1 s on 2 cores): the median of 5 chains of sampling.service.generate with the
@@ -86,6 +87,12 @@ def features(net: torch.nn.Module, images_u8: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, C, H, W)
     with torch.inference_mode():
         return torch.cat([net(x[i:i + 500]) for i in range(0, len(x), 500)]).double().numpy()
+
+
+def pooled_pixels(images_u8: np.ndarray) -> np.ndarray:
+    """The images 4x4-average-pooled, flattened: (N, H/4 * W/4 * C) in [-1, 1], a second, plainer scorer's input."""
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.nn.functional.avg_pool2d(x, 4).flatten(1).double().numpy()
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -491,7 +498,7 @@ def main() -> int:
     loaded = load_model(run, device="cpu")
     real = load_images(loaded.config.data, use_cache=True).images
     net = feature_net(real.shape[-1])
-    real_f = features(net, real)
+    real_f, real_pix = features(net, real), pooled_pixels(real)
     print(f"model: {run} (step {loaded.step:,}); {len(real):,} real images; {args.num} samples per point")
 
     results = {"default_chain_sec": secs, "default_sampler": what, "run": str(run), "step": loaded.step,
@@ -505,10 +512,11 @@ def main() -> int:
         for nfe in nfes if own is None else [own]:
             draw = sample_variant if sampler.startswith("diffusers-") or sampler in args.variants else sample
             images, per_image = draw(loaded, sampler, nfe, args.num, args.batch)
-            fd = frechet(features(net, images), real_f)
-            results["points"].append(dict(sampler=sampler, nfe=nfe, frechet=fd, sec_per_image=per_image,
-                                          load=os.getloadavg()[0]))
-            print(f"{sampler:>13}  NFE {nfe:>3}: Frechet {fd:8.3f}  {per_image * 1000:7.2f} ms/image", flush=True)
+            fd, fd_pix = frechet(features(net, images), real_f), frechet(pooled_pixels(images), real_pix)
+            results["points"].append(dict(sampler=sampler, nfe=nfe, frechet=fd, frechet_pix=fd_pix,
+                                          sec_per_image=per_image, load=os.getloadavg()[0]))
+            print(f"{sampler:>13}  NFE {nfe:>3}: Frechet {fd:8.3f}  (4x4-pooled pixels {fd_pix:.4f})  "
+                  f"{per_image * 1000:7.2f} ms/image", flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # after every point
 
     print("\n| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")

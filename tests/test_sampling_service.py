@@ -10,24 +10,16 @@ import torch
 
 from ddpm_studio.config import SamplingConfig
 from ddpm_studio.artifacts.checkpoints import CheckpointError, latest_checkpoint
-from ddpm_studio.training.trainer import Trainer
 from ddpm_studio.artifacts.loading import load_model
 from ddpm_studio.sampling.service import generate, sample_images, to_uint8
-from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
+from training_support import one_thread, tiny_trained_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        Trainer(tiny_config(steps=2), run, images=tiny_images(channels=1)).run()
-    finally:
-        torch.set_num_threads(before)
-    return run
+    return tiny_trained_run(tmp_path_factory)
 
 
 def test_a_model_loaded_on_a_cpu_is_channels_last_and_computes_what_the_plain_one_does(trained_run):

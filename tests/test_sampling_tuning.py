@@ -18,8 +18,7 @@ from ddpm_studio.engine.schedules import NoiseSchedule
 from ddpm_studio.errors import Cancelled
 from ddpm_studio.sampling.service import generate
 from ddpm_studio.sampling.tuning import TUNING_SEED, check_tunable, own_timesteps, tune_timesteps, tuned
-from ddpm_studio.training.trainer import Trainer
-from training_support import one_thread, tiny_config, tiny_images  # noqa: F401
+from training_support import one_thread, tiny_trained_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MU, S = 0.3, 0.5  # the Gaussian data N(MU, S^2), per pixel
@@ -50,14 +49,7 @@ def _gaussian_loaded() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        Trainer(tiny_config(steps=2), run, images=tiny_images(channels=1)).run()
-    finally:
-        torch.set_num_threads(before)
-    return run
+    return tiny_trained_run(tmp_path_factory)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m", "dpmpp-3m", "dpmpp-2m-sde", "unipc"])

@@ -39,3 +39,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_trained_run(tmp_path_factory, name: str = "run"):
+    """A run folder of the tiny config trained for 2 steps on grayscale test images (one thread)."""
+    from ddpm_studio.training.trainer import Trainer
+
+    run = tmp_path_factory.mktemp(name)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(tiny_config(steps=2), run, images=tiny_images(channels=1)).run()
+    finally:
+        torch.set_num_threads(before)
+    return run
