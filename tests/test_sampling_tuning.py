@@ -17,7 +17,8 @@ from ddpm_studio.engine.diffusion import GaussianDiffusion
 from ddpm_studio.engine.schedules import NoiseSchedule
 from ddpm_studio.errors import Cancelled
 from ddpm_studio.sampling.service import generate
-from ddpm_studio.sampling.tuning import TUNING_SEED, check_tunable, own_timesteps, tune_timesteps, tuned
+from ddpm_studio.sampling.tuning import (TUNING_SEED, chain_error, check_tunable, own_timesteps, tune_timesteps,
+                                         tuned)
 from training_support import one_thread, tiny_trained_run  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,6 +77,19 @@ def test_explicit_timesteps_are_checked_against_the_steps_and_the_model():
         list(generate(loaded, too_high, num_images=1))
 
 
+def test_the_error_counts_lost_spread_as_well_as_distance():
+    """Images pulled halfway to their mean are as far from the reference per image as a shift of half a std,
+    but only the first has lost spread: the error charges it (std / 2)^2 more."""
+    ref = torch.randn((256, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    assert chain_error(ref, ref) == 0.0
+    shrunk = ref.mean(0) + 0.5 * (ref - ref.mean(0))
+    shifted = ref + 0.5 * ref.std(0)
+    mse, mse_shifted = float((shrunk - ref).square().mean()), float((shifted - ref).square().mean())
+    assert mse_shifted == pytest.approx(mse, rel=1e-2)  # (N - 1) / N apart
+    assert chain_error(shifted, ref) == pytest.approx(mse_shifted, rel=1e-5)  # a shift keeps the spread
+    assert chain_error(shrunk, ref) == pytest.approx(mse + float((0.5 * ref.std(0)).square().mean()), rel=1e-5)
+
+
 def test_only_deterministic_settings_can_be_tuned():
     for cfg, words in ((SamplingConfig(sampler="ddpm"), "deterministic sampler"),
                        (SamplingConfig(sampler="dpmpp-2m-sde"), "fresh noise"),
@@ -99,7 +113,7 @@ def test_tuning_on_the_exact_denoiser_comes_closer_to_the_ode_and_to_the_data(sa
                                    seed=TUNING_SEED + k))[-1].x_t for k in (0, 1)])
     got = torch.cat([list(generate(loaded, tuned(cfg, r), num_images=32, seed=TUNING_SEED + k))[-1].x_t
                      for k in (0, 1)])
-    assert float((got - ref).square().mean()) == pytest.approx(r.error, rel=1e-5)
+    assert chain_error(got, ref) == pytest.approx(r.error, rel=1e-5)
     # the exact flow maps x_T to MU + S * (x_T - sqrt(ab) MU) / sqrt(ab S^2 + 1 - ab): the reference is on it
     ab = float(loaded.diffusion.schedule.alphas_cumprod[-1])
     x_T = torch.randn((32, 1, 4, 4), generator=torch.Generator().manual_seed(TUNING_SEED))

@@ -105,7 +105,8 @@ def _add_tune(sub, cli) -> None:
                        description="Tune a deterministic sampler's timesteps to one model: --images chains from a "
                        "fixed seed are solved with 50 steps of DPM-Solver++ 2M, and each timestep but the first is "
                        "moved in log-SNR while the few-step chain's images come closer to those (mean squared "
-                       "error). Default: UniPC at 5 steps. Prints the timesteps and the `sample` flags that use them.")
+                       "difference, plus that of each pixel's spread over the images). Default: UniPC at 5 "
+                       "steps. Prints the timesteps and the `sample` flags that use them.")
     _source(t)
     _sampler_flags(t, cli, "unipc")
     t.add_argument("--images", type=cli._positive_int, default=128, metavar="N",

@@ -5,8 +5,11 @@ model's probability-flow ODE; which timesteps it visits decides how close a 5-st
 ODE's solution, and the best ones depend on the model (GITS, Chen et al. 2024; LD3, Tong et al. 2024).
 ``tune_timesteps`` draws ``images`` starting points from a fixed seed, solves each with a 50-step
 DPM-Solver++ 2M chain (the reference), and moves the chain's timesteps one at a time in log-SNR
-(coarse to fine, keeping the first) while the mean squared error of the few-step chain's images
-against the reference falls. The result goes into ``SamplingConfig.timesteps``.
+(coarse to fine, keeping the first) while the chain's error against the reference falls. The error
+is the mean squared difference of the images plus that of each pixel's spread (its standard deviation
+over the images): the first alone lets a few-step chain trade the variety of its images for closeness
+to each reference image, and lands further from the data on some sets (BENCHMARKS.md, "Timesteps tuned
+to the model"). The result goes into ``SamplingConfig.timesteps``.
 
 Plain Python: the CLI (``ddpm-studio tune-steps``) and the Sampling panel's worker call it alike.
 """
@@ -37,8 +40,8 @@ CHUNK = 32  # images per network call
 @dataclass(frozen=True)
 class StepTuning:
     """What tuning found: ``timesteps`` for ``sampler`` at ``len(timesteps)`` steps, and the errors
-    (mean squared error per pixel, images in [-1, 1]) of the spacing's own steps and of the tuned ones
-    against the reference chain."""
+    (:func:`chain_error`, images in [-1, 1]) of the spacing's own steps and of the tuned ones against
+    the reference chain."""
 
     sampler: str
     timesteps: tuple[int, ...]
@@ -85,6 +88,11 @@ def _final_images(loaded: LoadedModel, cfg: SamplingConfig, images: int, seed: i
     return torch.cat(out)
 
 
+def chain_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean squared difference per pixel, plus that of each pixel's standard deviation over the images."""
+    return float((x - reference).square().mean() + (x.std(0) - reference.std(0)).square().mean())
+
+
 def own_timesteps(loaded: LoadedModel, sampling: SamplingConfig) -> list[int]:
     """The timesteps ``sampling`` visits on this model (one chain of one image, recorded)."""
     return [int(r.t) for r in generate(loaded, sampling, num_images=1)]
@@ -119,7 +127,7 @@ def tune_timesteps(loaded: LoadedModel, sampling: SamplingConfig, *, images: int
     def error(ts: list[int]) -> float:
         if tuple(ts) not in errors:
             x = _final_images(loaded, dataclasses.replace(sampling, timesteps=tuple(ts)), images, seed, should_stop)
-            errors[tuple(ts)] = float((x - reference).square().mean())
+            errors[tuple(ts)] = chain_error(x, reference)
             if progress is not None:
                 progress(len(errors), min(errors.values()))
         return errors[tuple(ts)]
@@ -145,4 +153,4 @@ def tuned(sampling: SamplingConfig, result: StepTuning) -> SamplingConfig:
     return dataclasses.replace(sampling, steps=len(result.timesteps), timesteps=result.timesteps)
 
 
-__all__ = ["StepTuning", "TUNABLE", "check_tunable", "own_timesteps", "tune_timesteps", "tuned"]
+__all__ = ["StepTuning", "TUNABLE", "chain_error", "check_tunable", "own_timesteps", "tune_timesteps", "tuned"]
