@@ -83,16 +83,20 @@ def feature_net(channels: int) -> torch.nn.Module:
     return Net().eval().requires_grad_(False)
 
 
+def _unit(images_u8: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) in [-1, 1]."""
+    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0
+
+
 def features(net: torch.nn.Module, images_u8: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, C, H, W)
+    x = _unit(images_u8)
     with torch.inference_mode():
         return torch.cat([net(x[i:i + 500]) for i in range(0, len(x), 500)]).double().numpy()
 
 
 def pooled_pixels(images_u8: np.ndarray) -> np.ndarray:
     """The images 4x4-average-pooled, flattened: (N, H/4 * W/4 * C) in [-1, 1], a second, plainer scorer's input."""
-    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return torch.nn.functional.avg_pool2d(x, 4).flatten(1).double().numpy()
+    return torch.nn.functional.avg_pool2d(_unit(images_u8), 4).flatten(1).double().numpy()
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
@@ -219,8 +223,7 @@ def ipndm_chain(loaded, timesteps: list[int], n: int, seed: int, order: int = 4)
 
 def _flat_images(images_u8: np.ndarray) -> torch.Tensor:
     """(N, H, W, C) uint8 -> (N, C*H*W) float64 in [-1, 1], flattened in the model's (C, H, W) order."""
-    x = torch.from_numpy(np.ascontiguousarray(images_u8.transpose(0, 3, 1, 2))).double() / 127.5 - 1.0
-    return x.reshape(len(x), -1)
+    return _unit(images_u8, torch.float64).reshape(len(images_u8), -1)
 
 
 _GAUSS: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -103,11 +103,12 @@ def describe_sampling(sampling, T: int) -> str:
         what = f"ddpm, all {T} steps, {sampling.variance} variance"
     else:
         used = resolve_spacing(sampling.sampler, sampling.spacing)
-        what = f"{sampling.sampler}, {sampling.steps} steps, {used} spacing"
-        if used != sampling.spacing:
-            what += f" ({sampling.spacing})"
         if getattr(sampling, "timesteps", None):
             what = f"{sampling.sampler}, {sampling.steps} tuned steps ({', '.join(map(str, sampling.timesteps))})"
+        else:
+            what = f"{sampling.sampler}, {sampling.steps} steps, {used} spacing"
+            if used != sampling.spacing:
+                what += f" ({sampling.spacing})"
         if sampling.sampler == "ddim":
             what += f", eta {sampling.eta:g}"
     if sampling.dynamic_threshold:

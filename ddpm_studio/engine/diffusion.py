@@ -234,6 +234,19 @@ class GaussianDiffusion:
         """The DDIM sub-sequence of ``steps`` timesteps, descending (see :func:`ddim_timesteps`)."""
         return ddim_timesteps(self.T, steps, spacing, steps_offset, self.schedule.alphas_cumprod)
 
+    def sampler_timesteps(self, sampling: "SamplingConfig") -> list[int]:
+        """The timesteps ``sample_progressive(sampling)`` visits, in order (one per network call)."""
+        if sampling.sampler == "ddpm":
+            return list(range(self.T - 1, -1, -1))
+        if getattr(sampling, "timesteps", None):
+            return list(sampling.timesteps)  # tuned for this model
+        spacing = resolve_spacing(sampling.sampler, getattr(sampling, "spacing", "trailing"))
+        if sampling.sampler == "ddim":
+            return self.ddim_timesteps(sampling.steps, spacing, getattr(sampling, "steps_offset", 0))
+        from .dpm_solver import dpm_solver_timesteps
+
+        return dpm_solver_timesteps(self.T, sampling.steps, spacing, self.schedule.alphas_cumprod)
+
     # -- sampling loops -------------------------------------------------------------------------
     def _start(self, model, shape, noise, device, dtype, generator):
         if noise is not None:

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..config import SamplingConfig
-from ..engine.choices import resolve_spacing
 
 HISTORY = 3  # x̂0 estimates kept per step: DPM-Solver++ 3M needs the last three to resume
 
@@ -39,17 +38,9 @@ class ChainStep:
 
 
 def sampler_timesteps(diffusion, sampling: SamplingConfig) -> list[int]:
-    """The timesteps a sampler visits, in order (one per network call)."""
-    if sampling.sampler == "ddpm":
-        return list(range(diffusion.T - 1, -1, -1))
-    if getattr(sampling, "timesteps", None):
-        return list(sampling.timesteps)  # tuned for this model
-    spacing = resolve_spacing(sampling.sampler, getattr(sampling, "spacing", "trailing"))
-    if sampling.sampler == "ddim":
-        return diffusion.ddim_timesteps(sampling.steps, spacing, getattr(sampling, "steps_offset", 0))
-    from ..engine.dpm_solver import dpm_solver_timesteps
-
-    return dpm_solver_timesteps(diffusion.T, sampling.steps, spacing, diffusion.schedule.alphas_cumprod)
+    """The timesteps a sampler visits, in order (one per network call): the engine's
+    ``GaussianDiffusion.sampler_timesteps``."""
+    return diffusion.sampler_timesteps(sampling)
 
 
 def is_stochastic(sampling: SamplingConfig) -> bool:

@@ -30,7 +30,6 @@ from ddpm_studio.errors import Cancelled
 
 from .service import generate
 
-TUNABLE = TUNABLE_SAMPLERS  # deterministic: the same x_T always gives the same image
 REFERENCE = dict(sampler="dpmpp-2m", steps=50, spacing="auto")  # within noise of the ODE's solution (BENCHMARKS.md)
 MOVES = (1.0, 0.5, 0.25, 0.12, 0.06)  # log-SNR distances tried, coarse to fine
 TUNING_SEED = 20_240_601  # not a seed a user would type, so the tuning never saw the images a user looks at
@@ -66,9 +65,9 @@ class StepTuning:
 
 def check_tunable(sampling: SamplingConfig) -> None:
     """Refuse, with the reason, settings whose timesteps cannot be tuned."""
-    if sampling.sampler not in TUNABLE:
-        raise ValueError(f"tuning needs a deterministic sampler ({', '.join(TUNABLE)}); {sampling.sampler} "
-                         "draws fresh noise at every step, so its images never repeat")
+    if sampling.sampler not in TUNABLE_SAMPLERS:
+        raise ValueError(f"tuning needs a deterministic sampler ({', '.join(TUNABLE_SAMPLERS)}); "
+                         f"{sampling.sampler} draws fresh noise at every step, so its images never repeat")
     if sampling.sampler == "ddim" and sampling.eta > 0:
         raise ValueError("tuning needs DDIM with eta 0 (deterministic)")
     if sampling.steps < 2:
@@ -94,8 +93,8 @@ def chain_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def own_timesteps(loaded: LoadedModel, sampling: SamplingConfig) -> list[int]:
-    """The timesteps ``sampling`` visits on this model (one chain of one image, recorded)."""
-    return [int(r.t) for r in generate(loaded, sampling, num_images=1)]
+    """The timesteps ``sampling`` visits on this model."""
+    return loaded.diffusion.sampler_timesteps(sampling)
 
 
 def _log_snr(loaded: LoadedModel) -> np.ndarray:
@@ -153,4 +152,4 @@ def tuned(sampling: SamplingConfig, result: StepTuning) -> SamplingConfig:
     return dataclasses.replace(sampling, steps=len(result.timesteps), timesteps=result.timesteps)
 
 
-__all__ = ["StepTuning", "TUNABLE", "chain_error", "check_tunable", "own_timesteps", "tune_timesteps", "tuned"]
+__all__ = ["StepTuning", "chain_error", "check_tunable", "own_timesteps", "tune_timesteps", "tuned"]
