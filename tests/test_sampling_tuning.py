@@ -165,3 +165,12 @@ def test_tuned_images_are_what_the_tuned_config_generates(tiny_run):
     r = tune_timesteps(loaded, SamplingConfig(sampler="dpmpp-2m", steps=3), images=8)
     a = np.stack([s.t for s in generate(loaded, tuned(SamplingConfig(sampler="dpmpp-2m"), r), num_images=1)])
     assert list(a) == list(r.timesteps) and r.error <= r.error_start
+
+
+def test_cli_tune_steps_measures_the_tuning_default_number_of_chains(tiny_run, capsys, monkeypatch):
+    from ddpm_studio.cli import main
+    from ddpm_studio.sampling import tuning
+
+    monkeypatch.setattr(tuning, "IMAGES", 6)  # without --images the CLI asks for the tuning's own number
+    assert main(["tune-steps", "--run", str(tiny_run), "--sampling-steps", "2", "--quiet"]) == 0
+    assert "; 6 images," in capsys.readouterr().out

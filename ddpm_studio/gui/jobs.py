@@ -220,16 +220,17 @@ def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
     return job
 
 
-def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig, images: int = 128) -> Callable[[TaskState], Any]:
-    """Tune ``sampling``'s timesteps to the model on ``images`` chains (``sampling.tuning``); return its
-    ``StepTuning``."""
+def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig,
+              images: int | None = None) -> Callable[[TaskState], Any]:
+    """Tune ``sampling``'s timesteps to the model on ``images`` chains (None: ``sampling.tuning.IMAGES``);
+    return its ``StepTuning``."""
 
     def job(state: TaskState):
-        from ..sampling.tuning import tune_timesteps
+        from ..sampling.tuning import IMAGES, tune_timesteps
 
         loaded = get_model()
         used = model_sampling(sampling, loaded.config.sampling)
-        return tune_timesteps(loaded, used, images=images, should_stop=state.should_stop,
+        return tune_timesteps(loaded, used, images=images or IMAGES, should_stop=state.should_stop,
                               progress=lambda n, err: state.progress(n, 0, f"chain {n} tried; best error {err:.2e}"))
 
     return job

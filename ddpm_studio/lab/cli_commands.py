@@ -109,13 +109,13 @@ def _add_tune(sub, cli) -> None:
                        "steps. Prints the timesteps and the `sample` flags that use them.")
     _source(t)
     _sampler_flags(t, cli, "unipc")
-    t.add_argument("--images", type=cli._positive_int, default=128, metavar="N",
-                   help="chains the error is measured on (default 128)")
+    t.add_argument("--images", type=cli._positive_int, default=None, metavar="N",
+                   help="chains the error is measured on (default 256)")
     t.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def cmd_tune_steps(args, cli) -> int:
-    from ddpm_studio.sampling.tuning import tune_timesteps
+    from ddpm_studio.sampling.tuning import IMAGES, tune_timesteps
 
     args.sampler = args.sampler or "unipc"
     args.sampling_steps = args.sampling_steps or 5
@@ -126,7 +126,7 @@ def cmd_tune_steps(args, cli) -> int:
         if not args.quiet:
             print(f"\rchain {chains} tried; error {error:.3e}", end="", file=sys.stderr, flush=True)
 
-    result = tune_timesteps(loaded, s, images=args.images, progress=progress)
+    result = tune_timesteps(loaded, s, images=args.images or IMAGES, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)
     print(f"tuned {result.summary()}")

@@ -19,14 +19,14 @@ from ..workers import Task
 from .common import note
 
 TUNE_TIP = ("Find the timesteps at which this sampler, at this step count, best reproduces a 50-step chain on "
-            "this model (about a minute at 5 steps for a small model on a CPU). Worth it at 5 steps.")
+            "this model (one to three minutes at 5 steps for a small model on a CPU). Worth it at 5 steps.")
 
 
 class TuningActions:
     """The Tune button, its note and its job (mixed into the Sampling panel)."""
 
     tune_task: Task | None = None
-    tune_images = 128  # chains the error is measured on (tests use fewer)
+    tune_images: int | None = None  # chains the error is measured on (None: the tuning's own; tests use fewer)
 
     def _make_tune_button(self) -> QPushButton:
         self.tune_button = QPushButton("Tune")
