@@ -34,7 +34,7 @@ exact probability-flow solution of a Gaussian with the training images' mean and
 "analytical teleportation"; not in the app); teleport_tol=E picks S as the lowest noise level at which that
 Gaussian's denoiser is still within E (RMS per pixel, in [-1, 1]) of the training set's exact denoiser;
 teleport=model picks the S at which the model's own x_0 prediction is closest to the Gaussian's.
-tuned=true walks the timesteps the app's Tune finds for this model, sampler and NFE (sampling/tuning.py: 128
+tuned=true walks the timesteps the app's Tune finds for this model, sampler and NFE (sampling/tuning.py: 256
 images from its own seed, never this file's, against a 50-step DPM-Solver++ 2M chain).
 The same seeds for every row.
 results.json keeps every point; benchmarks/plot_samplers.py draws it.
