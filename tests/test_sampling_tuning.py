@@ -143,7 +143,7 @@ def test_cli_tune_steps_then_sample_with_them(tiny_run, tmp_path, capsys):
 
     assert main(["tune-steps", "--run", str(tiny_run), "--sampling-steps", "3", "--images", "8", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "tuned unipc, 3 steps:" in out
+    assert "tuned unipc, 3 steps:" in out and "not checked" not in out  # a run: its training images are at hand
     flag = out.split("--timesteps ")[1].split()[0]
     ts = [int(t) for t in flag.split(",")]
     assert len(ts) == 3 and ts[0] == 19 and ts == sorted(ts, reverse=True)
@@ -174,3 +174,56 @@ def test_cli_tune_steps_measures_the_tuning_default_number_of_chains(tiny_run, c
     monkeypatch.setattr(tuning, "IMAGES", 6)  # without --images the CLI asks for the tuning's own number
     assert main(["tune-steps", "--run", str(tiny_run), "--sampling-steps", "2", "--quiet"]) == 0
     assert "; 6 images," in capsys.readouterr().out
+
+
+def _grid_images(mean: float, n: int = 64, seed: int = 0) -> torch.Tensor:
+    """(n, 1, 8, 8) images in [-1, 1] whose 2 x 2 blocks are constant, around ``mean``."""
+    g = torch.Generator().manual_seed(seed)
+    return (mean + 0.2 * torch.randn((n, 1, 4, 4), generator=g)).repeat_interleave(2, 2).repeat_interleave(2, 3)
+
+
+def test_the_last_step_goes_to_0_only_when_that_brings_the_images_closer_to_the_training_images():
+    from ddpm_studio.sampling.tuning import check_last_step
+
+    data = ((_grid_images(0.5, 200, seed=1).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    seen = []
+
+    def final_zero_like_data(ts):
+        seen.append(list(ts))
+        return _grid_images(0.5 if ts[-1] == 0 else -0.3)
+
+    ts, check = check_last_step(final_zero_like_data, [999, 500, 40], data)
+    assert ts == [999, 500, 0] and check[1] < check[0] and seen == [[999, 500, 40], [999, 500, 0]]
+    ts, check = check_last_step(lambda ts: _grid_images(-0.3 if ts[-1] == 0 else 0.5), [999, 500, 40], data)
+    assert ts == [999, 500, 40] and check[0] < check[1]
+    assert check_last_step(final_zero_like_data, [999, 500, 0], data) == ([999, 500, 0], None)
+
+
+def test_tuning_with_the_training_images_reports_the_check_and_the_chosen_lists_own_error(tiny_run):
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.evaluation.metrics import tuning_images
+
+    loaded = load_model(tiny_run, device="cpu")
+    data, why = tuning_images(loaded.source)
+    assert data is not None and why == "" and data.shape[1:] == (8, 8, 1)
+    cfg = SamplingConfig(sampler="unipc", steps=3)
+    plain = tune_timesteps(loaded, cfg, images=8)
+    r = tune_timesteps(loaded, cfg, images=8, data=data)
+    assert plain.data_check is None and not plain.ends_at_zero and "last step" not in plain.summary()
+    assert r.data_check is not None and r.timesteps[:-1] == plain.timesteps[:-1]
+    assert r.timesteps[-1] == (0 if r.ends_at_zero else plain.timesteps[-1])
+    ref = torch.cat([list(generate(loaded, dataclasses.replace(cfg, sampler="dpmpp-2m", steps=20, spacing="auto"),
+                                   num_images=8, seed=TUNING_SEED))[-1].x_t])
+    got = list(generate(loaded, tuned(cfg, r), num_images=8, seed=TUNING_SEED))[-1].x_t
+    assert chain_error(got, ref) == pytest.approx(r.error, rel=1e-5)  # the error of the list it returns
+    assert ("last step moved to 0" in r.summary()) == r.ends_at_zero
+    assert ("Tuned, last step at 0" in r.note()) == r.ends_at_zero
+
+
+def test_the_training_images_for_the_check_come_from_the_run_or_are_said_to_be_missing(tiny_run, tmp_path):
+    from ddpm_studio.evaluation.metrics import tuning_images
+
+    checkpoint = next((tiny_run / "checkpoints").glob("*.safetensors"))
+    assert tuning_images(checkpoint)[0] is not None  # a checkpoint in its run's checkpoints/ folder
+    data, why = tuning_images(tmp_path)
+    assert data is None and "not a run folder" in why

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ddpm_studio.stats import as_float64, frechet_distance
+
 from . import features as feats
 
 EVAL_SEED = 1234  # the noise of the evaluation samples (fixed: checkpoints are compared on the same draws)
@@ -42,8 +44,7 @@ DEFAULT_NUM_GPU = 1024
 # -- the estimators ---------------------------------------------------------------------------------
 # The linear algebra runs in torch (float64): numpy's OpenBLAS with two threads on a busy machine
 # took 1.8 s for one 224 x 224 eigendecomposition that torch does in 20 ms (bench_evaluation.py).
-def _t(a) -> torch.Tensor:
-    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+_t = as_float64
 
 
 def polynomial_kernel(a, b) -> np.ndarray:
@@ -94,22 +95,6 @@ def kid(x: np.ndarray, y: np.ndarray, *, bootstrap: int = BOOTSTRAP, seed: int =
     draws = (_within_means(kxx, cx) + _within_means(kyy, cy) - 2.0 * cross).numpy()
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return value, float(lo), float(hi)
-
-
-def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """|mu_x - mu_y|^2 + tr(S_x + S_y - 2 (S_x^1/2 S_y S_x^1/2)^1/2), eq. (6) of Heusel et al. 2017.
-
-    The matrix square roots come from symmetric eigendecompositions (stable when a covariance is
-    singular, as it is when N < d).
-    """
-    tx, ty = _t(x), _t(y)
-    mu_x, mu_y = tx.mean(0), ty.mean(0)
-    s_x, s_y = torch.cov(tx.T), torch.cov(ty.T)  # (d, d)
-    w, v = torch.linalg.eigh(s_x)
-    root_x = (v * w.clamp(min=0).sqrt()) @ v.T
-    inner = torch.linalg.eigvalsh(root_x @ s_y @ root_x)
-    value = ((mu_x - mu_y) ** 2).sum() + s_x.trace() + s_y.trace() - 2.0 * inner.clamp(min=0).sqrt().sum()
-    return float(max(float(value), 0.0))
 
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -345,6 +330,23 @@ def run_real_images(run_dir, data_folder=None, *, should_stop=None, progress=Non
     if data.channels == "auto":
         data = dataclasses.replace(data, channels=str(cfg.model.in_channels))
     return load_images(data, should_stop=should_stop, progress=progress)
+
+
+def tuning_images(source, should_stop=None) -> tuple[np.ndarray | None, str]:
+    """The training images of the run behind ``source`` (a run folder, or a checkpoint in its checkpoints/ folder),
+    for the step tuning's last-step check; or None and why not (a diffusers folder, images moved away)."""
+    from pathlib import Path
+
+    from ddpm_studio.artifacts.runs import CONFIG_FILE
+
+    path = Path(source)
+    run = path if path.is_dir() else path.parent.parent
+    if not (run / CONFIG_FILE).is_file():
+        return None, "not a run folder, so no training images to compare with"
+    try:
+        return run_real_images(run, should_stop=should_stop).images, ""
+    except (ValueError, OSError) as e:  # DatasetError is a ValueError
+        return None, f"its training images could not be read ({e})"
 
 
 def sampling_cost_note(seconds_per_image: float, num: int) -> str:

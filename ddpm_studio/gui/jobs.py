@@ -226,11 +226,13 @@ def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig,
     return its ``StepTuning``."""
 
     def job(state: TaskState):
+        from ..evaluation.metrics import tuning_images
         from ..sampling.tuning import IMAGES, tune_timesteps
 
         loaded = get_model()
         used = model_sampling(sampling, loaded.config.sampling)
-        return tune_timesteps(loaded, used, images=images or IMAGES, should_stop=state.should_stop,
+        data, _ = tuning_images(loaded.source, state.should_stop)  # None: no last-step check
+        return tune_timesteps(loaded, used, images=images or IMAGES, data=data, should_stop=state.should_stop,
                               progress=lambda n, err: state.progress(n, 0, f"chain {n} tried; best error {err:.2e}"))
 
     return job
