@@ -35,7 +35,8 @@ exact probability-flow solution of a Gaussian with the training images' mean and
 Gaussian's denoiser is still within E (RMS per pixel, in [-1, 1]) of the training set's exact denoiser;
 teleport=model picks the S at which the model's own x_0 prediction is closest to the Gaussian's.
 tuned=true walks the timesteps the app's Tune finds for this model, sampler and NFE (sampling/tuning.py: 256
-images from its own seed, never this file's, against a 50-step DPM-Solver++ 2M chain).
+images from its own seed, never this file's, against a 50-step DPM-Solver++ 2M chain, then its last-step check
+against the run's training images).
 The same seeds for every row.
 results.json keeps every point; benchmarks/plot_samplers.py draws it.
 
@@ -337,13 +338,15 @@ _TUNED: dict[tuple, list[int]] = {}  # (id(loaded), sampler, steps) -> the app's
 
 
 def tuned_timesteps(loaded, name: str, steps: int) -> list[int]:
-    """The timesteps the app's Tune (sampling.tuning.tune_timesteps, its own seeds) finds for this model."""
+    """The timesteps the app's Tune (sampling.tuning.tune_timesteps, its own seeds, the last-step check against the
+    run's training images when they are at hand) finds for this model."""
     from ddpm_studio.config import SamplingConfig
+    from ddpm_studio.evaluation.metrics import tuning_images
     from ddpm_studio.sampling.tuning import tune_timesteps
 
     key = (id(loaded), name, steps)
     if key not in _TUNED:
-        result = tune_timesteps(loaded, SamplingConfig(sampler=name, steps=steps))
+        result = tune_timesteps(loaded, SamplingConfig(sampler=name, steps=steps), data=tuning_images(loaded.source)[0])
         print(f"  tuned: {result.summary()}", flush=True)
         _TUNED[key] = list(result.timesteps)
     return _TUNED[key]
