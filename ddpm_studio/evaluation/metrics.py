@@ -44,11 +44,8 @@ DEFAULT_NUM_GPU = 1024
 # -- the estimators ---------------------------------------------------------------------------------
 # The linear algebra runs in torch (float64): numpy's OpenBLAS with two threads on a busy machine
 # took 1.8 s for one 224 x 224 eigendecomposition that torch does in 20 ms (bench_evaluation.py).
-_t = as_float64
-
-
 def polynomial_kernel(a, b) -> np.ndarray:
-    a, b = _t(a), _t(b)
+    a, b = as_float64(a), as_float64(b)
     return ((a @ b.T) / a.shape[1] + 1.0).pow(3).numpy()  # (len(a), len(b))
 
 
@@ -83,7 +80,7 @@ def kid(x: np.ndarray, y: np.ndarray, *, bootstrap: int = BOOTSTRAP, seed: int =
     """(KID, lower, upper) of feature sets x (N, d) and y (M, d); the bounds are a 95 % bootstrap interval."""
     if len(x) < 2 or len(y) < 2:
         raise ValueError(f"KID needs at least 2 images per set; got {len(x)} and {len(y)}")
-    tx, ty = _t(x), _t(y)
+    tx, ty = as_float64(x), as_float64(y)
     kxx, kyy, kxy = _kernel(tx, tx), _kernel(ty, ty), _kernel(tx, ty)
     value = _mmd2_unbiased(kxx, kyy, kxy)
     if bootstrap <= 0:
@@ -99,7 +96,7 @@ def kid(x: np.ndarray, y: np.ndarray, *, bootstrap: int = BOOTSTRAP, seed: int =
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distances (len(a), len(b)), from the expansion |a|^2 + |b|^2 - 2 a·b."""
-    ta, tb = _t(a), _t(b)
+    ta, tb = as_float64(a), as_float64(b)
     d2 = (ta * ta).sum(1)[:, None] + (tb * tb).sum(1)[None, :] - 2.0 * (ta @ tb.T)
     return d2.clamp(min=0).sqrt().numpy()
 

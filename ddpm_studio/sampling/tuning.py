@@ -159,10 +159,11 @@ def _data_grid(data: np.ndarray) -> np.ndarray:
 
 
 def check_last_step(final: Callable[[list[int]], torch.Tensor], found: list[int],
-                    data: np.ndarray) -> tuple[list[int], tuple[float, float] | None]:
+                    data: np.ndarray | None) -> tuple[list[int], tuple[float, float] | None]:
     """``found`` or ``found`` with its last timestep at 0, whichever chain's images (``final(ts)``) are closer to
-    the training images ``data`` by the Fréchet distance of their colour grids; and the two distances."""
-    if found[-1] == 0 or len(data) < 2:
+    the training images ``data`` by the Fréchet distance of their colour grids; and the two distances (None,
+    and ``found`` kept, without training images or when it already ends at 0)."""
+    if data is None or found[-1] == 0 or len(data) < 2:
         return found, None
     zero, real = found[:-1] + [0], _data_grid(data)
     check = (frechet_distance(colour_grid(final(found)), real), frechet_distance(colour_grid(final(zero)), real))
@@ -203,10 +204,7 @@ def tune_timesteps(loaded: LoadedModel, sampling: SamplingConfig, *, images: int
                 for cand in filter(None, (_moved(best, i, s * delta, lam) for s in (1.0, -1.0))):
                     if error(cand) < best_err * (1 - 1e-6):
                         best, best_err, improved = cand, error(cand), True
-    if data is not None:
-        best, check = check_last_step(lambda ts: final(ts, max(images, check_images)), best, data)
-    else:
-        check = None
+    best, check = check_last_step(lambda ts: final(ts, max(images, check_images)), best, data)
     return StepTuning(sampling.sampler, tuple(best), tuple(start), errors[tuple(start)], error(best), reference_steps,
                       images, len(errors), time.perf_counter() - t0, check)
 
