@@ -224,3 +224,29 @@ def test_tune_fills_the_timesteps_generate_walks_them_and_a_new_step_count_clear
     sp.steps_spin.setValue(4)
     assert sp.timesteps_edit.text() == "" and "tuned for 3 steps" in sp.tune_note.text()
     assert sp.sampling_config().timesteps is None
+
+
+def test_tune_on_a_model_without_a_run_checks_its_last_step_against_the_images_open_in_the_dataset_panel(
+        qtbot, window, run_dir, tmp_path):
+    from ddpm_studio.cli import main
+
+    folder = tmp_path / "diffusers"
+    assert main(["export", "--run", str(run_dir), "--format", "diffusers", "--out", str(folder)]) == 0
+    sp = window.sampling_panel
+    assert sp.open_model(str(folder))
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
+    sp.steps_spin.setValue(3)
+    sp.tune_images = 8
+
+    def tune() -> str:
+        qtbot.mouseClick(sp.tune_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: sp.tune_task is None and sp.timesteps_edit.text() != "", timeout=60_000)
+        return sp.tune_note.text()
+
+    assert window.state.images is None
+    note = tune()
+    assert "Last step not checked: not a run folder" in note and "open them in the Dataset panel" in note
+    assert window.dataset_panel.load_paths([str(run_dir.parent / "imgs")])
+    qtbot.waitUntil(lambda: window.state.images is not None, timeout=30_000)
+    assert tune().endswith("Last step checked against the images open in the Dataset panel.")
+    window.grab().save(str(tmp_path / "tuned_diffusers.png"))

@@ -204,11 +204,11 @@ def test_tuning_with_the_training_images_reports_the_check_and_the_chosen_lists_
     from ddpm_studio.evaluation.metrics import tuning_images
 
     loaded = load_model(tiny_run, device="cpu")
-    data, why = tuning_images(loaded.source)
-    assert data is not None and why == "" and data.shape[1:] == (8, 8, 1)
+    data, said = tuning_images(loaded)
+    assert data is not None and said == "the run's training images" and data.shape[1:] == (8, 8, 1)
     cfg = SamplingConfig(sampler="unipc", steps=3)
     plain = tune_timesteps(loaded, cfg, images=8)
-    r = tune_timesteps(loaded, cfg, images=8, data=data)
+    r = tune_timesteps(loaded, cfg, images=8, data=data, data_note=said)
     assert plain.data_check is None and not plain.ends_at_zero and "last step" not in plain.summary()
     assert r.data_check is not None and r.timesteps[:-1] == plain.timesteps[:-1]
     assert r.timesteps[-1] == (0 if r.ends_at_zero else plain.timesteps[-1])
@@ -218,12 +218,53 @@ def test_tuning_with_the_training_images_reports_the_check_and_the_chosen_lists_
     assert chain_error(got, ref) == pytest.approx(r.error, rel=1e-5)  # the error of the list it returns
     assert ("last step moved to 0" in r.summary()) == r.ends_at_zero
     assert ("Tuned, last step at 0" in r.note()) == r.ends_at_zero
+    assert r.note().endswith("Last step checked against the run's training images.")
 
 
-def test_the_training_images_for_the_check_come_from_the_run_or_are_said_to_be_missing(tiny_run, tmp_path):
+def test_the_training_images_for_the_check_come_from_the_run_a_folder_or_the_open_set_or_are_said_to_be_missing(
+        tiny_run, tmp_path):
+    from ddpm_studio.artifacts.loading import load_model
     from ddpm_studio.evaluation.metrics import tuning_images
+    from training_support import tiny_images
 
     checkpoint = next((tiny_run / "checkpoints").glob("*.safetensors"))
-    assert tuning_images(checkpoint)[0] is not None  # a checkpoint in its run's checkpoints/ folder
-    data, why = tuning_images(tmp_path)
+    assert tuning_images(load_model(checkpoint, device="cpu"))[0] is not None  # a checkpoint in its run's folder
+    loaded = dataclasses.replace(load_model(tiny_run, device="cpu"), source=str(tmp_path))  # e.g. a diffusers folder
+    data, why = tuning_images(loaded)
     assert data is None and "not a run folder" in why
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    from PIL import Image
+
+    for i, im in enumerate(tiny_images(n=5, size=12, channels=3).images):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    data, said = tuning_images(loaded, folder)
+    assert data.shape == (5, 8, 8, 1) and said == f"the images in {folder}"  # decoded at the model's size, grey
+    data, why = tuning_images(loaded, tmp_path / "gone")
+    assert data is None and "folder not found" in why
+    data, said = tuning_images(loaded, open_images=tiny_images(n=6, size=8, channels=1))
+    assert data.shape == (6, 8, 8, 1) and said == "the images open in the Dataset panel"
+    data, why = tuning_images(loaded, open_images=tiny_images(n=6, size=16, channels=3))
+    assert data is None and "are 6 images, 16x16 RGB, not the model's 8x8 greyscale" in why
+
+
+def test_cli_tune_steps_checks_a_model_without_a_run_against_data(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    from ddpm_studio.cli import main
+    from training_support import tiny_images
+
+    folder = tmp_path / "diffusers"
+    assert main(["export", "--run", str(tiny_run), "--format", "diffusers", "--out", str(folder)]) == 0
+    capsys.readouterr()
+    base = ["tune-steps", "--model", str(folder), "--sampling-steps", "3", "--images", "8", "--quiet"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "last step not checked" in out and "give them with --data DIR" in out
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i, im in enumerate(tiny_images(n=4, size=8, channels=1).images):
+        Image.fromarray(im[..., 0]).save(pictures / f"{i}.png")
+    assert main(base + ["--data", str(pictures)]) == 0
+    out = capsys.readouterr().out
+    assert f"last step checked against the images in {pictures} (4)" in out and "not checked" not in out

@@ -329,21 +329,40 @@ def run_real_images(run_dir, data_folder=None, *, should_stop=None, progress=Non
     return load_images(data, should_stop=should_stop, progress=progress)
 
 
-def tuning_images(source, should_stop=None) -> tuple[np.ndarray | None, str]:
-    """The training images of the run behind ``source`` (a run folder, or a checkpoint in its checkpoints/ folder),
-    for the step tuning's last-step check; or None and why not (a diffusers folder, images moved away)."""
+def tuning_images(loaded, data_folder=None, *, open_images=None, should_stop=None) -> tuple[np.ndarray | None, str]:
+    """The images the step tuning's last-step check compares with, and which they are; or None and why none.
+
+    In order: the training images of the run behind ``loaded.source`` (a run folder, or a checkpoint in its
+    checkpoints/ folder), from ``data_folder`` when given (the run's folder moved); for a model without a run
+    (a diffusers folder), the images in ``data_folder``, decoded at the model's size and channels; failing both,
+    ``open_images`` (an ImageSet, e.g. the Dataset panel's) when they are the model's size and channels."""
     from pathlib import Path
 
     from ddpm_studio.artifacts.runs import CONFIG_FILE
+    from ddpm_studio.data import load_images
 
-    path = Path(source)
+    path = Path(loaded.source)
     run = path if path.is_dir() else path.parent.parent
-    if not (run / CONFIG_FILE).is_file():
-        return None, "not a run folder, so no training images to compare with"
+    why = "not a run folder, so no training images to compare with"
     try:
-        return run_real_images(run, should_stop=should_stop).images, ""
+        if (run / CONFIG_FILE).is_file():
+            return run_real_images(run, data_folder, should_stop=should_stop).images, "the run's training images"
+        if data_folder is not None:
+            if not Path(data_folder).is_dir():
+                raise ValueError(f"--data: folder not found: {data_folder}")
+            m = loaded.config.model
+            cfg = dataclasses.replace(loaded.config.data, folder=str(Path(data_folder).resolve()),
+                                      image_size=m.image_size, channels=str(m.in_channels))
+            return load_images(cfg, should_stop=should_stop).images, f"the images in {data_folder}"
     except (ValueError, OSError) as e:  # DatasetError is a ValueError
-        return None, f"its training images could not be read ({e})"
+        why = f"the training images could not be read ({e})"
+    if open_images is not None:
+        c, size, _ = loaded.image_shape
+        if open_images.images.shape[1:] == (size, size, c):
+            return open_images.images, "the images open in the Dataset panel"
+        why += (f"; the images open in the Dataset panel are {open_images.summary()}, not the model's "
+                f"{size}x{size} {'greyscale' if c == 1 else 'RGB'}")
+    return None, why
 
 
 def sampling_cost_note(seconds_per_image: float, num: int) -> str:

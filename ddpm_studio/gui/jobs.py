@@ -220,10 +220,11 @@ def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
     return job
 
 
-def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig,
-              images: int | None = None) -> Callable[[TaskState], Any]:
+def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig, images: int | None = None,
+              open_images=None) -> Callable[[TaskState], Any]:
     """Tune ``sampling``'s timesteps to the model on ``images`` chains (None: ``sampling.tuning.IMAGES``);
-    return its ``StepTuning``."""
+    return its ``StepTuning``. The last-step check uses the run's training images, or else ``open_images``
+    (the Dataset panel's ImageSet) when they are the model's size and channels."""
 
     def job(state: TaskState):
         from ..evaluation.metrics import tuning_images
@@ -231,8 +232,11 @@ def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig,
 
         loaded = get_model()
         used = model_sampling(sampling, loaded.config.sampling)
-        data, _ = tuning_images(loaded.source, state.should_stop)  # None: no last-step check
-        return tune_timesteps(loaded, used, images=images or IMAGES, data=data, should_stop=state.should_stop,
+        data, said = tuning_images(loaded, open_images=open_images, should_stop=state.should_stop)
+        if data is None and open_images is None:
+            said += "; open them in the Dataset panel to have it checked"
+        return tune_timesteps(loaded, used, images=images or IMAGES, data=data, data_note=said,
+                              should_stop=state.should_stop,
                               progress=lambda n, err: state.progress(n, 0, f"chain {n} tried; best error {err:.2e}"))
 
     return job

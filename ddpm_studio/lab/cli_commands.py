@@ -106,13 +106,15 @@ def _add_tune(sub, cli) -> None:
                        "fixed seed are solved with 50 steps of DPM-Solver++ 2M, and each timestep but the first is "
                        "moved in log-SNR while the few-step chain's images come closer to those (mean squared "
                        "difference, plus that of each pixel's spread over the images). For a run whose training "
-                       "images are at hand, the last timestep then goes to 0 if that chain's images are closer to "
-                       "the training images (Frechet distance of 4x4 colour grids). Default: UniPC at 5 "
+                       "images are at hand (or given with --data), the last timestep then goes to 0 if that chain's "
+                       "images are closer to them (Frechet distance of 4x4 colour grids). Default: UniPC at 5 "
                        "steps. Prints the timesteps and the `sample` flags that use them.")
     _source(t)
     _sampler_flags(t, cli, "unipc")
     t.add_argument("--images", type=cli._positive_int, default=None, metavar="N",
                    help="chains the error is measured on (default 256)")
+    t.add_argument("--data", metavar="DIR", help="the images for the last-step check: a model without a run (a "
+                   "diffusers folder), or a run whose image folder moved")
     t.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -129,12 +131,15 @@ def cmd_tune_steps(args, cli) -> int:
         if not args.quiet:
             print(f"\rchain {chains} tried; error {error:.3e}", end="", file=sys.stderr, flush=True)
 
-    data, why_not = tuning_images(loaded.source)
-    result = tune_timesteps(loaded, s, images=args.images or IMAGES, data=data, progress=progress)
+    data, said = tuning_images(loaded, args.data)
+    result = tune_timesteps(loaded, s, images=args.images or IMAGES, data=data, data_note=said, progress=progress)
     if not args.quiet:
         print(file=sys.stderr)
     if data is None:
-        print(f"last step not checked against the training images: {why_not}")
+        print(f"last step not checked against the training images: {said}"
+              + ("" if args.data else "; give them with --data DIR"))
+    else:
+        print(f"last step checked against {said} ({len(data):,})")
     print(f"tuned {result.summary()}")
     where = f"--run {args.run}" if args.run else f"--checkpoint {args.checkpoint}" if args.checkpoint \
         else f"--model {args.model}"

@@ -66,6 +66,7 @@ class StepTuning:
     chains: int
     seconds: float
     data_check: tuple[float, float] | None = None  # distances to the data: the found list, it ending at 0
+    data_note: str = ""  # which images the check compared with, or why there was no check
 
     @property
     def ends_at_zero(self) -> bool:
@@ -78,13 +79,19 @@ class StepTuning:
         return 1.0 - self.error / self.error_start if self.error_start > 0 else 0.0
 
     def note(self) -> str:
-        """One sentence for the Sampling panel."""
+        """One or two sentences for the Sampling panel."""
         cost = f"({self.chains} chains, {self.seconds:.0f} s)"
         if self.ends_at_zero:
-            return ("Tuned, last step at 0: its images come closer to the training images' colours and layout "
+            head = ("Tuned, last step at 0: its images come closer to the training images' colours and layout "
                     f"than with the steps closest to a {self.reference_steps}-step chain {cost}.")
-        return (f"Tuned: {self.improvement:.0%} closer to a {self.reference_steps}-step chain than the spacing's "
-                f"own steps {cost}.")
+        else:
+            head = (f"Tuned: {self.improvement:.0%} closer to a {self.reference_steps}-step chain than the "
+                    f"spacing's own steps {cost}.")
+        if not self.data_note:
+            return head
+        if self.data_check is None:
+            return f"{head} Last step not checked: {self.data_note}."
+        return f"{head} Last step checked against {self.data_note}."
 
     def summary(self) -> str:
         head = f"{self.sampler}, {len(self.timesteps)} steps: {', '.join(map(str, self.timesteps))} "
@@ -172,9 +179,10 @@ def check_last_step(final: Callable[[list[int]], torch.Tensor], found: list[int]
 
 def tune_timesteps(loaded: LoadedModel, sampling: SamplingConfig, *, images: int = IMAGES, seed: int = TUNING_SEED,
                    reference_steps: int = REFERENCE["steps"], data: np.ndarray | None = None,
-                   check_images: int = CHECK_IMAGES, should_stop: Callable[[], bool] | None = None,
+                   data_note: str = "", check_images: int = CHECK_IMAGES, should_stop: Callable[[], bool] | None = None,
                    progress: Callable[[int, float], None] | None = None) -> StepTuning:
-    """Coordinate search over ``sampling``'s timesteps (all but the first) on this model; see the module."""
+    """Coordinate search over ``sampling``'s timesteps (all but the first) on this model; see the module.
+    ``data_note`` (which images ``data`` are, or why there are none) goes into the result for its note."""
     sampling = dataclasses.replace(sampling, timesteps=None)
     sampling.validate()
     check_tunable(sampling)
@@ -206,7 +214,7 @@ def tune_timesteps(loaded: LoadedModel, sampling: SamplingConfig, *, images: int
                         best, best_err, improved = cand, error(cand), True
     best, check = check_last_step(lambda ts: final(ts, max(images, check_images)), best, data)
     return StepTuning(sampling.sampler, tuple(best), tuple(start), errors[tuple(start)], error(best), reference_steps,
-                      images, len(errors), time.perf_counter() - t0, check)
+                      images, len(errors), time.perf_counter() - t0, check, data_note)
 
 
 def tuned(sampling: SamplingConfig, result: StepTuning) -> SamplingConfig:

@@ -20,8 +20,9 @@ from .common import note
 
 TUNE_TIP = ("Find the timesteps at which this sampler, at this step count, best reproduces a 50-step chain on "
             "this model (one to three minutes at 5 steps for a small model on a CPU). With the run's training "
-            "images at hand, the last step then goes to 0 if that brings the images closer to them (it sharpens "
-            "text and fine grain). Worth it at 5 steps.")
+            "images at hand (or, for a model without a run, the images open in the Dataset panel), the last step "
+            "then goes to 0 if that brings the images closer to them (it sharpens text and fine grain). Worth it "
+            "at 5 steps.")
 
 
 class TuningActions:
@@ -78,7 +79,7 @@ class TuningActions:
         except ValueError as e:
             self.state.report_error(f"Cannot tune: {e}", "")
             return False
-        task = Task(jobs.make_tune(get_model, cfg, self.tune_images), name="tuning")
+        task = Task(jobs.make_tune(get_model, cfg, self.tune_images, self.state.images), name="tuning")
         task.progress.connect(lambda done, total, msg: self.progress.report(done, total, msg))
         task.succeeded.connect(lambda result, c=cfg: self._on_tuned(c, result))
         task.failed.connect(self._on_tune_failed)
