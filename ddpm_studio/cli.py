@@ -232,6 +232,9 @@ def _add_sample(sub) -> None:
     s.add_argument("--gif-frames", type=_positive_int, default=60, metavar="F", help="chain frames in the GIF "
                                                                                      "(default 60)")
     s.add_argument("--gif-fps", type=_positive_float, default=20.0, metavar="FPS", help="GIF frame rate (default 20)")
+    s.add_argument("--tuned", action="store_true",
+                   help="visit the timesteps that tune-steps found for this model, sampler, step count and x_0 "
+                   "clipping (remembered on this computer); refused when there are none")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(schema_flags=add_schema_flags(s, SamplingConfig))
 
@@ -479,6 +482,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     sampling = _sampling_from_flags(args, loaded)
+    if args.tuned:
+        sampling = _remembered_tuning(loaded, sampling, args.quiet)
     T = loaded.diffusion.T
     total_steps = T if sampling.sampler == "ddpm" else sampling.steps
     if not args.quiet:
@@ -515,6 +520,22 @@ def _sampling_from_flags(args: argparse.Namespace, loaded) -> SamplingConfig:
     if sampling.sampler != "ddpm" and sampling.steps > T:
         raise ValueError(f"--sampling-steps ({sampling.steps}) cannot exceed the model's T ({T})")
     return sampling
+
+
+def _remembered_tuning(loaded, sampling: SamplingConfig, quiet: bool) -> SamplingConfig:
+    """``sampling`` with the timesteps tune-steps remembered for this model and these settings."""
+    from ddpm_studio.sampling import tuning_store
+
+    if sampling.timesteps:
+        raise ValueError("--tuned and --timesteps both say which timesteps to visit; give one")
+    found = tuning_store.find(tuning_store.recall_all(tuning_store.model_key(loaded)), sampling)
+    if found is None:
+        raise ValueError(f"no tuned timesteps remembered for this model with {sampling.sampler} at "
+                         f"{sampling.steps} steps (and this x_0 clipping); run tune-steps with the same flags first")
+    if not quiet:
+        print(f"note: timesteps tuned on {found['tuned_at']}: {', '.join(map(str, found['timesteps']))}",
+              file=sys.stderr)
+    return dataclasses.replace(sampling, timesteps=tuple(found["timesteps"]))
 
 
 def _sample_batches(args: argparse.Namespace, loaded, sampling: SamplingConfig, out: Path, total_steps: int,

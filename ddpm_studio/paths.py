@@ -57,6 +57,11 @@ def logs_dir() -> Path:
     return data_dir() / "logs"
 
 
+def tunings_dir() -> Path:
+    """Tuned timesteps remembered per model (``sampling.tuning_store``)."""
+    return data_dir() / "tunings"
+
+
 def resources_dir() -> Path:
     """The shipped resources (icons, built-in dataset, screenshots), installed or in a checkout."""
     try:

@@ -250,3 +250,39 @@ def test_tune_on_a_model_without_a_run_checks_its_last_step_against_the_images_o
     qtbot.waitUntil(lambda: window.state.images is not None, timeout=30_000)
     assert tune().endswith("Last step checked against the images open in the Dataset panel.")
     window.grab().save(str(tmp_path / "tuned_diffusers.png"))
+
+
+def test_a_tune_is_remembered_and_put_back_when_the_model_sampler_and_steps_come_back(qtbot, window, run_dir,
+                                                                                       tmp_path):
+    sp = window.sampling_panel
+
+    def open_and_read(path) -> None:
+        with qtbot.waitSignal(sp.model_read, timeout=30_000):
+            assert sp.open_model(str(path))
+
+    open_and_read(run_dir)
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
+    sp.steps_spin.setValue(3)
+    assert sp.timesteps_edit.text() == ""  # nothing tuned yet
+    sp.tune_images = 8
+    qtbot.mouseClick(sp.tune_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: sp.tune_task is None and sp.timesteps_edit.text() != "", timeout=60_000)
+    tuned = sp.timesteps_edit.text()
+    sp.steps_spin.setValue(4)
+    assert sp.timesteps_edit.text() == ""  # tuned for 3 steps
+    sp.steps_spin.setValue(3)
+    assert sp.timesteps_edit.text() == tuned and sp.tune_note.text().startswith("Restored from this model's Tune of")
+    assert sp.tune_note.toolTip().startswith("Tuned")  # the tuning's own note
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("dpmpp-2m"))
+    assert sp.timesteps_edit.text() == ""  # another sampler
+    folder = tmp_path / "diffusers"  # the same weights, exported: a new window's panel finds the tuning too
+    from ddpm_studio.cli import main
+
+    assert main(["export", "--run", str(run_dir), "--format", "diffusers", "--out", str(folder)]) == 0
+    open_and_read(folder)
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
+    sp.steps_spin.setValue(3)
+    assert sp.timesteps_edit.text() == tuned and "Restored" in sp.tune_note.text()
+    window.grab().save(str(tmp_path / "restored.png"))
+    generate(qtbot, sp)
+    assert ",".join(str(f.t) for f in sp.frames) == tuned.replace(" ", "")

@@ -268,3 +268,54 @@ def test_cli_tune_steps_checks_a_model_without_a_run_against_data(tiny_run, tmp_
     assert main(base + ["--data", str(pictures)]) == 0
     out = capsys.readouterr().out
     assert f"last step checked against the images in {pictures} (4)" in out and "not checked" not in out
+
+
+def test_a_tuning_is_remembered_for_the_weights_wherever_they_are_opened_from_and_survives_a_damaged_file(
+        tiny_run, tmp_path):
+    from ddpm_studio import paths
+    from ddpm_studio.artifacts.diffusers_format import write_diffusers_folder
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.sampling import tuning_store
+
+    loaded = load_model(tiny_run, device="cpu")
+    key = tuning_store.model_key(loaded)
+    write_diffusers_folder(loaded, tmp_path / "exported")
+    assert tuning_store.model_key(load_model(tmp_path / "exported", device="cpu")) == key  # the same weights
+    changed = load_model(tiny_run, device="cpu")
+    with torch.no_grad():
+        next(changed.model.parameters()).add_(1e-3)
+    assert tuning_store.model_key(changed) != key  # trained further: other weights, no tuning
+    cfg = SamplingConfig(sampler="unipc", steps=3)
+    assert tuning_store.recall_all(key) == [] and tuning_store.find([], cfg) is None
+    r = tune_timesteps(loaded, cfg, images=8)
+    tuning_store.remember(key, cfg, r)
+    again = dataclasses.replace(r, timesteps=(19, 9, 2))
+    tuning_store.remember(key, cfg, again)  # a newer tuning of the same settings replaces the older
+    entries = tuning_store.recall_all(key)
+    assert len(entries) == 1 and tuning_store.find(entries, cfg)["timesteps"] == [19, 9, 2]
+    assert tuning_store.find(entries, dataclasses.replace(cfg, steps=4)) is None
+    assert tuning_store.find(entries, dataclasses.replace(cfg, clip_denoised=False)) is None
+    assert tuning_store.find(entries, dataclasses.replace(cfg, sampler="dpmpp-2m")) is None
+    (paths.tunings_dir() / f"{key}.json").write_text('{"tunings": [{"match": 1}', encoding="utf-8")  # cut short
+    assert tuning_store.recall_all(key) == []
+    tuning_store.remember(key, cfg, r)  # and it is written anew
+    assert tuning_store.find(tuning_store.recall_all(key), cfg)["timesteps"] == list(r.timesteps)
+
+
+def test_cli_sample_tuned_uses_what_tune_steps_remembered_and_refuses_settings_never_tuned(tiny_run, tmp_path, capsys):
+    from ddpm_studio.cli import main
+
+    sample = ["sample", "--run", str(tiny_run), "--sampler", "unipc", "--num", "2", "--quiet", "--tuned"]
+    assert main(sample + ["--sampling-steps", "3", "--out", str(tmp_path / "none")]) == 1
+    assert "no tuned timesteps remembered for this model with unipc at 3 steps" in capsys.readouterr().err
+    assert main(["tune-steps", "--run", str(tiny_run), "--sampling-steps", "3", "--images", "8", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    ts = [int(t) for t in out.split("--timesteps ")[1].split()[0].split(",")]
+    assert "--sampling-steps 3 --tuned --out DIR (remembered for this model" in out
+    assert main(sample + ["--sampling-steps", "3", "--out", str(tmp_path / "tuned")]) == 0
+    record = json.loads(next((tmp_path / "tuned").glob("*.json")).read_text())
+    assert list(record.get("sampling", record)["timesteps"]) == ts
+    assert main(sample + ["--sampling-steps", "4", "--out", str(tmp_path / "four")]) == 1
+    assert "unipc at 4 steps" in capsys.readouterr().err
+    assert main(sample + ["--timesteps", "19,5,1", "--out", str(tmp_path / "both")]) == 1
+    assert "--tuned and --timesteps" in capsys.readouterr().err

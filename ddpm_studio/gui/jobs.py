@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import DataConfig, RunConfig, SamplingConfig
 from ..errors import Cancelled
+from ..logs import logger as log
 from .workers import TaskState, runs_below_the_ui
 
 DEFAULT_CHAIN_BUDGET = 300 * 1024 * 1024  # bytes of recorded reverse-chain frames per generation
@@ -221,10 +222,11 @@ def make_sample(get_model: Callable[[], Any], sampling: SamplingConfig,
 
 
 def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig, images: int | None = None,
-              open_images=None) -> Callable[[TaskState], Any]:
+              open_images=None, remember: bool = False) -> Callable[[TaskState], Any]:
     """Tune ``sampling``'s timesteps to the model on ``images`` chains (None: ``sampling.tuning.IMAGES``);
     return its ``StepTuning``. The last-step check uses the run's training images, or else ``open_images``
-    (the Dataset panel's ImageSet) when they are the model's size and channels."""
+    (the Dataset panel's ImageSet) when they are the model's size and channels. With ``remember`` (a model
+    from disk) the result is kept for its weights (``sampling.tuning_store``); a failed write only logs."""
 
     def job(state: TaskState):
         from ..evaluation.metrics import tuning_images
@@ -235,9 +237,17 @@ def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig, images: in
         data, said = tuning_images(loaded, open_images=open_images, should_stop=state.should_stop)
         if data is None and open_images is None:
             said += "; open them in the Dataset panel to have it checked"
-        return tune_timesteps(loaded, used, images=images or IMAGES, data=data, data_note=said,
-                              should_stop=state.should_stop,
-                              progress=lambda n, err: state.progress(n, 0, f"chain {n} tried; best error {err:.2e}"))
+        result = tune_timesteps(loaded, used, images=images or IMAGES, data=data, data_note=said,
+                                should_stop=state.should_stop,
+                                progress=lambda n, err: state.progress(n, 0, f"chain {n} tried; best error {err:.2e}"))
+        if remember:
+            from ..sampling import tuning_store
+
+            try:
+                tuning_store.remember(tuning_store.model_key(loaded), used, result)
+            except OSError as e:
+                log.warning("the tuning could not be remembered: %s", e)
+        return result
 
     return job
 

@@ -120,6 +120,7 @@ def _add_tune(sub, cli) -> None:
 
 def cmd_tune_steps(args, cli) -> int:
     from ddpm_studio.evaluation.metrics import tuning_images
+    from ddpm_studio.sampling import tuning_store
     from ddpm_studio.sampling.tuning import IMAGES, tune_timesteps
 
     args.sampler = args.sampler or "unipc"
@@ -145,6 +146,12 @@ def cmd_tune_steps(args, cli) -> int:
         else f"--model {args.model}"
     print(f"use them: ddpm-studio sample {where} --sampler {result.sampler} "
           f"--timesteps {','.join(map(str, result.timesteps))} --out DIR")
+    try:
+        tuning_store.remember(tuning_store.model_key(loaded), s, result)
+        print(f"   or: ddpm-studio sample {where} --sampler {result.sampler} --sampling-steps {len(result.timesteps)} "
+              "--tuned --out DIR (remembered for this model; the Sampling panel fills them in too)")
+    except OSError as e:
+        print(f"note: the tuning could not be remembered ({e})", file=sys.stderr)
     return 0
 
 

@@ -47,9 +47,29 @@ def schema_section(title: str, settings: list, **kwargs) -> tuple[QGroupBox, Sch
     return box, form
 
 
+class WrappedLabel(QLabel):
+    """A word-wrapped label that keeps the height its text needs at its width. In a settings column (a scroll
+    area) taller than the window, Qt's layouts otherwise squeeze wrapped labels to their one-line minimum
+    and cut their text (seen: an opened model's "step · px" line hidden under its path)."""
+
+    def _fit(self) -> None:
+        old = self.minimumHeight()
+        self.setMinimumHeight(0)  # QLabel's heightForWidth never answers less than the minimum height
+        need = self.heightForWidth(self.width())
+        self.setMinimumHeight(need if need > 0 else old)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._fit()
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        super().setText(text)
+        self._fit()
+
+
 def note(text: str = "", selectable: bool = False) -> QLabel:
     """A quiet, word-wrapped line of explanation (a hint under a choice, what a model is)."""
-    label = QLabel(text)
+    label = WrappedLabel(text)
     label.setWordWrap(True)
     label.setStyleSheet("color: palette(mid);")
     if selectable:

@@ -36,7 +36,7 @@ from ..forms import SchemaForm, fields, name_items
 from ..workers import Task
 from .common import ProgressRow, note, schema_section, section, settings_column
 from .sampling_exports import ExportActions
-from .sampling_tuning import TuningActions
+from .sampling_tuning import RememberedTunings, TuningActions
 
 
 # The SamplingConfig fields of this panel's two forms, by name, in their order (widget, label, range and
@@ -189,6 +189,7 @@ class SamplingPanel(ExportActions, TuningActions, QWidget):
         self.clear_tuned("they were tuned for another sampler")
         if "steps" in SAMPLER_INFO[name]["settings"]:
             self.steps_spin.setValue(sampler_default_steps(name, self._model_T()))
+        self.restore_tuned()
 
     def _show_sampler(self) -> str:
         """Show the sampler's one-line explanation and enable only the settings it reads."""
@@ -256,20 +257,26 @@ class SamplingPanel(ExportActions, TuningActions, QWidget):
 
         def job(state):
             from ...artifacts.loading import load_model
+            from ...sampling import tuning_store
 
-            return load_model(path)
+            loaded = load_model(path)
+            key = tuning_store.model_key(loaded)
+            return loaded, key, tuning_store.recall_all(key)
 
         task = Task(job, name="model")
-        task.succeeded.connect(lambda loaded, p=path: self._on_model_read(p, loaded))
+        task.succeeded.connect(lambda read, p=path: self._on_model_read(p, *read))
         task.failed.connect(lambda m, d, p=path: self._on_model_unreadable(p, m))
         task.finished.connect(lambda t=task: setattr(self, "info_task", None) if self.info_task is t else None)
         self.info_task = task
         task.start()
 
-    def _on_model_read(self, path: str, loaded) -> None:
-        if path != self.model_path or self.is_running():
-            return  # another model was opened meanwhile, or a chain already loads it
-        self._on_model_ready(jobs.ModelReady(loaded.config, int(loaded.step), str(loaded.source), loaded))
+    def _on_model_read(self, path: str, loaded, key: str, tunings: list) -> None:
+        if path != self.model_path:
+            return  # another model was opened meanwhile
+        self.remembered = RememberedTunings(path, key, tunings)
+        if not self.is_running():  # else a chain already loads it
+            self._on_model_ready(jobs.ModelReady(loaded.config, int(loaded.step), str(loaded.source), loaded))
+        self.restore_tuned()
         self.model_read.emit(path)
 
     def _on_model_unreadable(self, path: str, message: str) -> None:

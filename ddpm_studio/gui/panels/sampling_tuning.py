@@ -4,12 +4,16 @@
 ``TuningActions`` is a mixin of ``SamplingPanel``: it reads the panel's ``sampler_form``, ``steps_spin``,
 ``progress``, ``state``, ``sampling_config()``, ``_model_getter()`` and ``is_running()``, and owns ``tune_task``.
 Tuned timesteps belong to one model and one sampler: opening another model, choosing another sampler or
-another step count clears them (with a note saying so), and they are not kept in the settings file.
+another step count clears them (with a note saying so), and they are not kept in the settings file. A Tune of a
+model from disk is remembered for its weights (``sampling.tuning_store``, written on the worker thread); when
+that model, sampler and step count come back, the remembered list is put back in the field (``restore_tuned``),
+from what the model-reading worker read (``RememberedTunings``), without touching the disk on the UI thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 from PySide6.QtWidgets import QPushButton
 
@@ -25,11 +29,21 @@ TUNE_TIP = ("Find the timesteps at which this sampler, at this step count, best 
             "at 5 steps.")
 
 
+@dataclass
+class RememberedTunings:
+    """What ``sampling.tuning_store`` holds for the model opened from ``path`` (digest ``key``)."""
+
+    path: str
+    key: str
+    entries: list = field(default_factory=list)
+
+
 class TuningActions:
     """The Tune button, its note and its job (mixed into the Sampling panel)."""
 
     tune_task: Task | None = None
     tune_images: int | None = None  # chains the error is measured on (None: the tuning's own; tests use fewer)
+    remembered: RememberedTunings | None = None  # for the model from disk, once its worker has read it
 
     def _make_tune_button(self) -> QPushButton:
         self.tune_button = QPushButton("Tune")
@@ -59,11 +73,44 @@ class TuningActions:
         if self.timesteps_edit.text().strip():
             self.timesteps_edit.clear()
             self.tune_note.setText(f"Tuned timesteps cleared: {why}." if why else "")
+            self.tune_note.setToolTip("")
 
     def _steps_changed(self, steps: int) -> None:
         text = self.timesteps_edit.text().replace(",", " ").split()
         if text and len(text) != steps:
             self.clear_tuned(f"they were tuned for {len(text)} steps")
+        self.restore_tuned()
+
+    def _remembered_here(self) -> RememberedTunings | None:
+        """The remembered tunings of the model that the next Generate uses (None: the model being trained)."""
+        r = self.remembered
+        return r if r is not None and self.src_disk.isChecked() and r.path == self.model_path else None
+
+    def _matching_config(self):
+        from ..jobs import model_sampling
+
+        cfg = self.sampling_config()
+        model = getattr(self, "_model_config", None)
+        return model_sampling(cfg, model.sampling) if model is not None else cfg
+
+    def restore_tuned(self) -> bool:
+        """Fill an empty "Tuned timesteps" field with the list remembered for this model, sampler, step count
+        and clipping; True if it did."""
+        from ...sampling.tuning_store import find
+
+        r = self._remembered_here()
+        if r is None or self.timesteps_edit.text().strip() or not self.timesteps_edit.isEnabled():
+            return False
+        try:
+            found = find(r.entries, self._matching_config())
+        except ValueError:
+            return False
+        if found is None:
+            return False
+        self.set_sampling_config(dataclasses.replace(self.sampling_config(), timesteps=tuple(found["timesteps"])))
+        self.tune_note.setText(f"Restored from this model's Tune of {found['tuned_at']}.")
+        self.tune_note.setToolTip(str(found.get("note", "")))
+        return True
 
     def tune_steps(self) -> bool:
         """Start tuning; False, with a message and no thread, if the settings cannot be tuned."""
@@ -79,7 +126,9 @@ class TuningActions:
         except ValueError as e:
             self.state.report_error(f"Cannot tune: {e}", "")
             return False
-        task = Task(jobs.make_tune(get_model, cfg, self.tune_images, self.state.images), name="tuning")
+        remembered = self._remembered_here()
+        task = Task(jobs.make_tune(get_model, cfg, self.tune_images, self.state.images,
+                                   remember=remembered is not None), name="tuning")
         task.progress.connect(lambda done, total, msg: self.progress.report(done, total, msg))
         task.succeeded.connect(lambda result, c=cfg: self._on_tuned(c, result))
         task.failed.connect(self._on_tune_failed)
@@ -99,6 +148,12 @@ class TuningActions:
             return
         self.set_sampling_config(dataclasses.replace(now, timesteps=result.timesteps))
         self.tune_note.setText(result.note())
+        self.tune_note.setToolTip("")
+        r = self._remembered_here()
+        if r is not None:  # the worker wrote it to disk; keep the panel's copy in step
+            from ...sampling import tuning_store
+
+            r.entries = tuning_store.with_entry(r.entries, tuning_store.entry(self._matching_config(), result))
         self.progress.finish(f"Tuned {len(result.timesteps)} steps: {', '.join(map(str, result.timesteps))}.")
 
     def _on_tune_failed(self, message: str, details: str) -> None:
