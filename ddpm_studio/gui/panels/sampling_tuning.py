@@ -23,7 +23,8 @@ from ..workers import Task
 from .common import note
 
 TUNE_TIP = ("Find the timesteps at which this sampler, at this step count, best reproduces a 50-step chain on "
-            "this model (one to three minutes at 5 steps for a small model on a CPU). With the run's training "
+            "this model (at 5 steps for the tiny preset on two CPU cores: 1 to 1.5 minutes with AVX-512, 3 to 4 with "
+            "AVX2 only; done once, it is remembered for this model). With the run's training "
             "images at hand (or, for a model without a run, the images open in the Dataset panel), the last step "
             "then goes to 0 if that brings the images closer to them (it sharpens text and fine grain). Worth it "
             "at 5 steps.")
