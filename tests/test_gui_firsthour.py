@@ -312,12 +312,24 @@ def test_the_preset_hint_names_the_size_this_run_uses(qtbot, window, tmp_path):
     assert "This run uses" not in tp.preset_desc.text()
 
 
-def test_cpu_threads_are_explained():
-    from ddpm_studio.gui.jobs import cpu_device_text
+def test_cpu_threads_and_precision_are_explained(qtbot, window):
+    from ddpm_studio.engine.devices import cpu_has_native_bf16
+    from ddpm_studio.gui.jobs import cpu_device_text, cpu_precision_note
 
     assert cpu_device_text(1, 2, {}) == "CPU (1 of 2 cores, one kept for the window)"
     assert "OMP_NUM_THREADS" in cpu_device_text(1, 4, {"OMP_NUM_THREADS": "1"})
     assert cpu_device_text(4, 4, {}) == "CPU (4 threads)"
+    assert "trains in bf16" in cpu_precision_note(True) and "trains in fp32" in cpu_precision_note(False)
+    assert "no native bf16" in cpu_precision_note(False) and "10x slower" in cpu_precision_note(False)
+    import torch
+
+    threads = torch.get_num_threads()  # the probe sets torch's thread count for the app's workers
+    try:
+        window._probe_device()  # the test window skips it at start
+        qtbot.waitUntil(lambda: window.device_label.text().startswith("Device: CPU"), timeout=60_000)
+    finally:
+        torch.set_num_threads(threads)
+    assert window.device_label.toolTip().endswith(cpu_precision_note(cpu_has_native_bf16()))  # this machine's
 
 
 # -- 9: empty plots ------------------------------------------------------------------------------------

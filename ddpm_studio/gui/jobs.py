@@ -380,10 +380,23 @@ def make_probe_device(pref: str = "auto") -> Callable[[TaskState], Any]:
         device = select_device(pref)
         precision = resolve_precision(device, "auto")[0]
         if device.type == "cpu":
-            return cpu_device_text(torch.get_num_threads(), precision=precision), available
-        return describe_device(device, precision), available
+            return cpu_device_text(torch.get_num_threads(), precision=precision), available, cpu_precision_note()
+        return describe_device(device, precision), available, ""
 
     return job
+
+
+def cpu_precision_note(native: bool | None = None) -> str:
+    """One sentence for the status bar's tooltip: which precision Automatic trains in on this CPU, and why."""
+    if native is None:
+        from ..engine.devices import cpu_has_native_bf16
+
+        native = cpu_has_native_bf16()
+    if native:
+        return ("Automatic precision trains in bf16 mixed precision here: this CPU computes bf16 natively "
+                "(AVX-512 BF16 or AMX), measured 1.5-2x the fp32 rate.")
+    return ("Automatic precision trains in fp32 here: this CPU has no native bf16 (AVX-512 BF16 or AMX), and "
+            "emulated bf16 measured about 10x slower than fp32.")
 
 
 def cpu_device_text(threads: int, cpus: int | None = None, environ=None, precision: str | None = None) -> str:

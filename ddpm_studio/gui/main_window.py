@@ -240,7 +240,9 @@ class MainWindow(QMainWindow):
         task.start()
 
     def _on_device(self, result) -> None:
-        text, available = result
+        text, available, precision_note = result
+        if precision_note:
+            self.device_label.setToolTip(f"{self.device_label.toolTip()} {precision_note}")
         self.state.set_device(text)
         self.training_panel.set_available_devices(available)
 
