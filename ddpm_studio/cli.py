@@ -522,6 +522,20 @@ def _sampling_from_flags(args: argparse.Namespace, loaded) -> SamplingConfig:
     return sampling
 
 
+def _remembered_tunings_lines(path: Path) -> list[str]:
+    """``info``'s lines for the tunings remembered for the weights ``sample`` would use from ``path``."""
+    from ddpm_studio.artifacts.loading import load_model
+    from ddpm_studio.sampling import tuning_store
+
+    try:
+        entries = tuning_store.recall_all(tuning_store.model_key(load_model(path, device="cpu")))
+    except (ValueError, OSError):
+        return []
+    return [f"tuned:       {e['match']['sampler']}, {len(e['timesteps'])} steps: "
+            f"{','.join(map(str, e['timesteps']))} (tuned {e.get('tuned_at', '?')}; sample --tuned uses it)"
+            for e in entries]
+
+
 def _remembered_tuning(loaded, sampling: SamplingConfig, quiet: bool) -> SamplingConfig:
     """``sampling`` with the timesteps tune-steps remembered for this model and these settings."""
     from ddpm_studio.sampling import tuning_store
@@ -718,6 +732,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     lines.append(f"memory:      {footprint.estimate(m, batch_size=tc.batch_size, training=True).describe()}")
     lines.append(f"sampling:    {describe_sampling(cfg.sampling, d.timesteps)} (sample's defaults); "
                  f"previews: {tc.preview_sampler}, {tc.preview_sampling_steps} steps")
+    if status == 0:
+        lines += _remembered_tunings_lines(path)
     print("\n".join(lines))
     if args.json:
         print(cfg.to_json())

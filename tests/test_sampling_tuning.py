@@ -312,6 +312,8 @@ def test_cli_sample_tuned_uses_what_tune_steps_remembered_and_refuses_settings_n
     out = capsys.readouterr().out
     ts = [int(t) for t in out.split("--timesteps ")[1].split()[0].split(",")]
     assert "--sampling-steps 3 --tuned --out DIR (remembered for this model" in out
+    assert main(["info", str(tiny_run)]) == 0
+    assert f"tuned:       unipc, 3 steps: {','.join(map(str, ts))} (tuned " in capsys.readouterr().out
     assert main(sample + ["--sampling-steps", "3", "--out", str(tmp_path / "tuned")]) == 0
     record = json.loads(next((tmp_path / "tuned").glob("*.json")).read_text())
     assert list(record.get("sampling", record)["timesteps"]) == ts
