@@ -346,7 +346,7 @@ def tuned_timesteps(loaded, name: str, steps: int) -> list[int]:
 
     key = (id(loaded), name, steps)
     if key not in _TUNED:
-        result = tune_timesteps(loaded, SamplingConfig(sampler=name, steps=steps), data=tuning_images(loaded.source)[0])
+        result = tune_timesteps(loaded, SamplingConfig(sampler=name, steps=steps), data=tuning_images(loaded)[0])
         print(f"  tuned: {result.summary()}", flush=True)
         _TUNED[key] = list(result.timesteps)
     return _TUNED[key]
