@@ -286,3 +286,22 @@ def test_a_tune_is_remembered_and_put_back_when_the_model_sampler_and_steps_come
     window.grab().save(str(tmp_path / "restored.png"))
     generate(qtbot, sp)
     assert ",".join(str(f.t) for f in sp.frames) == tuned.replace(" ", "")
+
+
+def test_a_tune_that_finishes_after_another_model_was_opened_is_not_applied(qtbot, window, run_dir, tmp_path):
+    from ddpm_studio.cli import main
+
+    folder = tmp_path / "other"
+    assert main(["export", "--run", str(run_dir), "--format", "diffusers", "--out", str(folder)]) == 0
+    sp = window.sampling_panel
+    assert sp.open_model(str(run_dir))
+    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
+    sp.steps_spin.setValue(3)
+    sp.tune_images = 8
+    assert sp.tune_steps()
+    assert sp.open_model(str(folder))  # while the Tune runs
+    qtbot.waitUntil(lambda: sp.tune_task is None, timeout=60_000)
+    assert "model no longer chosen; not applied" in sp.progress.label.text()
+    # the export has the run's weights: the field stays empty, or holds what the store gave back when it read the
+    # folder after the Tune had written it; never a list applied from the finished job
+    assert sp.timesteps_edit.text() == "" or sp.tune_note.text().startswith("Restored from this model's Tune")

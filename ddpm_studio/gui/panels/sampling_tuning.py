@@ -127,11 +127,11 @@ class TuningActions:
         except ValueError as e:
             self.state.report_error(f"Cannot tune: {e}", "")
             return False
-        remembered = self._remembered_here()
-        task = Task(jobs.make_tune(get_model, cfg, self.tune_images, self.state.images,
-                                   remember=remembered is not None), name="tuning")
+        source = self._tuned_source()
+        task = Task(jobs.make_tune(get_model, cfg, self.tune_images, self.state.images, remember=source[0]),
+                    name="tuning")
         task.progress.connect(lambda done, total, msg: self.progress.report(done, total, msg))
-        task.succeeded.connect(lambda result, c=cfg: self._on_tuned(c, result))
+        task.succeeded.connect(lambda result, c=cfg, m=source: self._on_tuned(c, result, m))
         task.failed.connect(self._on_tune_failed)
         task.cancelled.connect(lambda: self.progress.finish("Tuning cancelled; the spacing's steps are used."))
         task.finished.connect(lambda t=task: self._on_tune_finished(t))
@@ -142,8 +142,16 @@ class TuningActions:
         self._update_buttons()
         return True
 
-    def _on_tuned(self, cfg, result) -> None:
+    def _tuned_source(self) -> tuple[bool, str | None]:
+        """Which model a Tune started now is for: (from disk, its path)."""
+        disk = self.src_disk.isChecked()
+        return disk, (self.model_path if disk else None)
+
+    def _on_tuned(self, cfg, result, source: tuple[bool, str | None] | None = None) -> None:
         now = self.sampling_config()
+        if source is not None and source != self._tuned_source():
+            self.progress.finish("Tuning finished for a model no longer chosen; not applied.")
+            return
         if (now.sampler, now.steps) != (cfg.sampler, cfg.steps):
             self.progress.finish("Tuning finished for settings no longer chosen; not applied.")
             return
