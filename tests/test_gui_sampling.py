@@ -226,17 +226,26 @@ def test_tune_fills_the_timesteps_generate_walks_them_and_a_new_step_count_clear
     assert sp.sampling_config().timesteps is None
 
 
-def test_tune_on_a_model_without_a_run_checks_its_last_step_against_the_images_open_in_the_dataset_panel(
-        qtbot, window, run_dir, tmp_path):
+def _exported(run, folder):
+    """``run`` written as a diffusers folder (the same weights, no run around them)."""
     from ddpm_studio.cli import main
 
-    folder = tmp_path / "diffusers"
-    assert main(["export", "--run", str(run_dir), "--format", "diffusers", "--out", str(folder)]) == 0
-    sp = window.sampling_panel
-    assert sp.open_model(str(folder))
+    assert main(["export", "--run", str(run), "--format", "diffusers", "--out", str(folder)]) == 0
+    return folder
+
+
+def _ready_to_tune(sp, path) -> None:
+    """``path`` opened, UniPC at 3 steps chosen, Tune on 8 chains."""
+    assert sp.open_model(str(path))
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
     sp.steps_spin.setValue(3)
     sp.tune_images = 8
+
+
+def test_tune_on_a_model_without_a_run_checks_its_last_step_against_the_images_open_in_the_dataset_panel(
+        qtbot, window, run_dir, tmp_path):
+    sp = window.sampling_panel
+    _ready_to_tune(sp, _exported(run_dir, tmp_path / "diffusers"))
 
     def tune() -> str:
         qtbot.mouseClick(sp.tune_button, Qt.MouseButton.LeftButton)
@@ -275,11 +284,7 @@ def test_a_tune_is_remembered_and_put_back_when_the_model_sampler_and_steps_come
     assert sp.tune_note.toolTip().startswith("Tuned")  # the tuning's own note
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("dpmpp-2m"))
     assert sp.timesteps_edit.text() == ""  # another sampler
-    folder = tmp_path / "diffusers"  # the same weights, exported: a new window's panel finds the tuning too
-    from ddpm_studio.cli import main
-
-    assert main(["export", "--run", str(run_dir), "--format", "diffusers", "--out", str(folder)]) == 0
-    open_and_read(folder)
+    open_and_read(_exported(run_dir, tmp_path / "diffusers"))  # the same weights: the tuning is found again
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
     sp.steps_spin.setValue(3)
     assert sp.timesteps_edit.text() == tuned and "Restored" in sp.tune_note.text()
@@ -289,15 +294,9 @@ def test_a_tune_is_remembered_and_put_back_when_the_model_sampler_and_steps_come
 
 
 def test_a_tune_that_finishes_after_another_model_was_opened_is_not_applied(qtbot, window, run_dir, tmp_path):
-    from ddpm_studio.cli import main
-
-    folder = tmp_path / "other"
-    assert main(["export", "--run", str(run_dir), "--format", "diffusers", "--out", str(folder)]) == 0
+    folder = _exported(run_dir, tmp_path / "other")
     sp = window.sampling_panel
-    assert sp.open_model(str(run_dir))
-    sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
-    sp.steps_spin.setValue(3)
-    sp.tune_images = 8
+    _ready_to_tune(sp, run_dir)
     assert sp.tune_steps()
     assert sp.open_model(str(folder))  # while the Tune runs
     qtbot.waitUntil(lambda: sp.tune_task is None, timeout=60_000)
