@@ -94,6 +94,19 @@ def test_bad_compare_list_is_shown_and_nothing_runs(qtbot, lab, window):
     qtbot.waitUntil(lambda: running_tasks() == [], timeout=10_000)
 
 
+def test_a_tuned_compare_row_needs_a_tune_then_walks_it(qtbot, lab, window, run_dir):
+    from ddpm_studio.cli import main
+
+    lab.modes.setCurrentIndex(0)
+    lab.specs_edit.setText("unipc:3:tuned,unipc:3")
+    lab.num_spin.setValue(2)
+    assert click(qtbot, lab.compare_finished, lab.compare_button) is None
+    assert window.errors and "no Tune remembered for this model with unipc at 3 steps" in window.errors[-1][0]
+    assert main(["tune-steps", "--run", str(run_dir), "--sampling-steps", "3", "--images", "8", "--quiet"]) == 0
+    result = click(qtbot, lab.compare_finished, lab.compare_button)
+    assert result is not None and [r[0] for r in result.rows] == ["UniPC · 3 steps · tuned", "UniPC · 3 steps"]
+
+
 def test_three_views_scrub_contact_sheet_animation_and_branch(qtbot, lab, tmp_path):
     lab.modes.setCurrentIndex(1)
     choose(lab.sampler_combo, "ddpm")

@@ -41,6 +41,17 @@ def test_compare_board(run, tmp_path, capsys):
     assert found
 
 
+def test_compare_board_with_a_tuned_row(run, tmp_path, capsys):
+    board = tmp_path / "board.png"
+    args = ["compare", "--run", str(run), "--samplers", "ddim:5,unipc:3:tuned", "--num", "2", "--out", str(board)]
+    assert main(args) == 1
+    assert "no Tune remembered for this model with unipc at 3 steps" in capsys.readouterr().err
+    assert main(["tune-steps", "--run", str(run), "--sampling-steps", "3", "--images", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "UniPC · 3 steps · tuned" in capsys.readouterr().err and board.is_file()
+
+
 def test_interpolate_seeds_and_images(run, tmp_path, capsys):
     strip, gif = tmp_path / "strip.png", tmp_path / "walk.gif"
     assert main(["interpolate", "--run", str(run), "--seeds", "3", "9", "--frames", "4", "--sampling-steps", "5",

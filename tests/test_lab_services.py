@@ -212,6 +212,27 @@ def test_compare_rows_are_what_sample_makes_with_each_setting():
     assert [r.steps for r in done] == [5, 4, 20, 5]
 
 
+def test_a_tuned_compare_row_walks_the_remembered_timesteps_and_says_so():
+    loaded, shape = loaded_tiny()
+    from ddpm_studio.sampling.tuning_store import MATCH
+
+    entry = {"match": {f: getattr(SamplingConfig(sampler="unipc", steps=3), f) for f in MATCH},
+             "timesteps": [19, 8, 0]}
+    asked = []
+    rows = compare.parse_specs("unipc:3:tuned,unipc:3", SamplingConfig(), 20,
+                               tunings=lambda: asked.append(1) or [entry])
+    assert rows[0].timesteps == (19, 8, 0) and rows[1].timesteps is None and asked == [1]
+    done = list(compare.run_compare(loaded.model, loaded.diffusion, rows, num=2, image_shape=shape, seed=3))
+    assert [r.label for r in done] == ["UniPC · 3 steps · tuned", "UniPC · 3 steps"]
+    assert torch.equal(done[0].images, own_sample(loaded, rows[0], 3, num=2))
+    assert not torch.equal(done[0].images, done[1].images)
+    with pytest.raises(ValueError, match="no Tune remembered for this model with unipc at 4 steps"):
+        compare.parse_specs("unipc:4:tuned", SamplingConfig(), 20, tunings=lambda: [entry])
+    for bad in ("ddpm:20:tuned", "unipc::tuned"):
+        with pytest.raises(ValueError, match="tuned timesteps are for"):
+            compare.parse_specs(bad, SamplingConfig(), 20)
+
+
 @pytest.mark.parametrize("text,message", [("", "at least one sampler"), ("euler", "not sampler"),
                                           ("ddim:x", "whole number"), ("ddpm:5", "always takes all T"),
                                           ("dpmpp-2m:5:0.3", "only DDIM takes"), ("ddim:50", "only T=20"),

@@ -40,7 +40,8 @@ def add_commands(sub, cli) -> None:
                        "Each row is what `sample --seed S` makes with that row's settings.")
     _source(c)
     c.add_argument("--samplers", required=True, metavar="LIST",
-                   help="comma-separated sampler[:steps[:eta]], e.g. ddim:50,dpmpp-2m:20,ddpm,ddim:50:1")
+                   help="comma-separated sampler[:steps[:eta]], e.g. ddim:50,dpmpp-2m:20,ddpm,ddim:50:1; "
+                   "sampler:steps:tuned (e.g. unipc:5:tuned) walks the timesteps tune-steps found for this model")
     c.add_argument("--num", type=cli._positive_int, default=8, metavar="N", help="images per row (default 8)")
     c.add_argument("--seed", type=cli._nonneg_int, default=0, metavar="S", help="seed of x_T (default 0)")
     c.add_argument("--out", required=True, metavar="FILE.png", help="the board")
@@ -193,7 +194,10 @@ def cmd_compare(args, cli) -> int:
 
     _check_out(cli, "--out", args.out, (".png",))
     loaded = _load(args)
-    rows = compare.parse_specs(args.samplers, loaded.config.sampling, loaded.diffusion.T)
+    from ddpm_studio.sampling import tuning_store
+
+    rows = compare.parse_specs(args.samplers, loaded.config.sampling, loaded.diffusion.T,
+                               tunings=lambda: tuning_store.recall_all(tuning_store.model_key(loaded)))
     done = []
     for row in compare.run_compare(loaded.model, loaded.diffusion, rows, num=args.num, image_shape=loaded.image_shape,
                                    seed=args.seed, device=loaded.device):

@@ -1,8 +1,9 @@
 """The compare board: the same x_T through several samplers, step counts or η, one row each.
 
-A row spec is ``sampler[:steps[:eta]]`` (``ddim:50``, ``ddim:50:0.5``, ``dpmpp-2m:20``, ``ddpm``);
-a list is comma-separated. Every row starts from the x_T of ``seed`` and a generator in the state
-``sampling.service.generate`` leaves it in, so each row is what ``ddpm-studio sample --seed S``
+A row spec is ``sampler[:steps[:eta]]`` (``ddim:50``, ``ddim:50:0.5``, ``dpmpp-2m:20``, ``ddpm``), or
+``sampler:steps:tuned`` for the timesteps a Tune found for this model (``unipc:5:tuned``, from
+``sampling.tuning_store``); a list is comma-separated. Every row starts from the x_T of ``seed`` and a
+generator in the state ``sampling.service.generate`` leaves it in, so each row is what ``ddpm-studio sample --seed S``
 makes with that row's settings.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import SAMPLER_INFO, SAMPLERS, SamplingConfig, sampler_default_steps
+from ..config import SAMPLER_INFO, SAMPLERS, TUNABLE_SAMPLERS, SamplingConfig, sampler_default_steps
 from .chain import check_sampling, start_noise
 
 MAX_ROWS = 12
@@ -23,12 +24,13 @@ MAX_ROWS = 12
 
 @dataclass(frozen=True)
 class Spec:
-    """One row as written: ``sampler[:steps[:eta]]`` (steps None: the sampler's own default)."""
+    """One row as written: ``sampler[:steps[:eta|tuned]]`` (steps None: the sampler's own default)."""
 
     item: str
     sampler: str
     steps: int | None
     eta: float
+    tuned: bool = False
 
 
 def _spec(item: str) -> Spec:
@@ -42,13 +44,18 @@ def _spec(item: str) -> Spec:
             steps = int(parts[1])
         except ValueError:
             raise ValueError(f"{item!r}: the steps must be a whole number; got {parts[1]!r}") from None
+    if len(parts) == 3 and parts[2].strip().lower() == "tuned":
+        if name not in TUNABLE_SAMPLERS or steps is None:
+            raise ValueError(f"{item!r}: tuned timesteps are for {', '.join(TUNABLE_SAMPLERS)} with a step count, "
+                             "e.g. unipc:5:tuned")
+        return Spec(item, name, steps, 0.0, tuned=True)
     if len(parts) == 3:
         if name != "ddim":
             raise ValueError(f"{item!r}: only DDIM takes an η")
         try:
             eta = float(parts[2])
         except ValueError:
-            raise ValueError(f"{item!r}: η must be a number; got {parts[2]!r}") from None
+            raise ValueError(f"{item!r}: η must be a number (or 'tuned'); got {parts[2]!r}") from None
     return Spec(item, name, steps, eta)
 
 
@@ -63,18 +70,29 @@ def split_specs(text: str) -> list[Spec]:
     return [_spec(item) for item in items]
 
 
-def parse_specs(text: str, base: SamplingConfig, T: int) -> list[SamplingConfig]:
+def parse_specs(text: str, base: SamplingConfig, T: int,
+                tunings: Callable[[], list] | None = None) -> list[SamplingConfig]:
     """``"ddim:50,dpmpp-2m:20,ddpm"`` → one SamplingConfig per row (the rest of ``base`` kept).
 
     A sampler given without steps takes its own default (``config.sampler_default_steps``); η is
-    only for DDIM. Raises a one-line ValueError naming the bad item.
+    only for DDIM. A ``:tuned`` row takes its timesteps from ``tunings()`` (called once, only when a row
+    asks: the model's ``tuning_store`` entries). Raises a one-line ValueError naming the bad item.
     """
-    rows = []
+    from ..sampling.tuning_store import find
+
+    rows, entries = [], None
     for spec in split_specs(text):
         steps = sampler_default_steps(spec.sampler, T) if spec.steps is None else spec.steps
         if spec.sampler == "ddpm" and spec.steps is not None and steps != T:
             raise ValueError(f"{spec.item!r}: DDPM always takes all T={T} steps; leave the steps out")
-        row = dataclasses.replace(base, sampler=spec.sampler, steps=steps, eta=spec.eta)
+        row = dataclasses.replace(base, sampler=spec.sampler, steps=steps, eta=spec.eta, timesteps=None)
+        if spec.tuned:
+            entries = (tunings() if tunings is not None else []) if entries is None else entries
+            found = find(entries, row)
+            if found is None:
+                raise ValueError(f"{spec.item!r}: no Tune remembered for this model with {spec.sampler} at {steps} "
+                                 "steps; tune it first (the Sampling panel's Tune, or ddpm-studio tune-steps)")
+            row = dataclasses.replace(row, timesteps=tuple(found["timesteps"]))
         try:
             check_sampling(row, T)
         except ValueError as e:
@@ -90,7 +108,7 @@ def describe(sampling: SamplingConfig, T: int) -> str:
     text = f"{label} · {steps} steps"
     if sampling.sampler == "ddim":
         text += f" · η {sampling.eta:g}"
-    return text
+    return text + (" · tuned" if sampling.timesteps else "")
 
 
 @dataclass

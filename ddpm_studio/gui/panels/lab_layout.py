@@ -91,7 +91,8 @@ class LabLayout(QWidget):
         row = QHBoxLayout()
         self.specs_edit = QLineEdit(DEFAULT_SPECS)
         self.specs_edit.setToolTip("Comma-separated sampler[:steps[:eta]], one row each: "
-                                   "ddim:50, ddim:50:1, dpmpp-2m:20, dpmpp-3m:10, dpmpp-2m-sde:20, ddpm.")
+                                   "ddim:50, ddim:50:1, dpmpp-2m:20, dpmpp-3m:10, dpmpp-2m-sde:20, ddpm; "
+                                   "unipc:5:tuned walks the timesteps the Sampling panel's Tune found for this model.")
         self.compare_button = QPushButton("Run Compare")
         self.compare_button.setToolTip("Run the same x_T through every sampler of the list, one row each.")
         self.compare_button.clicked.connect(self.run_compare)
