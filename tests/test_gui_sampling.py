@@ -273,6 +273,7 @@ def test_a_tune_is_remembered_and_put_back_when_the_model_sampler_and_steps_come
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
     sp.steps_spin.setValue(3)
     assert sp.timesteps_edit.text() == ""  # nothing tuned yet
+    assert sp.tune_note.text().startswith("Not tuned for this model yet: Tune fits these steps")
     sp.tune_images = 8
     qtbot.mouseClick(sp.tune_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: sp.tune_task is None and sp.timesteps_edit.text() != "", timeout=60_000)
@@ -284,6 +285,7 @@ def test_a_tune_is_remembered_and_put_back_when_the_model_sampler_and_steps_come
     assert sp.tune_note.toolTip().startswith("Tuned")  # the tuning's own note
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("dpmpp-2m"))
     assert sp.timesteps_edit.text() == ""  # another sampler
+    assert "another sampler" in sp.tune_note.text()  # the hint does not hide why the field was cleared
     open_and_read(_exported(run_dir, tmp_path / "diffusers"))  # the same weights: the tuning is found again
     sp.sampler_combo.setCurrentIndex(sp.sampler_combo.findData("unipc"))
     sp.steps_spin.setValue(3)

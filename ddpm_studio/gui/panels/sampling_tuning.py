@@ -30,6 +30,10 @@ TUNE_TIP = ("Find the timesteps at which this sampler, at this step count, best 
             "at 5 steps.")
 
 
+FEW_STEPS = 10  # at these step counts a tuned list beats the spacing's by the most (BENCHMARKS.md)
+UNTUNED_HINT = "Not tuned for this model yet: Tune fits these steps to it (minutes, once; it is remembered)."
+
+
 @dataclass
 class RememberedTunings:
     """What ``sampling.tuning_store`` holds for the model opened from ``path`` (digest ``key``)."""
@@ -107,11 +111,21 @@ class TuningActions:
         except ValueError:
             return False
         if found is None:
+            self._hint_untuned()
             return False
         self.set_sampling_config(dataclasses.replace(self.sampling_config(), timesteps=tuple(found["timesteps"])))
         self.tune_note.setText(f"Restored from this model's Tune of {found['tuned_at']}.")
         self.tune_note.setToolTip(str(found.get("note", "")))
         return True
+
+    def _hint_untuned(self) -> None:
+        """Where Tune pays most (a few steps) and this model has none for them, say so under the field; the note
+        is left alone when it says something else (e.g. why tuned timesteps were cleared)."""
+        text = self.tune_note.text()
+        if text and not text.startswith(UNTUNED_HINT[:20]):
+            return
+        few = self.steps_spin.value() <= FEW_STEPS
+        self.tune_note.setText(UNTUNED_HINT if few else "")
 
     def tune_steps(self) -> bool:
         """Start tuning; False, with a message and no thread, if the settings cannot be tuned."""
