@@ -30,7 +30,7 @@ TUNE_TIP = ("Find the timesteps at which this sampler, at this step count, best 
             "at 5 steps.")
 
 
-FEW_STEPS = 10  # at these step counts a tuned list beats the spacing's by the most (BENCHMARKS.md)
+FEW_STEPS = 10  # the hint's limit: Tune's gains were measured at 5 steps (BENCHMARKS.md)
 UNTUNED_HINT = "Not tuned for this model yet: Tune fits these steps to it (minutes, once; it is remembered)."
 
 
