@@ -321,3 +321,15 @@ def test_cli_sample_tuned_uses_what_tune_steps_remembered_and_refuses_settings_n
     assert "unipc at 4 steps" in capsys.readouterr().err
     assert main(sample + ["--timesteps", "19,5,1", "--out", str(tmp_path / "both")]) == 1
     assert "--tuned and --timesteps" in capsys.readouterr().err
+
+
+def test_tune_steps_still_prints_its_timesteps_when_the_tuning_cannot_be_remembered(tiny_run, capsys):
+    from ddpm_studio import paths
+    from ddpm_studio.cli import main
+
+    paths.tunings_dir().parent.mkdir(parents=True, exist_ok=True)
+    paths.tunings_dir().write_text("not a folder", encoding="utf-8")  # so nothing can be written under it
+    assert main(["tune-steps", "--run", str(tiny_run), "--sampling-steps", "3", "--images", "8", "--quiet"]) == 0
+    io = capsys.readouterr()
+    assert "--timesteps " in io.out and "note: the tuning could not be remembered" in io.err
+    assert main(["info", str(tiny_run)]) == 0 and "tuned:" not in capsys.readouterr().out  # nothing to list
