@@ -306,3 +306,22 @@ def test_a_tune_that_finishes_after_another_model_was_opened_is_not_applied(qtbo
     # the export has the run's weights: the field stays empty, or holds what the store gave back when it read the
     # folder after the Tune had written it; never a list applied from the finished job
     assert sp.timesteps_edit.text() == "" or sp.tune_note.text().startswith("Restored from this model's Tune")
+
+
+def test_a_forced_progress_message_is_not_dropped_by_the_rate_limit():
+    import threading
+
+    from ddpm_studio.gui.workers import TaskState
+
+    sent = []
+
+    class Signal:
+        def emit(self, *args):
+            sent.append(args)
+
+    worker = type("FakeWorker", (), {"progress": Signal()})()
+    state = TaskState(worker, threading.Event(), max_rate=30)
+    state.progress(1, 0, "chain 1 tried")
+    state.progress(2, 0, "chain 2 tried")  # within 0.1 s of the last message: dropped
+    state.progress(0, 0, "Checking the last step…", force=True)  # the start of a long silent stretch: kept
+    assert [m for *_, m in sent] == ["chain 1 tried", "Checking the last step…"]

@@ -208,7 +208,10 @@ def test_tuning_with_the_training_images_reports_the_check_and_the_chosen_lists_
     assert data is not None and said == "the run's training images" and data.shape[1:] == (8, 8, 1)
     cfg = SamplingConfig(sampler="unipc", steps=3)
     plain = tune_timesteps(loaded, cfg, images=8)
-    r = tune_timesteps(loaded, cfg, images=8, data=data, data_note=said)
+    phases = []
+    r = tune_timesteps(loaded, cfg, images=8, data=data, data_note=said, phase=phases.append)
+    assert phases == ["solving 8 chains with 20 steps, the reference",
+                      "checking the last step against the training images (1024 chains per list)"]
     assert plain.data_check is None and not plain.ends_at_zero and "last step" not in plain.summary()
     assert r.data_check is not None and r.timesteps[:-1] == plain.timesteps[:-1]
     assert r.timesteps[-1] == (0 if r.ends_at_zero else plain.timesteps[-1])

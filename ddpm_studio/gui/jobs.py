@@ -239,7 +239,8 @@ def make_tune(get_model: Callable[[], Any], sampling: SamplingConfig, images: in
             said += "; open them in the Dataset panel to have it checked"
         result = tune_timesteps(loaded, used, images=images or IMAGES, data=data, data_note=said,
                                 should_stop=state.should_stop,
-                                progress=lambda n, err: state.progress(n, 0, f"chain {n} tried; best error {err:.2e}"))
+                                progress=lambda n, err: state.progress(n, 0, f"chain {n} tried; best error {err:.2e}"),
+                                phase=lambda text: state.progress(0, 0, text[0].upper() + text[1:] + "…", force=True))
         if remember:
             from ..sampling import tuning_store
 

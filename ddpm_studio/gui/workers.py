@@ -62,10 +62,12 @@ class TaskState:
     def should_stop(self) -> bool:
         return self._stop.is_set()
 
-    def progress(self, done: int, total: int, message: str = "") -> None:
+    def progress(self, done: int, total: int, message: str = "", force: bool = False) -> None:
+        """Report progress; a new message within 0.1 s of the last is dropped unless ``force`` (a message that
+        must be seen, such as the start of a long stretch with no other report)."""
         pct = int(100 * done / total) if total else 0
         now = time.monotonic()
-        msg_changed = message != self._last_msg and now - self._last_msg_time > 0.1
+        msg_changed = message != self._last_msg and (force or now - self._last_msg_time > 0.1)
         if pct != self._last_pct or msg_changed:
             self._last_pct, self._last_msg, self._last_msg_time = pct, message, now
             self._worker.progress.emit(int(done), int(total), message)

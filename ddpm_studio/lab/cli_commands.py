@@ -131,10 +131,15 @@ def cmd_tune_steps(args, cli) -> int:
 
     def progress(chains: int, error: float) -> None:
         if not args.quiet:
-            print(f"\rchain {chains} tried; error {error:.3e}", end="", file=sys.stderr, flush=True)
+            print(f"\r{f'chain {chains} tried; error {error:.3e}':<80}", end="", file=sys.stderr, flush=True)
 
     data, said = tuning_images(loaded, args.data)
-    result = tune_timesteps(loaded, s, images=args.images or IMAGES, data=data, data_note=said, progress=progress)
+    def phase(text: str) -> None:
+        if not args.quiet:
+            print(f"\r{text:<80}", end="", file=sys.stderr, flush=True)
+
+    result = tune_timesteps(loaded, s, images=args.images or IMAGES, data=data, data_note=said, progress=progress,
+                            phase=phase)
     if not args.quiet:
         print(file=sys.stderr)
     if data is None:

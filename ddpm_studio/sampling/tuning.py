@@ -180,15 +180,19 @@ def check_last_step(final: Callable[[list[int]], torch.Tensor], found: list[int]
 def tune_timesteps(loaded: LoadedModel, sampling: SamplingConfig, *, images: int = IMAGES, seed: int = TUNING_SEED,
                    reference_steps: int = REFERENCE["steps"], data: np.ndarray | None = None,
                    data_note: str = "", check_images: int = CHECK_IMAGES, should_stop: Callable[[], bool] | None = None,
-                   progress: Callable[[int, float], None] | None = None) -> StepTuning:
+                   progress: Callable[[int, float], None] | None = None,
+                   phase: Callable[[str], None] | None = None) -> StepTuning:
     """Coordinate search over ``sampling``'s timesteps (all but the first) on this model; see the module.
-    ``data_note`` (which images ``data`` are, or why there are none) goes into the result for its note."""
+    ``data_note`` (which images ``data`` are, or why there are none) goes into the result for its note;
+    ``phase(text)`` hears of the two long stretches ``progress`` does not count (the reference, the check)."""
     sampling = dataclasses.replace(sampling, timesteps=None)
     sampling.validate()
     check_tunable(sampling)
     t0 = time.perf_counter()
     reference_steps = min(reference_steps, loaded.diffusion.T)  # a model of few timesteps: all of them
     reference_cfg = dataclasses.replace(sampling, **{**REFERENCE, "steps": reference_steps}, eta=0.0)
+    if phase is not None:
+        phase(f"solving {images} chains with {reference_steps} steps, the reference")
     reference = _final_images(loaded, reference_cfg, images, seed, should_stop)
     lam, errors = _log_snr(loaded), {}
 
@@ -212,6 +216,8 @@ def tune_timesteps(loaded: LoadedModel, sampling: SamplingConfig, *, images: int
                 for cand in filter(None, (_moved(best, i, s * delta, lam) for s in (1.0, -1.0))):
                     if error(cand) < best_err * (1 - 1e-6):
                         best, best_err, improved = cand, error(cand), True
+    if phase is not None and data is not None:
+        phase(f"checking the last step against the training images ({max(images, check_images)} chains per list)")
     best, check = check_last_step(lambda ts: final(ts, max(images, check_images)), best, data)
     return StepTuning(sampling.sampler, tuple(best), tuple(start), errors[tuple(start)], error(best), reference_steps,
                       images, len(errors), time.perf_counter() - t0, check, data_note)
