@@ -9,7 +9,8 @@ damaged or unreadable file reads as empty and a failed write loses nothing but t
 
 The Sampling panel puts a remembered list back into its "Tuned timesteps" field; ``ddpm-studio sample
 --tuned`` uses it; ``ddpm-studio tune-steps`` writes it. Plain Python, no Qt; the digest runs on a worker
-thread (a small model's weights take well under a second).
+thread (measured on an AVX2 CPU, one thread: 13 ms for the tiny preset, 68 ms for small, 0.37 s for the
+paper's 35.7M-parameter CIFAR-10 network).
 """
 
 from __future__ import annotations
