@@ -528,7 +528,7 @@ def _remembered_tunings_lines(path: Path) -> list[str]:
     from ddpm_studio.sampling import tuning_store
 
     try:
-        entries = tuning_store.recall_all(tuning_store.model_key(load_model(path, device="cpu")))
+        entries = tuning_store.recall_for(load_model(path, device="cpu"))
     except (ValueError, OSError):
         return []
     return [f"tuned:       {e['match']['sampler']}, {len(e['timesteps'])} steps: "
@@ -542,7 +542,7 @@ def _remembered_tuning(loaded, sampling: SamplingConfig, quiet: bool) -> Samplin
 
     if sampling.timesteps:
         raise ValueError("--tuned and --timesteps both say which timesteps to visit; give one")
-    found = tuning_store.find(tuning_store.recall_all(tuning_store.model_key(loaded)), sampling)
+    found = tuning_store.find(tuning_store.recall_for(loaded), sampling)
     if found is None:
         raise ValueError(f"no tuned timesteps remembered for this model with {sampling.sampler} at "
                          f"{sampling.steps} steps (and this x_0 clipping); run tune-steps with the same flags first")

@@ -57,13 +57,6 @@ def _u8(x) -> np.ndarray:
     return to_uint8(x)
 
 
-def remembered_tunings(loaded) -> list:
-    """The tunings ``sampling.tuning_store`` holds for ``loaded``'s weights (on the worker: the digest reads them)."""
-    from ..sampling import tuning_store
-
-    return tuning_store.recall_all(tuning_store.model_key(loaded))
-
-
 def make_compare(get_model: Callable[[], Any], specs: str, base: SamplingConfig, num: int, seed: int):
     """Rows of the compare board, emitted as :class:`BoardUpdate` as each finishes."""
 
@@ -72,7 +65,9 @@ def make_compare(get_model: Callable[[], Any], specs: str, base: SamplingConfig,
 
         loaded = _model(get_model, state)
         sampling = model_sampling(base, loaded.config.sampling)
-        rows = compare.parse_specs(specs, sampling, loaded.diffusion.T, tunings=lambda: remembered_tunings(loaded))
+        from ..sampling.tuning_store import recall_for
+
+        rows = compare.parse_specs(specs, sampling, loaded.diffusion.T, tunings=lambda: recall_for(loaded))
         tiles, labels = [], []
         for row in compare.run_compare(loaded.model, loaded.diffusion, rows, num=num, image_shape=loaded.image_shape,
                                        seed=seed, device=loaded.device, should_stop=state.should_stop,

@@ -129,17 +129,14 @@ def cmd_tune_steps(args, cli) -> int:
     loaded = _load(args)
     s = _sampling(args, loaded)
 
-    def progress(chains: int, error: float) -> None:
-        if not args.quiet:
-            print(f"\r{f'chain {chains} tried; error {error:.3e}':<80}", end="", file=sys.stderr, flush=True)
-
-    data, said = tuning_images(loaded, args.data)
-    def phase(text: str) -> None:
+    def status(text: str) -> None:  # one line, rewritten in place
         if not args.quiet:
             print(f"\r{text:<80}", end="", file=sys.stderr, flush=True)
 
-    result = tune_timesteps(loaded, s, images=args.images or IMAGES, data=data, data_note=said, progress=progress,
-                            phase=phase)
+    data, said = tuning_images(loaded, args.data)
+    result = tune_timesteps(loaded, s, images=args.images or IMAGES, data=data, data_note=said,
+                            progress=lambda chains, error: status(f"chain {chains} tried; error {error:.3e}"),
+                            phase=status)
     if not args.quiet:
         print(file=sys.stderr)
     if data is None:
@@ -202,7 +199,7 @@ def cmd_compare(args, cli) -> int:
     from ddpm_studio.sampling import tuning_store
 
     rows = compare.parse_specs(args.samplers, loaded.config.sampling, loaded.diffusion.T,
-                               tunings=lambda: tuning_store.recall_all(tuning_store.model_key(loaded)))
+                               tunings=lambda: tuning_store.recall_for(loaded))
     done = []
     for row in compare.run_compare(loaded.model, loaded.diffusion, rows, num=args.num, image_shape=loaded.image_shape,
                                    seed=args.seed, device=loaded.device):

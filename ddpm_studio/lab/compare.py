@@ -87,7 +87,8 @@ def parse_specs(text: str, base: SamplingConfig, T: int,
             raise ValueError(f"{spec.item!r}: DDPM always takes all T={T} steps; leave the steps out")
         row = dataclasses.replace(base, sampler=spec.sampler, steps=steps, eta=spec.eta, timesteps=None)
         if spec.tuned:
-            entries = (tunings() if tunings is not None else []) if entries is None else entries
+            if entries is None:
+                entries = tunings() if tunings is not None else []
             found = find(entries, row)
             if found is None:
                 raise ValueError(f"{spec.item!r}: no Tune remembered for this model with {spec.sampler} at {steps} "

@@ -78,6 +78,11 @@ def recall_all(key: str) -> list[dict[str, Any]]:
     return [e for e in entries if _valid(e)] if isinstance(entries, list) else []
 
 
+def recall_for(loaded) -> list[dict[str, Any]]:
+    """Every tuning remembered for ``loaded``'s weights (the digest reads them: call it off the UI thread)."""
+    return recall_all(model_key(loaded))
+
+
 def find(entries: list[dict[str, Any]], sampling: SamplingConfig) -> dict[str, Any] | None:
     """The entry tuned for ``sampling``'s sampler, step count and clipping, if any."""
     want = _match(sampling)
@@ -98,4 +103,4 @@ def remember(key: str, sampling: SamplingConfig, result) -> dict[str, Any]:
     return new
 
 
-__all__ = ["MATCH", "entry", "find", "model_key", "recall_all", "remember", "with_entry"]
+__all__ = ["MATCH", "entry", "find", "model_key", "recall_all", "recall_for", "remember", "with_entry"]

@@ -257,11 +257,10 @@ class SamplingPanel(ExportActions, TuningActions, QWidget):
 
         def job(state):
             from ...artifacts.loading import load_model
-            from ...sampling import tuning_store
+            from ...sampling.tuning_store import recall_for
 
             loaded = load_model(path)
-            key = tuning_store.model_key(loaded)
-            return loaded, key, tuning_store.recall_all(key)
+            return loaded, recall_for(loaded)
 
         task = Task(job, name="model")
         task.succeeded.connect(lambda read, p=path: self._on_model_read(p, *read))
@@ -270,10 +269,10 @@ class SamplingPanel(ExportActions, TuningActions, QWidget):
         self.info_task = task
         task.start()
 
-    def _on_model_read(self, path: str, loaded, key: str, tunings: list) -> None:
+    def _on_model_read(self, path: str, loaded, tunings: list) -> None:
         if path != self.model_path:
             return  # another model was opened meanwhile
-        self.remembered = RememberedTunings(path, key, tunings)
+        self.remembered = RememberedTunings(path, tunings)
         if not self.is_running():  # else a chain already loads it
             self._on_model_ready(jobs.ModelReady(loaded.config, int(loaded.step), str(loaded.source), loaded))
         self.restore_tuned()

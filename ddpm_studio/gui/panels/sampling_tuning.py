@@ -36,10 +36,9 @@ UNTUNED_HINT = "Not tuned for this model yet: Tune fits these steps to it (minut
 
 @dataclass
 class RememberedTunings:
-    """What ``sampling.tuning_store`` holds for the model opened from ``path`` (digest ``key``)."""
+    """What ``sampling.tuning_store`` holds for the model opened from ``path``."""
 
     path: str
-    key: str
     entries: list = field(default_factory=list)
 
 
@@ -121,8 +120,7 @@ class TuningActions:
     def _hint_untuned(self) -> None:
         """Where Tune pays most (a few steps) and this model has none for them, say so under the field; the note
         is left alone when it says something else (e.g. why tuned timesteps were cleared)."""
-        text = self.tune_note.text()
-        if text and not text.startswith(UNTUNED_HINT[:20]):
+        if self.tune_note.text() not in ("", UNTUNED_HINT):
             return
         few = self.steps_spin.value() <= FEW_STEPS
         self.tune_note.setText(UNTUNED_HINT if few else "")
@@ -161,9 +159,9 @@ class TuningActions:
         disk = self.src_disk.isChecked()
         return disk, (self.model_path if disk else None)
 
-    def _on_tuned(self, cfg, result, source: tuple[bool, str | None] | None = None) -> None:
+    def _on_tuned(self, cfg, result, source: tuple[bool, str | None]) -> None:
         now = self.sampling_config()
-        if source is not None and source != self._tuned_source():
+        if source != self._tuned_source():
             self.progress.finish("Tuning finished for a model no longer chosen; not applied.")
             return
         if (now.sampler, now.steps) != (cfg.sampler, cfg.steps):
