@@ -151,6 +151,11 @@ def train_ours(args, imgs, data_overrides, run_dir: Path):
     cfg = RunConfig.from_preset(args.preset, **sets)
     if args.images:  # a budget in images seen instead of CPU seconds
         cfg.train.steps = math.ceil(args.images / cfg.train.batch_size)
+    elif cfg.train.minutes is None and not getattr(args, "milestones", None):
+        # the trainer knows the budget, as for a user's `--minutes`, so that train.lr_cooldown can end on it (its own
+        # clock is wall-clock time: on a core of its own that is this process's CPU time; milestones' scoring would
+        # count on that clock, so runs with milestones cool down on neither)
+        cfg.train.minutes = args.cpu_sec / 60.0
     control = TrainControl()
     state = {"t0": None, "last": None}
 

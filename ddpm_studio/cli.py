@@ -726,7 +726,9 @@ def cmd_info(args: argparse.Namespace) -> int:
              if d.betas is not None else f"{d.schedule} schedule")
     lines.append(f"diffusion:   {sched}, T={d.timesteps}, predicts {d.prediction}, loss weighting {d.loss_weighting}")
     tc = cfg.train
-    lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}, warm-up {tc.warmup_steps}, EMA {tc.ema_decay}, "
+    cool = f", cool-down over the last {tc.lr_cooldown:.0%}" if tc.lr_cooldown else ""
+    lines.append(f"training:    batch {tc.batch_size}, lr {tc.lr:g}{cool}, warm-up {tc.warmup_steps}, "
+                 f"EMA {tc.ema_decay}, "
                  f"seed {tc.seed}, " + ("no step limit (trained by the clock)" if tc.steps is None
                                         else f"steps {tc.steps:,}"))
     lines.append(f"memory:      {footprint.estimate(m, batch_size=tc.batch_size, training=True).describe()}")

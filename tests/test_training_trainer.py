@@ -37,7 +37,8 @@ def test_events_and_run_folder(tmp_path):
         assert len(m.bucket_loss) == 10 and any(b is not None for b in m.bucket_loss)
         assert m.images_per_sec > 0 and m.total_steps == 6
     assert metrics[0].lr == pytest.approx(1e-3 * 2 / 3)  # linear warm-up over 3 steps
-    assert metrics[-1].lr == pytest.approx(1e-3)
+    assert metrics[1].lr == pytest.approx(1e-3)
+    assert metrics[-1].lr == pytest.approx(1e-3 * (1 / 6) / 0.2)  # the preset's cool-down over the last 20 %
     previews = [e for e in events if isinstance(e, PreviewReady)]
     assert [p.step for p in previews] == [3, 6]  # every preview_every steps and at the end
     assert previews[0].images.shape == (4, 8, 8, 3) and previews[0].images.dtype == np.uint8
@@ -149,6 +150,17 @@ def test_time_limit_ends_with_a_checkpoint(tmp_path):
     done = Trainer(tiny_config(steps=1_000_000, minutes=0.01), tmp_path, images=tiny_images()).run()
     assert done.reason == "time_limit" and done.step > 0
     assert ck.step_of(ck.latest_checkpoint(tmp_path)) == done.step
+
+
+def test_a_session_the_clock_ends_cools_its_learning_rate_down_by_the_clock(tmp_path):
+    events = []
+    cfg = tiny_config(steps=None, minutes=0.05, warmup_steps=0)  # 3 s; the preset cools down over the last 20 %
+    done = Trainer(cfg, tmp_path, images=tiny_images()).run(on_event=events.append)
+    rates = [e.lr for e in events if isinstance(e, StepMetrics)]
+    assert done.reason == "time_limit" and len(rates) > 10
+    assert rates[0] == pytest.approx(1e-3)  # the first 80 % of the time at the peak
+    assert 0 <= rates[-1] < 0.5e-3  # the last step within the last 10 % of the time
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
 def test_global_batch_must_divide_by_the_number_of_processes(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ import torch
 
 from ddpm_studio.artifacts import checkpoints as ckpts
 from ddpm_studio.artifacts import runs
-from ddpm_studio.config import RunConfig
+from ddpm_studio.config import RunConfig, TrainConfig
 from ddpm_studio.training.control import TrainControl
 from ddpm_studio.training.dist import STREAM_DIFFUSION, STREAM_DROPOUT, STREAM_PREVIEW, Dist, mix
 from ddpm_studio.training.events import CheckpointSaved, FinishReason, PreviewReady, StepMetrics, TrainFinished
@@ -110,6 +110,7 @@ class LoopState:
     window_sum: float = 0.0  # losses since the last checkpoint
     window_n: int = 0
     lr: float = 0.0
+    time_done: float = 0.0  # the fraction of this session's time limit (train.minutes) used, the same on every rank
     bad_step: int | None = None  # the first step whose loss or weights were not finite
     t_start: float = field(default_factory=time.perf_counter)
     paused_sec: float = 0.0
@@ -133,6 +134,24 @@ class LoopState:
 
     def add_overhead(self, since: float) -> None:
         self.overhead_sec += time.perf_counter() - since
+
+
+def learning_rate(tc: TrainConfig, k: int, time_done: float = 0.0) -> float:
+    """The learning rate of step ``k`` (0-based): a linear warm-up to ``tc.lr``, then constant (as in the paper),
+    then, with ``tc.lr_cooldown = f > 0``, a linear fall towards 0 over the last fraction f of the run.
+
+    The run's end is ``tc.steps`` (the run's total, so a resumed run continues the same schedule) or, for a
+    session with a time limit, ``time_done`` (the fraction of ``tc.minutes`` used), whichever comes first. A
+    run that a Stop ends has no known end and keeps the constant rate. The fall ends one step short of 0, so
+    every step learns something.
+    """
+    lr = tc.lr * min(1.0, (k + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
+    if tc.lr_cooldown <= 0:
+        return lr
+    left = 1.0 - time_done if tc.minutes else 1.0  # the fraction of the run still to come
+    if tc.steps is not None:
+        left = min(left, (tc.steps - k) / tc.steps)
+    return lr * max(0.0, min(1.0, left / tc.lr_cooldown))
 
 
 class LoopListener:
@@ -194,13 +213,16 @@ class Loop:
             st.paused_sec += time.perf_counter() - t0
             st.add_overhead(t0)
         want_stop = control.should_stop()
-        over_time = tc.minutes is not None and tc.minutes > 0 and st.active() >= tc.minutes * 60.0
+        timed = tc.minutes is not None and tc.minutes > 0
+        st.time_done = st.active() / (tc.minutes * 60.0) if timed else 0.0
+        over_time = st.time_done >= 1.0
         ckpt_due = tc.checkpoint_minutes > 0 and st.active() - st.last_checkpoint_time >= tc.checkpoint_minutes * 60.0
         if self.dist.enabled:  # every rank acts on the same decision (rank 0's clock, anyone's stop)
-            flags = torch.tensor([float(want_stop), float(over_time), float(ckpt_due and self.dist.is_main)],
-                                 device=self.flag_device)
-            self.dist.all_reduce_max(flags)
-            want_stop, over_time, ckpt_due = (bool(v) for v in flags.tolist())
+            flags = torch.tensor([float(want_stop), float(over_time), float(ckpt_due and self.dist.is_main),
+                                  st.time_done], device=self.flag_device, dtype=torch.float64)
+            self.dist.all_reduce_max(flags)  # time_done: the slowest clock's, so every rank sets the same lr
+            want_stop, over_time, ckpt_due = (bool(v) for v in flags[:3].tolist())
+            st.time_done = float(flags[3])
         if want_stop or over_time:
             return FinishReason.STOPPED if want_stop else FinishReason.TIME_LIMIT
         if st.step >= self.total:
@@ -246,8 +268,7 @@ class Loop:
         t = torch.randint(0, self.T, (B,), generator=self.generator, device=self.device)
         noise = torch.randn(x0.shape, generator=self.generator, device=self.device, dtype=x0.dtype)
 
-        # linear warm-up to the peak learning rate, then constant (as in the paper)
-        self.state.lr = tc.lr * min(1.0, (k + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
+        self.state.lr = learning_rate(tc, k, self.state.time_done)
         for group in p.optimizer.param_groups:
             group["lr"] = self.state.lr
 

@@ -34,7 +34,7 @@ def schedule_arrays(kind: str, T: int):
 # config file (train.minutes), or by an imported model (diffusion.betas); train.steps shows None as
 # the Steps box at its maximum ("no step limit").
 DIFFUSION_FIELDS = ("schedule", "timesteps", "prediction", "loss_weighting", "min_snr_gamma")
-OPTIMISATION_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "ema_decay", "grad_clip", "seed")
+OPTIMISATION_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "lr_cooldown", "ema_decay", "grad_clip", "seed")
 RUN_FIELDS = ("device", "precision", "preview_every", "checkpoint_every")
 MAIN_TRAIN_FIELDS = OPTIMISATION_FIELDS + RUN_FIELDS
 ADVANCED_TRAIN_FIELDS = tuple(s.name for s in settings_of(TrainConfig)
