@@ -88,9 +88,9 @@ def resolve_precision(device: torch.device | str, precision: str) -> tuple[str, 
     when it differs from what was asked (None otherwise).
 
     ``auto``: bf16 autocast on a CPU that computes bf16 natively (measured 1.4-2.5x the fp32
-    images/s on such a CPU, BENCHMARKS.md), fp32 on CUDA (bf16/fp16 autocast measured slower than
-    fp32 for these small networks on an H200), fp32 elsewhere. Explicit bf16 on a CPU without
-    native bf16 falls back to fp32 with a note; fp16 is CUDA-only.
+    images/s with AMX, 1.4-2.1x with AVX-512 BF16 alone on AMD Zen 5, BENCHMARKS.md), fp32 on CUDA
+    (bf16/fp16 autocast measured slower than fp32 for these small networks on an H200), fp32 elsewhere.
+    Explicit bf16 on a CPU without native bf16 falls back to fp32 with a note; fp16 is CUDA-only.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
