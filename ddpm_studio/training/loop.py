@@ -142,8 +142,8 @@ def learning_rate(tc: TrainConfig, k: int, time_done: float = 0.0) -> float:
 
     The run's end is ``tc.steps`` (the run's total, so a resumed run continues the same schedule) or, for a
     session with a time limit, ``time_done`` (the fraction of ``tc.minutes`` used), whichever comes first. A
-    run that a Stop ends has no known end and keeps the constant rate. The fall ends one step short of 0, so
-    every step learns something.
+    run that a Stop ends has no known end and keeps the constant rate. By steps, the fall ends one step short
+    of 0, so every step learns something.
     """
     lr = tc.lr * min(1.0, (k + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
     if tc.lr_cooldown <= 0:
@@ -220,7 +220,7 @@ class Loop:
         if self.dist.enabled:  # every rank acts on the same decision (rank 0's clock, anyone's stop)
             flags = torch.tensor([float(want_stop), float(over_time), float(ckpt_due and self.dist.is_main),
                                   st.time_done], device=self.flag_device, dtype=torch.float64)
-            self.dist.all_reduce_max(flags)  # time_done: the slowest clock's, so every rank sets the same lr
+            self.dist.all_reduce_max(flags)  # time_done: the furthest clock's, so every rank sets the same lr
             want_stop, over_time, ckpt_due = (bool(v) for v in flags[:3].tolist())
             st.time_done = float(flags[3])
         if want_stop or over_time:
