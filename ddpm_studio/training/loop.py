@@ -148,7 +148,7 @@ def learning_rate(tc: TrainConfig, k: int, time_done: float = 0.0) -> float:
     lr = tc.lr * min(1.0, (k + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
     if tc.lr_cooldown <= 0:
         return lr
-    left = 1.0 - time_done if tc.minutes else 1.0  # the fraction of the run still to come
+    left = 1.0 - time_done  # the fraction of the run still to come (time_done is 0 without a time limit)
     if tc.steps is not None:
         left = min(left, (tc.steps - k) / tc.steps)
     return lr * max(0.0, min(1.0, left / tc.lr_cooldown))
