@@ -42,8 +42,8 @@ def test_a_session_the_clock_ends_cools_down_over_its_last_minutes():
 
 
 def test_presets_cool_down_but_the_paper_s_and_older_runs_stay_constant():
-    assert RunConfig.from_preset("tiny").train.lr_cooldown == 0.2
-    assert RunConfig.from_preset("small").train.lr_cooldown == 0.2
+    assert RunConfig.from_preset("tiny").train.lr_cooldown == 0.5
+    assert RunConfig.from_preset("small").train.lr_cooldown == 0.5
     assert RunConfig.from_preset("ddpm-cifar10").train.lr_cooldown == 0.0  # as in the paper
     old = RunConfig.from_preset("tiny").to_dict()
     del old["train"]["lr_cooldown"]  # a config.json written before the field existed
