@@ -18,23 +18,24 @@ def _final(run_dir):
     return ck.load_checkpoint(ck.latest_checkpoint(run_dir))
 
 
+def _constant_rate(steps: int, **options):
+    """tiny_config without the preset's cool-down. Extending a finished run moves the end its cool-down aims at,
+    so only at a constant rate are N steps + M more the same schedule as N + M straight."""
+    return tiny_config(steps=steps, lr_cooldown=0.0, **options)
+
+
 def test_resume_gives_identical_weights_and_extends_a_finished_run(tmp_path):
     images = tiny_images()
     # dropout > 0 so the dropout RNG is part of what must be reproduced
-    # A constant rate: extending a finished run moves the end its cool-down aims at (tested below), so only
-    # without one is 3 steps + 3 more the same schedule as 6 straight.
-    def cfg(steps):
-        return tiny_config(steps=steps, dropout=0.1, lr_cooldown=0.0)
-
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert Trainer(cfg(6), straight, images=images).run().step == 6
+    assert Trainer(_constant_rate(6, dropout=0.1), straight, images=images).run().step == 6
 
-    first = Trainer(cfg(3), split, images=images).run()
+    first = Trainer(_constant_rate(3, dropout=0.1), split, images=images).run()
     assert (first.reason, first.step) == ("completed", 3)
-    again = Trainer(cfg(3), split, images=images, resume=True).run()
+    again = Trainer(_constant_rate(3, dropout=0.1), split, images=images, resume=True).run()
     assert again.reason == "already_complete" and "already at step 3" in again.message
     events = []
-    extended = Trainer(cfg(6), split, images=images, resume=True).run(on_event=events.append)
+    extended = Trainer(_constant_rate(6, dropout=0.1), split, images=images, resume=True).run(on_event=events.append)
     assert (extended.reason, extended.step) == ("completed", 6)
     started = [e for e in events if isinstance(e, TrainStarted)][0]
     assert started.resumed and started.start_step == 3
@@ -108,15 +109,12 @@ def test_a_bf16_cpu_run_trains_checkpoints_and_resumes_exactly(tmp_path, monkeyp
     images = tiny_images()
     straight, split = tmp_path / "straight", tmp_path / "split"
     events = []
-    def cfg(steps, precision="bf16"):  # a constant rate: 2 steps + 2 more is then the schedule of 4 straight
-        return tiny_config(steps=steps, precision=precision, lr_cooldown=0.0)
-
-    Trainer(cfg(4), straight, images=images).run(on_event=events.append)
+    Trainer(_constant_rate(4, precision="bf16"), straight, images=images).run(on_event=events.append)
     started = [e for e in events if isinstance(e, TrainStarted)][0]
     assert started.precision == "bf16" and started.notes == []
     assert runs.read_run_info(straight)["sessions"][0]["precision"] == "bf16"
-    Trainer(cfg(2), split, images=images).run()
-    Trainer(cfg(4), split, images=images, resume=True).run()
+    Trainer(_constant_rate(2, precision="bf16"), split, images=images).run()
+    Trainer(_constant_rate(4, precision="bf16"), split, images=images, resume=True).run()
     a, b = _final(straight), _final(split)
     assert all(v.dtype == torch.float32 for v in a.model_state.values())
     assert all(v.dtype == torch.float32 for v in a.ema_state.values())
@@ -127,7 +125,7 @@ def test_a_bf16_cpu_run_trains_checkpoints_and_resumes_exactly(tmp_path, monkeyp
     sa = a.train_state["optimizer"]["state"]
     assert all(s["exp_avg_sq"].dtype == torch.float32 for s in sa.values())
     # and bf16 really changed the arithmetic: an fp32 run of the same config ends elsewhere
-    Trainer(cfg(4, "fp32"), tmp_path / "fp32", images=images).run()
+    Trainer(_constant_rate(4, precision="fp32"), tmp_path / "fp32", images=images).run()
     c = _final(tmp_path / "fp32")
     assert any(not torch.equal(a.model_state[n], c.model_state[n]) for n in a.model_state)
     assert [r["loss"] for r in runs.read_metrics(straight)] == [r["loss"] for r in runs.read_metrics(split)]
