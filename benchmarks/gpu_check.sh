@@ -5,7 +5,9 @@
 #     OUT=/tmp/gpu_check bash benchmarks/gpu_check.sh            # all sections
 #     SECTIONS="cli bench" bash benchmarks/gpu_check.sh          # some of them
 #
-# Sections: env, cli (train bf16 / fp16 / resume / sample / torchrun NCCL), bench (bench_gpu.py),
+# Sections: env, cli (train bf16 / fp16 / resume / sample / torchrun NCCL), bench (bench_gpu.py at the presets'
+# sizes), bench32 (the paper's CIFAR-10 network at 32 px: batches 128-512, fp32/bf16, channels_last and
+# torch.compile, ours vs diffusers; then the Trainer itself on that preset, from the CLI),
 # sweep (bench_quality.py configurations at fixed image budgets, run in parallel on the GPU) and
 # tests (the non-GUI test files, with CUDA visible). Logs go to $OUT. The package is used from the
 # checkout (PYTHONPATH), so nothing needs installing beyond torch, numpy, pillow, safetensors, tqdm
@@ -14,6 +16,9 @@ set -u
 OUT=${OUT:-/tmp/gpu_check}
 PY=${PYTHON:-python3}
 SECTIONS=${SECTIONS:-"env cli bench sweep tests"}
+BENCH32_SEC=${BENCH32_SEC:-110}    # the eager rows of bench32
+COMPILE_SEC=${COMPILE_SEC:-170}    # its torch.compile rows (compilation included)
+TRAIN_SEC=${TRAIN_SEC:-150}        # its Trainer run with --compile (the eager one gets 60 s)
 SWEEP_SEC=${SWEEP_SEC:-240}
 JOBS=${JOBS:-10}
 DRY=${DRY:-0}
@@ -60,6 +65,32 @@ if has bench; then
   if [ "$DRY" = 1 ]; then echo "(dry run: bench_gpu needs CUDA)"; else
     timeout 200 "$PY" benchmarks/bench_gpu.py --steps 20 --repeats 2 2>&1 | tee "$OUT/bench_gpu.txt"
   fi
+fi
+
+if has bench32; then
+  # The paper's network at 32 px on the GPU; DRY=1: the tiny preset at 8 px on the CPU (checks the script).
+  B32=(--presets ddpm-cifar10 --steps 10 --repeats 2 --jsonl "$OUT/bench32.jsonl")
+  BATCHES=(128 256 512) CBATCH=256 TSTEPS=300 TLOG=50 TEXTRA=()
+  if [ "$DRY" = 1 ]; then
+    B32=(--presets tiny --image-size 8 --steps 1 --repeats 1 --device cpu --jsonl "$OUT/bench32.jsonl")
+    BATCHES=(2) CBATCH=2 TSTEPS=4 TLOG=2 TEXTRA=(--image-size 8 --base-channels 8)
+  fi
+  section "bench32: the paper's CIFAR-10 network at 32 px, eager and channels_last"
+  timeout "$BENCH32_SEC" "$PY" benchmarks/bench_gpu.py "${B32[@]}" --batches "${BATCHES[@]}" \
+      --precisions fp32 bf16 --variants eager cl --sample-num 256 2>&1 | tee "$OUT/bench32.txt"
+  section "bench32: the same with cudnn.benchmark on"
+  timeout 50 "$PY" benchmarks/bench_gpu.py "${B32[@]}" --batches "$CBATCH" --cudnn-benchmark \
+      --precisions fp32 bf16 --variants eager cl --sample-num 0 2>&1 | tee "$OUT/bench32_cudnn.txt"
+  section "bench32: torch.compile (the warm-up column holds the compilation)"
+  timeout "$COMPILE_SEC" "$PY" benchmarks/bench_gpu.py "${B32[@]}" --batches "$CBATCH" \
+      --precisions bf16 fp32 --variants compile --sample-num 0 2>&1 | tee "$OUT/bench32_compile.txt"
+  for c in "" --compile; do
+    section "bench32: the Trainer, ddpm-cifar10 preset, built-in shapes at 32 px, $PREC ${c:-eager}"
+    ddpm "$([ -n "$c" ] && echo "$TRAIN_SEC" || echo 60)" train --out "$R/cifar$c" --preset ddpm-cifar10 --device "$DEV" --precision "$PREC" \
+        --steps "$TSTEPS" --log-every "$TLOG" --preview-every 0 --checkpoint-every 0 --quiet $c "${TEXTRA[@]}"
+    "$PY" -c "import json; r=[json.loads(l) for l in open('$R/cifar$c/metrics.jsonl')]; \
+print('images/s per log:', [round(x['images_per_sec']) for x in r], 'loss', round(r[-1]['loss'], 4))" 2>&1 | tail -n 1
+  done
 fi
 
 # One line per bench_quality job: "data tag images seed args...". Image budgets are per config,

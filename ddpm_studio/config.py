@@ -391,6 +391,10 @@ class TrainConfig:
     device: str = knob("auto", choices=Device, label="Device", help="auto = CUDA, then Apple MPS, then CPU")
     precision: str = knob("auto", choices=Precision, label="Precision",
                           help="auto = bf16 autocast on CPUs with native bf16, else fp32; or fp32, bf16, fp16 (CUDA)")
+    compile: bool = knob(False, label="Compile the network",
+                         help="torch.compile the network for training: on a GPU faster steps after a compilation "
+                         "of a minute or two at the start; on a CPU the compilation takes minutes and is not "
+                         "worth it for small runs (BENCHMARKS.md)")
     log_every: int = knob(10, lo=1, hi=1_000_000, label="Log every", metavar="N",
                           help="steps between metric events / metrics.jsonl lines")
     preview_every: int = knob(500, lo=0, hi=10_000_000, label="Preview every", metavar="N",

@@ -149,7 +149,7 @@ def test_every_train_field_without_its_own_widget_is_in_more_settings():
 
     names = [s.name for s in settings_of(TrainConfig)]
     assert set(ADVANCED_TRAIN_FIELDS) | set(MAIN_TRAIN_FIELDS) | {"minutes"} == set(names)
-    assert set(ADVANCED_TRAIN_FIELDS) == {"weight_decay", "ema_warmup", "log_every", "preview_count",
+    assert set(ADVANCED_TRAIN_FIELDS) == {"weight_decay", "ema_warmup", "compile", "log_every", "preview_count",
                                           "preview_sampler", "preview_sampling_steps", "checkpoint_minutes",
                                           "keep_checkpoints", "eval_every", "eval_num"}
 

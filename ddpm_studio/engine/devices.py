@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import platform
+import shutil
 
 import torch
 
@@ -106,6 +107,32 @@ def resolve_precision(device: torch.device | str, precision: str) -> tuple[str, 
                         "(AVX-512 BF16 or AMX); emulated bf16 is 10-25x slower, so this run uses fp32")
     where = "this CPU" if kind == "cpu" else ("Apple MPS" if kind == "mps" else kind)
     return "fp32", f"{precision} mixed precision is not supported on {where}; this run uses fp32"
+
+
+def resolve_compile(device: torch.device | str, wanted: bool) -> tuple[bool, str | None]:
+    """Whether training compiles the network with ``torch.compile`` on ``device``, and a plain-words
+    note when it was asked for but cannot be: CUDA needs Triton, a CPU a C++ compiler, and Apple
+    MPS is left uncompiled (its inductor backend is experimental)."""
+    if not wanted:
+        return False, None
+    kind = torch.device(device).type
+    if kind == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+
+            ok = has_triton()
+        except Exception:  # a private helper: its absence means we cannot tell, so do not compile
+            ok = False
+        return (True, None) if ok else (False, "torch.compile on CUDA needs Triton, which this PyTorch install "
+                                               "lacks; this run trains uncompiled")
+    if kind == "cpu":
+        compilers = [os.environ.get("CXX", ""), "g++", "clang++", "c++", "cl"]
+        if any(c and shutil.which(c) for c in compilers):
+            return True, None
+        return False, ("torch.compile on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) and none was "
+                       "found; this run trains uncompiled")
+    where = "Apple MPS" if kind == "mps" else kind
+    return False, f"torch.compile is not used on {where}; this run trains uncompiled"
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):

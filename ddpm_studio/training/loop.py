@@ -24,6 +24,7 @@ import torch
 from ddpm_studio.artifacts import checkpoints as ckpts
 from ddpm_studio.artifacts import runs
 from ddpm_studio.config import RunConfig, TrainConfig
+from ddpm_studio.logs import logger as log
 from ddpm_studio.training.control import TrainControl
 from ddpm_studio.training.dist import STREAM_DIFFUSION, STREAM_DROPOUT, STREAM_PREVIEW, Dist, mix
 from ddpm_studio.training.events import CheckpointSaved, FinishReason, PreviewReady, StepMetrics, TrainFinished
@@ -182,6 +183,7 @@ class Loop:
         # CPU tensors for gloo, device tensors for NCCL
         self.flag_device = self.device if dist.backend == "nccl" else torch.device("cpu")
         self.total = math.inf if self.tc.steps is None else self.tc.steps  # None: the clock or a stop ends it
+        self.compile_pending = bool(getattr(trainer, "compiled", False))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -272,13 +274,28 @@ class Loop:
         for group in p.optimizer.param_groups:
             group["lr"] = self.state.lr
 
-        with self._dropout_rng(k) if self.cfg.model.dropout > 0 else contextlib.nullcontext():
-            p.train_model.train()
-            with autocast(self.device, self.trainer.precision):
-                loss_b, t = p.diffusion.training_losses(p.train_model, x0, t=t, noise=noise)  # (B,), (B,)
-            loss = loss_b.float().mean()  # Algorithm 1, line 5: gradient step on the mean loss
-            p.optimizer.zero_grad(set_to_none=True)
-            p.scaler.scale(loss).backward()
+        def forward_backward():
+            with self._dropout_rng(k) if self.cfg.model.dropout > 0 else contextlib.nullcontext():
+                p.train_model.train()
+                with autocast(self.device, self.trainer.precision):
+                    loss_b, t_b = p.diffusion.training_losses(p.train_model, x0, t=t, noise=noise)  # (B,), (B,)
+                loss = loss_b.float().mean()  # Algorithm 1, line 5: gradient step on the mean loss
+                p.optimizer.zero_grad(set_to_none=True)
+                p.scaler.scale(loss).backward()
+            return loss_b, t_b
+
+        if self.compile_pending:  # the first step of a compiled network compiles it (forward and backward)
+            try:
+                loss_b, t = forward_backward()
+            except Exception as e:  # any compiler failure: train on, uncompiled, and say so in the log
+                log.warning("torch.compile failed (%s: %s); training continues uncompiled",
+                            type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+                p.train_model = getattr(p.train_model, "_orig_mod", p.train_model)
+                self.trainer.compiled = False
+                loss_b, t = forward_backward()
+            self.compile_pending = False
+        else:
+            loss_b, t = forward_backward()
         p.scaler.unscale_(p.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
         p.scaler.step(p.optimizer)

@@ -81,6 +81,8 @@ class Trainer:
         self._started = False
         self.precision = "fp32"  # resolved from train.precision when the run starts
         self._precision_note: str | None = None
+        self.compiled = False  # train.compile resolved for this device (torch.compile of the training network)
+        self._compile_note: str | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -131,7 +133,7 @@ class Trainer:
     def _device(self, dist: Dist) -> torch.device:
         """The device, the precision it computes in, and a check that the network fits (nothing built yet)."""
         from ddpm_studio import footprint
-        from ddpm_studio.engine.devices import resolve_precision, select_device
+        from ddpm_studio.engine.devices import resolve_compile, resolve_precision, select_device
 
         tc = self.cfg.train
         device = select_device(tc.device)
@@ -144,6 +146,7 @@ class Trainer:
             )
         # the config keeps what was asked; the session computes in what this device does well
         self.precision, self._precision_note = resolve_precision(device, tc.precision)
+        self.compiled, self._compile_note = resolve_compile(device, tc.compile)
         memory, where = footprint.device_memory(device)
         footprint.check_fits(self.cfg.model, memory=memory, where=where, batch_size=tc.batch_size // dist.world_size,
                              training=True)
@@ -153,7 +156,7 @@ class Trainer:
         from ddpm_studio.engine.unet import count_parameters
 
         cfg, tc = self.cfg, self.cfg.train
-        notes = [self._precision_note] if self._precision_note else []
+        notes = [n for n in (self._precision_note, self._compile_note) if n]
         resumed = self._open_run(notes)
         images = self._images(control, dist, resumed)
         parts, start_step, counters = self._build(device, dist, images, resumed)
@@ -253,6 +256,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.compiled:  # lazy: the first step compiles (and falls back to eager if that fails, see Loop)
+            train_model = torch.compile(train_model)
         loader = make_loader(images, tc.batch_size, flip=cfg.data.flip, seed=tc.seed, rank=dist.rank,
                              world_size=dist.world_size)
         parts = Parts(model, train_model, ema, optimizer, scaler, GaussianDiffusion.from_config(cfg.diffusion),
