@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ddpm_studio import __version__
 from ddpm_studio.config import (DEVICES, PRESETS, SAMPLER_INFO, DataConfig, DiffusionConfig, ModelConfig, RunConfig,
                                 SamplingConfig, Setting, TrainConfig, describe_sampling, sampler_default_steps,
-                                settings_of)
+                                default_preset, settings_of)
 
 PROG = "ddpm-studio"
 
@@ -198,7 +198,8 @@ def _add_train(sub) -> None:
                        "--batch-size is the global batch, split evenly across the K processes.")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or to resume)")
     t.add_argument("--config", metavar="FILE", help="start from a full config.json (flags still override it)")
-    t.add_argument("--preset", choices=tuple(PRESETS), help="model shape and training defaults (default: tiny)")
+    t.add_argument("--preset", choices=tuple(PRESETS),
+                   help="model shape and training defaults (default: tiny, or tiny-32 from --image-size 32 up)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(schema_flags=add_schema_flags(t, ModelConfig, DiffusionConfig, DataConfig, TrainConfig))
@@ -277,7 +278,9 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         if args.preset:
             raise ValueError("give either --config or --preset, not both")
     else:
-        cfg = RunConfig.from_preset(args.preset or "tiny")
+        size = next((getattr(args, dest) for setting, dest in args.schema_flags if setting.key == "data.image_size"),
+                    None)
+        cfg = RunConfig.from_preset(args.preset or default_preset(size or DataConfig().image_size))
     if args.resume and args.preset and args.preset != cfg.model.preset:
         raise ValueError(f"--preset {args.preset} differs from the run's preset {cfg.model.preset}; "
                          "a resumed run keeps its model")
@@ -719,7 +722,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"checkpoint:  {path} (step {step:,}{_of_total(cfg.train.steps)}, verified)")
     m, d = cfg.model, cfg.diffusion
     n_params = footprint.parameter_count(m)
-    lines.append(f"model:       preset {m.preset}, {m.image_size} px, {m.in_channels} channel(s), "
+    patch = getattr(m, "patch_size", 1)
+    patched = f" on {patch}x{patch} patches ({m.image_size // patch} px inside)" if patch > 1 else ""
+    lines.append(f"model:       preset {m.preset}, {m.image_size} px{patched}, {m.in_channels} channel(s), "
                  f"base {m.base_channels}, mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), "
                  f"attention at {tuple(m.attention_resolutions)} px, {n_params:,} parameters")
     sched = (f"explicit betas ({d.betas[0]:.3g} to {d.betas[-1]:.3g}; closest named schedule {d.schedule})"

@@ -38,6 +38,15 @@ def _levels(cfg: Any) -> tuple[list[int], int, int, int]:
     return chans, temb, out_ch, int(cfg.num_res_blocks)
 
 
+def _patch(cfg: Any) -> int:
+    return int(getattr(cfg, "patch_size", 1) or 1)
+
+
+def _feature_size(cfg: Any) -> int:
+    """The first level's side: image_size / patch_size."""
+    return int(cfg.image_size) // _patch(cfg)
+
+
 def _mid_attention(cfg: Any) -> bool:
     return bool(getattr(cfg, "add_attention", True))
 
@@ -83,13 +92,13 @@ def expected_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
     attn_res = {int(r) for r in cfg.attention_resolutions}
     shapes = _Shapes(temb)
     conv, linear, norm, resnet, attention = shapes.conv, shapes.linear, shapes.norm, shapes.resnet, shapes.attention
-    conv("conv_in", base, int(cfg.in_channels), 3)
+    conv("conv_in", base, int(cfg.in_channels) * _patch(cfg) ** 2, 3)
     linear("time_embedding.linear_1", temb, base)
     linear("time_embedding.linear_2", temb, temb)
     c = base
     for i in range(L):
         cin, c = c, chans[i]
-        attn = int(cfg.image_size) // 2**i in attn_res
+        attn = _feature_size(cfg) // 2**i in attn_res
         for j in range(nres):
             resnet(f"down_blocks.{i}.resnets.{j}", cin if j == 0 else c, c)
             if attn:
@@ -105,7 +114,7 @@ def expected_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
     for i in range(L):
         prev, c = c, rev[i]
         skip_in = rev[min(i + 1, L - 1)]
-        attn = int(cfg.image_size) // 2 ** (L - 1 - i) in attn_res
+        attn = _feature_size(cfg) // 2 ** (L - 1 - i) in attn_res
         for j in range(nres + 1):
             skip = skip_in if j == nres else c
             resnet(f"up_blocks.{i}.resnets.{j}", (prev if j == 0 else c) + skip, c)
@@ -114,7 +123,7 @@ def expected_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:
         if i < L - 1:
             conv(f"up_blocks.{i}.upsamplers.0.conv", c, c, 3)
     norm("conv_norm_out", base)
-    conv("conv_out", out_ch, base, 3)
+    conv("conv_out", out_ch * _patch(cfg) ** 2, base, 3)
     return dict(shapes)
 
 
@@ -139,7 +148,7 @@ def activation_values(cfg: Any) -> int:
     attention: no H*W x H*W matrix); down- and up-sampling keep the padded / enlarged map.
     """
     chans, _, _, nres = _levels(cfg)
-    L, base, size = len(chans), chans[0], int(cfg.image_size)
+    L, base, size = len(chans), chans[0], _feature_size(cfg)
     attn_res = {int(r) for r in cfg.attention_resolutions}
     drop = float(getattr(cfg, "dropout", 0.0) or 0.0) > 0
 
@@ -149,7 +158,7 @@ def activation_values(cfg: Any) -> int:
     def attention(c: int, hw: int) -> int:
         return 7 * c * hw
 
-    n = int(cfg.in_channels) * size * size
+    n = int(cfg.in_channels) * int(cfg.image_size) ** 2  # the input (unshuffled into size x size patches)
     c = base
     for i in range(L):
         hw = (size // 2**i) ** 2

@@ -232,6 +232,22 @@ def test_train_help_lists_a_flag_for_every_model_diffusion_data_and_train_field(
     assert "--flip, --no-flip" in text and "--ema-warmup, --no-ema-warmup" in text
 
 
+def test_the_default_preset_follows_the_image_size_and_a_named_one_is_kept(tmp_path):
+    from ddpm_studio.cli import _train_config, build_parser
+
+    def config(*flags):
+        return _train_config(build_parser().parse_args(["train", "--out", str(tmp_path / "r"), *flags]))
+
+    assert (config().model.preset, config().model.patch_size) == ("tiny", 1)
+    assert (config("--image-size", "24").model.preset, config("--image-size", "24").model.patch_size) == ("tiny", 1)
+    big = config("--image-size", "32")
+    assert (big.model.preset, big.model.patch_size, big.data.image_size) == ("tiny-32", 2, 32)
+    assert config("--image-size", "64").model.preset == "tiny-32"
+    named = config("--preset", "tiny", "--image-size", "32")
+    assert (named.model.preset, named.model.patch_size) == ("tiny", 1)
+    assert config("--preset", "small", "--image-size", "32").model.preset == "small"
+
+
 def test_schema_flags_reach_the_config(tmp_path):
     from ddpm_studio.cli import _train_config, build_parser
 

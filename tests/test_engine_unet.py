@@ -2,6 +2,7 @@
 function as diffusers' UNet2DModel after a key-for-key state-dict load, and it learns."""
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -180,3 +181,54 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast_and_keeps_gradients():
     out.float().square().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0
                for t in (qb, kb, vb))
+
+
+def test_a_patched_network_is_the_unpatched_one_on_pixel_unshuffled_images():
+    """Oracle: patch_size P at S px == pixel_shuffle(net(pixel_unshuffle(x))) for the P=1 network at S / P px
+    with P^2 times the channels, after a key-for-key load of the same weights."""
+    cfg = ModelConfig(image_size=16, in_channels=3, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(4,), patch_size=2)
+    patched = build_model(cfg).eval()
+    # the unpatched twin has 12 input channels, which no ModelConfig allows: build it from a plain namespace
+    plain_cfg = types.SimpleNamespace(**{**dataclasses.asdict(cfg), "image_size": 8, "in_channels": 12,
+                                         "patch_size": 1})
+    plain = UNet(plain_cfg).eval()
+    assert patched.spec.feature_size == 8 and count_parameters(patched) == count_parameters(plain)
+    with torch.no_grad():
+        for p in patched.parameters():
+            p.normal_(0, 0.2)  # not the near-zero output init, so the comparison sees the whole network
+    plain.load_state_dict(patched.state_dict())
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 7, 999])
+    with torch.no_grad():
+        want = torch.nn.functional.pixel_shuffle(plain(torch.nn.functional.pixel_unshuffle(x, 2), t), 2)
+        got = patched(x, t)
+    assert got.shape == x.shape and got.abs().mean() > 0.1
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # attention sits where the feature map is 4 px: level 1 of both networks
+    assert patched.down_blocks[0].attentions is None and patched.down_blocks[1].attentions is not None
+
+
+def test_patch_size_is_checked_against_the_image_size():
+    with pytest.raises(ValueError, match="divisible by model.patch_size"):
+        ModelConfig(image_size=18, patch_size=4).validate()
+    with pytest.raises(ValueError, match="image_size / patch_size 4 must be divisible by 4"):
+        ModelConfig(image_size=24, patch_size=4, channel_mult=(1, 2, 2)).validate()
+    with pytest.raises(ValueError, match="patch_size"):
+        ModelConfig(image_size=16, patch_size=3).validate()
+    ModelConfig(image_size=32, patch_size=2).validate()
+
+
+def test_tiny_32_is_tiny_on_2x2_patches_at_the_cost_of_tiny_at_16_px():
+    """The GUI switches between the two by image size and keeps the forms: that needs every setting but the
+    patch (and the size it was tuned at) to be the same."""
+    from ddpm_studio import footprint
+
+    tiny, t32 = PRESETS["tiny"], PRESETS["tiny-32"]
+    assert {k: v for k, v in t32["model"].items() if k != "patch_size"} == tiny["model"]
+    assert t32["model"]["patch_size"] == 2
+    assert t32["train"] == tiny["train"] and t32["diffusion"] == tiny["diffusion"]
+    at32 = RunConfig.from_preset("tiny-32", data={"channels": "3"}).model
+    at16 = RunConfig.from_preset("tiny", data={"channels": "3"}).model
+    assert at32.image_size == 32 and at16.image_size == 16
+    # what autograd keeps per image: tiny-32 at 32 px keeps what tiny keeps at 16 px, plus the 32 px input
+    assert footprint.activation_values(at32) - 3 * 32 * 32 == footprint.activation_values(at16) - 3 * 16 * 16

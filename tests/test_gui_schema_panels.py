@@ -221,3 +221,35 @@ def test_open_run_on_a_folder_that_is_not_a_run_says_so(qtbot, window, tmp_path)
     qtbot.waitUntil(lambda: tp._open_task is None, timeout=10_000)
     assert opened == [] and "Cannot open this run" in window.errors[-1][0] and "no config.json" in window.errors[-1][0]
     assert tp.resume_dir is None and tp.open_run_button.isEnabled()
+
+
+def test_the_preset_follows_the_image_size_between_tiny_and_tiny_32(window, qtbot, tmp_path):
+    from ddpm_studio.gui import testing
+
+    dp, tp = window.dataset_panel, window.training_panel
+
+    def size(px: int) -> None:  # as a user does: pick the size, then Apply (the images are decoded again)
+        dp.size_combo.setCurrentIndex(dp.size_combo.findData(px))
+        with qtbot.waitSignal(dp.loaded, timeout=30_000):
+            dp.apply_button.click()
+
+    dp.size_combo.setCurrentIndex(dp.size_combo.findData(16))
+    with qtbot.waitSignal(dp.loaded, timeout=30_000):
+        testing.drop_paths(window, [testing.write_image_folder(tmp_path / "imgs", count=4)])
+    assert tp.preset_combo.currentData() == "tiny"
+    tp.steps_spin.setValue(1234)  # typed by the user: a switch of network keeps it
+    size(32)
+    assert tp.preset_combo.currentData() == "tiny-32" and "2 × 2 pixel patches" in tp.preset_combo.toolTip()
+    cfg = tp.build_config()
+    assert (cfg.model.preset, cfg.model.patch_size, cfg.data.image_size, cfg.train.steps) == ("tiny-32", 2, 32, 1234)
+    tp.preset_combo.setCurrentIndex(tp.preset_combo.findData("tiny"))  # the user's own choice at 32 px holds
+    assert tp.build_config().model.patch_size == 1
+    size(16)
+    assert tp.preset_combo.currentData() == "tiny"
+    size(64)
+    assert tp.preset_combo.currentData() == "tiny-32"
+    size(16)
+    assert tp.preset_combo.currentData() == "tiny" and tp.build_config().model.patch_size == 1
+    tp.preset_combo.setCurrentIndex(tp.preset_combo.findData("small"))  # other presets never move
+    size(32)
+    assert tp.preset_combo.currentData() == "small"

@@ -77,3 +77,29 @@ def test_info_names_the_explicit_betas_of_an_imported_config(tmp_path, capsys):
     assert main(["info", str(tmp_path / "imported")]) == 0
     text = capsys.readouterr().out
     assert "explicit betas (0.0005 to 0.2; closest named schedule linear), T=20" in text
+
+
+def test_a_patched_run_samples_but_is_refused_for_diffusers_with_the_reason(tmp_path, capsys):
+    cfg = RunConfig.from_preset("tiny", data={"image_size": 8},
+                                model={"base_channels": 8, "channel_mult": (1, 2), "attention_resolutions": (2,),
+                                       "patch_size": 2},
+                                diffusion={"timesteps": 20})
+    model = build_model(cfg.model)
+    assert model.conv_in.in_channels == 12 and model.spec.feature_size == 4
+    g = torch.Generator().manual_seed(0)
+    ema = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in model.state_dict().items()}
+    run = tmp_path / "run"
+    save_checkpoint(run, 2, cfg, ema, ema, {"format_version": 1})
+
+    out = tmp_path / "pipeline"
+    assert main(["export", "--run", str(run), "--format", "diffusers", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "patch_size=2 cannot be written for diffusers" in err and "Traceback" not in err
+    assert not (out / "unet").exists()
+    samples = tmp_path / "samples"
+    assert main(["sample", "--run", str(run), "--num", "2", "--out", str(samples), "--sampling-steps", "3",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert len(list(samples.glob("*.png"))) == 2
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0
+    assert "8 px on 2x2 patches (4 px inside)" in capsys.readouterr().out

@@ -305,10 +305,12 @@ CONFIGS = [
                 attention_resolutions=(16, 4), dropout=0.1, num_heads=2),
     ModelConfig(image_size=32, base_channels=24, channel_mult=(2, 1, 4, 2), num_res_blocks=3,
                 attention_resolutions=(8,)),
+    ModelConfig(image_size=32, in_channels=3, base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                attention_resolutions=(8,), patch_size=2),
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.base_channels}x{list(c.channel_mult)}")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.base_channels}x{list(c.channel_mult)}p{c.patch_size}")
 def test_closed_form_shapes_and_parameters_equal_the_built_network(cfg):
     from ddpm_studio.engine.unet import build_model, count_parameters
 
@@ -318,7 +320,7 @@ def test_closed_form_shapes_and_parameters_equal_the_built_network(cfg):
     assert footprint.parameter_count(cfg) == count_parameters(model)
 
 
-@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3]], ids=["tiny", "dropout-attention"])
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[3], CONFIGS[5]], ids=["tiny", "dropout-attention", "patch-2"])
 def test_activation_estimate_matches_what_autograd_saves(cfg):
     """Oracle: the bytes of every tensor autograd saves for backward, per image (batch 4 minus batch 2)."""
     from ddpm_studio.engine.unet import build_model

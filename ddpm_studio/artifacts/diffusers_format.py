@@ -666,6 +666,11 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
 
 def unet_config_for(spec: Any) -> dict[str, Any]:
     """The UNet2DModel config.json for one of our networks (``UNet.spec``): every option written out."""
+    if getattr(spec, "patch_size", 1) > 1:
+        raise DiffusersFormatError(
+            f"model.patch_size={spec.patch_size} cannot be written for diffusers: UNet2DModel has no patch "
+            "(pixel unshuffle) input, so this network has no UNet2DModel twin; it stays a DDPM Studio run "
+            "(ddpm-studio sample and the Sampling panel use it as it is)")
     chans = list(spec.block_out_channels)
     L = len(chans)
     attn = [spec.image_size // 2**i in spec.attention_resolutions for i in range(L)]

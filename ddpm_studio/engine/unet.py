@@ -57,6 +57,14 @@ narrow network still gets >= 4 channels per group. One count serves every norm, 
 
 ``UNet(cfg, norm_groups=..., downsample_padding=..., flip_sin_to_cos=..., freq_shift=...,
 attention_head_dim=..., out_channels=...)`` keywords override the config's fields (older callers).
+
+Patches (``patch_size`` P > 1, not in the paper): the input is pixel-unshuffled into P x P patches stacked
+as channels, the network runs at image_size / P (``attention_resolutions`` count the feature map's side)
+and its output is pixel-shuffled back; ``conv_in`` / ``conv_out`` carry P^2 times the image channels.
+UNet2DModel has no such input, so these networks are not exported for diffusers.
+
+Length (over 500 lines, on purpose): the network, its blocks and its resolved shape (``UNetSpec``) are
+one piece whose names must stay those of diffusers key for key; this docstring is the map.
 """
 
 from __future__ import annotations
@@ -103,6 +111,12 @@ class UNetSpec:
     center_input_sample: bool = False
     act_fn: str = "silu"
     time_conditioning: str = "default"
+    patch_size: int = 1  # the network works on image_size / patch_size, patches stacked as channels
+
+    @property
+    def feature_size(self) -> int:
+        """The side of the first level's feature map: image_size / patch_size."""
+        return self.image_size // self.patch_size
 
     def heads(self, channels: int) -> int:
         return channels // self.attention_head_dim if self.attention_head_dim else self.num_heads
@@ -118,7 +132,7 @@ class UNetSpec:
     def attention_widths(self) -> list[int]:
         """The widths of the layers that attend (levels at attention_resolutions, and the middle)."""
         chans = self.block_out_channels
-        widths = {c for i, c in enumerate(chans) if self.image_size // 2**i in self.attention_resolutions}
+        widths = {c for i, c in enumerate(chans) if self.feature_size // 2**i in self.attention_resolutions}
         if self.add_attention:
             widths.add(chans[-1])
         return sorted(widths)
@@ -187,8 +201,11 @@ def resolve_spec(cfg: Any, **overrides: Any) -> UNetSpec:
                                                                                          1.0)),
         time_embedding_dim=int(opt("time_embedding_dim", 0)), center_input_sample=bool(opt("center_input_sample",
                                                                                            False)),
-        act_fn=act, time_conditioning=cond,
+        act_fn=act, time_conditioning=cond, patch_size=int(opt("patch_size", 1)),
     )
+    if spec.patch_size < 1 or spec.image_size % spec.patch_size:
+        raise ValueError(f"patch_size must be a whole number >= 1 that divides image_size ({spec.image_size}); "
+                         f"got {spec.patch_size}")
     for c in spec.attention_widths():
         if spec.attention_head_dim and (c % spec.attention_head_dim or c < spec.attention_head_dim):
             raise ValueError(f"attention_head_dim={spec.attention_head_dim} must divide every attention layer's width; "
@@ -406,7 +423,8 @@ class UNet(nn.Module):
         exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - spec.freq_shift)
         self.register_buffer("time_freqs", torch.exp(exponent), persistent=False)  # (half,)
 
-        self.conv_in = nn.Conv2d(spec.in_channels, base, 3, padding=1)
+        p2 = spec.patch_size ** 2
+        self.conv_in = nn.Conv2d(spec.in_channels * p2, base, 3, padding=1)
         self.time_embedding = TimestepEmbedding(base, temb_ch)
         self._act = {"silu": F.silu, "relu": F.relu, "mish": F.mish, "gelu": F.gelu}[spec.act_fn]
 
@@ -414,7 +432,7 @@ class UNet(nn.Module):
         out_ch = base
         for i in range(L):
             in_ch, out_ch = out_ch, chans[i]
-            res = spec.image_size // 2**i
+            res = spec.feature_size // 2**i
             self.down_blocks.append(DownBlock(in_ch, out_ch, temb_ch, spec, attention=res in spec.attention_resolutions,
                                               downsample=i < L - 1))
         self.mid_block = MidBlock(chans[-1], temb_ch, spec)
@@ -425,12 +443,12 @@ class UNet(nn.Module):
         for i in range(L):
             prev_ch, out_ch = out_ch, rev[i]
             skip_in_ch = rev[min(i + 1, L - 1)]
-            res = spec.image_size // 2 ** (L - 1 - i)
+            res = spec.feature_size // 2 ** (L - 1 - i)
             self.up_blocks.append(UpBlock(prev_ch, out_ch, skip_in_ch, temb_ch, spec,
                                           attention=res in spec.attention_resolutions,
                                           upsample=i < L - 1))
         self.conv_norm_out = nn.GroupNorm(spec.norm_groups, base, eps=spec.norm_eps)
-        self.conv_out = nn.Conv2d(base, spec.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(base, spec.out_channels * p2, 3, padding=1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -472,6 +490,8 @@ class UNet(nn.Module):
 
         if self.spec.center_input_sample:
             x = 2 * x - 1.0
+        if self.spec.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.spec.patch_size)  # (B, C p^2, H / p, W / p)
         h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:
@@ -479,7 +499,8 @@ class UNet(nn.Module):
         h = self.mid_block(h, temb_act)
         for block in self.up_blocks:
             h = block(h, temb_act, skips)
-        return self.conv_out(F.silu(self.conv_norm_out(h), inplace=True))
+        out = self.conv_out(F.silu(self.conv_norm_out(h), inplace=True))
+        return F.pixel_shuffle(out, self.spec.patch_size) if self.spec.patch_size > 1 else out
 
 
 def build_model(cfg: Any, **options: Any) -> UNet:

@@ -14,7 +14,7 @@ import dataclasses
 
 from PySide6.QtWidgets import QComboBox, QLabel, QWidget
 
-from ...config import PRESETS, DiffusionConfig, RunConfig, TrainConfig, settings_of
+from ...config import PRESETS, DiffusionConfig, RunConfig, TrainConfig, default_preset, settings_of
 from ..forms import SchemaForm, fields, name_items
 from .common import add_row, schema_section, section
 
@@ -107,13 +107,35 @@ class TrainingForms:
         # the preset's training values; what it leaves out keeps what is shown (previews: the default)
         self._show_train({**self._train_fields(), "preview_every": TrainConfig().preview_every, **p["train"]})
         self._shown()
+        self._show_preset_tooltip(name)
+
+    def _show_preset_tooltip(self, name: str) -> None:
+        p = PRESETS[name]
         m = p["model"]
+        patch = m.get("patch_size", 1)
         self.preset_combo.setToolTip(
             f"{p['description']}\nbase channels {m['base_channels']}, levels "
             f"×{', ×'.join(map(str, m['channel_mult']))}, "
             f"{m['num_res_blocks']} residual block(s) per level, attention at "
-            f"{', '.join(map(str, m['attention_resolutions']))} px."
+            f"{', '.join(map(str, m['attention_resolutions']))} px"
+            + (f" of the feature map, on {patch} × {patch} pixel patches." if patch > 1 else ".")
         )
+
+    def follow_image_size(self) -> None:
+        """While the preset is tiny or tiny-32, it follows the Dataset tab's image size (config.default_preset:
+        tiny-32 from 32 px up). The two share every training and diffusion value, so the switch changes the
+        network alone and keeps whatever was typed into the forms. A run being resumed keeps its own model."""
+        name = self.preset_combo.currentData()
+        if self.resume_config is not None or name not in ("tiny", "tiny-32"):
+            return
+        images, data = self.state.images, self.state.data_config
+        want = default_preset(int(images.image_size) if images is not None else int(data.image_size))
+        if want != name:
+            self.preset_combo.blockSignals(True)
+            self.preset_combo.setCurrentIndex(self.preset_combo.findData(want))
+            self.preset_combo.blockSignals(False)
+            self._show_preset_tooltip(want)
+            self._show_images_info()
 
     def _show_images_info(self) -> None:
         """The preset's description and, beside it, the image size this run really uses (the Dataset tab's)."""

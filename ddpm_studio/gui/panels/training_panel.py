@@ -60,10 +60,13 @@ class TrainingPanel(TrainingForms, QWidget):
         state.images_changed.connect(lambda _: self._update_buttons())
         state.images_changed.connect(lambda _: self._show_images_info())
         state.data_config_changed.connect(lambda _: self._show_images_info())
+        state.images_changed.connect(lambda _: self.follow_image_size())
+        state.data_config_changed.connect(lambda _: self.follow_image_size())
         self.apply_preset("tiny")
         self._schedule_changed()
         self._update_buttons()
         self._show_images_info()
+        self.follow_image_size()
 
     # -- layout -----------------------------------------------------------------------------------
     # The session owns the run state; these read it (Open Run / a finished run set it there).
