@@ -204,6 +204,7 @@ def train_diffusers(args, imgs, data_overrides):
     cfg = RunConfig.from_preset(args.preset, data=data_overrides, **{k: v for k, v in parse_sets(args.set).items()
                                                                     if k == "model"})
     cfg.model.in_channels = imgs.channels
+    cfg.model.patch_size = 1  # UNet2DModel has no patch input: diffusers' recipe trains the same network unpatched
     spec = build_model(cfg.model).spec
     conf = {k: v for k, v in unet_config_for(spec).items() if not k.startswith("_")}
     torch.manual_seed(args.seed)

@@ -18,10 +18,12 @@ Data sets (no downloads: every picture ships inside scikit-image or scikit-learn
 - ``textures`` (grayscale, 2,000): 48-160 px crops of brick, grass, gravel, moon, camera, coins and
   clock (scikit-image).
 
-Recipes: ``ours`` = ``RunConfig.from_preset(--preset)`` with every default (``--set`` to vary one);
+Recipes: ``ours`` = ``RunConfig.from_preset(--preset)`` with every default (``--set`` to vary one; the preset
+defaults to the product's for the size: tiny below 32 px, tiny-32 from 32 px up);
 ``diffusers:LR`` = a faithful copy of diffusers' examples/unconditional_image_generation/
-train_unconditional.py loop at learning rate LR (its default is 1e-4), on the same network
-(benchmarks/bench_quality.py ``train_diffusers``). The best diffusers row per set is marked.
+train_unconditional.py loop at learning rate LR (its default is 1e-4), on the same network, unpatched
+(UNet2DModel has no patch input; benchmarks/bench_quality.py ``train_diffusers``). The best diffusers row per
+set is marked.
 
 Budget: ``--budget-sec`` seconds of training per recipe, counted on ``--clock cpu`` (this process's
 CPU time: on a shared machine the fair budget) or ``--clock wall`` (what a user waits on an idle
@@ -278,7 +280,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", choices=SETS, default=["photos", "digits", "text"])
     ap.add_argument("--size", type=int, default=16)
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", default=None,
+                    help="ours: this preset (default: the product's for --size, config.default_preset: tiny below "
+                    "32 px, tiny-32 from 32 px up)")
     ap.add_argument("--recipes", nargs="+", default=["ours", "diffusers:1e-4", "diffusers:3e-4", "diffusers:1e-3"])
     ap.add_argument("--set", action="append", default=[], help="section.field=value for ours (JSON value)")
     ap.add_argument("--budget-sec", type=float, default=120.0, help="training budget per recipe")
@@ -295,6 +299,10 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "ddpm_real"))
     ap.add_argument("--table", action="store_true", help="print the table of OUT/results.jsonl and exit")
     args = ap.parse_args()
+    if args.preset is None:
+        from ddpm_studio.config import default_preset
+
+        args.preset = default_preset(args.size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.table:

@@ -307,7 +307,11 @@ def test_training_locks_its_settings_and_shows_a_pause_plainly(qtbot, window, tm
 def test_the_preset_hint_names_the_size_this_run_uses(qtbot, window, tmp_path):
     tp = window.training_panel
     load_folder(qtbot, window, testing.write_image_folder(tmp_path / "imgs", count=4, size=32), size=32)
-    assert "This run uses 32 px" in tp.preset_desc.text() and "32 × 32 px" in tp.images_label.text()
+    # from 32 px up the preset is tiny-32, which is tuned for that size: no hint, the images' size beside it
+    assert tp.preset_combo.currentData() == "tiny-32" and "32 × 32 px" in tp.images_label.text()
+    assert "This run uses" not in tp.preset_desc.text()
+    load_folder(qtbot, window, tmp_path / "imgs", size=24)
+    assert tp.preset_combo.currentData() == "tiny" and "This run uses 24 px" in tp.preset_desc.text()
     load_folder(qtbot, window, tmp_path / "imgs", size=16)
     assert "This run uses" not in tp.preset_desc.text()
 
