@@ -513,9 +513,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                        "cost per image; recognisable 32 px samples on a laptop CPU in minutes. Not exportable "
                        "for diffusers.",
         # tiny's network and training settings, run on the image's 2 x 2 patches (model.patch_size 2): at 32 px it
-        # costs what tiny costs at 16 px (3.4x its images/s at 32 px). At 300 CPU seconds on four real sets at 32 px
-        # its excess over the real-vs-real floor was 1.5-4.8x lower than tiny's, and on photos 8x at 600 s and 12x
-        # at 1,200 s (BENCHMARKS.md "32 px on 2 x 2 patches"); the GUI and the CLI pick it from 32 px up.
+        # costs what tiny costs at 16 px (3.1-3.8x tiny's images/s at 32 px, fp32). At 300 CPU seconds on four real
+        # sets at 32 px its excess over the real-vs-real floor was 1.5-4.8x lower than tiny's, and on photos 8x at
+        # 600 s and 12x at 1,200 s (BENCHMARKS.md "32 px on 2 x 2 patches"); the GUI and the CLI pick it from 32 px.
         "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                       attention_resolutions=(8,), dropout=0.0, num_heads=1, patch_size=2),
         "diffusion": dict(prediction="v", loss_weighting="min_snr", min_snr_gamma=5.0),
