@@ -722,8 +722,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"checkpoint:  {path} (step {step:,}{_of_total(cfg.train.steps)}, verified)")
     m, d = cfg.model, cfg.diffusion
     n_params = footprint.parameter_count(m)
-    patch = getattr(m, "patch_size", 1)
-    patched = f" on {patch}x{patch} patches ({m.image_size // patch} px inside)" if patch > 1 else ""
+    p = m.patch_size
+    patched = f" on {p}x{p} patches ({m.image_size // p} px inside)" if p > 1 else ""
     lines.append(f"model:       preset {m.preset}, {m.image_size} px{patched}, {m.in_channels} channel(s), "
                  f"base {m.base_channels}, mult {tuple(m.channel_mult)}, {m.num_res_blocks} res block(s), "
                  f"attention at {tuple(m.attention_resolutions)} px, {n_params:,} parameters")

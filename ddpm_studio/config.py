@@ -485,11 +485,18 @@ SECTIONS: dict[str, type] = {name: cls for cls, name in SECTION_NAMES.items()}
 # Named presets: a model shape plus the diffusion, data and training settings that suit it
 # (sections "diffusion", "data" and "train" are optional; fields left out keep the defaults above). Plain
 # data, so the GUI can list them without importing torch. The engine test checks ddpm-cifar10 is 35.7M parameters.
+# tiny's network and settings, shared by tiny-32 (the same on 2 x 2 patches; the GUI switches between the two).
+_TINY_MODEL = dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,), dropout=0.0,
+                   num_heads=1)
+_TINY_DIFFUSION = dict(prediction="v", loss_weighting="min_snr", min_snr_gamma=5.0)
+# previews every 200 steps (under a minute on a 2-core CPU; one costs 2-3 s there, ~4 % of the time): a first run
+# shows its progress five times in its first five minutes
+_TINY_TRAIN = dict(lr=1e-3, warmup_steps=100, batch_size=32, ema_decay=0.995, steps=4000, preview_every=200,
+                   lr_cooldown=0.5)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "description": "The quickest: 16 px, 1.1M parameters; recognisable samples on a laptop CPU in minutes.",
-        "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                      attention_resolutions=(8,), dropout=0.0, num_heads=1),
+        "model": _TINY_MODEL,
         # Chosen by benchmarks/bench_quality.py at fixed CPU budgets on two datasets (BENCHMARKS.md,
         # "Sample quality"): 16 px (5.6x the images/s of 32 px); v-prediction with min-SNR-5 weighting
         # (Frechet distances 3-50x lower than any epsilon-prediction setting at the same budget, on
@@ -501,12 +508,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # The learning rate falls linearly to 0 over the last half of the steps (lr_cooldown 0.5): on four real sets
         # better than a constant rate and than the last 20 %, at 800 and 3,200 steps (BENCHMARKS.md "A learning-rate
         # cool-down" and "How long a cool-down").
-        "diffusion": dict(prediction="v", loss_weighting="min_snr", min_snr_gamma=5.0),
+        "diffusion": _TINY_DIFFUSION,
         "data": dict(image_size=16),
-        # previews every 200 steps (under a minute on a 2-core CPU; one costs 2-3 s there, ~4 % of
-        # the time): a first run shows its progress five times in its first five minutes
-        "train": dict(lr=1e-3, warmup_steps=100, batch_size=32, ema_decay=0.995, steps=4000, preview_every=200,
-                      lr_cooldown=0.5),
+        "train": _TINY_TRAIN,
     },
     "tiny-32": {
         "description": "The quickest from 32 px up: the tiny network on 2 × 2 pixel patches, a quarter of the "
@@ -516,12 +520,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # costs what tiny costs at 16 px (3.1-3.8x tiny's images/s at 32 px, fp32). At 300 CPU seconds on four real
         # sets at 32 px its excess over the real-vs-real floor was 1.5-4.8x lower than tiny's, and on photos 8x at
         # 600 s and 12x at 1,200 s (BENCHMARKS.md "32 px on 2 x 2 patches"); the GUI and the CLI pick it from 32 px.
-        "model": dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                      attention_resolutions=(8,), dropout=0.0, num_heads=1, patch_size=2),
-        "diffusion": dict(prediction="v", loss_weighting="min_snr", min_snr_gamma=5.0),
+        "model": {**_TINY_MODEL, "patch_size": 2},
+        "diffusion": _TINY_DIFFUSION,
         "data": dict(image_size=32),
-        "train": dict(lr=1e-3, warmup_steps=100, batch_size=32, ema_decay=0.995, steps=4000, preview_every=200,
-                      lr_cooldown=0.5),
+        "train": _TINY_TRAIN,
     },
     "small": {
         "description": "A few million parameters; better samples, wants a GPU or patience.",

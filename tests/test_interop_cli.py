@@ -16,15 +16,22 @@ from ddpm_studio.artifacts.checkpoints import save_checkpoint
 
 
 
-def test_cli_export_then_sample_the_diffusers_folder(tmp_path, capsys):
+def _saved_run(tmp_path, **model):
+    """A run folder holding one checkpoint of a micro tiny network (8 px, T=20) with small random weights."""
     cfg = RunConfig.from_preset("tiny", data={"image_size": 8},
-                                model={"base_channels": 8, "channel_mult": (1, 2), "attention_resolutions": (4,)},
+                                model={"base_channels": 8, "channel_mult": (1, 2), "attention_resolutions": (4,),
+                                       **model},
                                 diffusion={"timesteps": 20})
-    model = build_model(cfg.model)
+    net = build_model(cfg.model)
     g = torch.Generator().manual_seed(0)
-    ema = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in model.state_dict().items()}
+    ema = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in net.state_dict().items()}
     run = tmp_path / "run"
     save_checkpoint(run, 2, cfg, ema, ema, {"format_version": 1})
+    return run, net, ema
+
+
+def test_cli_export_then_sample_the_diffusers_folder(tmp_path, capsys):
+    run, _, ema = _saved_run(tmp_path)
 
     out = tmp_path / "pipeline"
     assert main(["export", "--run", str(run), "--format", "diffusers", "--out", str(out)]) == 0
@@ -80,16 +87,8 @@ def test_info_names_the_explicit_betas_of_an_imported_config(tmp_path, capsys):
 
 
 def test_a_patched_run_samples_but_is_refused_for_diffusers_with_the_reason(tmp_path, capsys):
-    cfg = RunConfig.from_preset("tiny", data={"image_size": 8},
-                                model={"base_channels": 8, "channel_mult": (1, 2), "attention_resolutions": (2,),
-                                       "patch_size": 2},
-                                diffusion={"timesteps": 20})
-    model = build_model(cfg.model)
+    run, model, _ = _saved_run(tmp_path, attention_resolutions=(2,), patch_size=2)
     assert model.conv_in.in_channels == 12 and model.spec.feature_size == 4
-    g = torch.Generator().manual_seed(0)
-    ema = {k: torch.randn(v.shape, generator=g) * 0.1 for k, v in model.state_dict().items()}
-    run = tmp_path / "run"
-    save_checkpoint(run, 2, cfg, ema, ema, {"format_version": 1})
 
     out = tmp_path / "pipeline"
     assert main(["export", "--run", str(run), "--format", "diffusers", "--out", str(out)]) == 1

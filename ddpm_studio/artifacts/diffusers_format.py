@@ -666,7 +666,7 @@ def load_diffusers_folder(folder: str | os.PathLike, device: "str | torch.device
 
 def unet_config_for(spec: Any) -> dict[str, Any]:
     """The UNet2DModel config.json for one of our networks (``UNet.spec``): every option written out."""
-    if getattr(spec, "patch_size", 1) > 1:
+    if spec.patch_size > 1:
         raise DiffusersFormatError(
             f"model.patch_size={spec.patch_size} cannot be written for diffusers: UNet2DModel has no patch "
             "(pixel unshuffle) input, so this network has no UNet2DModel twin; it stays a DDPM Studio run "
